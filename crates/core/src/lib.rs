@@ -1,0 +1,35 @@
+//! wardgate-core: the bottom of the crate graph. No sockets live here.
+//!
+//! It owns:
+//! - [`reading`]: the normalized [`Reading`] and its versioned JSON (`wardgate.reading/1`,
+//!   published as `docs/readings.schema.json`);
+//! - [`senml`] and [`payload`]: decoders from device payloads (SenML JSON/CBOR, plain JSON/CBOR,
+//!   text/plain) to resolved SenML records. They are pure (bytes in, records or a typed error out),
+//!   bounded (record count, name length, nesting), and never panic on hostile input;
+//! - [`bus`]: the in-process ingest bus from adapters to the store, with its backpressure rule;
+//! - [`uplink`]: the contract between the durable outbox and the uplinks that drain it;
+//! - [`health`]: readiness reporting shared by every component;
+//! - [`clock`]: an injectable wall clock.
+//!
+//! Invariant carried by these types: a reading is acknowledged to a device only after the
+//! [`bus::IngestTicket`] for it resolves `Ok`, and the store resolves it only once the reading is
+//! durable (or, in the explicitly named no-durability mode, once it is queued).
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod clock;
+pub mod health;
+pub mod payload;
+pub mod reading;
+pub mod senml;
+pub mod uplink;
+pub mod validate;
+
+pub use bus::{Bus, BusReceiver, IngestError, IngestRequest};
+pub use clock::{Clock, SystemClock};
+pub use health::{Health, HealthReporter};
+pub use reading::{Encoded, MessageClass, Protocol, Reading, Record, SCHEMA};
+pub use uplink::{Delivery, OutboxCursor, OutboxError};
+
+/// Cancellation handle passed to every long-running task. Cancelling it starts graceful shutdown.
+pub use tokio_util::sync::CancellationToken as Shutdown;

@@ -1,0 +1,94 @@
+//! `[store]` section of `gateway.toml`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wardgate_core::validate::Problems;
+
+/// How hard the store works to keep acknowledged readings.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Acknowledge only after the commit is fsynced (SQLite WAL, `synchronous=FULL`), with group
+    /// commit. The product's promise: an acknowledged reading survives `kill -9` and power loss.
+    #[default]
+    Fsync,
+    /// Acknowledge once the reading is queued for the writer; commit without fsync. Readings
+    /// acknowledged in the last moments before a crash or power loss CAN BE LOST. Logged as a
+    /// warning at start-up.
+    UnsafeNoFsync,
+}
+
+/// What happens when the outbox quota is reached.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowPolicy {
+    /// Refuse new readings (CoAP 5.03 + Max-Age, HTTP 503 + Retry-After): devices keep them.
+    #[default]
+    Reject,
+    /// Delete the oldest undelivered readings to make room; counted in
+    /// `wardgate_store_dropped_total` and logged once per interval.
+    DropOldest,
+}
+
+/// Durable outbox settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite database file. Its directory is created if missing.
+    pub path: PathBuf,
+    /// Durability mode.
+    pub durability: Durability,
+    /// Group commit: after the first request arrives, wait at most this long for more before
+    /// committing them in one transaction (one fsync). 0 commits whatever is queued at once.
+    #[serde(with = "humantime_serde")]
+    pub commit_window: Duration,
+    /// Most readings in one commit.
+    pub max_batch: usize,
+    /// Quota: bytes of reading JSON held in the outbox.
+    pub max_bytes: u64,
+    /// Quota: readings held in the outbox.
+    pub max_readings: u64,
+    /// Readings older than this are dropped even if undelivered (counted, logged). 0 disables.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Policy when a quota is reached.
+    pub overflow: OverflowPolicy,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("wardgate-data/outbox.db"),
+            durability: Durability::Fsync,
+            commit_window: Duration::from_millis(2),
+            max_batch: 4096,
+            max_bytes: 1024 * 1024 * 1024,
+            max_readings: 10_000_000,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            overflow: OverflowPolicy::Reject,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Adds every problem in this section to `p`; `at` is the section's path.
+    pub fn validate(&self, at: &str, p: &mut Problems) {
+        if self.path.as_os_str().is_empty() {
+            p.push(format!("{at}.path"), "must not be empty");
+        }
+        if self.max_batch == 0 {
+            p.push(format!("{at}.max_batch"), "must be at least 1");
+        }
+        if self.max_bytes == 0 {
+            p.push(format!("{at}.max_bytes"), "must be at least 1");
+        }
+        if self.max_readings == 0 {
+            p.push(format!("{at}.max_readings"), "must be at least 1");
+        }
+        if self.commit_window > Duration::from_secs(1) {
+            p.push(format!("{at}.commit_window"), "must be at most 1s (it delays every acknowledgement)");
+        }
+    }
+}
