@@ -34,6 +34,14 @@ pub struct CoapConfig {
     pub piggyback_budget: Duration,
     /// Maximum records in one payload (4.13 beyond).
     pub max_records_per_message: usize,
+    /// Max-Age of 5.03 Service Unavailable answers (bus busy, store full, shutting down,
+    /// too many block transfers): how long devices should wait before retrying.
+    #[serde(with = "humantime_serde")]
+    pub busy_max_age: Duration,
+    /// On shutdown, the longest wait for in-flight requests to be answered (their readings are
+    /// already queued to the store) and observations to be cancelled.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// Message-layer transmission parameters.
     pub transmission: TransmissionConfig,
     /// Deduplication state bounds.
@@ -59,6 +67,8 @@ impl Default for CoapConfig {
             default_class: MessageClass::Vital,
             piggyback_budget: Duration::from_millis(500),
             max_records_per_message: 256,
+            busy_max_age: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
             transmission: TransmissionConfig::default(),
             dedup: DedupConfig::default(),
             block: BlockConfig::default(),
@@ -165,16 +175,55 @@ impl CoapConfig {
     /// Adds every problem in this section to `p`; `at` is the section's path.
     pub fn validate(&self, at: &str, p: &mut Problems) {
         if self.enabled && self.listen.is_empty() {
-            p.push(format!("{at}.listen"), "at least one address is required when enabled");
+            p.push(
+                format!("{at}.listen"),
+                "at least one address is required when enabled",
+            );
         }
         if !(256..=65_507).contains(&self.max_datagram_bytes) {
-            p.push(format!("{at}.max_datagram_bytes"), "must be between 256 and 65507");
+            p.push(
+                format!("{at}.max_datagram_bytes"),
+                "must be between 256 and 65507",
+            );
         }
         if self.ingest_path.is_empty() || self.ingest_path.starts_with('/') {
-            p.push(format!("{at}.ingest_path"), "must be a non-empty path without a leading '/'");
+            p.push(
+                format!("{at}.ingest_path"),
+                "must be a non-empty path without a leading '/'",
+            );
         }
-        if self.transmission.ack_random_factor < 1.0 {
-            p.push(format!("{at}.transmission.ack_random_factor"), "must be at least 1.0");
+        let t = &self.transmission;
+        if !(1.0..=crate::layer::MAX_RANDOM_FACTOR).contains(&t.ack_random_factor) {
+            p.push(
+                format!("{at}.transmission.ack_random_factor"),
+                "must be a number from 1.0 to 16",
+            );
+        }
+        if t.ack_timeout.is_zero() || t.ack_timeout > crate::layer::MAX_ACK_TIMEOUT {
+            p.push(
+                format!("{at}.transmission.ack_timeout"),
+                "must be more than 0 and at most 300s",
+            );
+        }
+        if t.max_retransmit > crate::layer::MAX_RETRANSMIT_LIMIT {
+            p.push(
+                format!("{at}.transmission.max_retransmit"),
+                "must be at most 20",
+            );
+        }
+        if self.piggyback_budget > crate::layer::MAX_PIGGYBACK_BUDGET {
+            p.push(format!("{at}.piggyback_budget"), "must be at most 300s");
+        }
+        if self.drain_timeout > Duration::from_secs(3600) {
+            p.push(format!("{at}.drain_timeout"), "must be at most 1h");
+        }
+        if self.block.transfer_timeout.is_zero()
+            || self.block.transfer_timeout > crate::block::MAX_TRANSFER_TIMEOUT
+        {
+            p.push(
+                format!("{at}.block.transfer_timeout"),
+                "must be more than 0 and at most 24h",
+            );
         }
         if self.transmission.nstart == 0 {
             p.push(format!("{at}.transmission.nstart"), "must be at least 1");
@@ -184,18 +233,115 @@ impl CoapConfig {
         }
         let b = self.block.preferred_block_size;
         if !(16..=1024).contains(&b) || !b.is_power_of_two() {
-            p.push(format!("{at}.block.preferred_block_size"), "must be a power of two from 16 to 1024");
+            p.push(
+                format!("{at}.block.preferred_block_size"),
+                "must be a power of two from 16 to 1024",
+            );
         }
         if self.max_records_per_message == 0 {
-            p.push(format!("{at}.max_records_per_message"), "must be at least 1");
+            p.push(
+                format!("{at}.max_records_per_message"),
+                "must be at least 1",
+            );
+        }
+        if self.busy_max_age.as_secs() > u64::from(u32::MAX) {
+            p.push(format!("{at}.busy_max_age"), "must fit in 32-bit seconds");
+        }
+        if self.block.max_open_transfers == 0 {
+            p.push(
+                format!("{at}.block.max_open_transfers"),
+                "must be at least 1",
+            );
         }
         for (i, o) in self.observe.iter().enumerate() {
-            if !o.uri.starts_with("coap://") {
-                p.push(format!("{at}.observe[{i}].uri"), format!("{:?} is not a coap:// URI", o.uri));
+            if let Err(e) = crate::observe::parse_uri(&o.uri) {
+                p.push(format!("{at}.observe[{i}].uri"), e.to_string());
             }
-            if o.device.is_empty() {
-                p.push(format!("{at}.observe[{i}].device"), "must not be empty");
+            if !crate::ingest::valid_device_id(o.device.as_bytes()) {
+                p.push(
+                    format!("{at}.observe[{i}].device"),
+                    "must be 1-128 characters of [A-Za-z0-9._:-]",
+                );
+            }
+            if o.reregister_after < Duration::from_secs(1) {
+                p.push(
+                    format!("{at}.observe[{i}].reregister_after"),
+                    "must be at least 1s",
+                );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(c: &CoapConfig) -> Vec<String> {
+        let mut p = Problems::new();
+        c.validate("coap", &mut p);
+        p.into_vec().into_iter().map(|p| p.path).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(problems(&CoapConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn timer_values_that_could_overflow_are_reported() {
+        let mut c = CoapConfig::default();
+        c.transmission.ack_random_factor = f64::INFINITY;
+        c.transmission.ack_timeout = Duration::ZERO;
+        c.transmission.max_retransmit = 1000;
+        c.piggyback_budget = Duration::from_secs(86_400 * 365);
+        c.block.transfer_timeout = Duration::ZERO;
+        let p = problems(&c);
+        for path in [
+            "coap.transmission.ack_random_factor",
+            "coap.transmission.ack_timeout",
+            "coap.transmission.max_retransmit",
+            "coap.piggyback_budget",
+            "coap.block.transfer_timeout",
+        ] {
+            assert!(p.iter().any(|x| x == path), "{path} missing from {p:?}");
+        }
+        c.transmission.ack_random_factor = f64::NAN;
+        assert!(
+            problems(&c)
+                .iter()
+                .any(|x| x == "coap.transmission.ack_random_factor")
+        );
+    }
+
+    #[test]
+    fn observe_targets_are_checked() {
+        let c = CoapConfig {
+            observe: vec![ObserveTarget {
+                uri: "coap://[::1/x".into(),
+                device: "bed 1".into(),
+                class: MessageClass::Vital,
+                name: None,
+                reregister_after: Duration::from_millis(10),
+            }],
+            ..CoapConfig::default()
+        };
+        assert_eq!(
+            problems(&c),
+            [
+                "coap.observe[0].uri",
+                "coap.observe[0].device",
+                "coap.observe[0].reregister_after"
+            ]
+        );
+    }
+
+    #[test]
+    fn new_fields_deserialize_with_humantime() {
+        let c: CoapConfig =
+            serde_json::from_str(r#"{"busy_max_age":"30s","drain_timeout":"2s"}"#).expect("parse");
+        assert_eq!(c.busy_max_age, Duration::from_secs(30));
+        assert_eq!(c.drain_timeout, Duration::from_secs(2));
+        assert!(serde_json::from_str::<CoapConfig>(r#"{"busy_maxage":"30s"}"#).is_err());
     }
 }

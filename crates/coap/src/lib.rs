@@ -1,3 +1,51 @@
-//! placeholder
+//! wardgate-coap: the CoAP endpoint (RFC 7252) of the gateway.
+//!
+//! It owns:
+//! - [`codec`]: a zero-copy CoAP message parser and encoder;
+//! - [`layer`]: the message layer — deduplication by (peer, Message ID) with a bounded, compact
+//!   table; piggybacked and separate responses; retransmission of Confirmable messages with the
+//!   RFC timers; tokens, Message IDs and NSTART for the gateway's own requests;
+//! - [`block`]: block-wise transfer (RFC 7959), Block1 reassembly and Block2 slicing;
+//! - [`ingest`]: the ingest resource and `/.well-known/core`;
+//! - [`observe`]: the gateway observing sensors (RFC 7641);
+//! - [`transport`]: the datagram seam, UDP now, DTLS later as a second implementation;
+//! - [`CoapEndpoint`] and [`CoapClient`], which run the above on sockets.
+//!
+//! Promises:
+//! - **Ack means durable**: a 2.xx answer to an ingest request (and the ACK of a Confirmable
+//!   notification) is sent only after the bus request for its reading resolved `Ok`, i.e. after
+//!   the store made it durable. Everything else gets an error code or silence.
+//! - **Bad input never takes the endpoint down**: malformed datagrams get a RST (Confirmable with a
+//!   readable header) or silence (RFC 7252 §4.2-4.3), unknown critical options 4.02, oversized
+//!   requests 4.13 with Size1; each counts a metric.
+//! - **Memory is bounded by configuration**: deduplication entries (`dedup.max_entries`, oldest
+//!   evicted first), block transfers (`block.max_open_transfers` × `block.max_body_bytes`),
+//!   pending commits (by the bus capacity), command and notification queues.
+//! - One task per socket owns its state: no lock, no task per datagram.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod block;
+pub mod client;
+pub mod codec;
 pub mod config;
+pub mod dedup;
+mod driver;
+pub mod endpoint;
+pub mod engine;
+pub mod error;
+pub mod exchange;
+pub mod ingest;
+pub mod layer;
+pub mod metrics;
+pub mod observe;
+pub mod transport;
+
+pub use client::{CoapClient, Observation, Requester};
+pub use codec::{Code, Token};
+pub use config::{CoapConfig, ObserveTarget, TransmissionConfig};
+pub use endpoint::{CoapEndpoint, EndpointDeps};
+pub use error::CoapError;
+pub use exchange::{AckHandle, ClientRequest, ClientResponse, Notification};
+pub use metrics::CoapMetrics;
+pub use transport::{Transport, UdpTransport};

@@ -1,2 +1,49 @@
-//! placeholder
+//! wardgate-config: the `gateway.toml` schema, `${VAR}` / `${VAR:-default}` interpolation, and
+//! validation that reports every problem at once.
+//!
+//! Each adapter crate owns the struct of its own section (`wardgate_coap::CoapConfig`, ...);
+//! this crate composes them, interpolates the environment, and runs every section's `validate`.
+//! Nothing here binds a socket or opens a file other than the config itself, so
+//! `wardgate check-config` and `wardgate run` share exactly the same checks.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod error;
+mod gateway;
+mod interpolate;
+
+pub use error::ConfigError;
+pub use gateway::{
+    BusConfig, FileUplinkConfig, GatewayConfig, GatewaySection, LogConfig, LogFormat, UplinkConfig,
+};
+pub use interpolate::interpolate;
+pub use wardgate_core::validate::Problem;
+
+use std::path::Path;
+
+/// Reads, interpolates (with the process environment), parses and validates a config file.
+pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, &|name| std::env::var(name).ok())
+}
+
+/// Interpolates and parses config text with the given variable lookup, then validates it.
+/// Every problem found (interpolation, types, values, cross-section rules) is returned at once.
+pub fn parse(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<GatewayConfig, ConfigError> {
+    let mut problems = wardgate_core::validate::Problems::new();
+    let expanded = interpolate(text, lookup, &mut problems);
+    let cfg = gateway::parse_sections(&expanded, &mut problems);
+    if let Some(cfg) = &cfg {
+        cfg.validate(&mut problems);
+    }
+    match cfg {
+        Some(cfg) if problems.is_empty() => Ok(cfg),
+        _ => Err(ConfigError::Invalid(problems.into_vec())),
+    }
+}

@@ -147,6 +147,9 @@ mod tests {
     async fn dropped_store_means_shutting_down_not_success() {
         let (bus, rx) = Bus::new(4);
         drop(rx);
-        assert_eq!(bus.submit(vec![enc()]).await, Err(IngestError::ShuttingDown));
+        assert_eq!(
+            bus.submit(vec![enc()]).await,
+            Err(IngestError::ShuttingDown)
+        );
     }
 }

@@ -15,6 +15,7 @@
 //! [`bus::IngestTicket`] for it resolves `Ok`, and the store resolves it only once the reading is
 //! durable (or, in the explicitly named no-durability mode, once it is queued).
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bus;
 pub mod clock;

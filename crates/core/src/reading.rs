@@ -325,10 +325,12 @@ mod tests {
     #[test]
     fn schema_rejects_reading_without_records_or_with_wrong_version() {
         let validator = jsonschema::validator_for(&schema()).expect("schema compiles");
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().encode().json).expect("json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&sample().encode().json).expect("json");
         v["records"] = serde_json::json!([]);
         assert!(!validator.is_valid(&v));
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().encode().json).expect("json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&sample().encode().json).expect("json");
         v["schema"] = serde_json::json!("wardgate.reading/0");
         assert!(!validator.is_valid(&v));
     }

@@ -47,7 +47,10 @@ pub trait OutboxCursor: Send + 'static {
     /// Waits until at least one delivery beyond the cursor exists, then returns up to `max` of
     /// them in outbox order and advances the cursor past them. Never returns an empty vector
     /// unless `max` is 0.
-    fn next(&mut self, max: usize) -> impl Future<Output = Result<Vec<Delivery>, OutboxError>> + Send;
+    fn next(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, OutboxError>> + Send;
 
     /// The peer acknowledged these deliveries: they are no longer owed to this uplink.
     /// Cheap and non-blocking (batched by the store).

@@ -18,8 +18,8 @@ pub enum MqttVersion {
     V5,
 }
 
-/// An MQTT uplink.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// An MQTT uplink. `Debug` redacts the password.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttUplinkConfig {
     /// Unique uplink name (metrics label, admin API, store cursor key).
@@ -32,7 +32,7 @@ pub struct MqttUplinkConfig {
     /// Client id; default `wardgate-{gateway}-{name}`.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// User name.
+    /// User name. A `password` without a user name is sent with an empty user name.
     #[serde(default)]
     pub username: Option<String>,
     /// Password; use `${VAR}` interpolation, never a literal secret in the file.
@@ -60,9 +60,41 @@ pub struct MqttUplinkConfig {
     /// Longest reconnect delay.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// Longest wait at shutdown for the retained `offline` status to be acknowledged and the
+    /// DISCONNECT to be written. Past it the socket is dropped and the broker publishes the will.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Largest PUBLISH packet sent, in bytes (an MQTT 5 broker's own lower limit from CONNACK
+    /// wins). A reading that cannot fit is dropped for this uplink and counted
+    /// (`wardgate_mqtt_readings_dropped_total{reason="too_large"}`): retrying could never succeed.
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: u32,
     /// TLS settings for `mqtts://`.
     #[serde(default)]
     pub tls: TlsConfig,
+}
+
+impl std::fmt::Debug for MqttUplinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttUplinkConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("version", &self.version)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("qos", &self.qos)
+            .field("topic", &self.topic)
+            .field("status_topic", &self.status_topic)
+            .field("keep_alive", &self.keep_alive)
+            .field("max_inflight", &self.max_inflight)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// TLS settings for an `mqtts://` uplink.
@@ -104,13 +136,16 @@ fn default_reconnect_min() -> Duration {
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(30)
 }
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_packet_size() -> u32 {
+    1024 * 1024
+}
 
 impl MqttUplinkConfig {
     /// Adds every problem in this uplink to `p`; `at` is its path, e.g. `uplinks[0]`.
     pub fn validate(&self, at: &str, p: &mut Problems) {
-        if !(self.url.starts_with("mqtt://") || self.url.starts_with("mqtts://")) {
-            p.push(format!("{at}.url"), format!("{:?} must start with mqtt:// or mqtts://", self.url));
-        }
         if self.qos > 1 {
             p.push(format!("{at}.qos"), "must be 0 or 1");
         }
@@ -118,19 +153,44 @@ impl MqttUplinkConfig {
             p.push(format!("{at}.max_inflight"), "must be at least 1");
         }
         if self.reconnect_min > self.reconnect_max {
-            p.push(format!("{at}.reconnect_min"), "must not exceed reconnect_max");
+            p.push(
+                format!("{at}.reconnect_min"),
+                "must not exceed reconnect_max",
+            );
+        }
+        if self.reconnect_min.is_zero() {
+            p.push(format!("{at}.reconnect_min"), "must be more than 0s");
         }
         if self.keep_alive < Duration::from_secs(5) {
             p.push(format!("{at}.keep_alive"), "must be at least 5s");
         }
-        for (field, template) in [("topic", &self.topic), ("status_topic", &self.status_topic)] {
-            if template.contains('+') || template.contains('#') {
-                p.push(format!("{at}.{field}"), "a publish topic must not contain wildcards");
-            }
+        if let Err(e) = crate::url::BrokerUrl::parse(&self.url) {
+            p.push(format!("{at}.url"), e.to_string());
+        }
+        if let Err(e) = crate::topic::TopicTemplate::readings(&self.topic) {
+            p.push(format!("{at}.topic"), e.to_string());
+        }
+        if let Err(e) = crate::topic::TopicTemplate::status(&self.status_topic) {
+            p.push(format!("{at}.status_topic"), e.to_string());
+        }
+        if self.shutdown_timeout.is_zero() {
+            p.push(format!("{at}.shutdown_timeout"), "must be more than 0s");
+        }
+        if self.max_packet_size < 1024 {
+            p.push(
+                format!("{at}.max_packet_size"),
+                "must be at least 1024 bytes",
+            );
         }
         let tls = &self.tls;
+        if *tls != TlsConfig::default() && !self.url.starts_with("mqtts://") {
+            p.push(format!("{at}.tls"), "TLS settings need an mqtts:// url");
+        }
         if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
-            p.push(format!("{at}.tls"), "client_cert_file and client_key_file go together");
+            p.push(
+                format!("{at}.tls"),
+                "client_cert_file and client_key_file go together",
+            );
         }
         for (field, file) in [
             ("ca_file", &tls.ca_file),
@@ -139,9 +199,85 @@ impl MqttUplinkConfig {
         ] {
             if let Some(f) = file {
                 if !f.is_file() {
-                    p.push(format!("{at}.tls.{field}"), format!("{} is not a readable file", f.display()));
+                    p.push(
+                        format!("{at}.tls.{field}"),
+                        format!("{} is not a readable file", f.display()),
+                    );
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> MqttUplinkConfig {
+        serde_json::from_value(json).unwrap_or_else(|e| panic!("config parses: {e}"))
+    }
+
+    fn problems(cfg: &MqttUplinkConfig) -> Vec<String> {
+        let mut p = Problems::new();
+        cfg.validate("uplinks[0]", &mut p);
+        p.into_vec().into_iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn minimal_uplink_gets_documented_defaults_and_validates() {
+        let cfg = parse(serde_json::json!({ "name": "cloud", "url": "mqtt://broker:1883" }));
+        assert_eq!(cfg.version, MqttVersion::V5);
+        assert_eq!(cfg.qos, 1);
+        assert_eq!(cfg.topic, "wardgate/{gateway}/{device}/{class}");
+        assert_eq!(cfg.status_topic, "wardgate/{gateway}/status");
+        assert_eq!(cfg.max_inflight, 256);
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.max_packet_size, 1024 * 1024);
+        assert!(problems(&cfg).is_empty(), "{:?}", problems(&cfg));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let cfg = parse(serde_json::json!({
+            "name": "cloud",
+            "url": "mqtt://user@broker",
+            "qos": 2,
+            "topic": "wardgate/{devic}",
+            "status_topic": "wardgate/{device}/status",
+            "max_inflight": 0,
+            "tls": { "server_name": "broker" },
+        }));
+        let found = problems(&cfg);
+        for path in [
+            "uplinks[0].url",
+            "uplinks[0].qos",
+            "uplinks[0].topic",
+            "uplinks[0].status_topic",
+            "uplinks[0].max_inflight",
+            "uplinks[0].tls",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(&format!("{path}:"))),
+                "{path} in {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<MqttUplinkConfig, _> = serde_json::from_value(serde_json::json!({
+            "name": "cloud", "url": "mqtt://b", "retain": true
+        }));
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let cfg = parse(serde_json::json!({
+            "name": "cloud", "url": "mqtt://b", "username": "u", "password": "hunter2"
+        }));
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 }

@@ -55,6 +55,11 @@ pub struct StoreConfig {
     pub max_age: Duration,
     /// Policy when a quota is reached.
     pub overflow: OverflowPolicy,
+    /// Most recently committed readings kept in memory, so uplinks that keep up get new readings
+    /// without reading the database back. 0 disables it (every delivery is read from disk).
+    pub tail_readings: usize,
+    /// Memory budget of that in-memory tail, in bytes of reading JSON (roughly).
+    pub tail_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -68,6 +73,8 @@ impl Default for StoreConfig {
             max_readings: 10_000_000,
             max_age: Duration::from_secs(7 * 24 * 3600),
             overflow: OverflowPolicy::Reject,
+            tail_readings: 8192,
+            tail_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -87,8 +94,23 @@ impl StoreConfig {
         if self.max_readings == 0 {
             p.push(format!("{at}.max_readings"), "must be at least 1");
         }
+        if self.tail_readings > 1_000_000 {
+            p.push(
+                format!("{at}.tail_readings"),
+                "must be at most 1000000 (it is held in memory)",
+            );
+        }
+        if self.tail_bytes > 1024 * 1024 * 1024 {
+            p.push(
+                format!("{at}.tail_bytes"),
+                "must be at most 1 GiB (it is held in memory)",
+            );
+        }
         if self.commit_window > Duration::from_secs(1) {
-            p.push(format!("{at}.commit_window"), "must be at most 1s (it delays every acknowledgement)");
+            p.push(
+                format!("{at}.commit_window"),
+                "must be at most 1s (it delays every acknowledgement)",
+            );
         }
     }
 }

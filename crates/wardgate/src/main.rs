@@ -1,1 +1,108 @@
-fn main() {}
+//! The `wardgate` binary: CLI, config loading, wiring, supervision, graceful shutdown.
+//!
+//! Exit codes: 0 clean shutdown; 64 (EX_USAGE) invalid configuration; 65 (EX_DATAERR) corrupt
+//! outbox (see `wardgate store recover`); 1 any other start-up or runtime failure.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod file_uplink;
+mod run;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// IoMT edge gateway: CoAP/LwM2M/MQTT/HTTPS sensors in, durable normalized JSON to the cloud.
+#[derive(Debug, Parser)]
+#[command(name = "wardgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Configuration file.
+        #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
+        config: PathBuf,
+        /// Also start simulated ward sensors (SpO2, heart rate, temperature) that send CoAP
+        /// readings to this gateway, so the whole flow is visible at once.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Validate a configuration file, report every problem, bind nothing.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Outbox maintenance.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Salvage every readable reading from a corrupt outbox into a fresh file; the damaged file
+    /// is kept beside it as `<path>.corrupt-<unix-time>`.
+    Recover {
+        /// Configuration file (its `[store] path` is recovered).
+        #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// EX_USAGE from sysexits.h.
+const EXIT_USAGE: u8 = 64;
+/// EX_DATAERR from sysexits.h.
+const EXIT_DATAERR: u8 = 65;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match wardgate_config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: valid ({} uplink(s), CoAP {}, HTTP {})",
+                    config.display(),
+                    cfg.uplinks.len(),
+                    if cfg.coap.enabled { "on" } else { "off" },
+                    if cfg.http.enabled { "on" } else { "off" },
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Run { config, demo } => run::main(&config, demo),
+        Command::Store {
+            command: StoreCommand::Recover { config },
+        } => {
+            let cfg = match wardgate_config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match wardgate_store::recover(&cfg.store.path) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("recovery of {} failed: {e}", cfg.store.path.display());
+                    ExitCode::from(EXIT_DATAERR)
+                }
+            }
+        }
+    }
+}

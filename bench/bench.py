@@ -1,0 +1,672 @@
+#!/usr/bin/env python3
+"""wardgate benchmark orchestrator (called by bench/run.sh; standard library only).
+
+  bench.py run    --out DIR [--quick] ...   run every scenario, append raw JSON lines to DIR
+  bench.py report --raw FILE --out FILE     turn raw JSON lines into the Markdown report
+
+Every system under test (SUT) runs pinned to core 0, the load generator and Mosquitto to core 1
+(Mosquitto moves to core 0 when it is the SUT, in limit-broker). Runs alternate between systems
+(A B C ... A B C ...), each run starts a fresh SUT, and a run during which other processes used
+more than 20 % of a core is repeated (up to twice) and marked.
+
+Loopback only: every address used here is 127.0.0.1.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SUT_CORE = "0"
+LOAD_CORE = "1"
+DISTURBED_PCT = 20.0
+LADDER_RATES = [1000, 5000, 20000, 50000, 100000]
+LADDER_STEP_S = 10
+LADDER_MIN_DELIVERY = 0.999
+LADDER_MAX_P99_MS = 50.0
+SOAK_S = 300
+
+WARDGATE_SYSTEMS = ("wardgate-ingest", "wardgate-e2e-fsync", "wardgate-e2e-nofsync")
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port(kind=socket.SOCK_DGRAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(core, cmd):
+    return ["taskset", "-c", core] + [str(c) for c in cmd]
+
+
+def stop_process(proc, grace=10.0):
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work = Path(args.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.raw = open(self.out / "results.jsonl", "a", encoding="utf-8")
+        self.bench_bin = str(Path(args.bench_bin).absolute())
+        self.wardgate_bin = str(Path(args.wardgate_bin).absolute())
+        self.venv_python = str(Path(args.venv_python).absolute())
+        self.mosq = None
+        self.mosq_port = None
+        self.duration = 1.5 if self.quick else 3.0
+        self.runs = 1 if self.quick else args.runs
+        self.retries = 0 if self.quick else 2
+
+    # ---- peers -------------------------------------------------------------------------------
+    def start_mosquitto(self):
+        self.mosq_port = free_port(socket.SOCK_STREAM)
+        conf = self.work / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.mosq_port} 127.0.0.1\n"
+            "allow_anonymous true\npersistence false\n"
+            # Queue instead of dropping when the subscriber lags: the harness counts losses and
+            # they must be the gateway's, not the broker's default 1000-message queue.
+            "max_queued_messages 2000000\nmax_inflight_messages 1000\n"
+            "set_tcp_nodelay true\n"
+        )
+        logf = open(self.work / "mosquitto.log", "ab")
+        self.mosq = subprocess.Popen(pinned(LOAD_CORE, ["mosquitto", "-c", conf]), stdout=logf, stderr=logf)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.mosq_port), timeout=0.2).close()
+                log(f"mosquitto on 127.0.0.1:{self.mosq_port} (pid {self.mosq.pid})")
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def mosq_core(self, core):
+        subprocess.run(["taskset", "-pc", core, str(self.mosq.pid)], stdout=subprocess.DEVNULL, check=False)
+
+    # ---- systems under test ------------------------------------------------------------------
+    def start_sut(self, system):
+        """Starts a fresh SUT; returns (Popen, coap_port, extra) or raises."""
+        port = free_port()
+        logf = open(self.work / f"{system}.log", "ab")
+        extra = {}
+        if system == "limit-udp":
+            cmd = [self.bench_bin, "udp-echo", "--listen", f"127.0.0.1:{port}", "--max-seconds", "900"]
+        elif system == "libcoap":
+            cmd = ["coap-server-notls", "-A", "127.0.0.1", "-p", port]
+        elif system == "naive-bridge":
+            cmd = [self.venv_python, ROOT / "bench/peers/naive_bridge.py", "--listen", "127.0.0.1", "--port", port,
+                   "--mqtt-port", self.mosq_port, "--topic-prefix", "naive/bench", "--max-seconds", "900"]
+        elif system.startswith("wardgate"):
+            cfg, http = self.wardgate_config(system, port)
+            extra["http"] = http
+            cmd = [self.wardgate_bin, "run", "--config", cfg]
+        else:
+            raise ValueError(system)
+        proc = subprocess.Popen(pinned(SUT_CORE, cmd), stdout=logf, stderr=logf, cwd=self.work)
+        if "http" in extra:
+            self.wait_http(proc, extra["http"])
+        else:
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{system} exited at start with code {proc.returncode} (see {self.work}/{system}.log)")
+        return proc, port, extra
+
+    def wardgate_config(self, system, port):
+        http = free_port(socket.SOCK_STREAM)
+        data = self.work / f"data-{system}-{time.time_ns()}"
+        data.mkdir(parents=True)
+        durability = "unsafe-no-fsync" if "nofsync" in system else "fsync"
+        if system == "wardgate-ingest":
+            uplink = '[[uplinks]]\ntype = "file"\nname = "sink"\npath = "/dev/null"\n'
+        else:
+            uplink = (f'[[uplinks]]\ntype = "mqtt"\nname = "cloud"\nurl = "mqtt://127.0.0.1:{self.mosq_port}"\n'
+                      'topic = "wardgate/{gateway}/{device}/{class}"\n')
+        cfg = self.work / f"{system}.toml"
+        cfg.write_text(
+            '[gateway]\nid = "bench"\n\n[log]\nlevel = "warn"\n\n'
+            f'[coap]\nlisten = ["127.0.0.1:{port}"]\n\n'
+            f'[http]\nlisten = "127.0.0.1:{http}"\n\n'
+            f'[store]\npath = "{data}/outbox.db"\ndurability = "{durability}"\n\n' + uplink
+        )
+        return cfg, http
+
+    def wait_http(self, proc, http, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=0.5) as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+            time.sleep(0.1)
+        # Not fatal: the load generator's own CoAP readiness probe decides.
+
+    def metrics_snapshot(self, http, name):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=2) as r:
+                (self.out / f"metrics-{name}.txt").write_bytes(r.read())
+        except Exception as e:
+            log(f"no /metrics snapshot for {name}: {e}")
+
+    # ---- one measurement ---------------------------------------------------------------------
+    def loadgen(self, argv, timeout):
+        cmd = pinned(LOAD_CORE, [self.bench_bin] + argv)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"wardgate-bench failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    def coap_args(self, system, port, sut_pid, mode):
+        a = ["coap-load", "--target", f"127.0.0.1:{port}", "--pid", sut_pid, "--peer-pid", self.mosq.pid,
+             "--timeout", "2", "--label", system]
+        if mode.get("rate"):
+            a += ["--rate", mode["rate"], "--in-flight", "4096"]
+        else:
+            a += ["--in-flight", mode.get("in_flight", 64)]
+        a += ["--duration", mode.get("duration", self.duration), "--format", mode.get("format", "senml-json"),
+              "--type", mode.get("type", "con")]
+        if mode.get("rss_series"):
+            a += ["--rss-series", mode["rss_series"]]
+        if system == "naive-bridge":
+            a += ["--mqtt", f"mqtt://127.0.0.1:{self.mosq_port}", "--topic", "naive/bench/+/vital", "--drain-timeout", "10"]
+        elif system.startswith("wardgate-e2e"):
+            a += ["--mqtt", f"mqtt://127.0.0.1:{self.mosq_port}", "--topic", "wardgate/bench/+/vital", "--drain-timeout", "10"]
+        return [str(x) for x in a]
+
+    def measure(self, scenario, system, mode, run):
+        """One run of one scenario with the repeat-if-disturbed rule; writes raw lines."""
+        for attempt in range(self.retries + 1):
+            rec = {"scenario": scenario, "system": system, "run": run, "attempt": attempt,
+                   "mode": {k: v for k, v in mode.items()}, "at": time.time()}
+            try:
+                rec["report"] = self.measure_once(scenario, system, mode, run)
+            except Exception as e:
+                rec["error"] = str(e)
+                log(f"{scenario} run {run}: ERROR {e}")
+                self.write(rec)
+                return rec
+            other = rec["report"].get("cpu", {}).get("other_cpu_pct", 0.0)
+            rec["disturbed"] = other > DISTURBED_PCT
+            self.write(rec)
+            log(f"{scenario} run {run}.{attempt}: {summary_line(rec['report'])}"
+                + (f"  DISTURBED other-CPU {other:.0f}%" if rec["disturbed"] else ""))
+            if not rec["disturbed"]:
+                return rec
+        return rec
+
+    def measure_once(self, scenario, system, mode, run):
+        if system == "limit-broker":
+            self.mosq_core(SUT_CORE)
+            try:
+                return self.loadgen(["broker-limit", "--mqtt", f"mqtt://127.0.0.1:{self.mosq_port}", "--in-flight", "64",
+                                     "--duration", str(mode.get("duration", self.duration)), "--pid", str(self.mosq.pid),
+                                     "--label", scenario], timeout=120)
+            finally:
+                self.mosq_core(LOAD_CORE)
+        proc, port, extra = self.start_sut(system)
+        try:
+            if mode.get("idle"):
+                time.sleep(2)
+                return self.loadgen(["sample", "--pid", str(proc.pid), "--duration", str(mode["idle"]), "--label", scenario],
+                                    timeout=60)
+            budget = float(mode.get("duration", self.duration)) + 60
+            rep = self.loadgen(self.coap_args(system, port, proc.pid, mode), timeout=budget)
+            if run == 0 and "http" in extra:
+                self.metrics_snapshot(extra["http"], scenario)
+            return rep
+        finally:
+            stop_process(proc)
+            if proc.returncode not in (0, None, -signal.SIGTERM, 143):
+                log(f"{system} exited with {proc.returncode}")
+
+    def write(self, rec):
+        self.raw.write(json.dumps(rec) + "\n")
+        self.raw.flush()
+
+    def note(self, scenario, text):
+        self.write({"scenario": scenario, "not_measured": text, "at": time.time()})
+        log(f"{scenario}: not measured: {text}")
+
+    # ---- the whole programme -----------------------------------------------------------------
+    def scenarios(self):
+        d = self.duration
+        s = [
+            ("limit-udp", "limit-udp", {}),
+            ("limit-broker", "limit-broker", {}),
+            ("libcoap", "libcoap", {}),
+            ("naive-bridge", "naive-bridge", {}),
+            ("wardgate-ingest", "wardgate-ingest", {}),
+            ("wardgate-e2e-fsync", "wardgate-e2e-fsync", {}),
+            ("wardgate-e2e-nofsync", "wardgate-e2e-nofsync", {}),
+            ("wardgate-e2e-cbor", "wardgate-e2e-fsync", {"format": "senml-cbor"}),
+            ("wardgate-e2e-non", "wardgate-e2e-fsync", {"type": "non"}),
+            ("wardgate-e2e-20k-open", "wardgate-e2e-fsync", {"rate": 20000, "duration": d}),
+            ("wardgate-idle", "wardgate-e2e-fsync", {"idle": 2 if self.quick else 5}),
+        ]
+        only = set(self.args.only.split(",")) if self.args.only else None
+        return [x for x in s if only is None or x[0] in only]
+
+    def run_all(self):
+        started = time.time()
+        self.write({"meta": machine(self.venv_python), "command": self.args.command_line, "quick": self.quick, "at": started})
+        self.start_mosquitto()
+        try:
+            for run in range(self.runs):
+                for scenario, system, mode in self.scenarios():
+                    self.measure(scenario, system, mode, run)
+            self.note("wardgate-lwm2m-registration-storm", "LwM2M server not implemented")
+            self.note("wardgate-lwm2m-notifications", "LwM2M server not implemented")
+            self.note("wardgate-idle-10k-lwm2m-clients", "LwM2M server not implemented (idle RSS without clients is measured)")
+            if not self.quick and not self.args.no_profile:
+                try:
+                    self.profile("wardgate-e2e-fsync")
+                except Exception as e:
+                    self.write({"scenario": "profile:wardgate-e2e-fsync", "error": str(e), "at": time.time()})
+                    log(f"profile failed: {e}")
+            if not self.quick and not self.args.no_ladder:
+                self.ladder()
+            if not self.quick and not self.args.no_soak:
+                self.soak()
+        finally:
+            stop_process(self.mosq)
+        self.write({"finished": time.time(), "elapsed_s": time.time() - started})
+        log(f"done in {time.time() - started:.0f} s")
+
+    def profile(self, system):
+        """One extra closed-loop run under `perf record -e cpu-clock` (a software event: this VM has
+        no hardware counters); the flat profile by symbol goes to profile-<system>.txt."""
+        if not shutil.which("perf"):
+            self.note(f"profile:{system}", "perf is not installed")
+            return
+        data = self.work / f"perf-{system}.data"
+        proc, port, _ = self.start_sut(system)
+        try:
+            d = max(self.duration, 5)
+            perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1999", "-o", data, "-p", str(proc.pid),
+                                     "--", "sleep", str(d + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            rep = self.loadgen(self.coap_args(system, port, proc.pid, {"duration": d}), timeout=d + 60)
+            perf.wait(timeout=30)
+        finally:
+            stop_process(proc)
+        self.write({"scenario": f"profile:{system}", "run": 0, "attempt": 0, "report": rep, "profiled": True,
+                    "at": time.time()})
+        out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol",
+                              "--percent-limit", "0.5"], capture_output=True, text=True).stdout
+        (self.out / f"profile-{system}.txt").write_text(
+            f"# perf record -e cpu-clock -F 1999 -p <wardgate> during: {summary_line(rep)}\n" + out)
+        log(f"profile written to {self.out}/profile-{system}.txt")
+
+    def ladder(self):
+        for system in ("libcoap", "naive-bridge", "wardgate-ingest", "wardgate-e2e-fsync"):
+            for rate in LADDER_RATES:
+                rec = self.measure(f"ladder:{system}", system, {"rate": rate, "duration": LADDER_STEP_S}, rate)
+                if not ladder_pass(rec):
+                    break
+
+    def soak(self):
+        ok = [r["report"]["ok_rps"] for r in read_raw(self.out / "results.jsonl")
+              if r.get("scenario") == "wardgate-e2e-fsync" and "report" in r and not r.get("disturbed")]
+        if not ok:
+            self.note("soak", "no undisturbed wardgate-e2e-fsync run to take the max rate from")
+            return
+        rate = max(100, int(statistics.median(ok) / 2 // 100 * 100))
+        self.retries, saved = 0, self.retries
+        self.measure("soak", "wardgate-e2e-fsync", {"rate": rate, "duration": SOAK_S, "rss_series": 5}, 0)
+        self.retries = saved
+
+
+def ladder_pass(rec):
+    rep = rec.get("report")
+    if not rep or not rep.get("sent"):
+        return False
+    e2e = rep.get("e2e")
+    delivered = (e2e["unique"] if e2e else rep["responses"]) / rep["sent"]
+    p99 = max((rep.get("ack_latency") or {}).get("p99_ms", 1e9), ((e2e or {}).get("latency") or {}).get("p99_ms", 0))
+    if e2e and not e2e.get("latency"):
+        p99 = 1e9
+    return delivered >= LADDER_MIN_DELIVERY and p99 <= LADDER_MAX_P99_MS
+
+
+def summary_line(rep):
+    if rep.get("tool") == "sample":
+        return f"idle RSS {rep['sut_memory']['rss_end_kb'] / 1024:.1f} MiB, HWM {rep['sut_memory']['vm_hwm_kb'] / 1024:.1f} MiB"
+    lat = rep.get("ack_latency") or (rep.get("e2e") or {}).get("latency") or {}
+    e2e = rep.get("e2e") or {}
+    s = f"{rep.get('throughput_rps', 0):,.0f}/s p50 {lat.get('p50_ms', float('nan')):.2f} p99 {lat.get('p99_ms', float('nan')):.2f} ms"
+    if rep.get("tool") == "coap-load":
+        s += f" ok {rep['ok']}/{rep['sent']} 5.03 {rep['busy_503']} to {rep['timeouts']}"
+        if e2e:
+            el = e2e.get("latency") or {}
+            s += f" | e2e {e2e['unique']}/{rep['sent']} dup {e2e['duplicates']} p99 {el.get('p99_ms', float('nan')):.2f} ms"
+    cpu = rep.get("cpu", {}).get("sut_cpu_ms_per_1k")
+    if cpu is not None:
+        s += f" | {cpu:.2f} ms CPU/1k"
+    return s
+
+
+def machine(venv_python="python3"):
+    def read(p):
+        try:
+            return Path(p).read_text()
+        except OSError:
+            return ""
+    model = next((l.split(":", 1)[1].strip() for l in read("/proc/cpuinfo").splitlines() if l.startswith("model name")), "?")
+    mem = next((l.split(":", 1)[1].strip() for l in read("/proc/meminfo").splitlines() if l.startswith("MemTotal")), "?")
+    try:
+        mem = f"{int(mem.split()[0]) / 1024 / 1024:.1f} GiB"
+    except (ValueError, IndexError):
+        pass
+
+    def ver(cmd):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except Exception:
+            return "?"
+    fs = "?"
+    try:
+        fs = subprocess.run(["df", "-T", "/tmp"], capture_output=True, text=True).stdout.splitlines()[1].split()[1]
+    except Exception:
+        pass
+    return {
+        "nproc": os.cpu_count(), "cpu_model": model, "memory": mem, "kernel": platform.release(),
+        "virtualization": ver(["systemd-detect-virt"]), "tmp_fs": fs,
+        "rustc": ver(["rustc", "--version"]), "mosquitto": ver(["mosquitto", "-h"]),
+        "libcoap": "libcoap3-bin " + ver(["dpkg-query", "-W", "-f=${Version}", "libcoap3-bin"]),
+        "python": ver([venv_python, "--version"]),
+    }
+
+
+# ---- report --------------------------------------------------------------------------------------
+def read_raw(path):
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return out
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def rng(xs):
+    xs = [x for x in xs if x is not None]
+    return (min(xs), max(xs)) if xs else None
+
+
+def fmt(x, digits=2):
+    if x is None:
+        return "–"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def cell(xs, digits=2):
+    m, r = med(xs), rng(xs)
+    if m is None:
+        return "–"
+    if r and len([x for x in xs if x is not None]) > 1:
+        return f"{fmt(m, digits)} ({fmt(r[0], digits)}–{fmt(r[1], digits)})"
+    return fmt(m, digits)
+
+
+def throughput_of(rep):
+    if rep.get("tool") == "coap-load" and rep.get("ok"):
+        return rep["ok_rps"]
+    return rep.get("throughput_rps")
+
+
+def latency_of(rep):
+    return rep.get("ack_latency") or (rep.get("e2e") or {}).get("latency") or {}
+
+
+def final_records(raw):
+    """The last attempt of each (scenario, run): what the table uses."""
+    last = {}
+    for r in raw:
+        if "scenario" in r and "run" in r:
+            last[(r["scenario"], r["run"])] = r
+    by = {}
+    for (sc, _), r in sorted(last.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        by.setdefault(sc, []).append(r)
+    return by
+
+
+def report(raw_path, out_path, command):
+    raw = read_raw(raw_path)
+    meta = next((r for r in raw if "meta" in r), {})
+    m = meta.get("meta", {})
+    by = final_records(raw)
+    attempts = {}
+    for r in raw:
+        if "scenario" in r and "run" in r:
+            attempts[r["scenario"]] = attempts.get(r["scenario"], 0) + 1
+    lines = []
+    w = lines.append
+    w("# wardgate benchmarks\n")
+    w("Generated by `bench/run.sh` from the raw results in `docs/bench-raw/` (do not edit by hand; "
+      "regenerate with `python3 bench/bench.py report --raw docs/bench-raw/results.jsonl --out docs/benchmarks.md`).\n")
+    w(f"- Command: `{command or meta.get('command', '?')}`")
+    w(f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(meta.get('at', time.time())))}")
+    w(f"- Machine: {m.get('nproc', '?')} CPUs ({m.get('cpu_model', '?')}, {m.get('virtualization', '?')}), "
+      f"{m.get('memory', '?')} RAM, Linux {m.get('kernel', '?')}, outbox on {m.get('tmp_fs', '?')}")
+    w(f"- Peers: {m.get('mosquitto', '?')}; {m.get('libcoap', '?')}; {m.get('python', '?')} (naive bridge: aiocoap + paho-mqtt); {m.get('rustc', '?')}")
+    w("- Pinning: system under test on core 0, load generator and Mosquitto on core 1 (Mosquitto on core 0 when it is "
+      "the system under test). Runs alternate between systems; each run starts a fresh system under test. A run during "
+      f"which other processes used > {DISTURBED_PCT:.0f} % of a core is repeated (at most twice) and the last attempt is used.")
+    fin = next((r for r in raw if "finished" in r), None)
+    if fin:
+        w(f"- Wall time of the whole run: {fin['elapsed_s'] / 60:.1f} min")
+    w("")
+    w("Cells are `median (min–max)` over the runs. Throughput is acknowledged readings per second (2.xx answers; for "
+      "libcoap, which has no ingest resource, any answer — it answers 4.04 — and for limit-broker, messages received by the "
+      "subscriber). Latency is CoAP request → answer (open loop: from the *scheduled* send time), and for limit-broker "
+      "publish → receive. E2E is CoAP send → the reading received from Mosquitto by a QoS 1 subscriber. CPU is the system "
+      "under test's CPU time per 1000 answered readings (for limit-broker: Mosquitto's, per 1000 messages). Peak RSS is "
+      "VmHWM at the end of the run. Other-CPU is the busy time of processes other than the SUT, the load generator and "
+      "Mosquitto, in % of one core.\n")
+    w("## Scenarios\n")
+    w("| scenario | runs | throughput /s | p50 ms | p99 ms | max ms | e2e p99 ms | delivered | 5.03 / timeouts | CPU ms/1k | peak RSS MiB | other-CPU % |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    order = ["limit-udp", "limit-broker", "libcoap", "naive-bridge", "wardgate-ingest", "wardgate-e2e-fsync",
+             "wardgate-e2e-nofsync", "wardgate-e2e-cbor", "wardgate-e2e-non", "wardgate-e2e-20k-open"]
+    for sc in order:
+        recs = by.get(sc, [])
+        ok = [r["report"] for r in recs if "report" in r]
+        errs = [r["error"] for r in recs if "error" in r]
+        if not ok:
+            if errs:
+                w(f"| {sc} | 0 | failed: {errs[0][:120]} |||||||||||")
+            continue
+        e2e = [x.get("e2e") for x in ok if x.get("e2e")]
+        delivered = "–"
+        if e2e:
+            sent = sum(x["sent"] for x in ok)
+            uniq = sum(x["unique"] for x in e2e)
+            dups = sum(x["duplicates"] for x in e2e)
+            delivered = f"{100.0 * uniq / max(sent, 1):.3f} %" + (f", {dups} dup" if dups else "")
+        failures = "–"
+        if ok[0].get("tool") == "coap-load":
+            failures = f"{sum(x['busy_503'] for x in ok)} / {sum(x['timeouts'] for x in ok)}"
+        w(f"| {sc} | {len(ok)}{' (' + str(attempts.get(sc, 0) - len(recs)) + ' repeated)' if attempts.get(sc, 0) > len(recs) else ''} "
+          f"| {cell([throughput_of(x) for x in ok], 0)} "
+          f"| {cell([latency_of(x).get('p50_ms') for x in ok])} | {cell([latency_of(x).get('p99_ms') for x in ok])} "
+          f"| {cell([latency_of(x).get('max_ms') for x in ok])} "
+          f"| {cell([((x.get('e2e') or {}).get('latency') or {}).get('p99_ms') for x in ok]) if e2e else '–'} "
+          f"| {delivered} | {failures} "
+          f"| {cell([x['cpu'].get('sut_cpu_ms_per_1k') for x in ok])} "
+          f"| {cell([(x.get('sut_memory') or {}).get('vm_hwm_kb', 0) / 1024 for x in ok], 1)} "
+          f"| {cell([x['cpu'].get('other_cpu_pct') for x in ok], 0)} |")
+    idle = [r["report"] for r in by.get("wardgate-idle", []) if "report" in r]
+    w("")
+    w("## Idle footprint\n")
+    if idle:
+        w(f"wardgate idle (CoAP + HTTP listeners, MQTT uplink connected, empty outbox), after 2 s: RSS "
+          f"{cell([x['sut_memory']['rss_end_kb'] / 1024 for x in idle], 1)} MiB, peak (VmHWM) "
+          f"{cell([x['sut_memory']['vm_hwm_kb'] / 1024 for x in idle], 1)} MiB, CPU "
+          f"{cell([x['cpu']['sut_cpu_ms'] / x['duration_s'] for x in idle])} ms per second.")
+    else:
+        errs = [r.get("error") for r in by.get("wardgate-idle", [])]
+        w(f"not measured{': ' + errs[0] if errs and errs[0] else ''}")
+    for r in raw:
+        if "not_measured" in r:
+            w(f"\n- **{r['scenario']}**: not measured: {r['not_measured']}.")
+    # Ladder
+    ladder = {sc.split(":", 1)[1]: recs for sc, recs in by.items() if sc.startswith("ladder:")}
+    w("\n## Ladder (open loop, 10 s per step; a step passes with ≥ 99.9 % delivered and p99 ≤ 50 ms)\n")
+    if ladder:
+        w("| system | " + " | ".join(f"{r // 1000}k/s" for r in LADDER_RATES) + " | sustainable |")
+        w("|---|" + "---|" * (len(LADDER_RATES) + 1))
+        for system, recs in ladder.items():
+            cells, best = [], None
+            steps = {r["run"]: r for r in recs}
+            for rate in LADDER_RATES:
+                r = steps.get(rate)
+                if r is None:
+                    cells.append("")
+                    continue
+                rep = r.get("report")
+                if not rep:
+                    cells.append("error")
+                    continue
+                e2e = rep.get("e2e")
+                delivered = (e2e["unique"] if e2e else rep["responses"]) / max(rep["sent"], 1)
+                p99 = latency_of(rep).get("p99_ms")
+                e2e_p99 = ((e2e or {}).get("latency") or {}).get("p99_ms")
+                passed = ladder_pass(r)
+                if passed:
+                    best = rate
+                cells.append(f"{'✔' if passed else '✘'} {100 * delivered:.2f} %, p99 {fmt(p99)}"
+                             + (f" / e2e {fmt(e2e_p99)}" if e2e else "") + " ms")
+            w(f"| {system} | " + " | ".join(cells) + f" | {'< 1k' if best is None else f'{best:,}'}/s |")
+    else:
+        w("not run (quick mode or --no-ladder).")
+    # Soak
+    w("\n## Soak\n")
+    soak = [r for r in by.get("soak", []) if "report" in r]
+    if soak:
+        rep = soak[-1]["report"]
+        mem = rep["sut_memory"]
+        e2e = rep.get("e2e") or {}
+        w(f"{SOAK_S} s open loop at {fmt(rep['rate_target'], 0)} readings/s (half of wardgate-e2e-fsync's median), "
+          f"durable outbox, MQTT QoS 1: RSS start {mem['rss_start_kb'] / 1024:.1f} MiB, end {mem['rss_end_kb'] / 1024:.1f} MiB, "
+          f"max {mem['rss_max_kb'] / 1024:.1f} MiB, slope {mem['rss_slope_kb_per_min'] / 1024:+.3f} MiB/min; "
+          f"delivered {100 * e2e.get('delivery_ratio', 0):.3f} %, duplicates {e2e.get('duplicates', 0)}, "
+          f"p99 ack {fmt(latency_of(rep).get('p99_ms'))} ms, p99 e2e {fmt((e2e.get('latency') or {}).get('p99_ms'))} ms, "
+          f"CPU {fmt(rep['cpu'].get('sut_cpu_ms_per_1k'))} ms/1k, other-CPU {fmt(rep['cpu']['other_cpu_pct'], 0)} %.")
+        series = mem.get("rss_series") or []
+        if series:
+            pts = series[:: max(1, len(series) // 12)]
+            w("\nRSS over time (s → MiB): " + ", ".join(f"{t:.0f}→{kb / 1024:.1f}" for t, kb in pts))
+    else:
+        errs = [r.get("error") or r.get("not_measured") for r in by.get("soak", [])]
+        w("not run (quick mode or --no-soak)." if not errs else f"failed: {errs[0]}")
+    # Ratios and targets
+    w("\n## Ratios and targets\n")
+
+    def med_of(sc, f):
+        return med([f(r["report"]) for r in by.get(sc, []) if "report" in r])
+
+    wg = med_of("wardgate-e2e-fsync", throughput_of)
+    wg_e2e = med_of("wardgate-e2e-fsync", lambda x: (x.get("e2e") or {}).get("delivered_per_s"))
+    ing = med_of("wardgate-ingest", throughput_of)
+    broker = med_of("limit-broker", throughput_of)
+    naive = med_of("naive-bridge", throughput_of)
+    libcoap = med_of("libcoap", throughput_of)
+    udp = med_of("limit-udp", throughput_of)
+    p99_ack = med_of("wardgate-e2e-20k-open", lambda x: latency_of(x).get("p99_ms"))
+    p99_e2e = med_of("wardgate-e2e-20k-open", lambda x: ((x.get("e2e") or {}).get("latency") or {}).get("p99_ms"))
+    idle_rss = med([x["sut_memory"]["rss_end_kb"] / 1024 for x in idle]) if idle else None
+    cpu = med_of("wardgate-e2e-fsync", lambda x: x["cpu"].get("sut_cpu_ms_per_1k"))
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    rows = [
+        ("wardgate e2e (fsync) / limit-broker", ratio(wg, broker), ">= 0.75", lambda v: v >= 0.75),
+        ("wardgate e2e (fsync) / naive-bridge", ratio(wg, naive), ">= 15", lambda v: v >= 15),
+        ("wardgate ingest / libcoap (ack rate)", ratio(ing, libcoap), ">= 0.8", lambda v: v >= 0.8),
+        ("wardgate ingest / limit-udp", ratio(ing, udp), "(context)", None),
+        ("wardgate e2e (fsync) delivered/s / acked/s", ratio(wg_e2e, wg), "(context)", None),
+        ("p99 ack at 20k/s open loop, ms", p99_ack, "<= 2", lambda v: v <= 2),
+        ("p99 e2e at 20k/s open loop, ms", p99_e2e, "<= 10", lambda v: v <= 10),
+        ("idle RSS, MiB", idle_rss, "<= 32", lambda v: v <= 32),
+        ("CPU per 1k readings (e2e fsync), ms", cpu, "<= 5", lambda v: v <= 5),
+    ]
+    w("| measure | value | target | met |")
+    w("|---|---|---|---|")
+    for name, v, target, ok in rows:
+        met = "–" if v is None or ok is None else ("yes" if ok(v) else "**no**")
+        w(f"| {name} | {fmt(v)} | {target} | {met} |")
+    w("\nRatios use medians of throughput (acknowledged readings/s; limit-broker: messages/s).")
+    notes = Path(raw_path).with_name("notes.md")
+    if notes.exists():
+        w("\n" + notes.read_text())
+    Path(out_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    log(f"report written to {out_path}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--out", required=True)
+    r.add_argument("--work", required=True)
+    r.add_argument("--quick", action="store_true")
+    r.add_argument("--runs", type=int, default=5)
+    r.add_argument("--only", default="")
+    r.add_argument("--no-ladder", action="store_true")
+    r.add_argument("--no-soak", action="store_true")
+    r.add_argument("--no-profile", action="store_true")
+    r.add_argument("--bench-bin", required=True)
+    r.add_argument("--wardgate-bin", required=True)
+    r.add_argument("--venv-python", required=True)
+    r.add_argument("--command-line", default="")
+    p = sub.add_parser("report")
+    p.add_argument("--raw", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--command-line", default="")
+    a = ap.parse_args()
+    if a.cmd == "run":
+        Bench(a).run_all()
+    else:
+        report(a.raw, a.out, a.command_line)
+
+
+if __name__ == "__main__":
+    main()

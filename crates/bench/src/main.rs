@@ -1,0 +1,57 @@
+//! `wardgate-bench`: see the library docs. Prints one JSON object per run on stdout; errors go to
+//! stderr with exit code 2 (usage) or 1 (anything else).
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wardgate_bench::{BenchError, broker_limit, coap_load, sample, udp_echo};
+
+/// wardgate's benchmark harness (loopback targets only).
+#[derive(Debug, Parser)]
+#[command(name = "wardgate-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// CoAP readings against a server, closed or open loop, optionally matched end to end on MQTT.
+    CoapLoad(Box<coap_load::CoapLoadArgs>),
+    /// Stateless CoAP 2.01 answerer: the loopback UDP ceiling.
+    UdpEcho(udp_echo::UdpEchoArgs),
+    /// QoS 1 publish → Mosquitto → subscribe in one process: the broker ceiling.
+    BrokerLimit(broker_limit::BrokerLimitArgs),
+    /// CPU and memory of a process over a period (idle footprint).
+    Sample(sample::SampleArgs),
+}
+
+fn print<T: serde::Serialize>(report: &T) -> Result<(), BenchError> {
+    let line = serde_json::to_string(report)
+        .map_err(|e| BenchError::InvalidArgs(format!("report serialization: {e}")))?;
+    println!("{line}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::CoapLoad(a) => coap_load::run(a).and_then(|r| print(&r)),
+        Command::UdpEcho(a) => udp_echo::run(a),
+        Command::BrokerLimit(a) => broker_limit::run(a).and_then(|r| print(&r)),
+        Command::Sample(a) => sample::run(a).and_then(|r| print(&r)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wardgate-bench: {e}");
+            match e {
+                BenchError::InvalidArgs(_)
+                | BenchError::NotLoopback(_)
+                | BenchError::BadTarget { .. } => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}

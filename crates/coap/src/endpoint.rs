@@ -1,0 +1,234 @@
+//! [`CoapEndpoint`]: binds the `listen` sockets, runs one task per socket and one per observe
+//! target, and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wardgate_core::payload::Limits;
+use wardgate_core::{Bus, Clock, HealthReporter, Shutdown};
+
+use crate::block::{BlockLimits, Reassembly};
+use crate::client::{COMMAND_QUEUE, Requester};
+use crate::codec::BlockOpt;
+use crate::config::{CoapConfig, ObserveTarget};
+use crate::driver::{self, DriveOptions};
+use crate::engine::{Command, Engine};
+use crate::error::CoapError;
+use crate::ingest::{Ingest, IngestSettings};
+use crate::layer::{LayerConfig, Timing};
+use crate::metrics::CoapMetrics;
+use crate::observe::{self, CoapUri, Observer, ObserverDeps};
+use crate::transport::{SocketOptions, Transport, UdpTransport};
+
+/// What the endpoint needs from the rest of the gateway.
+#[derive(Debug, Clone)]
+pub struct EndpointDeps {
+    /// The gateway id stamped on readings.
+    pub gateway_id: String,
+    /// Ingest: `enqueue()` then await durability.
+    pub bus: Bus,
+    /// Wall clock for `received_at` and SenML relative times.
+    pub clock: Arc<dyn Clock>,
+    /// Metrics (see [`CoapMetrics::register`]).
+    pub metrics: CoapMetrics,
+    /// Marked ready once every socket is bound.
+    pub health: HealthReporter,
+}
+
+#[derive(Debug)]
+struct Socket {
+    transport: Arc<UdpTransport>,
+    local: SocketAddr,
+    cmd_tx: mpsc::Sender<Command>,
+    cmd_rx: mpsc::Receiver<Command>,
+}
+
+/// The CoAP endpoint: devices' requests in, the gateway's requests (observe, later LwM2M) out,
+/// over the same sockets.
+#[derive(Debug)]
+pub struct CoapEndpoint {
+    cfg: CoapConfig,
+    deps: EndpointDeps,
+    sockets: Vec<Socket>,
+    targets: Vec<(ObserveTarget, CoapUri)>,
+}
+
+impl CoapEndpoint {
+    /// Binds every `listen` socket (SO_RCVBUF/SO_SNDBUF from the config, IPV6_V6ONLY on IPv6,
+    /// non-blocking) and reports ready. Fails naming the address that cannot be bound, or the
+    /// observe URI that cannot be parsed. The configuration is otherwise assumed validated.
+    pub async fn bind(cfg: CoapConfig, deps: EndpointDeps) -> Result<CoapEndpoint, CoapError> {
+        let targets = cfg
+            .observe
+            .iter()
+            .map(|t| observe::parse_uri(&t.uri).map(|u| (t.clone(), u)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let opts = SocketOptions {
+            recv_buffer_bytes: cfg.recv_buffer_bytes,
+            send_buffer_bytes: cfg.send_buffer_bytes,
+        };
+        let mut sockets = Vec::with_capacity(cfg.listen.len());
+        for addr in &cfg.listen {
+            let transport = UdpTransport::bind(*addr, opts).map_err(|source| CoapError::Bind {
+                addr: *addr,
+                source,
+            })?;
+            let local = transport.local_addr().map_err(|source| CoapError::Bind {
+                addr: *addr,
+                source,
+            })?;
+            let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+            sockets.push(Socket {
+                transport: Arc::new(transport),
+                local,
+                cmd_tx,
+                cmd_rx,
+            });
+        }
+        let detail = sockets
+            .iter()
+            .map(|s| format!("{} {}", s.transport.kind(), s.local))
+            .collect::<Vec<_>>()
+            .join(", ");
+        deps.health.ready(detail);
+        Ok(CoapEndpoint {
+            cfg,
+            deps,
+            sockets,
+            targets,
+        })
+    }
+
+    /// The bound addresses (ephemeral ports resolved), in `listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().map(|s| s.local).collect()
+    }
+
+    /// A requester sending from the socket whose address family matches `peer` (for the gateway
+    /// acting as a client, e.g. LwM2M). Usable once [`CoapEndpoint::run`] runs.
+    pub fn requester_for(&self, peer: SocketAddr) -> Option<Requester> {
+        self.sockets
+            .iter()
+            .find(|s| s.local.is_ipv4() == peer.is_ipv4())
+            .map(|s| Requester::new(s.cmd_tx.clone()))
+    }
+
+    fn ingest_settings(&self) -> IngestSettings {
+        let c = &self.cfg;
+        IngestSettings {
+            gateway_id: Arc::from(self.deps.gateway_id.as_str()),
+            ingest_path: c
+                .ingest_path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            default_class: c.default_class,
+            busy_max_age: u32::try_from(c.busy_max_age.as_secs()).unwrap_or(u32::MAX),
+            limits: self.limits(),
+            max_body_bytes: c.block.max_body_bytes,
+            preferred_szx: BlockOpt::szx_for(usize::from(c.block.preferred_block_size)),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_records: self.cfg.max_records_per_message,
+            ..Limits::default()
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled; then new requests get 5.03 with Max-Age, in-flight
+    /// requests are answered (their commits awaited) and observations cancelled, bounded by
+    /// `drain_timeout`.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), CoapError> {
+        let settings = self.ingest_settings();
+        let limits = self.limits();
+        let CoapEndpoint {
+            cfg,
+            deps,
+            sockets,
+            targets,
+        } = self;
+        let observers_done = CancellationToken::new();
+        let block_limits = BlockLimits {
+            max_body_bytes: cfg.block.max_body_bytes,
+            max_open_transfers: cfg.block.max_open_transfers,
+            transfer_timeout: cfg.block.transfer_timeout,
+            preferred_szx: settings.preferred_szx,
+            busy_max_age: settings.busy_max_age,
+        };
+        let layer = LayerConfig {
+            transmission: cfg.transmission,
+            piggyback_budget: cfg.piggyback_budget,
+            dedup_max_entries: cfg.dedup.max_entries,
+        };
+        let mut drivers = JoinSet::new();
+        let mut requesters = Vec::new();
+        for s in sockets {
+            let ingest = Ingest::new(
+                settings.clone(),
+                deps.bus.clone(),
+                deps.clock.clone(),
+                deps.metrics.clone(),
+                Reassembly::new(block_limits, deps.metrics.clone()),
+            );
+            let engine = Engine::new(
+                Instant::now(),
+                layer,
+                cfg.max_datagram_bytes,
+                Some(ingest),
+                deps.metrics.clone(),
+            );
+            requesters.push((s.local, Requester::new(s.cmd_tx)));
+            drivers.spawn(driver::drive(
+                s.transport,
+                engine,
+                s.cmd_rx,
+                shutdown.clone(),
+                DriveOptions {
+                    max_datagram: cfg.max_datagram_bytes,
+                    drain_timeout: cfg.drain_timeout,
+                    observers_done: observers_done.clone(),
+                },
+                deps.metrics.clone(),
+            ));
+        }
+        let observer_deps = ObserverDeps {
+            gateway_id: Arc::from(deps.gateway_id.as_str()),
+            bus: deps.bus.clone(),
+            clock: deps.clock.clone(),
+            metrics: deps.metrics.clone(),
+            limits,
+            sockets: requesters,
+            cancel_wait: Timing::new(&cfg.transmission)
+                .max_transmit_wait
+                .min(cfg.drain_timeout),
+        };
+        let mut observers = JoinSet::new();
+        for (t, u) in targets {
+            observers.spawn(Observer::new(t, u, observer_deps.clone()).run(shutdown.clone()));
+        }
+        // The requesters must not keep the socket tasks' command queues open after observers end.
+        drop(observer_deps);
+        shutdown.cancelled().await;
+        deps.health.not_ready("shutting down");
+        while let Some(r) = observers.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "CoAP observer task failed");
+            }
+        }
+        observers_done.cancel();
+        while let Some(r) = drivers.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "CoAP socket task failed");
+            }
+        }
+        deps.health.not_ready("stopped");
+        Ok(())
+    }
+}

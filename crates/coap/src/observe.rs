@@ -1,0 +1,456 @@
+//! The gateway as an observing client (RFC 7641): one task per `[[coap.observe]]` target.
+//!
+//! Each task resolves the target, registers (GET with Observe=0) over the endpoint socket of the
+//! matching address family, and turns every fresh notification into a reading on the bus.
+//!
+//! Decisions:
+//! - A Confirmable notification is acknowledged only after its reading is durable. When the bus
+//!   refuses it (busy, store full) the notification is *not* acknowledged rather than reset: a RST
+//!   would cancel the observation (RFC 7641 §3.6), while silence makes the sensor retransmit the
+//!   same state or send a newer one (§4.5), which is what "keep your data and retry" means here.
+//!   A notification whose payload cannot be decoded is acknowledged (retransmitting it would not
+//!   help) and counted.
+//! - Freshness (§3.4) is checked against the last *accepted* notification, so a retransmission of
+//!   a notification we refused is not mistaken for a stale one.
+//! - Re-registration uses a new token after forgetting the old one (a leftover observation on the
+//!   sensor is then cancelled by the RST its next notification gets). It happens after the
+//!   observation ends (error response, response without Observe, registration timeout or RST)
+//!   with jittered exponential backoff, and immediately when nothing arrived for
+//!   `reregister_after`.
+//! - A notification without Content-Format is read as text/plain (simple sensors, e.g. libcoap's
+//!   example server, omit it).
+//! - On shutdown each observation is cancelled with GET Observe=1 (bounded wait), else forgotten.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wardgate_core::payload::{self, ContentFormat, DecodeContext, Limits};
+use wardgate_core::{Bus, Clock, Protocol, Reading};
+
+use crate::client::{Observation, Requester};
+use crate::config::ObserveTarget;
+use crate::error::CoapError;
+use crate::exchange::{ClientRequest, ClientResponse, Notification};
+use crate::metrics::CoapMetrics;
+
+/// The RFC 7641 §3.4 freshness rule: is notification (`v2`, received `t2`) newer than
+/// (`v1`, `t1`)? Sequence numbers are 24-bit and wrap; after 128 s any number is fresh.
+pub fn is_fresh(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
+    let d = v2.wrapping_sub(v1) & 0x00ff_ffff;
+    (d != 0 && d < (1 << 23)) || t2 > t1 + Duration::from_secs(128)
+}
+
+/// A parsed `coap://host[:port]/path?query` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoapUri {
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// Port (5683 by default).
+    pub port: u16,
+    /// Path segments, percent-decoded.
+    pub path: Vec<String>,
+    /// Query items, percent-decoded.
+    pub query: Vec<String>,
+}
+
+fn percent_decode(s: &str, uri: &str) -> Result<String, CoapError> {
+    let bad = |reason| CoapError::InvalidUri {
+        uri: uri.to_owned(),
+        reason,
+    };
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .ok_or(bad("truncated percent-encoding"))?;
+            let hex = std::str::from_utf8(hex).map_err(|_| bad("bad percent-encoding"))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad("bad percent-encoding"))?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad("path is not UTF-8"))
+}
+
+/// Parses a `coap://` URI (RFC 7252 §6.1).
+pub fn parse_uri(uri: &str) -> Result<CoapUri, CoapError> {
+    let bad = |reason| CoapError::InvalidUri {
+        uri: uri.to_owned(),
+        reason,
+    };
+    let rest = uri
+        .strip_prefix("coap://")
+        .ok_or(bad("scheme must be coap://"))?;
+    if rest.contains('#') {
+        return Err(bad("fragments are not allowed"));
+    }
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(split);
+    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+        let end = r.find(']').ok_or(bad("unterminated IPv6 literal"))?;
+        let host = &r[..end];
+        let after = &r[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            None if after.is_empty() => 5683,
+            None => return Err(bad("junk after IPv6 literal")),
+        };
+        (host, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().map_err(|_| bad("bad port"))?),
+            None => (authority, 5683),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("missing host"));
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    let path = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode(s, uri))
+        .collect::<Result<Vec<_>, _>>()?;
+    let query = query
+        .map(|q| {
+            q.split('&')
+                .filter(|s| !s.is_empty())
+                .map(|s| percent_decode(s, uri))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    Ok(CoapUri {
+        host: host.to_owned(),
+        port,
+        path,
+        query,
+    })
+}
+
+/// Everything an observer needs besides its target.
+#[derive(Debug, Clone)]
+pub(crate) struct ObserverDeps {
+    pub(crate) gateway_id: Arc<str>,
+    pub(crate) bus: Bus,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: CoapMetrics,
+    pub(crate) limits: Limits,
+    /// (local address, requester) of every endpoint socket.
+    pub(crate) sockets: Vec<(SocketAddr, Requester)>,
+    /// Transmission's MAX_TRANSMIT_WAIT: the longest a registration can take.
+    pub(crate) cancel_wait: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+enum Ended {
+    /// Shutdown requested.
+    Shutdown,
+    /// Nothing arrived for `reregister_after`.
+    Quiet,
+    /// The observation ended; `established` if it had delivered notifications.
+    Over { established: bool },
+}
+
+enum Verdict {
+    Accepted,
+    Busy,
+    Invalid,
+}
+
+/// One observe target's task.
+pub(crate) struct Observer {
+    target: ObserveTarget,
+    uri: CoapUri,
+    deps: ObserverDeps,
+    default_name: Option<String>,
+}
+
+impl Observer {
+    pub(crate) fn new(target: ObserveTarget, uri: CoapUri, deps: ObserverDeps) -> Self {
+        let default_name = target.name.clone().or_else(|| uri.path.last().cloned());
+        Observer {
+            target,
+            uri,
+            deps,
+            default_name,
+        }
+    }
+
+    fn request(&self) -> ClientRequest {
+        let mut r = ClientRequest::get("");
+        r.path = self.uri.path.clone();
+        r.query = self.uri.query.clone();
+        r
+    }
+
+    async fn resolve(&self) -> Result<(SocketAddr, Requester), CoapError> {
+        let fail = |reason: String| CoapError::Resolve {
+            host: self.uri.host.clone(),
+            reason,
+        };
+        let addrs = tokio::net::lookup_host((self.uri.host.as_str(), self.uri.port))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        for a in addrs {
+            if let Some((_, r)) = self
+                .deps
+                .sockets
+                .iter()
+                .find(|(l, _)| l.is_ipv4() == a.is_ipv4())
+            {
+                return Ok((a, r.clone()));
+            }
+        }
+        Err(fail(
+            "no endpoint socket of a matching address family".into(),
+        ))
+    }
+
+    /// Runs until `shutdown`.
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        let m = &self.deps.metrics;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let (peer, requester) = match self.resolve().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(uri = %self.target.uri, error = %e, "observe target unresolved");
+                    m.observe_registration("unresolved");
+                    if !sleep_backoff(&mut backoff, &shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let req = self.request();
+            let obs = match requester.observe(peer, req.clone()).await {
+                Ok(o) => o,
+                Err(CoapError::Closed) => return,
+                Err(e) => {
+                    tracing::warn!(uri = %self.target.uri, error = %e, "observe registration failed");
+                    m.observe_registration("failed");
+                    if !sleep_backoff(&mut backoff, &shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            m.observe_registration("sent");
+            let token = obs.token;
+            match self.follow(obs, &shutdown).await {
+                Ended::Shutdown => {
+                    let cancel = requester.cancel_observation(peer, req, token);
+                    match tokio::time::timeout(self.deps.cancel_wait, cancel).await {
+                        Ok(Ok(_)) => {}
+                        _ => requester.forget(token).await,
+                    }
+                    return;
+                }
+                Ended::Quiet => {
+                    tracing::info!(uri = %self.target.uri, "no notification within reregister_after; re-registering");
+                    m.observe_registration("quiet");
+                    requester.forget(token).await;
+                }
+                Ended::Over { established } => {
+                    requester.forget(token).await;
+                    if established {
+                        backoff = BACKOFF_MIN;
+                    }
+                    tracing::info!(uri = %self.target.uri, "observation ended; re-registering after backoff");
+                    if !sleep_backoff(&mut backoff, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn follow(&self, mut obs: Observation, shutdown: &CancellationToken) -> Ended {
+        let m = &self.deps.metrics;
+        let mut last: Option<(u32, Instant)> = None;
+        let mut established = false;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ended::Shutdown,
+                r = tokio::time::timeout(self.target.reregister_after, obs.notifications.recv()) => r,
+            };
+            let n = match next {
+                Err(_) => return Ended::Quiet,
+                Ok(None) => {
+                    if !established {
+                        m.observe_registration("failed");
+                    }
+                    return Ended::Over { established };
+                }
+                Ok(Some(n)) => n,
+            };
+            let Notification { response, ack } = n;
+            if !response.is_success() {
+                tracing::warn!(uri = %self.target.uri, code = %response.code(), "observe target answered with an error");
+                m.observe_registration("refused");
+                if let Some(a) = ack {
+                    a.accept();
+                }
+                return Ended::Over { established };
+            }
+            let seq = response.observe();
+            if !established {
+                m.observe_registration(if seq.is_some() {
+                    "established"
+                } else {
+                    "not_observable"
+                });
+                established = seq.is_some();
+            }
+            let now = Instant::now();
+            if let (Some((v1, t1)), Some(v2)) = (last, seq) {
+                if !is_fresh(v1, t1, v2, now) {
+                    m.observe_notification("stale");
+                    if let Some(a) = ack {
+                        a.accept();
+                    }
+                    continue;
+                }
+            }
+            match self.ingest(&response).await {
+                Verdict::Accepted => {
+                    if let Some(v) = seq {
+                        last = Some((v, now));
+                    }
+                    m.observe_notification("accepted");
+                    if let Some(a) = ack {
+                        a.accept();
+                    }
+                }
+                Verdict::Busy => {
+                    m.observe_notification("busy");
+                    if let Some(a) = ack {
+                        a.reject();
+                    }
+                }
+                Verdict::Invalid => {
+                    m.observe_notification("invalid");
+                    if let Some(a) = ack {
+                        a.accept();
+                    }
+                }
+            }
+            if seq.is_none() {
+                // Not observable: the one response was the reading.
+                return Ended::Over { established };
+            }
+        }
+    }
+
+    async fn ingest(&self, resp: &ClientResponse) -> Verdict {
+        let m = &self.deps.metrics;
+        let Some(format) = ContentFormat::from_coap(resp.content_format().unwrap_or(0)) else {
+            tracing::debug!(uri = %self.target.uri, "notification with unsupported Content-Format");
+            return Verdict::Invalid;
+        };
+        let now = self.deps.clock.now();
+        let ctx = DecodeContext {
+            now,
+            default_name: self.default_name.as_deref(),
+            limits: self.deps.limits,
+        };
+        let records = match payload::decode(format, resp.payload(), &ctx) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(uri = %self.target.uri, error = %e, "notification payload refused");
+                m.payload_errors
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: e.reason() })
+                    .inc();
+                return Verdict::Invalid;
+            }
+        };
+        let reading = Reading::new(
+            self.deps.gateway_id.as_ref(),
+            self.target.device.as_str(),
+            Protocol::Coap,
+            self.target.class,
+            now,
+            records,
+        );
+        let rx = match self.deps.bus.enqueue(vec![reading.encode()]) {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::debug!(uri = %self.target.uri, error = %e, "notification not stored");
+                return Verdict::Busy;
+            }
+        };
+        match rx.await {
+            Ok(Ok(())) => {
+                m.accepted("observe");
+                Verdict::Accepted
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(uri = %self.target.uri, error = %e, "notification not stored");
+                Verdict::Busy
+            }
+            Err(_) => Verdict::Busy,
+        }
+    }
+}
+
+/// Sleeps the jittered backoff (×[0.5, 1.5)) and doubles it; false on shutdown.
+async fn sleep_backoff(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+    let jitter = rand::rng().random_range(0.5..1.5);
+    let d = backoff.mul_f64(jitter);
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_with_ipv6_port_path_and_query_parses() {
+        let u = parse_uri("coap://[::1]:5690/sensors/t%20a?ticks&x=1").expect("parse");
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.port, 5690);
+        assert_eq!(u.path, vec!["sensors", "t a"]);
+        assert_eq!(u.query, vec!["ticks", "x=1"]);
+        let u = parse_uri("coap://sensor.local/temp").expect("parse");
+        assert_eq!((u.host.as_str(), u.port), ("sensor.local", 5683));
+        assert!(parse_uri("http://x/").is_err());
+        assert!(parse_uri("coap://:80/").is_err());
+        assert!(parse_uri("coap://[::1/").is_err());
+    }
+
+    #[test]
+    fn freshness_follows_rfc7641_examples() {
+        let t = Instant::now();
+        assert!(is_fresh(1, t, 2, t));
+        assert!(!is_fresh(2, t, 1, t));
+        assert!(!is_fresh(5, t, 5, t));
+        // Wrap-around: 0xFFFFFF → 0 is newer.
+        assert!(is_fresh(0x00ff_ffff, t, 0, t));
+        // The 128 s clause makes anything fresh.
+        assert!(is_fresh(10, t, 3, t + Duration::from_secs(129)));
+        assert!(!is_fresh(10, t, 3, t + Duration::from_secs(128)));
+    }
+}

@@ -1,0 +1,392 @@
+//! The whole `gateway.toml`: sections composed from the adapter crates.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use wardgate_coap::config::CoapConfig;
+use wardgate_core::validate::Problems;
+use wardgate_http::config::HttpConfig;
+use wardgate_mqtt::config::MqttUplinkConfig;
+use wardgate_store::config::StoreConfig;
+
+/// The complete gateway configuration.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GatewayConfig {
+    /// `[gateway]`: identity.
+    pub gateway: GatewaySection,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+    /// `[bus]`: the in-process ingest bus.
+    pub bus: BusConfig,
+    /// `[coap]`: the CoAP endpoint.
+    pub coap: CoapConfig,
+    /// `[http]`: health, readiness, metrics.
+    pub http: HttpConfig,
+    /// `[store]`: the durable outbox.
+    pub store: StoreConfig,
+    /// `[[uplinks]]`: where readings go. Every reading is owed to every uplink.
+    pub uplinks: Vec<UplinkConfig>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// This gateway's id: in every reading and in topic templates. `[A-Za-z0-9._-]`, 1-64 chars.
+    pub id: String,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            id: "wardgate".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// `[log]`. Logs go to stderr; stdout is reserved for the stdout uplink.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `info,wardgate_coap=debug`. `RUST_LOG`, when
+    /// set, takes precedence.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[bus]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Ingest requests waiting for the store writer. When full, adapters answer "busy"
+    /// (CoAP 5.03 + Max-Age) at once instead of queueing without bound.
+    pub capacity: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig { capacity: 8192 }
+    }
+}
+
+/// One `[[uplinks]]` entry, selected by `type`.
+// Built once at start-up, a handful at most: the size difference between variants is irrelevant.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum UplinkConfig {
+    /// An MQTT broker.
+    Mqtt(MqttUplinkConfig),
+    /// JSON lines to a file or stdout: the embedded default, needing no external service.
+    File(FileUplinkConfig),
+}
+
+impl UplinkConfig {
+    /// The uplink's unique name.
+    pub fn name(&self) -> &str {
+        match self {
+            UplinkConfig::Mqtt(c) => &c.name,
+            UplinkConfig::File(c) => &c.name,
+        }
+    }
+}
+
+/// `type = "file"` uplink: one normalized JSON reading per line.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileUplinkConfig {
+    /// Unique uplink name.
+    pub name: String,
+    /// File to append to; `-` writes to stdout. A reading counts as delivered once written and
+    /// flushed (and fsynced when `fsync = true`).
+    pub path: PathBuf,
+    /// fsync the file after each batch (files only).
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+const SECTIONS: [&str; 7] = ["gateway", "log", "bus", "coap", "http", "store", "uplinks"];
+
+/// Parses each section on its own so one bad section does not hide problems in the others.
+pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConfig> {
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            p.push(
+                "gateway.toml",
+                format!("not valid TOML: {}", e.to_string().trim_end()),
+            );
+            return None;
+        }
+    };
+    for key in table.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            p.push(
+                key.clone(),
+                format!("unknown section (expected one of: {})", SECTIONS.join(", ")),
+            );
+        }
+    }
+    let mut ok = true;
+    let mut cfg = GatewayConfig::default();
+    section(&table, "gateway", p, &mut ok, &mut cfg.gateway);
+    section(&table, "log", p, &mut ok, &mut cfg.log);
+    section(&table, "bus", p, &mut ok, &mut cfg.bus);
+    section(&table, "coap", p, &mut ok, &mut cfg.coap);
+    section(&table, "http", p, &mut ok, &mut cfg.http);
+    section(&table, "store", p, &mut ok, &mut cfg.store);
+    match table.get("uplinks") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match UplinkConfig::deserialize(item.clone()) {
+                    Ok(u) => cfg.uplinks.push(u),
+                    Err(e) => {
+                        ok = false;
+                        p.push(format!("uplinks[{i}]"), e.to_string().trim_end().to_owned());
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            ok = false;
+            p.push("uplinks", "must be an array of tables ([[uplinks]])");
+        }
+    }
+    ok.then_some(cfg)
+}
+
+fn section<T: DeserializeOwned>(
+    table: &toml::Table,
+    key: &str,
+    p: &mut Problems,
+    ok: &mut bool,
+    into: &mut T,
+) {
+    if let Some(v) = table.get(key) {
+        match T::deserialize(v.clone()) {
+            Ok(parsed) => *into = parsed,
+            Err(e) => {
+                *ok = false;
+                p.push(key, e.to_string().trim_end().to_owned());
+            }
+        }
+    }
+}
+
+fn valid_id(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl GatewayConfig {
+    /// Runs every section's checks and the cross-section rules.
+    pub fn validate(&self, p: &mut Problems) {
+        if !valid_id(&self.gateway.id, 64) {
+            p.push(
+                "gateway.id",
+                format!(
+                    "{:?} must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                    self.gateway.id
+                ),
+            );
+        }
+        if self.log.level.trim().is_empty() {
+            p.push("log.level", "must not be empty");
+        }
+        if self.bus.capacity == 0 {
+            p.push("bus.capacity", "must be at least 1");
+        }
+        self.coap.validate("coap", p);
+        self.http.validate("http", p);
+        self.store.validate("store", p);
+        if self.uplinks.is_empty() {
+            p.push("uplinks", "at least one [[uplinks]] entry is required");
+        }
+        if self.uplinks.len() > 63 {
+            p.push("uplinks", "at most 63 uplinks are supported");
+        }
+        let mut names = HashSet::new();
+        let mut stdout_users = 0;
+        for (i, u) in self.uplinks.iter().enumerate() {
+            let at = format!("uplinks[{i}]");
+            if !valid_id(u.name(), 64) {
+                p.push(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                        u.name()
+                    ),
+                );
+            }
+            if !names.insert(u.name()) {
+                p.push(
+                    format!("{at}.name"),
+                    format!("duplicate uplink name {:?}", u.name()),
+                );
+            }
+            match u {
+                UplinkConfig::Mqtt(m) => m.validate(&at, p),
+                UplinkConfig::File(f) => {
+                    if f.path.as_os_str().is_empty() {
+                        p.push(
+                            format!("{at}.path"),
+                            "must not be empty (use \"-\" for stdout)",
+                        );
+                    }
+                    if f.path.as_os_str() == "-" {
+                        stdout_users += 1;
+                    }
+                }
+            }
+        }
+        if stdout_users > 1 {
+            p.push(
+                "uplinks",
+                "only one file uplink may write to stdout (\"-\")",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ConfigError, parse};
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn shipped_gateway_toml_is_valid() {
+        let text = include_str!("../../../gateway.toml");
+        let cfg = parse(text, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.uplinks.len(), 1);
+        assert!(matches!(cfg.uplinks[0], UplinkConfig::File(_)));
+    }
+
+    #[test]
+    fn every_example_under_docs_is_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).expect("docs/examples exists") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                if let Err(e) = parse(&text, &no_env) {
+                    panic!("{}: {e}", path.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no examples found");
+    }
+
+    #[test]
+    fn several_problems_in_different_sections_are_reported_together() {
+        let text = r#"
+[gateway]
+id = "ward 3a"
+[coap]
+listen = []
+transmission = { ack_random_factor = 0.5 }
+[store]
+max_batch = 0
+[bogus]
+x = 1
+[[uplinks]]
+type = "mqtt"
+name = "cloud"
+url = "http://example"
+qos = 2
+[[uplinks]]
+type = "file"
+name = "cloud"
+path = "-"
+"#;
+        let Err(ConfigError::Invalid(problems)) = parse(text, &no_env) else {
+            panic!("expected problems");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "bogus",
+            "gateway.id",
+            "coap.listen",
+            "coap.transmission.ack_random_factor",
+            "store.max_batch",
+            "uplinks[0].url",
+            "uplinks[0].qos",
+            "uplinks[1].name",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn type_errors_in_one_section_do_not_hide_other_sections() {
+        let text = "[coap]\nlisten = 5\n[store]\nmax_batch = \"many\"\n[[uplinks]]\ntype = \"carrier-pigeon\"\nname = \"x\"\n";
+        let Err(ConfigError::Invalid(problems)) = parse(text, &no_env) else {
+            panic!("expected problems");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, vec!["coap", "store", "uplinks[0]"], "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = "[coap]\nlisten_on = [\"0.0.0.0:5683\"]\n[[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n";
+        let Err(ConfigError::Invalid(problems)) = parse(text, &no_env) else {
+            panic!("expected problems");
+        };
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("listen_on"), "{problems:?}");
+    }
+
+    #[test]
+    fn environment_overrides_reach_typed_fields() {
+        let text = "[gateway]\nid = \"${WARD:-x}\"\n[coap]\nlisten = [\"${COAP:-0.0.0.0:5683}\"]\n[[uplinks]]\ntype = \"mqtt\"\nname = \"c\"\nurl = \"${URL}\"\npassword = \"${PW}\"\n";
+        let env = |n: &str| match n {
+            "WARD" => Some("ward-7".to_owned()),
+            "COAP" => Some("127.0.0.1:15683".to_owned()),
+            "URL" => Some("mqtt://127.0.0.1:1883".to_owned()),
+            "PW" => Some("s3cr\"et".replace('"', "")),
+            _ => None,
+        };
+        let cfg = parse(text, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.gateway.id, "ward-7");
+        assert_eq!(
+            cfg.coap.listen,
+            vec!["127.0.0.1:15683".parse().expect("addr")]
+        );
+        let UplinkConfig::Mqtt(m) = &cfg.uplinks[0] else {
+            panic!("mqtt uplink expected")
+        };
+        assert_eq!(m.password.as_deref(), Some("s3cret"));
+    }
+}

@@ -1,0 +1,198 @@
+//! mqtts:// against Mosquitto's TLS listener, with a PKI made by the `openssl` CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use wardgate_core::MessageClass;
+
+fn tls_config(
+    broker: &Mosquitto,
+    host: &str,
+    tls: serde_json::Value,
+) -> wardgate_mqtt::MqttUplinkConfig {
+    config(
+        &format!("mqtts://{host}:{}", broker.tls_port.expect("tls listener")),
+        "5",
+        serde_json::json!({ "tls": tls }),
+    )
+}
+
+/// Waits until the uplink reports a connect failure and returns its health detail.
+async fn connect_failure(up: &Running) -> String {
+    let h = up.health.clone();
+    eventually("a reported connect failure", move || {
+        h.readiness().checks["uplink.test"]
+            .detail
+            .starts_with("cannot connect")
+    })
+    .await;
+    assert!(!up.check().ready);
+    up.check().detail
+}
+
+#[tokio::test]
+async fn mqtts_with_a_custom_ca_file_delivers_readings() {
+    let pki = Pki::generate();
+    let broker = Mosquitto::start_tls(&pki, false).await;
+    let mut sub = Subscriber::connect(broker.port, "wardgate/+/+/+").await;
+    let outbox = MemOutbox::new();
+    let seq = outbox.push("bed-7", MessageClass::Vital, 98.0);
+    let mut up = start(
+        tls_config(
+            &broker,
+            "127.0.0.1",
+            serde_json::json!({ "ca_file": pki.ca }),
+        ),
+        &outbox,
+    );
+    up.wait_ready().await;
+    assert!(
+        up.check()
+            .detail
+            .starts_with("connected to mqtts://127.0.0.1:")
+    );
+    let got = sub.collect_until("the reading", |g| !g.is_empty()).await;
+    assert_eq!(got[0].1, outbox.delivery(seq).json);
+    outbox.wait_all_acked().await;
+    up.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn server_name_overrides_the_url_host_for_certificate_checks() {
+    let pki = Pki::generate();
+    let broker = Mosquitto::start_tls(&pki, false).await;
+    let outbox = MemOutbox::new();
+    outbox.push("bed-7", MessageClass::Vital, 98.0);
+    // Connect by IP, check the certificate for the DNS name it carries.
+    let mut up = start(
+        tls_config(
+            &broker,
+            "127.0.0.1",
+            serde_json::json!({ "ca_file": pki.ca, "server_name": "localhost" }),
+        ),
+        &outbox,
+    );
+    up.wait_ready().await;
+    outbox.wait_all_acked().await;
+    up.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_server_name_the_certificate_does_not_carry_fails_with_a_clear_error() {
+    let pki = Pki::generate();
+    let broker = Mosquitto::start_tls(&pki, false).await;
+    let outbox = MemOutbox::new();
+    outbox.push("bed-7", MessageClass::Vital, 98.0);
+    let mut up = start(
+        tls_config(
+            &broker,
+            "127.0.0.1",
+            serde_json::json!({ "ca_file": pki.ca, "server_name": "broker.wrong.example" }),
+        ),
+        &outbox,
+    );
+    let detail = connect_failure(&up).await;
+    assert!(
+        detail.contains("certificate") && detail.contains("broker.wrong.example"),
+        "{detail}"
+    );
+    assert!(
+        up.metric(r#"wardgate_mqtt_connect_failures_total{uplink="test",reason="tls"}"#)
+            >= Some(1.0)
+    );
+    assert!(outbox.acked().is_empty());
+    up.stop().await.expect("stops while not connected");
+}
+
+#[tokio::test]
+async fn a_broker_certificate_from_an_unknown_ca_is_refused() {
+    let pki = Pki::generate();
+    let other = Pki::generate();
+    let broker = Mosquitto::start_tls(&pki, false).await;
+    let outbox = MemOutbox::new();
+    let mut up = start(
+        tls_config(
+            &broker,
+            "127.0.0.1",
+            serde_json::json!({ "ca_file": other.ca }),
+        ),
+        &outbox,
+    );
+    let detail = connect_failure(&up).await;
+    assert!(detail.contains("certificate"), "{detail}");
+    up.stop().await.expect("stops while not connected");
+}
+
+#[tokio::test]
+async fn mutual_tls_works_with_a_client_certificate() {
+    let pki = Pki::generate();
+    let broker = Mosquitto::start_tls(&pki, true).await;
+    let outbox = MemOutbox::new();
+    outbox.push("bed-7", MessageClass::Alarm, 1.0);
+    let mut up = start(
+        tls_config(
+            &broker,
+            "127.0.0.1",
+            serde_json::json!({
+                "ca_file": pki.ca,
+                "client_cert_file": pki.client_cert,
+                "client_key_file": pki.client_key,
+            }),
+        ),
+        &outbox,
+    );
+    up.wait_ready().await;
+    outbox.wait_all_acked().await;
+    up.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn mutual_tls_fails_without_a_client_certificate() {
+    let pki = Pki::generate();
+    let broker = Mosquitto::start_tls(&pki, true).await;
+    let outbox = MemOutbox::new();
+    outbox.push("bed-7", MessageClass::Alarm, 1.0);
+    let mut up = start(
+        tls_config(
+            &broker,
+            "127.0.0.1",
+            serde_json::json!({ "ca_file": pki.ca }),
+        ),
+        &outbox,
+    );
+    let detail = connect_failure(&up).await;
+    assert!(detail.to_lowercase().contains("certificate"), "{detail}");
+    assert!(
+        up.metric(r#"wardgate_mqtt_connect_failures_total{uplink="test",reason="tls"}"#)
+            >= Some(1.0)
+    );
+    assert!(outbox.acked().is_empty());
+    up.stop().await.expect("stops while not connected");
+}
+
+#[tokio::test]
+async fn unreadable_tls_files_fail_construction_naming_the_file() {
+    let pki = Pki::generate();
+    let health = wardgate_core::Health::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = wardgate_mqtt::MqttMetrics::register(&mut registry);
+    let cfg = config(
+        "mqtts://127.0.0.1:8883",
+        "5",
+        serde_json::json!({ "tls": {
+            "ca_file": pki.ca,
+            "client_cert_file": pki.client_cert,
+            "client_key_file": "/nonexistent/client.key",
+        }}),
+    );
+    let err = wardgate_mqtt::MqttUplink::new(
+        cfg,
+        "ward-test",
+        metrics,
+        health.reporter("uplink.test", wardgate_core::health::ComponentKind::Uplink),
+    )
+    .expect_err("missing key file");
+    assert!(err.to_string().contains("/nonexistent/client.key"), "{err}");
+    assert!(err.to_string().contains("client_key_file"), "{err}");
+}

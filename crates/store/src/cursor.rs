@@ -1,0 +1,365 @@
+//! One uplink's delivery cursor.
+//!
+//! The cursor walks the outbox in seq order. New readings come from the writer's in-memory tail
+//! when the cursor is caught up; a cursor that fell behind (or starts after a restart) reads
+//! SQLite by seq range, `max` rows at a time, never the whole backlog.
+//!
+//! In-flight bookkeeping: `inflight` holds each reading handed out and not yet acknowledged,
+//! with its attempt count. It is bounded by what the uplink keeps in flight (its own window);
+//! [`Cursor::rewind`] moves the position back to the oldest of them so they are handed out
+//! again, and readings between them that were already acknowledged are skipped.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rusqlite::{Connection, params};
+use tokio::sync::watch;
+use ulid::Ulid;
+use wardgate_core::{Delivery, MessageClass, OutboxCursor, OutboxError};
+
+use crate::db::{class_from_code, connect, to_i64, to_u64, ulid_from_blob};
+use crate::error::StoreError;
+use crate::metrics::ReplayReason;
+use crate::outbox::{CommitMark, Inner, lock};
+
+/// A reading read back from SQLite.
+#[derive(Debug)]
+struct DbRow {
+    seq: u64,
+    id: Ulid,
+    device: String,
+    class: MessageClass,
+    json: Bytes,
+}
+
+/// An uplink's view of the outbox; see [`OutboxCursor`]. Created by
+/// [`crate::Outbox::cursor`]; dropping it lets the uplink take a new one, which starts again
+/// from the oldest reading still owed.
+#[derive(Debug)]
+pub struct Cursor {
+    inner: Arc<Inner>,
+    idx: usize,
+    mask: i64,
+    /// Every reading at or below `pos` has been considered.
+    pos: u64,
+    /// Highest seq this cursor has handed out.
+    handed_high: u64,
+    /// Readings at or below this may have been handed out before this cursor existed.
+    replay_upto: u64,
+    inflight: BTreeMap<u64, u32>,
+    committed: watch::Receiver<CommitMark>,
+    /// Opened on first use, so a caught-up uplink never holds a read connection busy.
+    conn: Arc<Mutex<Option<Connection>>>,
+}
+
+#[derive(Debug, Default)]
+struct Replays {
+    restart: u64,
+    rewind: u64,
+}
+
+impl Cursor {
+    pub(crate) fn new(inner: Arc<Inner>, idx: usize) -> Result<Cursor, StoreError> {
+        let slot = inner
+            .slots
+            .get(idx)
+            .ok_or_else(|| StoreError::UnknownUplink(idx.to_string()))?;
+        if slot.cursor_live.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::CursorInUse(slot.name.clone()));
+        }
+        let mask = slot.mask;
+        let replay_upto = slot.handed_high.load(Ordering::SeqCst);
+        let committed = inner.committed.subscribe();
+        Ok(Cursor {
+            inner,
+            idx,
+            mask,
+            pos: 0,
+            handed_high: 0,
+            replay_upto,
+            inflight: BTreeMap::new(),
+            committed,
+            conn: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The uplink this cursor serves.
+    pub fn uplink(&self) -> &str {
+        self.inner
+            .slots
+            .get(self.idx)
+            .map_or("", |s| s.name.as_str())
+    }
+
+    /// Readings handed out and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Like [`OutboxCursor::next`] but never waits: returns what is committed and owed now,
+    /// possibly nothing.
+    pub async fn try_next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
+        let mut out = Vec::new();
+        let mut replays = Replays::default();
+        let result = self.fill(max, &mut out, &mut replays).await;
+        if replays.restart + replays.rewind > 0 {
+            let m = &self.inner.metrics;
+            let name = self.uplink();
+            m.replayed(name, ReplayReason::Restart, replays.restart);
+            m.replayed(name, ReplayReason::Rewind, replays.rewind);
+        }
+        result.map(|()| out)
+    }
+
+    async fn fill(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Delivery>,
+        replays: &mut Replays,
+    ) -> Result<(), OutboxError> {
+        while out.len() < max {
+            let mark = *self.committed.borrow_and_update();
+            if self.pos >= mark.seq {
+                break;
+            }
+            let want = max - out.len();
+            if self.fill_from_tail(mark.seq, want, out, replays) {
+                continue;
+            }
+            let rows = self.read_db(self.pos, want).await?;
+            let complete = rows.len() < want;
+            for r in rows {
+                let DbRow {
+                    seq,
+                    id,
+                    device,
+                    class,
+                    json,
+                } = r;
+                self.consider(seq, out, replays, |attempts| Delivery {
+                    seq,
+                    id,
+                    device,
+                    class,
+                    json,
+                    attempts,
+                });
+            }
+            if complete {
+                // Nothing else owed up to what was committed when we looked.
+                self.skip_to(mark.seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves from the tail if it covers the position; false when SQLite must be read.
+    fn fill_from_tail(
+        &mut self,
+        committed: u64,
+        want: usize,
+        out: &mut Vec<Delivery>,
+        replays: &mut Replays,
+    ) -> bool {
+        let inner = self.inner.clone();
+        let tail = lock(&inner.tail);
+        if !tail.covers(self.pos) {
+            return false;
+        }
+        let start = out.len();
+        let mut exhausted = true;
+        for r in tail.after(self.pos) {
+            if out.len() - start >= want {
+                exhausted = false;
+                break;
+            }
+            if r.pending & self.mask == 0 {
+                // Acknowledged by this uplink, or deleted: nothing to hand out.
+                self.skip_to(r.seq);
+                continue;
+            }
+            self.consider(r.seq, out, replays, |attempts| Delivery {
+                seq: r.seq,
+                id: r.id,
+                device: r.device.clone(),
+                class: r.class,
+                json: r.json.clone(),
+                attempts,
+            });
+        }
+        if exhausted {
+            // The tail holds every committed row after `start_after`, so none is left below
+            // the mark we read before locking it.
+            self.skip_to(committed);
+        }
+        true
+    }
+
+    /// Advances past readings that were not handed out (acknowledged, deleted or not owed),
+    /// forgetting in-flight entries that no longer exist.
+    fn skip_to(&mut self, seq: u64) {
+        if seq <= self.pos {
+            return;
+        }
+        self.forget_missing(self.pos, seq.saturating_add(1));
+        self.pos = seq;
+    }
+
+    /// In-flight entries strictly between `from` and `to` were deleted (overflow, expiry).
+    fn forget_missing(&mut self, from: u64, to: u64) {
+        if from.saturating_add(1) >= to {
+            return;
+        }
+        let gone: Vec<u64> = self.inflight.range(from + 1..to).map(|(s, _)| *s).collect();
+        for s in gone {
+            self.inflight.remove(&s);
+        }
+    }
+
+    /// Decides whether an owed reading at `seq` is handed out, and with which attempt count.
+    fn consider(
+        &mut self,
+        seq: u64,
+        out: &mut Vec<Delivery>,
+        replays: &mut Replays,
+        make: impl FnOnce(u32) -> Delivery,
+    ) {
+        self.forget_missing(self.pos, seq);
+        if seq <= self.handed_high {
+            // Handed out before by this cursor: again only if still unacknowledged (rewind).
+            if let Some(a) = self.inflight.get_mut(&seq) {
+                *a = a.saturating_add(1);
+                replays.rewind += 1;
+                out.push(make(*a));
+            }
+        } else {
+            let attempts = if seq <= self.replay_upto {
+                replays.restart += 1;
+                1
+            } else {
+                0
+            };
+            self.inflight.insert(seq, attempts);
+            self.handed_high = seq;
+            out.push(make(attempts));
+        }
+        self.pos = self.pos.max(seq);
+    }
+
+    async fn read_db(&self, after: u64, limit: usize) -> Result<Vec<DbRow>, OutboxError> {
+        let conn = self.conn.clone();
+        let path = self.inner.path.clone();
+        let mask = self.mask;
+        tokio::task::spawn_blocking(move || {
+            let mut guard = lock(&conn);
+            if guard.is_none() {
+                let c = connect(&path).map_err(|e| OutboxError::Io(e.to_string()))?;
+                c.pragma_update(None, "query_only", true)
+                    .map_err(|e| OutboxError::Io(e.to_string()))?;
+                *guard = Some(c);
+            }
+            let Some(c) = guard.as_ref() else {
+                return Err(OutboxError::Closed);
+            };
+            read_owed(c, mask, after, limit).map_err(|e| OutboxError::Io(e.to_string()))
+        })
+        .await
+        .map_err(|e| OutboxError::Io(format!("reader thread failed: {e}")))?
+    }
+}
+
+fn read_owed(
+    conn: &Connection,
+    mask: i64,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DbRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, device, class, json FROM readings \
+         WHERE seq > ?1 AND (pending & ?2) != 0 ORDER BY seq LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![
+        to_i64(after),
+        mask,
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    ])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let seq = to_u64(r.get(0)?);
+        let id_blob: Vec<u8> = r.get(1)?;
+        let Some(id) = ulid_from_blob(&id_blob) else {
+            return Err(rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Blob,
+                format!(
+                    "reading {seq} has a damaged id; run `{}`",
+                    crate::RECOVER_COMMAND
+                )
+                .into(),
+            ));
+        };
+        out.push(DbRow {
+            seq,
+            id,
+            device: r.get(2)?,
+            class: class_from_code(r.get(3)?),
+            json: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+        });
+    }
+    Ok(out)
+}
+
+impl OutboxCursor for Cursor {
+    async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        loop {
+            let out = self.try_next(max).await?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            if self.committed.borrow().closed {
+                return Err(OutboxError::Closed);
+            }
+            // try_next marked the current mark as seen, so a commit since then wakes us.
+            if self.committed.changed().await.is_err() {
+                return Err(OutboxError::Closed);
+            }
+        }
+    }
+
+    fn ack(&mut self, seqs: &[u64]) {
+        let mut acked = Vec::new();
+        for s in seqs {
+            if self.inflight.remove(s).is_some() {
+                acked.push(*s);
+            }
+        }
+        if acked.is_empty() {
+            return;
+        }
+        if let Some(slot) = self.inner.slots.get(self.idx) {
+            lock(&slot.acks).extend(acked);
+            self.inner.ack_wake.notify_one();
+        }
+    }
+
+    fn rewind(&mut self) {
+        if let Some((&first, _)) = self.inflight.first_key_value() {
+            self.pos = self.pos.min(first.saturating_sub(1));
+        }
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        if let Some(slot) = self.inner.slots.get(self.idx) {
+            slot.handed_high
+                .fetch_max(self.handed_high, Ordering::SeqCst);
+            slot.cursor_live.store(false, Ordering::SeqCst);
+        }
+    }
+}

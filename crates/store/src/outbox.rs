@@ -1,0 +1,891 @@
+//! The outbox handle, its writer task, and its statistics.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use wardgate_core::{
+    BusReceiver, Clock, Encoded, HealthReporter, IngestError, IngestRequest, Shutdown, SystemClock,
+};
+
+use crate::config::{Durability, OverflowPolicy, StoreConfig};
+use crate::cursor::Cursor;
+use crate::db::{Db, OpenReport, Outcome, State, Work};
+use crate::error::{StoreError, is_corruption};
+use crate::metrics::{
+    AcksCommitted, CommitFailed, Committed, DropReason, Dropped, RejectReason, Rejected,
+    StoreMetrics,
+};
+use crate::tail::Tail;
+
+/// How often the writer refreshes the age gauges, checks for expired readings and flushes the
+/// rate-limited overflow log.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// The overflow (drop-oldest) warning is logged at most this often, with the count since.
+const OVERFLOW_LOG_EVERY: Duration = Duration::from_secs(10);
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What the cursors watch: the last committed seq, and whether the writer has closed the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CommitMark {
+    pub(crate) seq: u64,
+    pub(crate) closed: bool,
+}
+
+/// One configured uplink's shared state.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) name: String,
+    pub(crate) mask: i64,
+    /// Acknowledgements waiting for the writer's next transaction. Not bounded by a constant:
+    /// refusing an ack would only cause a redelivery, and a cursor forwards each handed-out seq
+    /// at most once, so this holds at most the readings handed out (bounded by the quota).
+    pub(crate) acks: Mutex<Vec<u64>>,
+    /// A cursor for this uplink is alive.
+    pub(crate) cursor_live: AtomicBool,
+    /// Readings at or below this seq may have been handed out before (by an earlier process or
+    /// cursor): handing them out again counts as a replay.
+    pub(crate) handed_high: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) cfg: StoreConfig,
+    pub(crate) path: PathBuf,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: StoreMetrics,
+    pub(crate) db: Arc<Mutex<Db>>,
+    pub(crate) writer_started: AtomicBool,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) tail: Mutex<Tail>,
+    /// The writer's counters as of the last commit.
+    pub(crate) snapshot: Mutex<State>,
+    pub(crate) committed: watch::Sender<CommitMark>,
+    /// Wakes the writer when acknowledgements are queued.
+    pub(crate) ack_wake: Notify,
+}
+
+impl Inner {
+    fn take_acks(&self) -> Vec<(usize, Vec<u64>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let v = std::mem::take(&mut *lock(&s.acks));
+                (!v.is_empty()).then_some((i, v))
+            })
+            .collect()
+    }
+
+    fn now_ms(&self) -> i64 {
+        epoch_ms(self.clock.now())
+    }
+
+    fn publish_gauges(&self, st: &State) {
+        self.metrics.set_depth(st.readings, st.bytes);
+        let now = self.now_ms();
+        for u in &st.uplinks {
+            self.metrics.set_uplink(&u.name, u.owed, age(now, u.oldest));
+        }
+    }
+}
+
+fn age(now_ms: i64, oldest: Option<(u64, i64)>) -> Option<Duration> {
+    oldest
+        .map(|(_, ms)| Duration::from_millis(u64::try_from(now_ms.saturating_sub(ms)).unwrap_or(0)))
+}
+
+/// The durable outbox. Cheap to clone; every clone is the same store.
+///
+/// Open it once with [`Outbox::open`], run exactly one [`Outbox::run_writer`], and hand each
+/// configured uplink its [`Cursor`].
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+/// Outbox occupancy, for the admin API, `/readyz` and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxStats {
+    /// Readings held (owed to at least one uplink).
+    pub readings: u64,
+    /// Bytes of reading JSON held.
+    pub bytes: u64,
+    /// The configured reading quota.
+    pub max_readings: u64,
+    /// The configured byte quota.
+    pub max_bytes: u64,
+    /// Per uplink, in configuration order.
+    pub uplinks: Vec<UplinkStats>,
+}
+
+/// One uplink's backlog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkStats {
+    /// The configured uplink name.
+    pub uplink: String,
+    /// Readings still owed to it.
+    pub readings: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Age of the oldest reading still owed to it.
+    pub oldest_age: Option<Duration>,
+}
+
+impl Outbox {
+    /// Opens or creates the store at `cfg.path` (creating its directory), checks the schema,
+    /// registers `uplinks` and runs crash recovery.
+    ///
+    /// Uplinks new to the file are owed only readings appended from now on. Uplinks that the
+    /// file knows but `uplinks` no longer lists are released: their bits are cleared and
+    /// readings owed to nobody are deleted (logged). If the last shutdown was not clean, the
+    /// file is checked with `PRAGMA quick_check` and its counters recounted. A damaged file is
+    /// [`StoreError::Corrupt`], whose message names the recovery command; nothing is changed.
+    pub fn open(
+        cfg: &StoreConfig,
+        uplinks: &[String],
+        metrics: StoreMetrics,
+    ) -> Result<Outbox, StoreError> {
+        Outbox::open_with_clock(cfg, uplinks, metrics, Arc::new(SystemClock))
+    }
+
+    /// [`Outbox::open`] with an injected wall clock (receive stamps, expiry, ages).
+    pub fn open_with_clock(
+        cfg: &StoreConfig,
+        uplinks: &[String],
+        metrics: StoreMetrics,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Outbox, StoreError> {
+        let (db, report) = Db::open(cfg, uplinks)?;
+        log_open(cfg, &report);
+        if cfg.durability == Durability::UnsafeNoFsync {
+            tracing::warn!(
+                path = %cfg.path.display(),
+                "store.durability = \"unsafe-no-fsync\": readings are acknowledged before they are on \
+                 disk; acknowledged readings CAN BE LOST on a crash or power loss"
+            );
+        }
+        let state = db.state.clone();
+        let last = state.next_seq.saturating_sub(1);
+        let slots = state
+            .uplinks
+            .iter()
+            .map(|u| Slot {
+                name: u.name.clone(),
+                mask: u.mask(),
+                acks: Mutex::new(Vec::new()),
+                cursor_live: AtomicBool::new(false),
+                handed_high: AtomicU64::new(last),
+            })
+            .collect();
+        let tail_bytes = usize::try_from(cfg.tail_bytes).unwrap_or(usize::MAX);
+        let inner = Inner {
+            cfg: cfg.clone(),
+            path: db.path().to_owned(),
+            clock,
+            metrics,
+            db: Arc::new(Mutex::new(db)),
+            writer_started: AtomicBool::new(false),
+            slots,
+            tail: Mutex::new(Tail::new(last, cfg.tail_readings, tail_bytes)),
+            snapshot: Mutex::new(state.clone()),
+            committed: watch::Sender::new(CommitMark {
+                seq: last,
+                closed: false,
+            }),
+            ack_wake: Notify::new(),
+        };
+        for u in &state.uplinks {
+            inner.metrics.init_uplink(&u.name);
+        }
+        inner.publish_gauges(&state);
+        Ok(Outbox {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The delivery cursor for one configured uplink. One live cursor per uplink: a second
+    /// call fails with [`StoreError::CursorInUse`] until the first is dropped. A new cursor
+    /// starts from the oldest reading still owed to the uplink.
+    pub fn cursor(&self, uplink: &str) -> Result<Cursor, StoreError> {
+        let idx = self
+            .inner
+            .slots
+            .iter()
+            .position(|s| s.name == uplink)
+            .ok_or_else(|| StoreError::UnknownUplink(uplink.to_owned()))?;
+        Cursor::new(self.inner.clone(), idx)
+    }
+
+    /// Depth, bytes and oldest undelivered age, overall and per uplink, as of the last commit.
+    /// Reads memory only.
+    pub fn stats(&self) -> Result<OutboxStats, StoreError> {
+        let st = lock(&self.inner.snapshot).clone();
+        let now = self.inner.now_ms();
+        Ok(OutboxStats {
+            readings: st.readings,
+            bytes: st.bytes,
+            max_readings: self.inner.cfg.max_readings,
+            max_bytes: self.inner.cfg.max_bytes,
+            uplinks: st
+                .uplinks
+                .iter()
+                .map(|u| UplinkStats {
+                    uplink: u.name.clone(),
+                    readings: u.owed,
+                    bytes: u.owed_bytes,
+                    oldest_age: age(now, u.oldest),
+                })
+                .collect(),
+        })
+    }
+
+    /// Stops every write through this outbox at once, skipping the clean-shutdown steps (no
+    /// final commit, no checkpoint, no clean marker): the file is left as a crash leaves it.
+    /// Waits for a commit in progress to finish; later requests are answered `Unavailable`.
+    /// For crash tests and tools; the gateway shuts down through `run_writer`'s `shutdown`.
+    #[doc(hidden)]
+    pub fn abandon(&self) {
+        lock(&self.inner.db).abandon();
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.inner.path
+    }
+
+    #[cfg(test)]
+    pub(crate) fn db(&self) -> Arc<Mutex<Db>> {
+        self.inner.db.clone()
+    }
+
+    /// The writer: drains the bus, group-commits, and resolves each request's `done`.
+    ///
+    /// Group commit: after the first request it keeps taking requests for up to
+    /// `commit_window` (or until `max_batch` readings), writes them in one transaction (one
+    /// fsync), then resolves every request. Quotas are checked per request as it arrives.
+    /// Acknowledgements from the cursors ride along in the same transactions.
+    ///
+    /// Returns after `shutdown` once the queue is drained and committed and the store is
+    /// closed cleanly (final commit, WAL checkpoint, clean marker). Requests still queued at
+    /// shutdown are committed, not dropped; the bus is closed so later ones fail fast.
+    pub async fn run_writer(
+        &self,
+        rx: BusReceiver,
+        shutdown: Shutdown,
+        health: HealthReporter,
+    ) -> Result<(), StoreError> {
+        if self.inner.writer_started.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::WriterRunning);
+        }
+        let mut w = Writer::new(self.inner.clone(), health);
+        w.run(rx, shutdown).await
+    }
+}
+
+fn log_open(cfg: &StoreConfig, r: &OpenReport) {
+    let path = cfg.path.display();
+    if r.created {
+        tracing::info!(%path, "created a new outbox store");
+    }
+    if let Some(took) = r.quick_check {
+        tracing::warn!(
+            %path,
+            quick_check_ms = took.as_millis() as u64,
+            "the outbox was not closed cleanly (crash or kill); quick_check passed, WAL replayed"
+        );
+    }
+    for name in &r.added {
+        if !r.created {
+            tracing::info!(%path, uplink = %name, "new uplink: it is owed readings stored from now on");
+        }
+    }
+    for rel in &r.released {
+        tracing::warn!(
+            %path,
+            uplink = %rel.name,
+            readings = rel.readings,
+            "uplink no longer configured: released the readings it was still owed"
+        );
+    }
+    if r.orphans_deleted > 0 {
+        tracing::warn!(
+            %path,
+            readings = r.orphans_deleted,
+            "deleted readings owed to no configured uplink"
+        );
+    }
+    if r.adopted > 0 {
+        tracing::warn!(
+            %path,
+            readings = r.adopted,
+            "readings salvaged by `wardgate store recover` without their uplink list are owed to every configured uplink"
+        );
+    }
+    if let Some((sr, sb, cr, cb)) = r.recount_fixed {
+        tracing::warn!(
+            %path,
+            stored_readings = sr,
+            stored_bytes = sb,
+            counted_readings = cr,
+            counted_bytes = cb,
+            "outbox counters disagreed with the rows; corrected by a recount"
+        );
+    }
+}
+
+/// Requests collected for one commit.
+#[derive(Debug, Default)]
+struct Batch {
+    readings: Vec<Encoded>,
+    bytes: u64,
+    /// Requests still waiting for the commit (empty in unsafe-no-fsync mode).
+    dones: Vec<oneshot::Sender<Result<(), IngestError>>>,
+    requests: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HealthState {
+    Ready,
+    Full,
+    Failed(String),
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct OverflowLog {
+    unlogged: u64,
+    last: Option<Instant>,
+}
+
+impl OverflowLog {
+    fn add(&mut self, n: u64) {
+        self.unlogged += n;
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if self.unlogged == 0 || self.last.is_some_and(|l| l.elapsed() < OVERFLOW_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            dropped = self.unlogged,
+            "outbox quota reached: dropped the oldest undelivered readings (store.overflow = \"drop-oldest\")"
+        );
+        self.unlogged = 0;
+        self.last = Some(Instant::now());
+    }
+}
+
+struct Writer {
+    inner: Arc<Inner>,
+    health: HealthReporter,
+    reported: Option<HealthState>,
+    failed: Option<String>,
+    /// Committed counters (admission control works from these plus the open batch).
+    readings: u64,
+    bytes: u64,
+    /// Under `reject`: the counters when a request was last refused; full until they shrink.
+    full_at: Option<(u64, u64)>,
+    overflow_log: OverflowLog,
+    carry: Option<IngestRequest>,
+    bus_open: bool,
+    expire_due: bool,
+    expire_again: bool,
+}
+
+impl Writer {
+    fn new(inner: Arc<Inner>, health: HealthReporter) -> Self {
+        let (readings, bytes) = {
+            let st = lock(&inner.snapshot);
+            (st.readings, st.bytes)
+        };
+        Writer {
+            inner,
+            health,
+            reported: None,
+            failed: None,
+            readings,
+            bytes,
+            full_at: None,
+            overflow_log: OverflowLog::default(),
+            carry: None,
+            bus_open: true,
+            expire_due: false,
+            expire_again: false,
+        }
+    }
+
+    async fn run(&mut self, mut rx: BusReceiver, shutdown: Shutdown) -> Result<(), StoreError> {
+        self.update_health();
+        let mut housekeeping =
+            tokio::time::interval_at(Instant::now() + HOUSEKEEPING, HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let mut batch = Batch::default();
+            if let Some(req) = self.carry.take() {
+                self.admit(&mut batch, req);
+            } else {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    _ = housekeeping.tick() => self.housekeeping(),
+                    () = std::future::ready(()), if self.expire_again => {
+                        self.expire_again = false;
+                        self.expire_due = true;
+                    }
+                    // Acknowledgements before requests: under `reject`, the room they free
+                    // must count when the next request is admitted.
+                    () = self.inner.ack_wake.notified() => {}
+                    req = rx.recv(), if self.bus_open => match req {
+                        Some(req) => self.admit(&mut batch, req),
+                        None => self.bus_open = false,
+                    },
+                }
+            }
+            if batch.requests > 0 {
+                self.gather(&mut rx, &mut batch, &shutdown).await;
+            }
+            self.commit(batch).await;
+        }
+        self.drain(rx).await;
+        self.close().await
+    }
+
+    /// Keeps taking requests for up to `commit_window` or `max_batch` readings.
+    async fn gather(&mut self, rx: &mut BusReceiver, batch: &mut Batch, shutdown: &Shutdown) {
+        let window = self.inner.cfg.commit_window;
+        let deadline = Instant::now() + window;
+        while batch.readings.len() < self.inner.cfg.max_batch && self.bus_open {
+            let req = match rx.try_recv() {
+                Ok(req) => req,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    self.bus_open = false;
+                    break;
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                    if window.is_zero() {
+                        break;
+                    }
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep_until(deadline) => break,
+                        req = rx.recv() => match req {
+                            Some(req) => req,
+                            None => {
+                                self.bus_open = false;
+                                break;
+                            }
+                        },
+                    }
+                }
+            };
+            if batch.readings.len() + req.readings.len() > self.inner.cfg.max_batch {
+                self.carry = Some(req);
+                break;
+            }
+            self.admit(batch, req);
+        }
+    }
+
+    /// Quota check for one request; accepted requests join the batch.
+    fn admit(&mut self, batch: &mut Batch, req: IngestRequest) {
+        let n = req.readings.len() as u64;
+        let b: u64 = req.readings.iter().map(|e| e.json.len() as u64).sum();
+        if n == 0 {
+            let _ = req.done.send(Ok(()));
+            return;
+        }
+        let cfg = &self.inner.cfg;
+        if n > cfg.max_readings || b > cfg.max_bytes {
+            Rejected {
+                reason: RejectReason::TooLarge,
+                readings: req.readings.len(),
+            }
+            .emit(&self.inner.metrics);
+            let _ = req.done.send(Err(IngestError::StoreFull));
+            return;
+        }
+        if cfg.overflow == OverflowPolicy::Reject {
+            let r = self.readings + batch.readings.len() as u64 + n;
+            let by = self.bytes + batch.bytes + b;
+            if r > cfg.max_readings || by > cfg.max_bytes {
+                Rejected {
+                    reason: RejectReason::Full,
+                    readings: req.readings.len(),
+                }
+                .emit(&self.inner.metrics);
+                let _ = req.done.send(Err(IngestError::StoreFull));
+                self.full_at = Some((self.readings, self.bytes));
+                self.update_health();
+                return;
+            }
+        }
+        batch.bytes += b;
+        batch.requests += 1;
+        batch.readings.extend(req.readings);
+        if cfg.durability == Durability::UnsafeNoFsync {
+            let _ = req.done.send(Ok(()));
+        } else {
+            batch.dones.push(req.done);
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let st = lock(&self.inner.snapshot).clone();
+        self.inner.publish_gauges(&st);
+        self.overflow_log.flush();
+        let max_age = self.inner.cfg.max_age;
+        if !max_age.is_zero() {
+            // Every stored reading is owed to some uplink, so the oldest reading overall is the
+            // oldest of the per-uplink oldest: no query needed to know whether any expired.
+            let oldest = st
+                .uplinks
+                .iter()
+                .filter_map(|u| u.oldest.map(|(_, ms)| ms))
+                .min();
+            if oldest.is_some_and(|ms| ms < self.expiry_cutoff()) {
+                self.expire_due = true;
+            }
+        }
+    }
+
+    fn expiry_cutoff(&self) -> i64 {
+        let max_age = i64::try_from(self.inner.cfg.max_age.as_millis()).unwrap_or(i64::MAX);
+        self.inner.now_ms().saturating_sub(max_age)
+    }
+
+    async fn commit(&mut self, batch: Batch) {
+        let work = Work {
+            readings: batch.readings,
+            acks: self.inner.take_acks(),
+            expire_before_ms: std::mem::take(&mut self.expire_due).then(|| self.expiry_cutoff()),
+            now_ms: self.inner.now_ms(),
+        };
+        if work.is_empty() {
+            return;
+        }
+        let db = self.inner.db.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = lock(&db).commit(&work);
+            (work, r)
+        })
+        .await;
+        match joined {
+            Ok((work, Ok(outcome))) => self.committed(work, outcome, batch.dones),
+            Ok((work, Err(e))) => {
+                let corrupt = is_corruption(&e);
+                self.failed(Some(work), e.to_string(), corrupt, batch.dones);
+            }
+            Err(e) => self.failed(
+                None,
+                format!("writer thread failed: {e}"),
+                false,
+                batch.dones,
+            ),
+        }
+    }
+
+    fn committed(
+        &mut self,
+        work: Work,
+        out: Outcome,
+        dones: Vec<oneshot::Sender<Result<(), IngestError>>>,
+    ) {
+        let inner = &self.inner;
+        let state = lock(&inner.db).state.clone();
+        {
+            let mut tail = lock(&inner.tail);
+            tail.push(out.appended);
+            if let Some(t) = out.deleted_through {
+                tail.delete_through(t);
+            }
+            for (idx, seqs) in &work.acks {
+                if let Some(slot) = inner.slots.get(*idx) {
+                    tail.clear(slot.mask, seqs);
+                }
+            }
+        }
+        *lock(&inner.snapshot) = state.clone();
+        inner
+            .committed
+            .send_modify(|m| m.seq = state.next_seq.saturating_sub(1));
+
+        let m = &inner.metrics;
+        if let Some(kind) = out.kind {
+            Committed {
+                kind,
+                readings: work.readings.len(),
+                elapsed: out.elapsed,
+            }
+            .emit(m);
+        }
+        for (i, n) in out.acked.iter().enumerate() {
+            if let Some(slot) = inner.slots.get(i) {
+                AcksCommitted {
+                    uplink: &slot.name,
+                    count: *n,
+                }
+                .emit(m);
+            }
+        }
+        Dropped {
+            reason: DropReason::Overflow,
+            count: out.overflow_dropped,
+        }
+        .emit(m);
+        Dropped {
+            reason: DropReason::Expired,
+            count: out.expired,
+        }
+        .emit(m);
+        if out.overflow_dropped > 0 {
+            self.overflow_log.add(out.overflow_dropped);
+        }
+        inner.publish_gauges(&state);
+
+        self.readings = state.readings;
+        self.bytes = state.bytes;
+        if let Some((r, b)) = self.full_at {
+            if state.readings < r || state.bytes < b {
+                self.full_at = None;
+            }
+        }
+        self.failed = None;
+        self.expire_again = out.more_expiry;
+        self.update_health();
+        for done in dones {
+            let _ = done.send(Ok(()));
+        }
+    }
+
+    fn failed(
+        &mut self,
+        work: Option<Work>,
+        error: String,
+        corrupt: bool,
+        dones: Vec<oneshot::Sender<Result<(), IngestError>>>,
+    ) {
+        let mut readings = 0;
+        if let Some(work) = work {
+            readings = work.readings.len();
+            // Nothing was written: the acknowledgements go back in the queue for the next try.
+            for (idx, seqs) in work.acks {
+                if let Some(slot) = self.inner.slots.get(idx) {
+                    lock(&slot.acks).extend(seqs);
+                }
+            }
+            if self.inner.cfg.durability == Durability::UnsafeNoFsync && readings > 0 {
+                Dropped {
+                    reason: DropReason::UnsafeCommitFailed,
+                    count: readings as u64,
+                }
+                .emit(&self.inner.metrics);
+            }
+        }
+        CommitFailed {
+            error: &error,
+            readings,
+            corrupt,
+        }
+        .emit(&self.inner.metrics);
+        self.failed = Some(error.clone());
+        self.update_health();
+        for done in dones {
+            let _ = done.send(Err(IngestError::Unavailable(error.clone())));
+        }
+    }
+
+    fn update_health(&mut self) {
+        let cfg = &self.inner.cfg;
+        let want = if let Some(e) = &self.failed {
+            HealthState::Failed(e.clone())
+        } else if cfg.overflow == OverflowPolicy::Reject
+            && (self.readings >= cfg.max_readings
+                || self.bytes >= cfg.max_bytes
+                || self.full_at.is_some())
+        {
+            HealthState::Full
+        } else {
+            HealthState::Ready
+        };
+        if self.reported.as_ref() == Some(&want) {
+            return;
+        }
+        match &want {
+            HealthState::Ready => self.health.ready("writable"),
+            HealthState::Full => self.health.not_ready(format!(
+                "outbox full ({} readings, {} bytes; store.overflow = \"reject\")",
+                self.readings, self.bytes
+            )),
+            HealthState::Failed(e) => self.health.not_ready(format!("commit failed: {e}")),
+            HealthState::Closed => self.health.not_ready("closed"),
+        }
+        self.reported = Some(want);
+    }
+
+    /// Shutdown: no new requests; commit everything already queued, then the last acks.
+    async fn drain(&mut self, mut rx: BusReceiver) {
+        rx.close();
+        loop {
+            let mut batch = Batch::default();
+            let mut took = 0usize;
+            if let Some(req) = self.carry.take() {
+                took += 1;
+                self.admit(&mut batch, req);
+            }
+            while batch.readings.len() < self.inner.cfg.max_batch {
+                let Ok(req) = rx.try_recv() else { break };
+                took += 1;
+                if batch.requests > 0
+                    && batch.readings.len() + req.readings.len() > self.inner.cfg.max_batch
+                {
+                    self.carry = Some(req);
+                    break;
+                }
+                self.admit(&mut batch, req);
+            }
+            self.commit(batch).await;
+            if took == 0 {
+                break;
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), StoreError> {
+        let db = self.inner.db.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut db = lock(&db);
+            let path = db.path().to_owned();
+            db.close()
+                .map_err(|e| StoreError::sqlite(&path, "closing", e))
+        })
+        .await;
+        self.inner.committed.send_modify(|m| m.closed = true);
+        self.failed = None;
+        self.reported = None;
+        self.health.not_ready("closed");
+        self.reported = Some(HealthState::Closed);
+        match joined {
+            Ok(Ok(true)) => {
+                tracing::info!(path = %self.inner.path.display(), "outbox closed cleanly");
+                Ok(())
+            }
+            Ok(Ok(false)) => {
+                tracing::info!(
+                    path = %self.inner.path.display(),
+                    "outbox closed cleanly; readers kept the WAL checkpoint from finishing (it completes at the next open)"
+                );
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(StoreError::Io {
+                path: self.inner.path.clone(),
+                op: "closing",
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use wardgate_core::health::ComponentKind;
+    use wardgate_core::{Bus, Health, MessageClass};
+
+    use crate::metrics::RejectReason;
+
+    fn big_reading(len: usize) -> Encoded {
+        Encoded {
+            id: ulid::Ulid::new(),
+            device: "d".into(),
+            class: MessageClass::Alarm,
+            json: Bytes::from(vec![b'x'; len]),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_answers_unavailable_and_the_writer_recovers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = StoreConfig {
+            path: dir.path().join("outbox.db"),
+            ..StoreConfig::default()
+        };
+        let metrics = StoreMetrics::unregistered();
+        let outbox = Outbox::open(&cfg, &["cloud".to_owned()], metrics.clone()).expect("open");
+        let health = Health::new();
+        let (bus, rx) = Bus::new(8);
+        let stop = Shutdown::new();
+        let writer = {
+            let outbox = outbox.clone();
+            let stop = stop.clone();
+            let reporter = health.reporter("store", ComponentKind::Store);
+            tokio::spawn(async move { outbox.run_writer(rx, stop, reporter).await })
+        };
+        bus.submit(vec![big_reading(100)])
+            .await
+            .expect("first reading");
+
+        // Simulate a full disk: SQLite may not grow the file any more.
+        {
+            let db = outbox.db();
+            let db = lock(&db);
+            let pages: i64 = db
+                .conn()
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .expect("page_count");
+            db.conn()
+                .pragma_update(None, "max_page_count", pages)
+                .expect("max_page_count");
+        }
+        let refused = bus.submit(vec![big_reading(64 * 1024)]).await;
+        assert!(
+            matches!(refused, Err(IngestError::Unavailable(_))),
+            "{refused:?}"
+        );
+        let check = health.readiness().checks["store"].clone();
+        assert!(
+            !check.ready && check.detail.contains("commit failed"),
+            "{check:?}"
+        );
+        assert_eq!(metrics.commit_errors_total(), 1);
+        assert_eq!(metrics.rejected_total(RejectReason::Unavailable), 1);
+        assert_eq!(
+            outbox.stats().expect("stats").readings,
+            1,
+            "nothing half-written"
+        );
+
+        // Space comes back: the next request is stored and the store is ready again.
+        {
+            let db = outbox.db();
+            let db = lock(&db);
+            db.conn()
+                .pragma_update(None, "max_page_count", 1_000_000)
+                .expect("max_page_count");
+        }
+        bus.submit(vec![big_reading(64 * 1024)])
+            .await
+            .expect("after the disk recovered");
+        assert!(health.readiness().checks["store"].ready);
+        assert_eq!(outbox.stats().expect("stats").readings, 2);
+
+        stop.cancel();
+        writer.await.expect("join").expect("clean close");
+    }
+}

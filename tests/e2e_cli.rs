@@ -1,0 +1,158 @@
+//! The command line as a user meets it: check-config, --version, and the shipped default config
+//! running with `--demo` and writing readings to stdout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{WARDGATE, schema, valid_reading};
+
+fn repo_file(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name)
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let out = Command::new(WARDGATE).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("wardgate {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn shipped_gateway_toml_passes_check_config() {
+    let out = Command::new(WARDGATE)
+        .args(["check-config", "--config"])
+        .arg(repo_file("gateway.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[test]
+fn check_config_reports_every_problem_at_once_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[gateway]
+id = "${WARDGATE_TEST_UNSET_VARIABLE}"
+[coap]
+listen = []
+[store]
+max_batch = 0
+[[uplinks]]
+type = "mqtt"
+name = "cloud"
+url = "ftp://nope"
+"#,
+    )
+    .unwrap();
+    // A port taken by someone else must not matter: check-config binds nothing.
+    let out = Command::new(WARDGATE)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env_remove("WARDGATE_TEST_UNSET_VARIABLE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "WARDGATE_TEST_UNSET_VARIABLE is not set",
+        "coap.listen",
+        "store.max_batch",
+        "uplinks[0].url",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    // `run` refuses the same file with the same code before binding anything.
+    let out = Command::new(WARDGATE)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn demo_on_the_shipped_config_prints_valid_readings_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let coap = common::free_udp_port();
+    let shipped = std::fs::read_to_string(repo_file("gateway.toml")).unwrap();
+    let cfg_text = shipped.replace(
+        r#"listen = ["0.0.0.0:5683", "[::]:5683"]"#,
+        &format!(r#"listen = ["127.0.0.1:{coap}"]"#),
+    );
+    assert_ne!(
+        cfg_text, shipped,
+        "the shipped CoAP listen line changed; update this test"
+    );
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let http = common::free_tcp_port();
+    let mut child = common::ChildGuard(
+        Command::new(WARDGATE)
+            .args(["run", "--demo", "--config"])
+            .arg(&cfg)
+            .env("WARDGATE_HTTP", format!("127.0.0.1:{http}"))
+            .env("WARDGATE_DATA_DIR", dir.path().join("data"))
+            .env("WARDGATE_ID", "demo-ward")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let validator = schema();
+    let mut devices = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while devices.len() < 3 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("demo readings on stdout");
+        let v = valid_reading(&validator, &line);
+        assert_eq!(v["gateway"], "demo-ward");
+        devices.insert(v["device"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        devices.into_iter().collect::<Vec<_>>(),
+        vec!["bed-12-spo2", "bed-12-temp", "bed-14-resp"]
+    );
+    let (status, body) = common::http_get(([127, 0, 0, 1], http).into(), "/readyz").unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
