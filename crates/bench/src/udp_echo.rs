@@ -47,10 +47,17 @@ pub fn answer(req: &[u8], out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
+/// Receive buffer asked for, bytes: the same as wardgate's shipped `recv_buffer_bytes`, so the
+/// ceiling is not lowered by drops a real server would configure away. Best effort (capped by
+/// `net.core.rmem_max`).
+const RECV_BUFFER: usize = 4 << 20;
+
 /// Binds the socket (so a caller can learn the port) and returns it.
 pub fn bind(listen: &str) -> Result<UdpSocket, BenchError> {
     let addr: SocketAddr = loopback_addr(listen)?;
-    UdpSocket::bind(addr).map_err(|e| BenchError::io(format!("bind {addr}"), e))
+    let sock = UdpSocket::bind(addr).map_err(|e| BenchError::io(format!("bind {addr}"), e))?;
+    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(RECV_BUFFER);
+    Ok(sock)
 }
 
 /// Serves until `stop` is set or `max` elapsed. Returns the number of answers sent.

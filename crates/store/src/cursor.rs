@@ -98,8 +98,9 @@ impl Cursor {
         self.inflight.len()
     }
 
-    /// Like [`OutboxCursor::next`] but never waits: returns what is committed and owed now,
-    /// possibly nothing.
+    /// Like [`OutboxCursor::next`] but never waits for new commits: returns what is committed
+    /// and owed now (possibly nothing, possibly fewer than `max` when more must be read from
+    /// disk). Cancel-safe, like `next`: readings count as handed out only once returned.
     pub async fn try_next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
         let mut out = Vec::new();
         let mut replays = Replays::default();
@@ -127,6 +128,11 @@ impl Cursor {
             let want = max - out.len();
             if self.fill_from_tail(mark.seq, want, out, replays) {
                 continue;
+            }
+            if !out.is_empty() {
+                // Cancel safety: never await once deliveries are recorded as handed out, or a
+                // dropped future would lose them until the next rewind.
+                break;
             }
             let rows = self.read_db(self.pos, want).await?;
             let complete = rows.len() < want;
@@ -312,6 +318,8 @@ fn read_owed(
 }
 
 impl OutboxCursor for Cursor {
+    /// Cancel-safe: if the future is dropped (e.g. in a `select!`), nothing is lost; readings
+    /// count as handed out only once a call returns them.
     async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
         if max == 0 {
             return Ok(Vec::new());

@@ -497,7 +497,9 @@ impl Db {
     /// replayed at the next open).
     pub(crate) fn close(&mut self) -> rusqlite::Result<bool> {
         if self.abandoned {
-            return Err(misuse("the outbox was abandoned; it is left as a crash leaves it"));
+            return Err(misuse(
+                "the outbox was abandoned; it is left as a crash leaves it",
+            ));
         }
         if self.closed {
             return Ok(true);

@@ -158,7 +158,10 @@ pub fn recover(path: &Path) -> Result<RecoverReport, StoreError> {
 /// no checkpoint of its WAL into it on close (only the `-shm` index is rebuilt).
 fn connect_readonly(path: &Path) -> rusqlite::Result<Connection> {
     let conn = connect(path)?;
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
     conn.pragma_update(None, "query_only", true)?;
     Ok(conn)
 }

@@ -127,7 +127,11 @@ async fn a_truncated_file_is_corrupt_and_recover_salvages_the_readable_part() {
     assert!(msg.contains("truncated"), "{msg}");
 
     let report = recover(&c.path).unwrap();
-    assert_eq!(fs::read(&report.moved_to).unwrap(), cut, "the damaged file is kept as it was");
+    assert_eq!(
+        fs::read(&report.moved_to).unwrap(),
+        cut,
+        "the damaged file is kept as it was"
+    );
     assert!(report.readable, "{report}");
     assert!(report.salvaged > 0 && report.salvaged < 2000, "{report}");
     assert!(!report.unreadable.is_empty(), "{report}");

@@ -169,7 +169,22 @@ async fn run_ops(cfg: StoreConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let u = &m.up[up];
                 let want: Vec<Ulid> = u.queue.iter().skip(u.handed).take(max).copied().collect();
                 let got_ids: Vec<Ulid> = got.iter().map(|d| d.id).collect();
-                prop_assert_eq!(&got_ids, &want, "uplink {} next({})", UPLINKS[up], max);
+                // A call may stop short where it would have to read the disk again (cancel
+                // safety), but never hands out nothing while something is owed.
+                prop_assert!(
+                    !got_ids.is_empty() || want.is_empty(),
+                    "uplink {} next({}) returned nothing, owed {:?}",
+                    UPLINKS[up],
+                    max,
+                    want
+                );
+                prop_assert_eq!(
+                    &got_ids[..],
+                    &want[..got_ids.len().min(want.len())],
+                    "uplink {} next({})",
+                    UPLINKS[up],
+                    max
+                );
                 for d in &got {
                     prop_assert_eq!(
                         d.attempts,

@@ -79,7 +79,14 @@ async fn serve(cfg: GatewayConfig, demo: bool) -> anyhow::Result<()> {
     // The outbox first: a corrupt store must stop us before any device hears "accepted".
     let uplink_names: Vec<String> = cfg.uplinks.iter().map(|u| u.name().to_owned()).collect();
     let store_metrics = wardgate_store::StoreMetrics::register(&mut registry);
-    let outbox = wardgate_store::Outbox::open(&cfg.store, &uplink_names, store_metrics)?;
+    // Opening may run `PRAGMA quick_check` over the whole file after an unclean stop: keep that
+    // off the async runtime.
+    let store_cfg = cfg.store.clone();
+    let outbox = tokio::task::spawn_blocking(move || {
+        wardgate_store::Outbox::open(&store_cfg, &uplink_names, store_metrics)
+    })
+    .await
+    .context("outbox open task")??;
 
     let (bus, bus_rx) = Bus::new(cfg.bus.capacity);
     let bus_depth: Gauge = Gauge::default();
