@@ -36,6 +36,8 @@ LADDER_STEP_S = 10
 LADDER_MIN_DELIVERY = 0.999
 LADDER_MAX_P99_MS = 50.0
 SOAK_S = 300
+# No repeats of disturbed runs after this many seconds (the soak and the report still follow).
+REPEAT_BUDGET_S = 480
 
 WARDGATE_SYSTEMS = ("wardgate-ingest", "wardgate-e2e-fsync", "wardgate-e2e-nofsync")
 
@@ -82,6 +84,7 @@ class Bench:
         self.duration = 1.5 if self.quick else 3.0
         self.runs = 1 if self.quick else args.runs
         self.retries = 0 if self.quick else 2
+        self.started = time.time()
 
     # ---- peers -------------------------------------------------------------------------------
     def start_mosquitto(self):
@@ -201,9 +204,14 @@ class Bench:
             a += ["--mqtt", f"mqtt://127.0.0.1:{self.mosq_port}", "--topic", "wardgate/bench/+/vital", "--drain-timeout", "10"]
         return [str(x) for x in a]
 
-    def measure(self, scenario, system, mode, run):
-        """One run of one scenario with the repeat-if-disturbed rule; writes raw lines."""
-        for attempt in range(self.retries + 1):
+    def measure(self, scenario, system, mode, run, retries=None):
+        """One run of one scenario with the repeat-if-disturbed rule; writes raw lines. Repeats
+        stop once the run has used its repeat budget (the full run must stay under 15 minutes
+        on a busy machine too; a disturbed result is kept and marked)."""
+        retries = self.retries if retries is None else retries
+        if time.time() - self.started > REPEAT_BUDGET_S:
+            retries = 0
+        for attempt in range(retries + 1):
             rec = {"scenario": scenario, "system": system, "run": run, "attempt": attempt,
                    "mode": {k: v for k, v in mode.items()}, "at": time.time()}
             try:
@@ -275,7 +283,7 @@ class Bench:
         return [x for x in s if only is None or x[0] in only]
 
     def run_all(self):
-        started = time.time()
+        started = self.started
         self.write({"meta": machine(self.venv_python), "command": self.args.command_line, "quick": self.quick, "at": started})
         self.start_mosquitto()
         try:
@@ -345,7 +353,7 @@ class Bench:
     def ladder(self):
         for system in ("libcoap", "naive-bridge", "wardgate-ingest", "wardgate-e2e-fsync"):
             for rate in LADDER_RATES:
-                rec = self.measure(f"ladder:{system}", system, {"rate": rate, "duration": LADDER_STEP_S}, rate)
+                rec = self.measure(f"ladder:{system}", system, {"rate": rate, "duration": LADDER_STEP_S}, rate, retries=1)
                 if not ladder_pass(rec):
                     break
 
@@ -356,9 +364,7 @@ class Bench:
             self.note("soak", "no undisturbed wardgate-e2e-fsync run to take the max rate from")
             return
         rate = max(100, int(statistics.median(ok) / 2 // 100 * 100))
-        self.retries, saved = 0, self.retries
-        self.measure("soak", "wardgate-e2e-fsync", {"rate": rate, "duration": SOAK_S, "rss_series": 5}, 0)
-        self.retries = saved
+        self.measure("soak", "wardgate-e2e-fsync", {"rate": rate, "duration": SOAK_S, "rss_series": 5}, 0, retries=0)
 
 
 def ladder_pass(rec):

@@ -144,11 +144,18 @@ fn metric(text: &str, name: &str) -> f64 {
 fn broker_outage_is_absorbed_and_delivered_in_per_device_order() {
     let mut broker = Mosquitto::start_persistent();
     let sub = Subscriber::start_persistent(broker.port, "wardgate/+/+/+", "outage-sub");
+    let status =
+        Subscriber::start_persistent(broker.port, "wardgate/test-ward/status", "outage-status");
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(dir.path(), &broker.url(), "");
     common::wait_for("uplink connected", Duration::from_secs(10), || {
         common::http_get(gw.http, "/readyz").filter(|(s, _)| *s == 200)
     });
+    assert_eq!(
+        status.collect(1, Duration::from_secs(10), |_| true)[0].1,
+        "online"
+    );
+    drop(status);
     let before = load::run(gw.coap, 80, 4, Duration::from_secs(20), &|| false);
     assert_eq!(before.acked.len(), 80, "{before:?}");
     let ids = |r: &load::LoadReport| {
@@ -181,6 +188,22 @@ fn broker_outage_is_absorbed_and_delivered_in_per_device_order() {
     assert!(body.contains("uplinks"), "{body}");
 
     broker.restart();
+    // The broker published wardgate's will when it went down; wardgate says online again once
+    // it has reconnected.
+    let status =
+        Subscriber::start_persistent(broker.port, "wardgate/test-ward/status", "outage-status");
+    let states: Vec<String> = {
+        let mut v = Vec::new();
+        while !(v.contains(&"offline".to_owned()) && v.last().is_some_and(|s| s == "online")) {
+            let Some((_, p)) = status.next(Duration::from_secs(15)) else {
+                panic!("status went {v:?}, expected offline then online");
+            };
+            v.push(p);
+        }
+        v
+    };
+    let off = states.iter().position(|s| s == "offline").unwrap();
+    assert!(states[off..].contains(&"online".to_owned()), "{states:?}");
     let sub = Subscriber::start_persistent(broker.port, "wardgate/+/+/+", "outage-sub");
     let after = load::run(gw.coap, 80, 4, Duration::from_secs(20), &|| false);
     let mut want = ids(&during);

@@ -83,6 +83,13 @@ impl Mosquitto {
     fn start_with(persistent: bool) -> Mosquitto {
         require_tool("/usr/sbin/mosquitto");
         let dir = tempfile::tempdir().expect("tempdir");
+        // Started as root, mosquitto drops to its own user: it must be able to write its
+        // persistence file here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("chmod broker dir");
+        }
         let mut m = Mosquitto {
             port: free_tcp_port(),
             dir,
