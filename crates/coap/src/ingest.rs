@@ -82,6 +82,7 @@ pub enum Reply {
 #[derive(Debug)]
 pub struct CommitMeta {
     created: bool,
+    class: MessageClass,
     location: String,
     block1: Option<BlockOpt>,
     peer: SocketAddr,
@@ -471,6 +472,7 @@ impl Ingest {
                 rx,
                 meta: Some(CommitMeta {
                     created,
+                    class,
                     location,
                     block1,
                     peer,
@@ -499,7 +501,7 @@ impl Ingest {
     pub fn commit_response(&self, result: Result<(), IngestError>, meta: CommitMeta) -> Response {
         match result {
             Ok(()) => {
-                self.metrics.accepted("request");
+                self.metrics.accepted("request", meta.class);
                 let mut r = if meta.created {
                     let mut r = Response::new(Code::CREATED);
                     r.location = Some(meta.location);

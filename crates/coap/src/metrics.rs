@@ -42,11 +42,14 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
-/// `source` label: `request` (devices posting) or `observe` (notifications).
+/// `source` label: `request` (devices posting) or `observe` (notifications), and the reading's
+/// message class (a closed set).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     /// Where the reading came from.
     pub source: &'static str,
+    /// Message class.
+    pub class: &'static str,
 }
 
 /// Pre-resolved handles of the per-datagram counters: `Family::get_or_create` takes a read lock
@@ -292,9 +295,12 @@ impl CoapMetrics {
             .inc();
     }
 
-    pub(crate) fn accepted(&self, source: &'static str) {
+    pub(crate) fn accepted(&self, source: &'static str, class: wardgate_core::MessageClass) {
         self.readings_accepted
-            .get_or_create(&SourceLabel { source })
+            .get_or_create(&SourceLabel {
+                source,
+                class: class.as_str(),
+            })
             .inc();
     }
 }

@@ -400,7 +400,7 @@ impl Observer {
         };
         match rx.await {
             Ok(Ok(())) => {
-                m.accepted("observe");
+                m.accepted("observe", self.target.class);
                 Verdict::Accepted
             }
             Ok(Err(e)) => {

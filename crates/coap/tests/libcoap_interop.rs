@@ -48,7 +48,7 @@ async fn libcoap_client_posts_senml_json_and_gets_created_after_the_reading_is_s
     // The Location-Path names the stored reading.
     assert!(saw(&out, &r[0].id.to_string()), "{out:?}");
     assert_eq!(
-        h.metric("wardgate_coap_readings_accepted_total{source=\"request\"}"),
+        h.metric("wardgate_coap_readings_accepted_total{source=\"request\",class=\"vital\"}"),
         1.0
     );
     h.stop().await;

@@ -82,7 +82,10 @@ async fn notifications_from_libcoap_server_become_readings() {
         1.0
     );
     assert!(h.metric("wardgate_coap_observe_notifications_total{outcome=\"accepted\"}") >= 3.0);
-    assert!(h.metric("wardgate_coap_readings_accepted_total{source=\"observe\"}") >= 3.0);
+    assert!(
+        h.metric("wardgate_coap_readings_accepted_total{source=\"observe\",class=\"telemetry\"}")
+            >= 3.0
+    );
     h.stop().await;
 }
 

@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use wardgate_config::FileUplinkConfig;
-use wardgate_core::{HealthReporter, OutboxCursor, Shutdown};
+use wardgate_core::{HealthReporter, MessageClass, OutboxCursor, Shutdown};
 
 /// Most readings taken from the outbox per write.
 const BATCH: usize = 512;
@@ -22,10 +22,16 @@ struct UplinkLabel {
     uplink: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    uplink: String,
+    class: &'static str,
+}
+
 /// Counters of the file uplinks.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FileUplinkMetrics {
-    written: Family<UplinkLabel, Counter>,
+    written: Family<ClassLabel, Counter>,
     errors: Family<UplinkLabel, Counter>,
 }
 
@@ -159,19 +165,30 @@ impl FileUplink {
                 }
             };
             let mut seqs = Vec::with_capacity(batch.len());
+            let mut per_class = [0u64; MessageClass::ALL.len()];
             for d in &batch {
                 out.write_all(&d.json).await?;
                 out.write_all(b"\n").await?;
                 seqs.push(d.seq);
+                if let Some(i) = MessageClass::ALL.iter().position(|c| *c == d.class) {
+                    per_class[i] += 1;
+                }
             }
             out.flush().await?;
             if let Some(f) = sync {
                 f.sync_data().await?;
             }
-            self.metrics
-                .written
-                .get_or_create(label)
-                .inc_by(seqs.len() as u64);
+            for (class, n) in MessageClass::ALL.iter().zip(per_class) {
+                if n > 0 {
+                    self.metrics
+                        .written
+                        .get_or_create(&ClassLabel {
+                            uplink: label.uplink.clone(),
+                            class: class.as_str(),
+                        })
+                        .inc_by(n);
+                }
+            }
             cursor.ack(&seqs);
         }
     }
