@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use common::{Gateway, Mosquitto, Subscriber, coap_client, schema, valid_reading};
+use common::{Gateway, Mosquitto, Subscriber, coap_client, coap_send, schema, valid_reading};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -23,15 +23,12 @@ fn every_accepted_payload_format_arrives_normalized_and_schema_valid() {
     let gw = Gateway::start(dir.path(), &broker.url(), "");
 
     // SenML JSON (110) with base name and base time.
-    let (ok, out) = coap_client(&[
-        "-m",
+    let (ok, out) = coap_send(
         "post",
-        "-t",
-        "110",
-        "-e",
+        110,
         r#"[{"bn":"bed-1/","bt":1763759045,"n":"spo2","u":"%25","v":97},{"n":"heart_rate","u":"beat/min","v":72}]"#,
         &gw.coap_uri("v1/readings/bed-1"),
-    ]);
+    );
     assert!(ok, "{out}");
     // SenML CBOR (112): [{0: "temp", 1: "Cel", 2: 36.6}] encoded by hand.
     let cbor = dir.path().join("r.cbor");
@@ -54,26 +51,20 @@ fn every_accepted_payload_format_arrives_normalized_and_schema_valid() {
     ]);
     assert!(ok, "{out}");
     // Plain JSON (50), as an alarm.
-    let (ok, out) = coap_client(&[
-        "-m",
+    let (ok, out) = coap_send(
         "post",
-        "-t",
-        "50",
-        "-e",
+        50,
         r#"{"spo2":88,"probe_ok":true}"#,
         &gw.coap_uri("v1/readings/bed-3?class=alarm"),
-    ]);
+    );
     assert!(ok, "{out}");
     // text/plain (0): the record name comes from the URI.
-    let (ok, out) = coap_client(&[
-        "-m",
+    let (ok, out) = coap_send(
         "put",
-        "-t",
-        "0",
-        "-e",
+        0,
         "37.2",
         &gw.coap_uri("v1/readings/bed-4/temperature"),
-    ]);
+    );
     assert!(ok, "{out}");
     // Block1 upload in 16-byte blocks: a ~300-byte SenML pack.
     let big: Vec<String> = (0..10)
@@ -248,39 +239,20 @@ fn malformed_datagrams_get_the_rfc_answer_and_the_gateway_keeps_serving() {
     // Wrong method: 4.05. Unsupported content format: 4.15. Garbage SenML: 4.00.
     let (_, out) = coap_client(&["-m", "delete", &gw.coap_uri("v1/readings/bed-x")]);
     assert!(out.contains("4.05"), "{out}");
-    let (_, out) = coap_client(&[
-        "-m",
-        "post",
-        "-t",
-        "41",
-        "-e",
-        "<x/>",
-        &gw.coap_uri("v1/readings/bed-x"),
-    ]);
+    let (_, out) = coap_send("post", 41, "<x/>", &gw.coap_uri("v1/readings/bed-x"));
     assert!(out.contains("4.15"), "{out}");
-    let (_, out) = coap_client(&[
-        "-m",
-        "post",
-        "-t",
-        "110",
-        "-e",
-        "{not senml",
-        &gw.coap_uri("v1/readings/bed-x"),
-    ]);
+    let (_, out) = coap_send("post", 110, "{not senml", &gw.coap_uri("v1/readings/bed-x"));
     assert!(out.contains("4.00"), "{out}");
 
     // Still serving, and the discovery resource works.
     let (ok, out) = coap_client(&["-m", "get", &gw.coap_uri(".well-known/core")]);
     assert!(ok && out.contains("</v1/readings>"), "{out}");
-    let (ok, out) = coap_client(&[
-        "-m",
+    let (ok, out) = coap_send(
         "post",
-        "-t",
-        "110",
-        "-e",
+        110,
         r#"[{"n":"spo2","v":96}]"#,
         &gw.coap_uri("v1/readings/bed-ok"),
-    ]);
+    );
     assert!(ok, "{out}");
     let got = sub.collect(1, WAIT, readings_only);
     assert!(got[0].1.contains("bed-ok"), "{got:?}");

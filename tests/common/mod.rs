@@ -478,6 +478,11 @@ pub fn coap_client(args: &[&str]) -> (bool, String) {
     (out.status.success() && !error_code, text)
 }
 
+/// `coap-client-notls -m <method> -t <format> -e <payload> <uri>`.
+pub fn coap_send(method: &str, format: u16, payload: &str, uri: &str) -> (bool, String) {
+    coap_client(&["-m", method, "-t", &format.to_string(), "-e", payload, uri])
+}
+
 /// The published reading schema, compiled.
 pub fn schema() -> jsonschema::Validator {
     let text = include_str!("../../docs/readings.schema.json");

@@ -87,23 +87,8 @@ impl FileUplink {
                 if stdout {
                     (Box::new(tokio::io::stdout()), None)
                 } else {
-                    match open_append(&self.cfg.path).await {
-                        Ok(f) => {
-                            let sync = if self.cfg.fsync {
-                                Some(f.try_clone().await)
-                            } else {
-                                None
-                            };
-                            match sync.transpose() {
-                                Ok(sync) => {
-                                    (Box::new(f) as Box<dyn AsyncWrite + Send + Unpin>, sync)
-                                }
-                                Err(e) => {
-                                    tracing::error!(uplink = %self.cfg.name, error = %e, "file uplink cannot duplicate its file handle");
-                                    return;
-                                }
-                            }
-                        }
+                    match open_append(&self.cfg.path, self.cfg.fsync).await {
+                        Ok((f, sync)) => (Box::new(f) as Box<dyn AsyncWrite + Send + Unpin>, sync),
                         Err(e) => {
                             self.health
                                 .not_ready(format!("cannot open {}: {e}", self.cfg.path.display()));
@@ -194,13 +179,116 @@ impl FileUplink {
     }
 }
 
-async fn open_append(path: &PathBuf) -> std::io::Result<tokio::fs::File> {
+/// Opens `path` for appending, plus a second handle for fsync when `fsync` is set.
+async fn open_append(
+    path: &PathBuf,
+    fsync: bool,
+) -> std::io::Result<(tokio::fs::File, Option<tokio::fs::File>)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(dir).await?;
     }
-    tokio::fs::OpenOptions::new()
+    let f = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .await
+        .await?;
+    let sync = if fsync {
+        Some(f.try_clone().await?)
+    } else {
+        None
+    };
+    Ok((f, sync))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use wardgate_core::health::ComponentKind;
+    use wardgate_core::{Delivery, Health, OutboxError};
+
+    use super::*;
+
+    /// Hands out `pending` once, then waits forever; records acks.
+    struct OnceCursor {
+        pending: Vec<Delivery>,
+        acked: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl OutboxCursor for OnceCursor {
+        async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
+            if self.pending.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            let n = max.min(self.pending.len());
+            Ok(self.pending.drain(..n).collect())
+        }
+        fn ack(&mut self, seqs: &[u64]) {
+            self.acked.lock().unwrap().extend_from_slice(seqs);
+        }
+        fn rewind(&mut self) {}
+    }
+
+    fn delivery(seq: u64, class: MessageClass) -> Delivery {
+        Delivery {
+            seq,
+            id: ulid::Ulid::new(),
+            device: "bed-1".into(),
+            class,
+            json: Bytes::from(format!("{{\"seq\":{seq}}}")),
+            attempts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn readings_are_appended_as_lines_fsynced_and_acked_after_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/readings.jsonl");
+        let mut registry = Registry::default();
+        let metrics = FileUplinkMetrics::register(&mut registry);
+        let health = Health::new();
+        let cfg = FileUplinkConfig {
+            name: "archive".into(),
+            path: path.clone(),
+            fsync: true,
+        };
+        let up = FileUplink::new(
+            cfg,
+            metrics,
+            health.reporter("uplink.archive", ComponentKind::Uplink),
+        );
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let cursor = OnceCursor {
+            pending: vec![
+                delivery(1, MessageClass::Vital),
+                delivery(2, MessageClass::Alarm),
+                delivery(3, MessageClass::Vital),
+            ],
+            acked: acked.clone(),
+        };
+        let stop = Shutdown::new();
+        let task = tokio::spawn(up.run(cursor, stop.clone()));
+        for _ in 0..200 {
+            if acked.lock().unwrap().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(*acked.lock().unwrap(), vec![1, 2, 3]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3}\n");
+        assert!(health.readiness().ready);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains(
+                r#"wardgate_uplink_file_readings_total{uplink="archive",class="vital"} 2"#
+            ),
+            "{out}"
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
 }
