@@ -36,8 +36,12 @@ class Publisher:
 
     def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop):
         self.loop = loop
+        # Guards only our two dicts; never held while calling into paho, whose network thread
+        # holds paho's own locks when it calls _on_publish (holding ours across publish() would
+        # invert the lock order and deadlock).
         self.lock = threading.Lock()
         self.waiting = {}
+        self.early = set()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="naive-bridge")
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
@@ -48,15 +52,22 @@ class Publisher:
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
         with self.lock:
             fut = self.waiting.pop(mid, None)
+            if fut is None:
+                # PUBACK before publish() registered the future.
+                self.early.add(mid)
         if fut is not None:
             self.loop.call_soon_threadsafe(_resolve, fut)
 
     def publish(self, topic: str, payload: bytes) -> asyncio.Future:
         fut = self.loop.create_future()
+        info = self.client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            fut.set_exception(RuntimeError(f"publish failed: rc={info.rc}"))
+            return fut
         with self.lock:
-            info = self.client.publish(topic, payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                fut.set_exception(RuntimeError(f"publish failed: rc={info.rc}"))
+            if info.mid in self.early:
+                self.early.discard(info.mid)
+                fut.set_result(None)
             else:
                 self.waiting[info.mid] = fut
         return fut
