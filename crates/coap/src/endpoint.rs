@@ -73,10 +73,21 @@ impl CoapEndpoint {
         };
         let mut sockets = Vec::with_capacity(cfg.listen.len());
         for addr in &cfg.listen {
-            let transport = UdpTransport::bind(*addr, opts).map_err(|source| CoapError::Bind {
-                addr: *addr,
-                source,
-            })?;
+            let transport = match UdpTransport::bind(*addr, opts) {
+                Ok(t) => t,
+                // The shipped default listens on 0.0.0.0 and [::]; a host (or container) with
+                // IPv6 disabled should still serve IPv4 rather than refuse to start.
+                Err(source) if cfg.listen.len() > 1 && ipv6_unavailable(addr, &source) => {
+                    tracing::warn!(%addr, error = %source, "IPv6 is not available on this host; serving CoAP on the other listen addresses");
+                    continue;
+                }
+                Err(source) => {
+                    return Err(CoapError::Bind {
+                        addr: *addr,
+                        source,
+                    });
+                }
+            };
             let local = transport.local_addr().map_err(|source| CoapError::Bind {
                 addr: *addr,
                 source,
@@ -87,6 +98,19 @@ impl CoapEndpoint {
                 local,
                 cmd_tx,
                 cmd_rx,
+            });
+        }
+        if sockets.is_empty() {
+            return Err(CoapError::Bind {
+                addr: cfg
+                    .listen
+                    .first()
+                    .copied()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrNotAvailable,
+                    "no listen address could be bound",
+                ),
             });
         }
         let detail = sockets
@@ -230,5 +254,32 @@ impl CoapEndpoint {
         }
         deps.health.not_ready("stopped");
         Ok(())
+    }
+}
+
+/// A wildcard IPv6 listener on a host without IPv6 (EAFNOSUPPORT on Linux, or no address).
+fn ipv6_unavailable(addr: &SocketAddr, e: &std::io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    addr.is_ipv6()
+        && addr.ip().is_unspecified()
+        && (e.raw_os_error() == Some(EAFNOSUPPORT)
+            || e.kind() == std::io::ErrorKind::AddrNotAvailable)
+}
+
+#[cfg(test)]
+mod ipv6_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_wildcard_ipv6_listener_on_a_host_without_ipv6_is_skippable() {
+        let v6: SocketAddr = "[::]:5683".parse().unwrap();
+        let v6_lo: SocketAddr = "[::1]:5683".parse().unwrap();
+        let v4: SocketAddr = "0.0.0.0:5683".parse().unwrap();
+        let no_family = std::io::Error::from_raw_os_error(97);
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert!(ipv6_unavailable(&v6, &no_family));
+        assert!(!ipv6_unavailable(&v6, &in_use));
+        assert!(!ipv6_unavailable(&v6_lo, &no_family));
+        assert!(!ipv6_unavailable(&v4, &no_family));
     }
 }
