@@ -44,18 +44,9 @@ pub const KNOWN_REQUEST_CRITICAL: &[u16] = &[
     opt::PROXY_SCHEME,
 ];
 
-/// Critical options accepted in responses; others make the response rejected (§5.4.1).
-const KNOWN_RESPONSE_CRITICAL: &[u16] = &[
-    opt::URI_HOST,
-    opt::URI_PORT,
-    opt::URI_PATH,
-    opt::URI_QUERY,
-    opt::ACCEPT,
-    opt::BLOCK2,
-    opt::BLOCK1,
-    opt::PROXY_URI,
-    opt::PROXY_SCHEME,
-];
+/// Critical options accepted in responses; others make the response rejected (§5.4.1). The
+/// same set as for requests: the layer understands these options in either direction.
+const KNOWN_RESPONSE_CRITICAL: &[u16] = KNOWN_REQUEST_CRITICAL;
 
 /// Largest ACK_TIMEOUT, ACK_RANDOM_FACTOR and MAX_RETRANSMIT honoured (the config validation
 /// refuses larger ones; the clamps keep timer arithmetic overflow-free regardless).
