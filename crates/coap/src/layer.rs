@@ -789,30 +789,16 @@ impl MessageLayer {
             return Err((e.into(), sink));
         }
         if req.confirmable {
-            let st_outstanding = self
-                .peers
-                .get(&peer)
-                .map(|s| (s.outstanding, s.queue.len()));
-            if let Some((out, queued)) = st_outstanding {
-                if out >= self.nstart {
-                    if queued >= MAX_QUEUED_PER_PEER {
+            // NSTART: with the peer's allowance used up, the request waits in its queue.
+            let must_queue = match self.peers.get(&peer) {
+                Some(st) if st.outstanding >= self.nstart => {
+                    if st.queue.len() >= MAX_QUEUED_PER_PEER {
                         return Err((CoapError::Busy(peer), sink));
                     }
-                    self.exchanges.insert(
-                        token,
-                        Exchange {
-                            peer,
-                            sink,
-                            mid: None,
-                            timer: None,
-                        },
-                    );
-                    if let Some(st) = self.peers.get_mut(&peer) {
-                        st.queue.push_back(Queued { token, bytes });
-                    }
-                    return Ok(token);
+                    true
                 }
-            }
+                _ => false,
+            };
             self.exchanges.insert(
                 token,
                 Exchange {
@@ -822,6 +808,12 @@ impl MessageLayer {
                     timer: None,
                 },
             );
+            if must_queue {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.queue.push_back(Queued { token, bytes });
+                }
+                return Ok(token);
+            }
             self.dispatch_con(now, peer, token, bytes);
         } else {
             let mid = self.alloc_mid(now, peer);
