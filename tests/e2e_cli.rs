@@ -156,3 +156,28 @@ fn demo_on_the_shipped_config_prints_valid_readings_and_stops_cleanly_on_sigterm
     };
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn a_coap_port_in_use_stops_start_up_with_an_error_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[coap]\nlisten = [\"{addr}\"]\n[http]\nenabled = false\n[store]\npath = \"{}/outbox.db\"\n[[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(WARDGATE)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr.to_string()), "{err}");
+    drop(taken);
+}

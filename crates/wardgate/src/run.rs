@@ -101,52 +101,40 @@ async fn serve(cfg: GatewayConfig, demo: bool) -> anyhow::Result<()> {
     let store_stop = Shutdown::new();
     let http_stop = Shutdown::new();
 
-    // Uplinks.
-    let mut uplinks = JoinSet::new();
+    // Everything fallible happens before anything runs: a bad TLS file or a port in use stops
+    // start-up with the outbox untouched, not half-way through with tasks already draining it.
+    #[allow(clippy::large_enum_variant)] // a handful, built once at start-up
+    enum Uplink {
+        File(FileUplink),
+        Mqtt(wardgate_mqtt::MqttUplink),
+    }
     let file_metrics = FileUplinkMetrics::register(&mut registry);
     let mqtt_metrics = wardgate_mqtt::MqttMetrics::register(&mut registry);
+    let mut built = Vec::with_capacity(cfg.uplinks.len());
     for u in &cfg.uplinks {
         let reporter = health.reporter(format!("uplink.{}", u.name()), ComponentKind::Uplink);
         let cursor = outbox
             .cursor(u.name())
             .with_context(|| format!("outbox cursor for uplink {}", u.name()))?;
-        match u {
+        let up = match u {
             UplinkConfig::File(f) => {
-                let up = FileUplink::new(f.clone(), file_metrics.clone(), reporter);
-                uplinks.spawn(up.run(cursor, uplink_stop.clone()));
+                Uplink::File(FileUplink::new(f.clone(), file_metrics.clone(), reporter))
             }
-            UplinkConfig::Mqtt(m) => {
-                let up = wardgate_mqtt::MqttUplink::new(
+            UplinkConfig::Mqtt(m) => Uplink::Mqtt(
+                wardgate_mqtt::MqttUplink::new(
                     m.clone(),
                     &cfg.gateway.id,
                     mqtt_metrics.clone(),
                     reporter,
                 )
-                .with_context(|| format!("uplink {}", m.name))?;
-                let stop = uplink_stop.clone();
-                let name = m.name.clone();
-                uplinks.spawn(async move {
-                    if let Err(e) = up.run(cursor, stop).await {
-                        tracing::error!(uplink = %name, error = %e, "uplink stopped with an error");
-                    }
-                });
-            }
-        }
+                .with_context(|| format!("uplink {}", m.name))?,
+            ),
+        };
+        built.push((u.name().to_owned(), up, cursor));
     }
 
-    // Store writer.
-    let store_health = health.reporter("store", ComponentKind::Store);
-    let writer = {
-        let outbox = outbox.clone();
-        let stop = store_stop.clone();
-        tokio::spawn(async move { outbox.run_writer(bus_rx, stop, store_health).await })
-    };
-
-    // CoAP.
-    let mut ingest = JoinSet::new();
     let coap_metrics = wardgate_coap::CoapMetrics::register(&mut registry);
-    let mut coap_addrs = Vec::new();
-    if cfg.coap.enabled {
+    let endpoint = if cfg.coap.enabled {
         let endpoint = wardgate_coap::CoapEndpoint::bind(
             cfg.coap.clone(),
             wardgate_coap::EndpointDeps {
@@ -159,21 +147,13 @@ async fn serve(cfg: GatewayConfig, demo: bool) -> anyhow::Result<()> {
         )
         .await
         .context("CoAP endpoint")?;
-        coap_addrs = endpoint.local_addrs();
-        for a in &coap_addrs {
-            tracing::info!(addr = %a, "CoAP listening");
-        }
-        let stop = ingest_stop.clone();
-        ingest.spawn(async move {
-            if let Err(e) = endpoint.run(stop).await {
-                tracing::error!(error = %e, "CoAP endpoint failed");
-            }
-        });
-    }
+        Some(endpoint)
+    } else {
+        None
+    };
 
-    // HTTP last: the registry is complete now.
-    let mut http_task = None;
-    if cfg.http.enabled {
+    // HTTP binds last: the registry is complete now.
+    let http_server = if cfg.http.enabled {
         let depth_bus = bus.clone();
         let deps = wardgate_http::HttpDeps {
             registry: Arc::new(registry),
@@ -189,11 +169,54 @@ async fn serve(cfg: GatewayConfig, demo: bool) -> anyhow::Result<()> {
         )
         .await
         .context("HTTP server")?;
+        Some(server)
+    } else {
+        None
+    };
+
+    // Start: writer, uplinks, ingest, HTTP.
+    let store_health = health.reporter("store", ComponentKind::Store);
+    let writer = {
+        let outbox = outbox.clone();
+        let stop = store_stop.clone();
+        tokio::spawn(async move { outbox.run_writer(bus_rx, stop, store_health).await })
+    };
+    let mut uplinks = JoinSet::new();
+    for (name, up, cursor) in built {
+        let stop = uplink_stop.clone();
+        match up {
+            Uplink::File(up) => {
+                uplinks.spawn(up.run(cursor, stop));
+            }
+            Uplink::Mqtt(up) => {
+                uplinks.spawn(async move {
+                    if let Err(e) = up.run(cursor, stop).await {
+                        tracing::error!(uplink = %name, error = %e, "uplink stopped with an error");
+                    }
+                });
+            }
+        }
+    }
+    let mut ingest = JoinSet::new();
+    let mut coap_addrs = Vec::new();
+    if let Some(endpoint) = endpoint {
+        coap_addrs = endpoint.local_addrs();
+        for a in &coap_addrs {
+            tracing::info!(addr = %a, "CoAP listening");
+        }
+        let stop = ingest_stop.clone();
+        ingest.spawn(async move {
+            if let Err(e) = endpoint.run(stop).await {
+                tracing::error!(error = %e, "CoAP endpoint failed");
+            }
+        });
+    }
+    let http_task = http_server.map(|server| {
         if let Some(a) = server.local_addr() {
             tracing::info!(addr = %a, "HTTP listening (/healthz /readyz /metrics)");
         }
-        http_task = Some(tokio::spawn(server.run(http_stop.clone())));
-    }
+        tokio::spawn(server.run(http_stop.clone()))
+    });
 
     if demo {
         match demo::target(&coap_addrs) {
