@@ -3,32 +3,42 @@
 //! Entries live EXCHANGE_LIFETIME (CON) or NON_LIFETIME (NON). The table is bounded by
 //! `max_entries`: when full, the oldest entry (by arrival) is evicted early and counted.
 //!
+//! Layout: the entries themselves sit in two rings (CON and NON), each in arrival order and so in
+//! expiry order; a hash index holds only the position of each live entry (8 bytes a bucket). So
+//! expiry and eviction are pops from a ring's front, amortized O(1), and the index never stores a
+//! copy of the key.
+//!
 //! Memory per entry, on a 64-bit target (checked by `entry_sizes_match_the_documented_cost`):
-//! - hash map bucket: [`DedupKey`] 24 bytes + [`Slot`] 32 bytes = 56 bytes, plus 1 control byte,
-//!   at a load factor of at most 7/8 → about 65 bytes;
-//! - arrival queue item: key 24 + expiry 8 = 32 bytes;
+//! - the ring entry: key 24 + expiry 8 + response handle 16 + state = 56 bytes;
+//! - the index: 8 bytes + 1 control byte a bucket. The index is sized once for twice
+//!   `max_entries`, so it is never more than half full and never grows or rehashes into a larger
+//!   allocation while serving: 18 bytes an entry at the bound, allocated up front (its pages are
+//!   touched as they fill);
 //! - the cached response bytes on the heap, only for CON requests answered piggybacked: header,
 //!   token and options (a 2.01 with Location-Path `v1/readings/<device>/<ulid>` is 50-70 bytes,
 //!   an error with diagnostic payload up to ~90), plus allocator overhead (~16 bytes).
 //!
-//! So about 100 bytes per remembered exchange plus the cached response; the default 262 144
-//! entries cost about 26 MB plus the cached responses in the worst case. Safe-method (GET)
-//! responses are not cached: a duplicate GET is processed again (RFC 7252 §4.5 allows it for
-//! idempotent requests), which keeps large Block2 responses out of the table.
-//!
-//! Expiry is amortized O(1): two FIFO queues (CON and NON lifetimes), each in arrival order and so
-//! in expiry order; expired entries are popped from the fronts on every access.
+//! So about 75 bytes per remembered exchange plus the cached response (~150 bytes in all for an
+//! ingest 2.01); the default 262 144 entries cost about 40 MB at the bound. A ring that emptied
+//! gives memory back (it shrinks when a quarter full). Safe-method (GET) responses are not cached:
+//! a duplicate GET is processed again (RFC 7252 §4.5 allows it for idempotent requests), which
+//! keeps large Block2 responses out of the table.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use tokio::time::Instant;
 
 /// EXCHANGE_LIFETIME with the default transmission parameters (RFC 7252 §4.8.2).
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 /// NON_LIFETIME with the default transmission parameters.
 pub const NON_LIFETIME: Duration = Duration::from_secs(145);
+
+/// Largest index allocated up front (buckets); larger bounds let the index grow as it fills.
+const MAX_PRESIZED_INDEX: usize = 1 << 22;
 
 /// Compact (peer, Message ID) key: IPv4 addresses are stored v4-mapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,19 +89,13 @@ const RESPONDED: u8 = 2;
 const REPROCESS: u8 = 3;
 const NON_SEEN: u8 = 4;
 
-/// Per-entry value: 32 bytes (see the module doc).
+/// One remembered message: 56 bytes (see the module doc).
 #[derive(Debug)]
-pub struct Slot {
+struct Entry {
+    key: DedupKey,
     expires_ms: u64,
     response: Box<[u8]>,
     state: u8,
-}
-
-/// Arrival-queue item: 32 bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct QueueItem {
-    key: DedupKey,
-    expires_ms: u64,
 }
 
 /// Result of [`DedupTable::observe`].
@@ -112,6 +116,40 @@ pub struct DedupStats {
     pub hits: u64,
 }
 
+/// Entries of one lifetime, in arrival order. Positions are absolute (`base` is the position of
+/// the front) so they stay valid while the front is popped.
+#[derive(Debug, Default)]
+struct Ring {
+    entries: VecDeque<Entry>,
+    base: u64,
+}
+
+impl Ring {
+    fn get(&self, pos: u64) -> Option<&Entry> {
+        self.entries
+            .get(usize::try_from(pos.checked_sub(self.base)?).ok()?)
+    }
+
+    fn get_mut(&mut self, pos: u64) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(usize::try_from(pos.checked_sub(self.base)?).ok()?)
+    }
+
+    fn pop_front(&mut self) -> Option<(u64, Entry)> {
+        let e = self.entries.pop_front()?;
+        let pos = self.base;
+        self.base += 1;
+        let cap = self.entries.capacity();
+        if cap > 1024 && self.entries.len() < cap / 4 {
+            self.entries.shrink_to(cap / 2);
+        }
+        Some((pos, e))
+    }
+}
+
+/// Index value: bit 63 tells the ring (set = NON), the rest is the position in it.
+const NON_BIT: u64 = 1 << 63;
+
 /// The bounded deduplication table.
 #[derive(Debug)]
 pub struct DedupTable {
@@ -119,10 +157,19 @@ pub struct DedupTable {
     max_entries: usize,
     con_lifetime: u64,
     non_lifetime: u64,
-    map: HashMap<DedupKey, Slot>,
-    con_queue: VecDeque<QueueItem>,
-    non_queue: VecDeque<QueueItem>,
+    hasher: RandomState,
+    index: HashTable<u64>,
+    con: Ring,
+    non: Ring,
     stats: DedupStats,
+}
+
+fn entry<'a>(con: &'a Ring, non: &'a Ring, slot: u64) -> Option<&'a Entry> {
+    if slot & NON_BIT != 0 {
+        non.get(slot & !NON_BIT)
+    } else {
+        con.get(slot)
+    }
 }
 
 impl DedupTable {
@@ -133,14 +180,16 @@ impl DedupTable {
         con_lifetime: Duration,
         non_lifetime: Duration,
     ) -> Self {
+        let max_entries = max_entries.max(1);
         DedupTable {
             epoch: now,
-            max_entries: max_entries.max(1),
+            max_entries,
             con_lifetime: con_lifetime.as_millis() as u64,
             non_lifetime: non_lifetime.as_millis() as u64,
-            map: HashMap::new(),
-            con_queue: VecDeque::new(),
-            non_queue: VecDeque::new(),
+            hasher: RandomState::new(),
+            index: HashTable::with_capacity(max_entries.saturating_mul(2).min(MAX_PRESIZED_INDEX)),
+            con: Ring::default(),
+            non: Ring::default(),
             stats: DedupStats::default(),
         }
     }
@@ -151,12 +200,12 @@ impl DedupTable {
 
     /// Entries currently remembered.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.con.entries.len() + self.non.entries.len()
     }
 
     /// No entries.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// Counters since creation.
@@ -166,8 +215,8 @@ impl DedupTable {
 
     /// When the next entry expires.
     pub fn next_expiry(&self) -> Option<Instant> {
-        let a = self.con_queue.front().map(|i| i.expires_ms);
-        let b = self.non_queue.front().map(|i| i.expires_ms);
+        let a = self.con.entries.front().map(|e| e.expires_ms);
+        let b = self.non.entries.front().map(|e| e.expires_ms);
         let ms = match (a, b) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
@@ -178,37 +227,68 @@ impl DedupTable {
     /// Drops every entry whose lifetime is over.
     pub fn expire(&mut self, now: Instant) {
         let now_ms = self.ms(now);
-        for q in [&mut self.con_queue, &mut self.non_queue] {
-            while let Some(front) = q.front().copied() {
-                if front.expires_ms > now_ms {
-                    break;
-                }
-                q.pop_front();
-                remove_if_same(&mut self.map, front);
+        for non in [false, true] {
+            let ring = if non { &self.non } else { &self.con };
+            if ring.entries.front().is_some_and(|e| e.expires_ms <= now_ms) {
+                while self.pop_if(non, |e| e.expires_ms <= now_ms) {}
             }
+        }
+    }
+
+    /// Pops the front of one ring if `pred` holds for it, and unindexes it.
+    fn pop_if(&mut self, non: bool, pred: impl Fn(&Entry) -> bool) -> bool {
+        let ring = if non { &mut self.non } else { &mut self.con };
+        if !ring.entries.front().is_some_and(pred) {
+            return false;
+        }
+        let Some((pos, e)) = ring.pop_front() else {
+            return false;
+        };
+        let slot = if non { pos | NON_BIT } else { pos };
+        let hash = self.hasher.hash_one(e.key);
+        if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
+            found.remove();
+        }
+        true
+    }
+
+    fn find(&self, key: &DedupKey) -> Option<u64> {
+        let hash = self.hasher.hash_one(key);
+        let (con, non) = (&self.con, &self.non);
+        self.index
+            .find(hash, |&s| entry(con, non, s).is_some_and(|e| e.key == *key))
+            .copied()
+    }
+
+    fn entry_mut(&mut self, key: &DedupKey) -> Option<&mut Entry> {
+        let slot = self.find(key)?;
+        if slot & NON_BIT != 0 {
+            self.non.get_mut(slot & !NON_BIT)
+        } else {
+            self.con.get_mut(slot)
         }
     }
 
     /// Records message `key` (Confirmable when `con`) or reports it as a duplicate.
     pub fn observe(&mut self, now: Instant, key: DedupKey, con: bool) -> Seen<'_> {
         self.expire(now);
-        if self.map.contains_key(&key) {
+        if self.find(&key).is_some() {
             self.stats.hits += 1;
-            let Some(slot) = self.map.get_mut(&key) else {
+            let Some(e) = self.entry_mut(&key) else {
                 return Seen::New;
             };
-            let action = match slot.state {
+            let action = match e.state {
                 PENDING | NON_SEEN => DupAction::Ignore,
                 ACKED => DupAction::EmptyAck,
                 REPROCESS => {
-                    slot.state = if con { PENDING } else { NON_SEEN };
+                    e.state = if con { PENDING } else { NON_SEEN };
                     DupAction::Reprocess
                 }
-                _ => DupAction::Resend(&slot.response),
+                _ => DupAction::Resend(&e.response),
             };
             return Seen::Duplicate(action);
         }
-        if self.map.len() >= self.max_entries {
+        if self.len() >= self.max_entries {
             self.evict_oldest();
         }
         let now_ms = self.ms(now);
@@ -217,63 +297,59 @@ impl DedupTable {
         } else {
             (now_ms + self.non_lifetime, NON_SEEN)
         };
-        self.map.insert(
+        let ring = if con { &mut self.con } else { &mut self.non };
+        let pos = ring.base + ring.entries.len() as u64;
+        ring.entries.push_back(Entry {
             key,
-            Slot {
-                expires_ms,
-                response: Box::default(),
-                state,
-            },
-        );
-        let item = QueueItem { key, expires_ms };
-        if con {
-            self.con_queue.push_back(item);
-        } else {
-            self.non_queue.push_back(item);
-        }
+            expires_ms,
+            response: Box::default(),
+            state,
+        });
+        let slot = if con { pos } else { pos | NON_BIT };
+        let hash = self.hasher.hash_one(key);
+        let (hasher, con_ring, non_ring) = (&self.hasher, &self.con, &self.non);
+        // The rehash closure only runs if the index must grow (a bound above the pre-sized one).
+        self.index.insert_unique(hash, slot, |&s| {
+            entry(con_ring, non_ring, s).map_or(0, |e| hasher.hash_one(e.key))
+        });
         Seen::New
     }
 
     fn evict_oldest(&mut self) {
-        // Arrival = expiry - lifetime; the two queues are each in arrival order.
+        // Arrival = expiry - lifetime; the two rings are each in arrival order.
         let con = self
-            .con_queue
+            .con
+            .entries
             .front()
-            .map(|i| i.expires_ms.saturating_sub(self.con_lifetime));
+            .map(|e| e.expires_ms.saturating_sub(self.con_lifetime));
         let non = self
-            .non_queue
+            .non
+            .entries
             .front()
-            .map(|i| i.expires_ms.saturating_sub(self.non_lifetime));
-        let from_con = match (con, non) {
-            (Some(c), Some(n)) => c <= n,
-            (Some(_), None) => true,
-            (None, _) => false,
+            .map(|e| e.expires_ms.saturating_sub(self.non_lifetime));
+        let from_non = match (con, non) {
+            (Some(c), Some(n)) => n < c,
+            (Some(_), None) => false,
+            (None, _) => true,
         };
-        let q = if from_con {
-            &mut self.con_queue
-        } else {
-            &mut self.non_queue
-        };
-        if let Some(item) = q.pop_front() {
-            if remove_if_same(&mut self.map, item) {
-                self.stats.evictions += 1;
-            }
+        if self.pop_if(from_non, |_| true) {
+            self.stats.evictions += 1;
         }
     }
 
     /// An empty ACK was sent for `key`.
     pub fn set_acked(&mut self, key: DedupKey) {
-        if let Some(s) = self.map.get_mut(&key) {
-            s.state = ACKED;
+        if let Some(e) = self.entry_mut(&key) {
+            e.state = ACKED;
         }
     }
 
     /// `response` was sent for `key` (piggybacked or in reply to a NON).
     pub fn set_response(&mut self, key: DedupKey, response: &[u8]) {
-        if let Some(s) = self.map.get_mut(&key) {
-            if s.state != NON_SEEN {
-                s.state = RESPONDED;
-                s.response = response.into();
+        if let Some(e) = self.entry_mut(&key) {
+            if e.state != NON_SEEN {
+                e.state = RESPONDED;
+                e.response = response.into();
             }
         }
     }
@@ -281,22 +357,10 @@ impl DedupTable {
     /// A duplicate of `key` is to be processed as new (its first copy was refused or its
     /// response is cheap to recompute).
     pub fn set_reprocess(&mut self, key: DedupKey) {
-        if let Some(s) = self.map.get_mut(&key) {
-            s.state = REPROCESS;
-            s.response = Box::default();
+        if let Some(e) = self.entry_mut(&key) {
+            e.state = REPROCESS;
+            e.response = Box::default();
         }
-    }
-}
-
-fn remove_if_same(map: &mut HashMap<DedupKey, Slot>, item: QueueItem) -> bool {
-    if map
-        .get(&item.key)
-        .is_some_and(|s| s.expires_ms == item.expires_ms)
-    {
-        map.remove(&item.key);
-        true
-    } else {
-        false
     }
 }
 
@@ -311,9 +375,8 @@ mod tests {
     #[test]
     fn entry_sizes_match_the_documented_cost() {
         assert_eq!(std::mem::size_of::<DedupKey>(), 24);
-        assert_eq!(std::mem::size_of::<Slot>(), 32);
-        assert_eq!(std::mem::size_of::<QueueItem>(), 32);
-        assert_eq!(std::mem::size_of::<(DedupKey, Slot)>(), 56);
+        assert_eq!(std::mem::size_of::<Entry>(), 56);
+        assert_eq!(std::mem::size_of::<u64>(), 8);
     }
 
     #[test]
@@ -379,5 +442,134 @@ mod tests {
             Seen::Duplicate(DupAction::Reprocess)
         );
         assert_eq!(t.observe(now, k, true), Seen::Duplicate(DupAction::Ignore));
+    }
+
+    mod model {
+        //! The table against a plain list in arrival order: same answers, same length, same next
+        //! expiry, under random arrivals, state changes and time steps.
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Observe {
+                peer: u16,
+                mid: u16,
+                con: bool,
+                dt: u64,
+            },
+            Acked {
+                peer: u16,
+                mid: u16,
+            },
+            Respond {
+                peer: u16,
+                mid: u16,
+                byte: u8,
+            },
+            Reprocess {
+                peer: u16,
+                mid: u16,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let k = (0u16..3, 0u16..4);
+            prop_oneof![
+                4 => (k.clone(), any::<bool>(), 0u64..40)
+                    .prop_map(|((peer, mid), con, dt)| Op::Observe { peer, mid, con, dt }),
+                1 => k.clone().prop_map(|(peer, mid)| Op::Acked { peer, mid }),
+                1 => (k.clone(), any::<u8>()).prop_map(|((peer, mid), byte)| Op::Respond { peer, mid, byte }),
+                1 => k.prop_map(|(peer, mid)| Op::Reprocess { peer, mid }),
+            ]
+        }
+
+        struct M {
+            key: DedupKey,
+            arrival: u64,
+            expires: u64,
+            con: bool,
+            state: u8,
+            response: Vec<u8>,
+        }
+
+        const CON_MS: u64 = 100;
+        const NON_MS: u64 = 60;
+
+        proptest! {
+            #[test]
+            fn table_matches_the_model(max in 1usize..8, ops in proptest::collection::vec(op(), 1..200)) {
+                let t0 = Instant::now();
+                let mut t = DedupTable::new(
+                    t0, max, Duration::from_millis(CON_MS), Duration::from_millis(NON_MS));
+                let mut m: Vec<M> = Vec::new();
+                let mut now = 0u64;
+                let mut evictions = 0u64;
+                for o in ops {
+                    match o {
+                        Op::Observe { peer: p, mid, con, dt } => {
+                            now += dt;
+                            let key = DedupKey::new(peer(p), mid);
+                            m.retain(|e| e.expires > now);
+                            let want = if let Some(e) = m.iter_mut().find(|e| e.key == key) {
+                                Seen::Duplicate(match e.state {
+                                    PENDING | NON_SEEN => DupAction::Ignore,
+                                    ACKED => DupAction::EmptyAck,
+                                    REPROCESS => {
+                                        e.state = if con { PENDING } else { NON_SEEN };
+                                        DupAction::Reprocess
+                                    }
+                                    _ => DupAction::Resend(&[]),
+                                })
+                            } else {
+                                if m.len() >= max {
+                                    let oldest = (0..m.len())
+                                        .min_by_key(|&i| (m[i].arrival, !m[i].con, i))
+                                        .unwrap_or(0);
+                                    m.remove(oldest);
+                                    evictions += 1;
+                                }
+                                let (life, state) = if con { (CON_MS, PENDING) } else { (NON_MS, NON_SEEN) };
+                                m.push(M { key, arrival: now, expires: now + life, con, state, response: vec![] });
+                                Seen::New
+                            };
+                            let got = t.observe(t0 + Duration::from_millis(now), key, con);
+                            match (&want, &got) {
+                                (Seen::Duplicate(DupAction::Resend(_)), Seen::Duplicate(DupAction::Resend(b))) => {
+                                    let e = m.iter().find(|e| e.key == key);
+                                    prop_assert_eq!(Some(b.to_vec()), e.map(|e| e.response.clone()));
+                                }
+                                _ => prop_assert_eq!(want, got),
+                            }
+                        }
+                        Op::Acked { peer: p, mid } => {
+                            let key = DedupKey::new(peer(p), mid);
+                            if let Some(e) = m.iter_mut().find(|e| e.key == key) { e.state = ACKED; }
+                            t.set_acked(key);
+                        }
+                        Op::Respond { peer: p, mid, byte } => {
+                            let key = DedupKey::new(peer(p), mid);
+                            if let Some(e) = m.iter_mut().find(|e| e.key == key) {
+                                if e.state != NON_SEEN { e.state = RESPONDED; e.response = vec![byte]; }
+                            }
+                            t.set_response(key, &[byte]);
+                        }
+                        Op::Reprocess { peer: p, mid } => {
+                            let key = DedupKey::new(peer(p), mid);
+                            if let Some(e) = m.iter_mut().find(|e| e.key == key) {
+                                e.state = REPROCESS; e.response = vec![];
+                            }
+                            t.set_reprocess(key);
+                        }
+                    }
+                    t.expire(t0 + Duration::from_millis(now));
+                    m.retain(|e| e.expires > now);
+                    prop_assert_eq!(t.len(), m.len());
+                    prop_assert_eq!(t.stats().evictions, evictions);
+                    let next = m.iter().map(|e| e.expires).min();
+                    prop_assert_eq!(t.next_expiry(), next.map(|ms| t0 + Duration::from_millis(ms)));
+                }
+            }
+        }
     }
 }

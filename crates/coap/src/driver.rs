@@ -5,6 +5,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -44,7 +45,16 @@ async fn flush<T: Transport>(t: &T, engine: &mut Engine, metrics: &CoapMetrics) 
     tx.clear();
 }
 
+/// Most datagrams (and most resolved commits) taken per wake-up before the queued answers are
+/// sent and the other branches get a turn.
+const BURST: usize = 32;
+
 /// Serves one socket until `shutdown` and the drain are over.
+///
+/// Cost per datagram matters here (it is the ingest hot path): the timers and the cancellation
+/// waits are created once and re-armed only when their deadline changes, and after every wake-up
+/// the task takes what else is ready (resolved commits, then datagrams, up to [`BURST`] each)
+/// without another trip through the `select!`.
 pub(crate) async fn drive<T: Transport>(
     transport: Arc<T>,
     mut engine: Engine,
@@ -55,26 +65,39 @@ pub(crate) async fn drive<T: Transport>(
 ) {
     // One byte more than the largest accepted datagram, to detect oversize (truncation).
     let mut buf = vec![0u8; opts.max_datagram + 1];
-    let mut draining: Option<Instant> = None;
+    let mut draining = false;
     let mut cmds_open = true;
     let mut recv_errors: u32 = 0;
+    let shutdown_wait = shutdown.cancelled();
+    let observers_wait = opts.observers_done.cancelled();
+    // Parked far away until armed; `armed` is the deadline it was last set to.
+    let timer = sleep_until(Instant::now() + PARKED);
+    let drain_timer = sleep_until(Instant::now() + PARKED);
+    tokio::pin!(shutdown_wait, observers_wait, timer, drain_timer);
+    let mut armed: Option<Instant> = None;
     loop {
         flush(transport.as_ref(), &mut engine, &metrics).await;
-        if draining.is_some() && engine.is_idle() && opts.observers_done.is_cancelled() {
+        if draining && engine.is_idle() && opts.observers_done.is_cancelled() {
             break;
         }
         let deadline = engine.next_deadline();
+        if deadline != armed {
+            if let Some(d) = deadline {
+                timer.as_mut().reset(d);
+            }
+            armed = deadline;
+        }
         tokio::select! {
             biased;
-            () = shutdown.cancelled(), if draining.is_none() => {
+            () = &mut shutdown_wait, if !draining => {
                 let grace = opts.drain_timeout.min(Duration::from_secs(3600));
-                draining = Some(Instant::now() + grace);
+                drain_timer.as_mut().reset(Instant::now() + grace);
+                draining = true;
                 engine.stop_accepting();
             }
             // Wakes the loop to re-check the exit condition once the observers have finished.
-            () = opts.observers_done.cancelled(),
-                if draining.is_some() && !opts.observers_done.is_cancelled() => {}
-            () = sleep_until(draining.unwrap_or_else(Instant::now)), if draining.is_some() => {
+            () = &mut observers_wait, if draining && !opts.observers_done.is_cancelled() => {}
+            () = &mut drain_timer, if draining => {
                 tracing::debug!(
                     pending = engine.pending_commits(),
                     "CoAP drain deadline reached"
@@ -86,7 +109,8 @@ pub(crate) async fn drive<T: Transport>(
                 Some(c) => engine.command(Instant::now(), c),
                 None => cmds_open = false,
             },
-            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
                 engine.poll_timers(Instant::now());
             }
             r = transport.recv_from(&mut buf) => match r {
@@ -95,15 +119,46 @@ pub(crate) async fn drive<T: Transport>(
                     engine.handle_datagram(Instant::now(), peer, buf.get(..n).unwrap_or_default());
                 }
                 Err(e) => {
-                    // ICMP errors surface here on some platforms; a persistent error must not spin.
-                    tracing::debug!(error = %e, "CoAP receive error");
-                    recv_errors = recv_errors.saturating_add(1);
-                    if recv_errors > 100 {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                    recv_error(&e, &mut recv_errors).await;
+                    continue;
                 }
             },
         }
+        // What else is ready, without waiting: answers first, then new datagrams.
+        for _ in 0..BURST {
+            let ready = poll_fn(|cx| match engine.poll_completion(cx) {
+                Poll::Ready(c) => Poll::Ready(Some(c)),
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await;
+            let Some(c) = ready else { break };
+            engine.complete(Instant::now(), c);
+        }
+        for _ in 0..BURST {
+            match transport.try_recv_from(&mut buf) {
+                Ok((n, peer)) => {
+                    recv_errors = 0;
+                    engine.handle_datagram(Instant::now(), peer, buf.get(..n).unwrap_or_default());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    recv_error(&e, &mut recv_errors).await;
+                    break;
+                }
+            }
+        }
     }
     flush(transport.as_ref(), &mut engine, &metrics).await;
+}
+
+/// Where an unarmed timer waits: far enough never to fire, near enough not to overflow.
+const PARKED: Duration = Duration::from_secs(86_400 * 365);
+
+/// ICMP errors surface as receive errors on some platforms; a persistent error must not spin.
+async fn recv_error(e: &io::Error, count: &mut u32) {
+    tracing::debug!(error = %e, "CoAP receive error");
+    *count = count.saturating_add(1);
+    if *count > 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -21,6 +21,11 @@ pub trait Transport: Send + Sync + 'static {
         buf: &mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send;
 
+    /// Receives one datagram if one is ready, without waiting: `WouldBlock` when none is. Lets the
+    /// socket task take a burst of datagrams per wake-up instead of one per trip through its
+    /// `select!`. Same truncation rule as [`Transport::recv_from`].
+    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+
     /// Sends without waiting; `WouldBlock` when the transport cannot take it now.
     fn try_send_to(&self, buf: &[u8], peer: SocketAddr) -> io::Result<usize>;
 
@@ -85,6 +90,10 @@ impl Transport for UdpTransport {
         buf: &mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send {
         self.socket.recv_from(buf)
+    }
+
+    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.socket.try_recv_from(buf)
     }
 
     fn try_send_to(&self, buf: &[u8], peer: SocketAddr) -> io::Result<usize> {
