@@ -501,6 +501,95 @@ def final_records(raw):
     return by
 
 
+def headline(by):
+    """The medians the targets and the before/after table are about."""
+    def med_of(sc, f):
+        return med([f(r["report"]) for r in by.get(sc, []) if "report" in r])
+
+    idle = [r["report"] for r in by.get("wardgate-idle", []) if "report" in r]
+    soak = [r["report"] for r in by.get("soak", []) if "report" in r]
+    mem = soak[-1]["sut_memory"] if soak else {}
+    sustainable = {}
+    for sc, recs in by.items():
+        if sc.startswith("ladder:"):
+            passed = [r["run"] for r in recs if ladder_pass(r)]
+            sustainable[sc.split(":", 1)[1]] = max(passed) if passed else None
+    return {
+        "e2e_acked": med_of("wardgate-e2e-fsync", throughput_of),
+        "e2e_delivered": med_of("wardgate-e2e-fsync", lambda x: (x.get("e2e") or {}).get("delivered_per_s")),
+        "ingest": med_of("wardgate-ingest", throughput_of),
+        "limit_broker": med_of("limit-broker", throughput_of),
+        "naive_bridge": med_of("naive-bridge", throughput_of),
+        "libcoap": med_of("libcoap", throughput_of),
+        "limit_udp": med_of("limit-udp", throughput_of),
+        "p99_ack_20k": med_of("wardgate-e2e-20k-open", lambda x: latency_of(x).get("p99_ms")),
+        "p99_e2e_20k": med_of("wardgate-e2e-20k-open",
+                              lambda x: ((x.get("e2e") or {}).get("latency") or {}).get("p99_ms")),
+        "idle_rss": med([x["sut_memory"]["rss_end_kb"] / 1024 for x in idle]) if idle else None,
+        "cpu_e2e": med_of("wardgate-e2e-fsync", lambda x: x["cpu"].get("sut_cpu_ms_per_1k")),
+        "cpu_ingest": med_of("wardgate-ingest", lambda x: x["cpu"].get("sut_cpu_ms_per_1k")),
+        "p99_ack_closed": med_of("wardgate-e2e-fsync", lambda x: latency_of(x).get("p99_ms")),
+        "p99_e2e_closed": med_of("wardgate-e2e-fsync",
+                                 lambda x: ((x.get("e2e") or {}).get("latency") or {}).get("p99_ms")),
+        "soak_rss_end": mem["rss_end_kb"] / 1024 if mem else None,
+        "soak_rss_max": mem["rss_max_kb"] / 1024 if mem else None,
+        "sustainable_e2e": sustainable.get("wardgate-e2e-fsync"),
+        "sustainable_ingest": sustainable.get("wardgate-ingest"),
+    }
+
+
+def before_after(w, base_by, by, base_path):
+    """Medians of the baseline run next to this run's: the record the issue asks for when a cost is
+    fixed. Both are whole-system runs on the same kind of machine; ratios to the peers measured in
+    the same run are the fairer comparison, so they are listed too."""
+    b, a = headline(base_by), headline(by)
+
+    def ratio(h, x, y):
+        return h[x] / h[y] if h.get(x) is not None and h.get(y) else None
+
+    for h in (b, a):
+        h["r_broker"] = ratio(h, "e2e_acked", "limit_broker")
+        h["r_naive"] = ratio(h, "e2e_acked", "naive_bridge")
+        h["r_libcoap"] = ratio(h, "ingest", "libcoap")
+    rows = [
+        ("wardgate-ingest acked/s", "ingest", "higher"),
+        ("wardgate-e2e-fsync acked/s", "e2e_acked", "higher"),
+        ("wardgate-e2e-fsync delivered/s", "e2e_delivered", "higher"),
+        ("CPU ms per 1k readings, ingest", "cpu_ingest", "lower"),
+        ("CPU ms per 1k readings, e2e fsync", "cpu_e2e", "lower"),
+        ("p99 ack, e2e closed loop, ms", "p99_ack_closed", "lower"),
+        ("p99 e2e, e2e closed loop, ms", "p99_e2e_closed", "lower"),
+        ("p99 ack at 20k/s open loop, ms", "p99_ack_20k", "lower"),
+        ("p99 e2e at 20k/s open loop, ms", "p99_e2e_20k", "lower"),
+        ("sustainable rate, wardgate-ingest (ladder)", "sustainable_ingest", "higher"),
+        ("sustainable rate, wardgate-e2e-fsync (ladder)", "sustainable_e2e", "higher"),
+        ("idle RSS, MiB", "idle_rss", "lower"),
+        ("soak RSS at the end, MiB", "soak_rss_end", "lower"),
+        ("soak RSS max, MiB", "soak_rss_max", "lower"),
+        ("ratio e2e / limit-broker (same run)", "r_broker", "higher"),
+        ("ratio e2e / naive-bridge (same run)", "r_naive", "higher"),
+        ("ratio ingest / libcoap (same run)", "r_libcoap", "higher"),
+        ("limit-broker msg/s (reference)", "limit_broker", None),
+        ("libcoap answers/s (reference)", "libcoap", None),
+    ]
+    base_meta = next((r for r in read_raw(base_path) if "meta" in r), {})
+    when = time.strftime("%Y-%m-%d", time.gmtime(base_meta.get("at", 0))) if base_meta else "?"
+    w(f"\n## Before and after\n")
+    w(f"Medians of the baseline run (`docs/bench-raw/baseline/`, {when}; see its README for what changed since) "
+      "and of this run. Absolute numbers on a shared 2-core VM move by ±15 % between runs; the ratios to the "
+      "peers measured in the same run are the steadier comparison.\n")
+    w("| measure | before | after | change |")
+    w("|---|---|---|---|")
+    for name, key, better in rows:
+        x, y = b.get(key), a.get(key)
+        change = "–"
+        if x is not None and y is not None and x:
+            pct = 100.0 * (y - x) / x
+            good = better and ((pct > 0) == (better == "higher"))
+            change = f"{pct:+.0f} %" + ("" if not better or abs(pct) < 5 else (" (better)" if good else " (worse)"))
+        w(f"| {name} | {fmt(x)} | {fmt(y)} | {change} |")
+
+
 def report(raw_path, out_path, command):
     raw = read_raw(raw_path)
     meta = next((r for r in raw if "meta" in r), {})
@@ -652,20 +741,10 @@ def report(raw_path, out_path, command):
     # Ratios and targets
     w("\n## Ratios and targets\n")
 
-    def med_of(sc, f):
-        return med([f(r["report"]) for r in by.get(sc, []) if "report" in r])
-
-    wg = med_of("wardgate-e2e-fsync", throughput_of)
-    wg_e2e = med_of("wardgate-e2e-fsync", lambda x: (x.get("e2e") or {}).get("delivered_per_s"))
-    ing = med_of("wardgate-ingest", throughput_of)
-    broker = med_of("limit-broker", throughput_of)
-    naive = med_of("naive-bridge", throughput_of)
-    libcoap = med_of("libcoap", throughput_of)
-    udp = med_of("limit-udp", throughput_of)
-    p99_ack = med_of("wardgate-e2e-20k-open", lambda x: latency_of(x).get("p99_ms"))
-    p99_e2e = med_of("wardgate-e2e-20k-open", lambda x: ((x.get("e2e") or {}).get("latency") or {}).get("p99_ms"))
-    idle_rss = med([x["sut_memory"]["rss_end_kb"] / 1024 for x in idle]) if idle else None
-    cpu = med_of("wardgate-e2e-fsync", lambda x: x["cpu"].get("sut_cpu_ms_per_1k"))
+    h = headline(by)
+    wg, wg_e2e, ing, broker, naive, libcoap, udp = (h[k] for k in (
+        "e2e_acked", "e2e_delivered", "ingest", "limit_broker", "naive_bridge", "libcoap", "limit_udp"))
+    p99_ack, p99_e2e, idle_rss, cpu = h["p99_ack_20k"], h["p99_e2e_20k"], h["idle_rss"], h["cpu_e2e"]
 
     def ratio(a, b):
         return a / b if a is not None and b else None
@@ -688,6 +767,9 @@ def report(raw_path, out_path, command):
         met = "–" if v is None or ok is None else ("yes" if ok(v) else "**no**")
         w(f"| {name} | {fmt(v)} | {target} | {met} |")
     w("\nRatios use medians of throughput (acknowledged readings/s; limit-broker: messages/s).")
+    base_path = Path(raw_path).parent / "baseline" / "results.jsonl"
+    if base_path.exists():
+        before_after(w, final_records(read_raw(base_path)), by, base_path)
     micro = Path(raw_path).with_name("hot_path.txt")
     if micro.exists():
         w("\n## Micro-benchmarks (criterion, `cargo bench -p wardgate-bench --bench hot_path`)\n")
