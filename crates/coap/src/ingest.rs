@@ -123,6 +123,8 @@ pub struct Ingest {
     metrics: CoapMetrics,
     reassembly: Reassembly,
     well_known: Bytes,
+    /// `ingest_path` joined with `/`: the start of every Location-Path.
+    path_prefix: String,
     accepting: bool,
 }
 
@@ -156,6 +158,7 @@ impl Ingest {
         )
         .into();
         Ingest {
+            path_prefix: s.ingest_path.join("/"),
             s,
             bus,
             clock,
@@ -465,8 +468,8 @@ impl Ingest {
             ctx.now,
             records,
         );
-        let location = format!("{}/{}/{}", self.s.ingest_path.join("/"), device, reading.id);
-        match self.bus.enqueue(vec![reading.encode()]) {
+        let location = format!("{}/{}/{}", self.path_prefix, device, reading.id);
+        match self.bus.enqueue(vec![reading.into_encoded()]) {
             Ok(rx) => Reply::Later(PendingCommit {
                 id,
                 rx,

@@ -391,7 +391,7 @@ impl Observer {
             now,
             records,
         );
-        let rx = match self.deps.bus.enqueue(vec![reading.encode()]) {
+        let rx = match self.deps.bus.enqueue(vec![reading.into_encoded()]) {
             Ok(rx) => rx,
             Err(e) => {
                 tracing::debug!(uri = %self.target.uri, error = %e, "notification not stored");

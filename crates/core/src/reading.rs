@@ -242,17 +242,111 @@ impl Reading {
     /// Serializes to the northbound JSON once, at ingest, so the store and every uplink share the
     /// same bytes.
     pub fn encode(&self) -> Encoded {
-        // Serializing plain structs of strings and finite-or-null numbers into a Vec cannot fail.
-        let json = serde_json::to_vec(self).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "reading serialization failed");
-            Vec::new()
-        });
         Encoded {
             id: self.id,
             device: self.device.clone(),
             class: self.class,
-            json: Bytes::from(json),
+            json: Bytes::from(self.to_json()),
         }
+    }
+
+    /// [`Reading::encode`] for a reading that is not needed afterwards: the device id moves into
+    /// the [`Encoded`] instead of being copied.
+    pub fn into_encoded(self) -> Encoded {
+        let json = Bytes::from(self.to_json());
+        Encoded {
+            id: self.id,
+            device: self.device,
+            class: self.class,
+            json,
+        }
+    }
+
+    /// The `wardgate.reading/1` JSON: byte for byte what `serde_json::to_vec` makes of this
+    /// reading through its `Serialize` impl (a property test holds the two together), written by
+    /// hand into one buffer sized up front, because this runs once per reading on the ingest path.
+    fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.json_len_hint());
+        out.extend_from_slice(b"{\"schema\":");
+        json::string(&mut out, SCHEMA);
+        out.extend_from_slice(b",\"id\":\"");
+        out.extend_from_slice(self.id.array_to_str(&mut [0; ulid::ULID_LEN]).as_bytes());
+        out.extend_from_slice(b"\",\"gateway\":");
+        json::string(&mut out, &self.gateway);
+        out.extend_from_slice(b",\"device\":");
+        json::string(&mut out, &self.device);
+        out.extend_from_slice(b",\"protocol\":\"");
+        out.extend_from_slice(self.protocol.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"class\":\"");
+        out.extend_from_slice(self.class.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"received_at\":\"");
+        json::rfc3339_millis(&mut out, self.received_at);
+        out.extend_from_slice(b"\",\"records\":[");
+        for (i, r) in self.records.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"n\":");
+            json::string(&mut out, &r.n);
+            if let Some(u) = &r.u {
+                out.extend_from_slice(b",\"u\":");
+                json::string(&mut out, u);
+            }
+            if let Some(v) = r.v {
+                out.extend_from_slice(b",\"v\":");
+                json::number(&mut out, v);
+            }
+            if let Some(vs) = &r.vs {
+                out.extend_from_slice(b",\"vs\":");
+                json::string(&mut out, vs);
+            }
+            if let Some(vb) = r.vb {
+                out.extend_from_slice(if vb {
+                    b",\"vb\":true"
+                } else {
+                    b",\"vb\":false"
+                });
+            }
+            if let Some(vd) = &r.vd {
+                out.extend_from_slice(b",\"vd\":");
+                json::string(&mut out, vd);
+            }
+            if let Some(s) = r.s {
+                out.extend_from_slice(b",\"s\":");
+                json::number(&mut out, s);
+            }
+            out.extend_from_slice(b",\"t\":");
+            json::number(&mut out, r.t);
+            if let Some(ut) = r.ut {
+                out.extend_from_slice(b",\"ut\":");
+                json::number(&mut out, ut);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    /// The JSON length when no string needs escaping and every number takes its longest form:
+    /// the buffer is allocated once, and grows only for strings with characters to escape.
+    fn json_len_hint(&self) -> usize {
+        // Every key, quote, comma and bracket of the envelope, plus the schema, id, protocol,
+        // class and timestamp at their longest.
+        const ENVELOPE: usize = 200;
+        // Every key, quote, comma and brace a record can carry.
+        const RECORD: usize = 64;
+        let records = self.records.iter().fold(0usize, |sum, r| {
+            let numbers = 1 + [r.v, r.s, r.ut].iter().filter(|x| x.is_some()).count();
+            let text = [&r.u, &r.vs, &r.vd]
+                .iter()
+                .map(|x| x.as_ref().map_or(0, String::len))
+                .sum::<usize>();
+            sum.saturating_add(RECORD + numbers * json::NUMBER_MAX + r.n.len() + text)
+        });
+        ENVELOPE
+            .saturating_add(self.gateway.len())
+            .saturating_add(self.device.len())
+            .saturating_add(records)
     }
 }
 
@@ -277,8 +371,158 @@ pub fn epoch_seconds(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// The pieces of the hand-written reading JSON, each matching what serde_json writes.
+mod json {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use serde_json::ser::{CompactFormatter, Formatter};
+
+    /// The longest text of a finite f64 (e.g. `-2.2250738585072014e-308`).
+    pub(super) const NUMBER_MAX: usize = 24;
+
+    /// serde_json's escape table: `\b \t \n \f \r \" \\` by name, other control characters as
+    /// `\u00XX`, everything else (DEL and non-ASCII included) as is.
+    const ESCAPE: [u8; 256] = {
+        let mut table = [0u8; 256];
+        let mut i = 0;
+        while i < 0x20 {
+            table[i] = b'u';
+            i += 1;
+        }
+        table[0x08] = b'b';
+        table[0x09] = b't';
+        table[0x0a] = b'n';
+        table[0x0c] = b'f';
+        table[0x0d] = b'r';
+        table[b'"' as usize] = b'"';
+        table[b'\\' as usize] = b'\\';
+        table
+    };
+
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+
+    /// A JSON string, quoted and escaped.
+    pub(super) fn string(out: &mut Vec<u8>, s: &str) {
+        out.push(b'"');
+        let mut rest = s.as_bytes();
+        while let Some(i) = first_escape(rest) {
+            let (run, tail) = rest.split_at(i);
+            out.extend_from_slice(run);
+            let Some((&b, tail)) = tail.split_first() else {
+                break;
+            };
+            let escape = ESCAPE[usize::from(b)];
+            if escape == b'u' {
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]);
+            } else {
+                out.extend_from_slice(&[b'\\', escape]);
+            }
+            rest = tail;
+        }
+        out.extend_from_slice(rest);
+        out.push(b'"');
+    }
+
+    /// The index of the first byte that needs escaping. Eight bytes at a time: a word with no
+    /// control character, quote or backslash is skipped whole (the tests below are exact for
+    /// "some byte matches", and a word that matches is searched byte by byte anyway).
+    fn first_escape(bytes: &[u8]) -> Option<usize> {
+        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+        const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+        let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+        let mut chunks = bytes.chunks_exact(8);
+        let mut start = 0;
+        for chunk in &mut chunks {
+            let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+                break;
+            };
+            let w = u64::from_ne_bytes(word);
+            let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+            if control
+                || has_zero(w ^ (ONES * u64::from(b'"')))
+                || has_zero(w ^ (ONES * u64::from(b'\\')))
+            {
+                break;
+            }
+            start += 8;
+        }
+        bytes
+            .get(start..)?
+            .iter()
+            .position(|&b| ESCAPE[usize::from(b)] != 0)
+            .map(|i| start + i)
+    }
+
+    /// A number as serde_json writes an f64: its own shortest round-trip formatter for finite
+    /// values, `null` for NaN and the infinities.
+    pub(super) fn number(out: &mut Vec<u8>, x: f64) {
+        if x.is_finite() {
+            // Writing into a Vec cannot fail.
+            let _ = CompactFormatter.write_f64(out, x);
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as `humantime::format_rfc3339_millis` writes it (the property
+    /// test compares the two over its whole range). humantime panics before 1970 and fails after
+    /// 9999; such clock readings are clamped into that range instead.
+    pub(super) fn rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
+        /// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 (and humantime) can write.
+        const LAST_MILLIS: u64 = 253_402_300_799_999;
+        let since_epoch = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let millis =
+            u64::try_from(since_epoch.as_millis()).map_or(LAST_MILLIS, |ms| ms.min(LAST_MILLIS));
+        let (secs, millis) = (millis / 1000, millis % 1000);
+        let (days, secs_of_day) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days);
+        let mut buf = *b"0000-00-00T00:00:00.000Z";
+        let mut digits = |at: usize, width: usize, mut n: u64| {
+            for i in (at..at + width).rev() {
+                if let Some(slot) = buf.get_mut(i) {
+                    *slot = b'0' + (n % 10) as u8;
+                }
+                n /= 10;
+            }
+        };
+        digits(0, 4, year);
+        digits(5, 2, month);
+        digits(8, 2, day);
+        digits(11, 2, secs_of_day / 3600);
+        digits(14, 2, secs_of_day / 60 % 60);
+        digits(17, 2, secs_of_day % 60);
+        digits(20, 3, millis);
+        out.extend_from_slice(&buf);
+    }
+
+    /// Year, month (1-12) and day (1-31) of a day count since 1970-01-01 in the proleptic
+    /// Gregorian calendar (H. Hinnant's `civil_from_days`, for non-negative counts).
+    fn civil_from_days(days: u64) -> (u64, u64, u64) {
+        // Shift the epoch to 0000-03-01 so leap days fall at the end of each 400-year era.
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z % 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2);
+        (year, month, day)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn sample() -> Reading {
@@ -349,6 +593,153 @@ mod tests {
         let b = sample();
         assert_ne!(a.id, b.id);
         assert!(a.id < b.id);
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[\\x00-\\x1f\"\\\\\\x7f a-z\u{80}-\u{10ffff}]{0,12}",
+            Just(String::new()),
+        ]
+    }
+
+    fn number() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            (-1_000_000i64..1_000_000).prop_map(|x| x as f64),
+            prop::sample::select(vec![
+                0.0,
+                -0.0,
+                f64::NAN,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                f64::MIN_POSITIVE,
+                f64::MAX,
+                -2.225_073_858_507_201_4e-308,
+                1e21,
+                1e-7,
+            ]),
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        (
+            text(),
+            proptest::option::of(text()),
+            proptest::option::of(number()),
+            proptest::option::of(text()),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(text()),
+            (
+                proptest::option::of(number()),
+                number(),
+                proptest::option::of(number()),
+            ),
+        )
+            .prop_map(|(n, u, v, vs, vb, vd, (s, t, ut))| Record {
+                n,
+                u,
+                v,
+                vs,
+                vb,
+                vd,
+                s,
+                t,
+                ut,
+            })
+    }
+
+    fn reading() -> impl Strategy<Value = Reading> {
+        (
+            text(),
+            text(),
+            prop::sample::select(vec![
+                Protocol::Coap,
+                Protocol::Lwm2m,
+                Protocol::Mqtt,
+                Protocol::Http,
+            ]),
+            prop::sample::select(MessageClass::ALL.to_vec()),
+            // Every instant humantime (the serde path) can write: 1970 to the end of 9999.
+            (0u64..253_402_300_800, 0u32..1_000_000_000),
+            proptest::collection::vec(record(), 0..5),
+        )
+            .prop_map(
+                |(gateway, device, protocol, class, (secs, nanos), records)| {
+                    Reading::new(
+                        gateway,
+                        device,
+                        protocol,
+                        class,
+                        UNIX_EPOCH + Duration::new(secs, nanos),
+                        records,
+                    )
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn encoded_json_is_byte_identical_to_serde_json(reading in reading()) {
+            let expected = serde_json::to_vec(&reading).expect("serde_json serializes");
+            let encoded = reading.encode();
+            prop_assert_eq!(
+                String::from_utf8_lossy(&encoded.json),
+                String::from_utf8_lossy(&expected)
+            );
+            prop_assert_eq!(&encoded.json[..], &expected[..]);
+            prop_assert_eq!(reading.clone().into_encoded(), encoded);
+        }
+    }
+
+    #[test]
+    fn encoded_json_escapes_like_serde_json() {
+        let all_controls: String = (0u8..0x20).map(char::from).collect();
+        let mut r = sample();
+        r.gateway = format!("{all_controls}\"\\/\u{7f}\u{80}\u{2028}\u{1f600}é");
+        r.device = "\u{0}\"".into();
+        r.records[0].vs = Some("a\tb\nc\rd\u{8}e\u{c}f".into());
+        r.records[0].v = Some(f64::NAN);
+        r.records[1].s = Some(f64::NEG_INFINITY);
+        assert_eq!(
+            String::from_utf8_lossy(&r.encode().json),
+            serde_json::to_string(&r).expect("serializes")
+        );
+    }
+
+    #[test]
+    fn received_at_matches_humantime_on_calendar_edges() {
+        let check = |secs: u64, nanos: u32| {
+            let t = UNIX_EPOCH + Duration::new(secs, nanos);
+            let mut out = Vec::new();
+            json::rfc3339_millis(&mut out, t);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                humantime::format_rfc3339_millis(t).to_string()
+            );
+        };
+        // Every day (at its first and last millisecond) from 1970 through 2110, then every
+        // 97th day up to the end of 9999: leap years, centuries and 400-year cycles.
+        for day in (0..51_500).chain((51_500..2_932_897).step_by(97)) {
+            check(day * 86_400, 0);
+            check(day * 86_400 + 86_399, 999_999_999);
+        }
+        check(253_402_300_799, 999_999_999);
+        check(951_782_400, 0); // 2000-02-29
+        check(4_107_542_400, 0); // 2100-03-01
+    }
+
+    #[test]
+    fn received_at_outside_rfc3339_range_is_clamped_not_a_panic() {
+        let mut r = sample();
+        r.received_at = UNIX_EPOCH - Duration::from_secs(1);
+        let v: serde_json::Value = serde_json::from_slice(&r.encode().json).expect("json");
+        assert_eq!(v["received_at"], "1970-01-01T00:00:00.000Z");
+        r.received_at = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        let v: serde_json::Value = serde_json::from_slice(&r.encode().json).expect("json");
+        assert_eq!(v["received_at"], "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -49,17 +49,36 @@ pub fn decode_json(body: &[u8], ctx: &DecodeContext<'_>) -> Result<Vec<Record>, 
     if is_blank(body) {
         return Err(DecodeError::Empty);
     }
-    let mut resolver = Resolver::new(ctx);
+    // Every record is an object, so the count of '{' bounds the records to make room for.
+    let mut resolver = Resolver::new(ctx, count_byte(body, b'{'));
     let mut failure = None;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = JsonPack {
-        resolver: &mut resolver,
-        failure: &mut failure,
-    }
-    .deserialize(&mut de)
-    .and_then(|()| de.end());
+    let parsed = parse_json(
+        body,
+        JsonPack {
+            resolver: &mut resolver,
+            failure: &mut failure,
+        },
+    );
     json_outcome(parsed, failure, ContentFormat::SenmlJson)?;
     resolver.finish()
+}
+
+/// How many times `byte` occurs in `body`, eight bytes at a time.
+fn count_byte(body: &[u8], byte: u8) -> usize {
+    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    let pattern = u64::from_ne_bytes([byte; 8]);
+    let mut chunks = body.chunks_exact(8);
+    let mut count = 0;
+    for chunk in &mut chunks {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        // Bytes equal to `byte` become zero; each zero byte then gets exactly its top bit set.
+        let x = u64::from_ne_bytes(word) ^ pattern;
+        let zero_bytes = !(((x & LOW7) + LOW7) | x | LOW7);
+        count += zero_bytes.count_ones() as usize;
+    }
+    count + chunks.remainder().iter().filter(|b| **b == byte).count()
 }
 
 /// Decodes a SenML CBOR pack (Content-Format 112) into resolved records.
@@ -68,7 +87,6 @@ pub fn decode_cbor(body: &[u8], ctx: &DecodeContext<'_>) -> Result<Vec<Record>, 
         return Err(DecodeError::Empty);
     }
     let mut reader = CborReader::new(body, ContentFormat::SenmlCbor);
-    let mut resolver = Resolver::new(ctx);
     let len = match reader.header_skipping_tags()? {
         Header::Array(len) => len,
         Header::Break => return Err(reader.malformed("unexpected break")),
@@ -79,6 +97,9 @@ pub fn decode_cbor(body: &[u8], ctx: &DecodeContext<'_>) -> Result<Vec<Record>, 
             )));
         }
     };
+    // A record that yields a reading takes at least three bytes (`{5: 0}`), so a header
+    // claiming more than the body can hold does not reserve for them.
+    let mut resolver = Resolver::new(ctx, len.unwrap_or(0).min(body.len() / 3));
     if len.is_some_and(|n| n > ctx.limits.max_records) {
         return Err(resolver.too_many());
     }
@@ -485,7 +506,9 @@ struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
-    fn new(ctx: &DecodeContext<'_>) -> Self {
+    /// `expected` is how many records the pack seems to hold: room is made for that many, up to
+    /// the record limit, so the output is allocated once.
+    fn new(ctx: &DecodeContext<'_>, expected: usize) -> Self {
         Resolver {
             now: epoch_seconds(ctx.now),
             limits: ctx.limits,
@@ -495,7 +518,7 @@ impl<'a> Resolver<'a> {
             bu: None,
             bv: None,
             bs: None,
-            records: Vec::new(),
+            records: Vec::with_capacity(expected.min(ctx.limits.max_records)),
         }
     }
 
@@ -716,10 +739,21 @@ pub(crate) fn check_name(
 pub(crate) fn is_senml_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b':' | b'.' | b'/' | b'_'))
+        && bytes.iter().all(|b| NAME_CHAR[usize::from(*b)])
 }
+
+/// The characters RFC 8428 §4.5.1 allows in a name, as a table: names are checked once per
+/// record on the ingest path.
+const NAME_CHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b':' | b'.' | b'/' | b'_');
+        b += 1;
+    }
+    table
+};
 
 /// JSON whitespace only (or nothing at all).
 pub(crate) fn is_blank(body: &[u8]) -> bool {
@@ -802,7 +836,7 @@ pub(crate) fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SenML JSON and plain JSON: serde visitors over serde_json's slice reader
+// SenML JSON and plain JSON: serde visitors over serde_json's borrowing readers
 // ---------------------------------------------------------------------------------------------
 //
 // Errors that are about the reading rather than the JSON syntax are stored in a `failure` slot
@@ -814,6 +848,25 @@ pub(crate) fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 fn fail<E: de::Error>(slot: &mut Option<DecodeError>, error: DecodeError) -> E {
     *slot = Some(error);
     E::custom("rejected")
+}
+
+/// Parses the whole of `body` with `seed`. Valid UTF-8 (checked once, up front) is read as a
+/// `&str`, so serde_json does not check every string again; anything else is read as bytes,
+/// where serde_json reports the bad sequence as before (or skips it inside an ignored value).
+fn parse_json<'de, S>(body: &'de [u8], seed: S) -> Result<(), serde_json::Error>
+where
+    S: DeserializeSeed<'de, Value = ()>,
+{
+    match std::str::from_utf8(body) {
+        Ok(text) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            seed.deserialize(&mut de).and_then(|()| de.end())
+        }
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            seed.deserialize(&mut de).and_then(|()| de.end())
+        }
+    }
 }
 
 /// Turns the outcome of a serde_json parse into ours.
@@ -912,26 +965,26 @@ impl<'de> Visitor<'de> for JsonPack<'_, 'de> {
             }
             let seed = JsonRecord {
                 index,
+                resolver: &mut *self.resolver,
                 failure: &mut *self.failure,
             };
-            let Some(raw) = seq.next_element_seed(seed)? else {
+            if seq.next_element_seed(seed)?.is_none() {
                 return Ok(());
-            };
-            if let Err(e) = self.resolver.push(raw, index) {
-                return Err(fail(self.failure, e));
             }
             index += 1;
         }
     }
 }
 
-/// One record object of a SenML JSON pack.
-struct JsonRecord<'f> {
+/// One record object of a SenML JSON pack, resolved as soon as its object closes (so the raw
+/// record never travels back through serde).
+struct JsonRecord<'f, 'a> {
     index: usize,
+    resolver: &'f mut Resolver<'a>,
     failure: &'f mut Option<DecodeError>,
 }
 
-impl JsonRecord<'_> {
+impl JsonRecord<'_, '_> {
     fn reject<E: de::Error>(self, found: &str) -> E {
         let index = self.index;
         fail(
@@ -941,16 +994,16 @@ impl JsonRecord<'_> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for JsonRecord<'_> {
-    type Value = RawRecord<'de>;
+impl<'de> DeserializeSeed<'de> for JsonRecord<'_, 'de> {
+    type Value = ();
 
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawRecord<'de>, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for JsonRecord<'_> {
-    type Value = RawRecord<'de>;
+impl<'de> Visitor<'de> for JsonRecord<'_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a SenML record (an object)")
@@ -958,11 +1011,11 @@ impl<'de> Visitor<'de> for JsonRecord<'_> {
 
     reject_scalars!();
 
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<RawRecord<'de>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
         Err(self.reject("an array"))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRecord<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut raw = RawRecord::default();
         while let Some(key) = map.next_key_seed(JsonKey)? {
             match key {
@@ -978,7 +1031,9 @@ impl<'de> Visitor<'de> for JsonRecord<'_> {
                 Key::MustUnderstand => return Err(fail(self.failure, must_understand(self.index))),
             }
         }
-        Ok(raw)
+        self.resolver
+            .push(raw, self.index)
+            .map_err(|e| fail(self.failure, e))
     }
 }
 
@@ -1109,13 +1164,13 @@ where
     F: FnMut(Cow<'de, str>, Value<'de>, usize) -> Result<(), DecodeError>,
 {
     let mut failure = None;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = JsonObject {
-        member,
-        failure: &mut failure,
-    }
-    .deserialize(&mut de)
-    .and_then(|()| de.end());
+    let parsed = parse_json(
+        body,
+        JsonObject {
+            member,
+            failure: &mut failure,
+        },
+    );
     json_outcome(parsed, failure, ContentFormat::Json)
 }
 
@@ -2273,6 +2328,21 @@ mod tests {
             bytes,
             hex("81 a4 00 61 61 01 63 43 65 6c 02 fa 41 ac 00 00 06 1a 59 68 2f 00")
         );
+    }
+
+    #[test]
+    fn count_byte_counts_every_occurrence() {
+        let body: Vec<u8> = (0..=255u8)
+            .chain(*b"{{x{{{{{{{{{{{{")
+            .chain(0..=255)
+            .collect();
+        for len in 0..body.len() {
+            for byte in [b'{', 0, 0x7f, 0x80, 0xff] {
+                let slice = body.get(..len).unwrap_or_default();
+                let expected = slice.iter().filter(|b| **b == byte).count();
+                assert_eq!(count_byte(slice, byte), expected, "{len} {byte}");
+            }
+        }
     }
 
     #[test]
