@@ -294,11 +294,12 @@ class Bench:
             self.note("wardgate-lwm2m-notifications", "LwM2M server not implemented")
             self.note("wardgate-idle-10k-lwm2m-clients", "LwM2M server not implemented (idle RSS without clients is measured)")
             if not self.quick and not self.args.no_profile:
-                try:
-                    self.profile("wardgate-e2e-fsync")
-                except Exception as e:
-                    self.write({"scenario": "profile:wardgate-e2e-fsync", "error": str(e), "at": time.time()})
-                    log(f"profile failed: {e}")
+                for system in ("wardgate-ingest", "wardgate-e2e-fsync"):
+                    try:
+                        self.profile(system)
+                    except Exception as e:
+                        self.write({"scenario": f"profile:{system}", "error": str(e), "at": time.time()})
+                        log(f"profile of {system} failed: {e}")
             if not self.quick and not self.args.no_ladder:
                 self.ladder()
             if not self.quick and not self.args.no_soak:
