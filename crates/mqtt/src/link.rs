@@ -324,6 +324,15 @@ impl Link {
         }
     }
 
+    /// An event rumqttc has already processed and queued, if any: what its next `poll` would
+    /// return first while connected. Synchronous, so nothing in flight can be cancelled.
+    pub(crate) fn next_buffered(&mut self) -> Option<LinkEvent> {
+        match self {
+            Link::V4(el) => el.state.events.pop_front().map(v4_event),
+            Link::V5(el) => el.state.events.pop_front().map(v5_event),
+        }
+    }
+
     /// Drops the connection at once (no DISCONNECT, so the broker publishes the will). The next
     /// poll reconnects.
     pub(crate) fn drop_connection(&mut self) {

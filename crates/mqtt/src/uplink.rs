@@ -216,10 +216,17 @@ impl MqttUplink {
                     Flow::Return
                 }
                 (mut link, res) = &mut poll => {
-                    let next = match res {
+                    let mut next = match res {
                         Ok(ev) => d.on_event(&mut link, ev, &mut cursor),
                         Err(e) => d.on_error(e),
                     };
+                    // rumqttc reads every packet that has arrived but returns one event per
+                    // poll; take the rest here, in order, as its next polls would (they pop its
+                    // event queue first), without a new poll future and select! round each.
+                    while next == Next::Poll(Duration::ZERO) && d.connected {
+                        let Some(ev) = link.next_buffered() else { break };
+                        next = d.on_event(&mut link, ev, &mut cursor);
+                    }
                     match next {
                         Next::Poll(delay) => {
                             poll = arm(link, delay);
@@ -230,6 +237,7 @@ impl MqttUplink {
                 }
                 batch = cursor.next(room), if pull => d.on_batch(batch, &mut cursor),
             };
+            d.flush_acks(&mut cursor);
             if flow == Flow::Return {
                 return d.finish();
             }
@@ -301,6 +309,9 @@ struct Driver<'a> {
     /// next event, so the outbox hands everything out again in order.
     force_reconnect: Option<String>,
     outbox_error: Option<OutboxError>,
+    /// Sequence numbers acknowledged by the broker and not yet handed to the outbox: collected
+    /// over one batch of events so the store is woken once per batch, not once per PUBACK.
+    acks: Vec<u64>,
 }
 
 impl<'a> Driver<'a> {
@@ -318,6 +329,15 @@ impl<'a> Driver<'a> {
             packet_limit: up.max_packet_size as usize,
             force_reconnect: None,
             outbox_error: None,
+            acks: Vec::new(),
+        }
+    }
+
+    /// Hands the collected acknowledgements to the outbox.
+    fn flush_acks<C: OutboxCursor>(&mut self, cursor: &mut C) {
+        if !self.acks.is_empty() {
+            cursor.ack(&self.acks);
+            self.acks.clear();
         }
     }
 
@@ -364,7 +384,7 @@ impl<'a> Driver<'a> {
                             if let Entry::Reading { seq, class } = w.entry {
                                 self.up.metrics.published(class);
                                 if w.done {
-                                    cursor.ack(&[seq]);
+                                    self.acks.push(seq);
                                     self.up.metrics.acked(class, None);
                                 }
                             }
@@ -377,7 +397,7 @@ impl<'a> Driver<'a> {
                     }
                 }
             }
-            LinkEvent::PubAck { pkid, refused } => self.on_puback(pkid, refused, cursor),
+            LinkEvent::PubAck { pkid, refused } => self.on_puback(pkid, refused),
             LinkEvent::DisconnectSent => {
                 if self.phase == Phase::Disconnecting {
                     self.connected = false;
@@ -413,8 +433,9 @@ impl<'a> Driver<'a> {
         // PUBACKs read on the previous connection but still buffered in rumqttc are genuine:
         // resolve them against the previous connection's map before forgetting it.
         for pkid in link.start_clean_session() {
-            self.on_puback(pkid, None, cursor);
+            self.on_puback(pkid, None);
         }
+        self.flush_acks(cursor);
         self.tracker.reset();
         cursor.rewind();
         self.force_reconnect = None;
@@ -450,16 +471,11 @@ impl<'a> Driver<'a> {
         Next::Poll(Duration::ZERO)
     }
 
-    fn on_puback<C: OutboxCursor>(
-        &mut self,
-        pkid: u16,
-        refused: Option<&'static str>,
-        cursor: &mut C,
-    ) {
+    fn on_puback(&mut self, pkid: u16, refused: Option<&'static str>) {
         match self.tracker.on_puback(pkid) {
             Some((Entry::Reading { seq, class }, written_at)) => match refused {
                 None => {
-                    cursor.ack(&[seq]);
+                    self.acks.push(seq);
                     self.up.metrics.acked(class, Some(written_at.elapsed()));
                 }
                 Some(reason) => PublishRefused { seq, reason }.emit(&self.up.metrics),
