@@ -14,7 +14,9 @@ use wardgate_bench::coap_msg::{MsgType, RequestTemplate};
 use wardgate_bench::payload::{self, Format};
 use wardgate_core::health::ComponentKind;
 use wardgate_core::payload::{ContentFormat, DecodeContext, Limits};
-use wardgate_core::{Bus, Health, MessageClass as Class, Protocol, Reading, Shutdown};
+use wardgate_core::{
+    Bus, Health, MessageClass as Class, OutboxCursor, Protocol, Reading, Shutdown,
+};
 use wardgate_store::{Durability, Outbox, StoreConfig, StoreMetrics};
 
 const BASE_TIME: f64 = 1_763_759_045.125;
@@ -98,6 +100,16 @@ fn reading(c: &mut Criterion) {
 }
 
 fn outbox(c: &mut Criterion) {
+    outbox_group(c, "outbox_append", false);
+}
+
+/// The closed loop the gateway runs: each reading is appended, then delivered to and
+/// acknowledged by an uplink (which deletes it), so the store stays small.
+fn outbox_ack(c: &mut Criterion) {
+    outbox_group(c, "outbox_append_and_ack", true);
+}
+
+fn outbox_group(c: &mut Criterion, group: &str, ack: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -113,7 +125,7 @@ fn outbox(c: &mut Criterion) {
         records,
     )
     .encode();
-    let mut g = c.benchmark_group("outbox_append");
+    let mut g = c.benchmark_group(group);
     g.measurement_time(Duration::from_secs(3));
     for (name, durability, concurrent) in [
         ("fsync_1", Durability::Fsync, 1u64),
@@ -143,6 +155,16 @@ fn outbox(c: &mut Criterion) {
             let health = Health::new().reporter("store", ComponentKind::Store);
             rt.spawn(async move { outbox.run_writer(rx, stop, health).await })
         };
+        let acker = ack.then(|| {
+            let mut cursor = outbox.cursor("bench").unwrap();
+            rt.spawn(async move {
+                // Ends with `Closed` when the writer shuts down.
+                while let Ok(ds) = cursor.next(256).await {
+                    let seqs: Vec<u64> = ds.iter().map(|d| d.seq).collect();
+                    cursor.ack(&seqs);
+                }
+            })
+        });
         g.throughput(Throughput::Elements(concurrent));
         g.bench_function(name, |b| {
             b.iter(|| {
@@ -162,9 +184,12 @@ fn outbox(c: &mut Criterion) {
         });
         stop.cancel();
         let _ = rt.block_on(writer);
+        if let Some(acker) = acker {
+            let _ = rt.block_on(acker);
+        }
     }
     g.finish();
 }
 
-criterion_group!(benches, coap, senml, reading, outbox);
+criterion_group!(benches, coap, senml, reading, outbox, outbox_ack);
 criterion_main!(benches);

@@ -1,5 +1,7 @@
 //! Append throughput of the outbox: fsync vs unsafe-no-fsync, with 1, 16 and 256 requests in
-//! flight (one reading of ~300 bytes each), into a temporary directory.
+//! flight (one reading of ~300 bytes each), into a temporary directory. `outbox_append_and_ack`
+//! is the gateway's closed loop: an uplink cursor acknowledges every reading as it arrives, so
+//! each commit also deletes what the previous ones delivered.
 //!
 //! Each measured iteration is one acknowledged reading, so criterion's throughput line reads as
 //! readings per second. Run with `cargo bench -p wardgate-store`.
@@ -12,7 +14,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use tokio::runtime::Runtime;
 use ulid::Ulid;
 use wardgate_core::health::ComponentKind;
-use wardgate_core::{Bus, Encoded, Health, MessageClass, Shutdown};
+use wardgate_core::{Bus, Encoded, Health, MessageClass, OutboxCursor, Shutdown};
 use wardgate_store::{Durability, Outbox, StoreConfig, StoreError, StoreMetrics};
 
 fn reading() -> Encoded {
@@ -36,9 +38,20 @@ struct Store {
     bus: Bus,
     stop: Shutdown,
     writer: tokio::task::JoinHandle<Result<(), StoreError>>,
+    acker: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn start(rt: &Runtime, durability: Durability, window: Duration) -> Store {
+impl Store {
+    fn stop(self, rt: &Runtime) {
+        self.stop.cancel();
+        rt.block_on(self.writer).unwrap().unwrap();
+        if let Some(acker) = self.acker {
+            rt.block_on(acker).unwrap();
+        }
+    }
+}
+
+fn start(rt: &Runtime, durability: Durability, window: Duration, ack: bool) -> Store {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig {
         path: dir.path().join("outbox.db"),
@@ -55,13 +68,25 @@ fn start(rt: &Runtime, durability: Durability, window: Duration) -> Store {
     let writer = {
         let stop = stop.clone();
         let reporter = health.reporter("store", ComponentKind::Store);
+        let outbox = outbox.clone();
         rt.spawn(async move { outbox.run_writer(rx, stop, reporter).await })
     };
+    let acker = ack.then(|| {
+        let mut cursor = outbox.cursor("cloud").unwrap();
+        rt.spawn(async move {
+            // Ends with `Closed` when the writer shuts down.
+            while let Ok(ds) = cursor.next(256).await {
+                let seqs: Vec<u64> = ds.iter().map(|d| d.seq).collect();
+                cursor.ack(&seqs);
+            }
+        })
+    });
     Store {
         _dir: dir,
         bus,
         stop,
         writer,
+        acker,
     }
 }
 
@@ -109,7 +134,7 @@ fn bench_append(c: &mut Criterion) {
     ];
     for (name, durability, window) in modes {
         for inflight in [1usize, 16, 256] {
-            let store = start(&rt, durability, window);
+            let store = start(&rt, durability, window, false);
             group.bench_with_input(
                 BenchmarkId::new(name, inflight),
                 &inflight,
@@ -117,12 +142,37 @@ fn bench_append(c: &mut Criterion) {
                     b.iter_custom(|iters| rt.block_on(append(&store.bus, iters, inflight)));
                 },
             );
-            store.stop.cancel();
-            rt.block_on(store.writer).unwrap().unwrap();
+            store.stop(&rt);
         }
     }
     group.finish();
 }
 
-criterion_group!(benches, bench_append);
+fn bench_append_and_ack(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("outbox_append_and_ack");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(1));
+    for inflight in [1usize, 16, 256] {
+        let store = start(&rt, Durability::Fsync, Duration::ZERO, true);
+        group.bench_with_input(
+            BenchmarkId::new("fsync", inflight),
+            &inflight,
+            |b, &inflight| {
+                b.iter_custom(|iters| rt.block_on(append(&store.bus, iters, inflight)));
+            },
+        );
+        store.stop(&rt);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_append, bench_append_and_ack);
 criterion_main!(benches);

@@ -15,9 +15,14 @@
 //!   the quota counters `readings` and `bytes`, and `adopt` (set by `recover` when the uplink
 //!   table was lost: salvaged readings then go to every uplink configured at the next open).
 //!
-//! The counters are written in the same transaction as the rows they count, so a clean open is
-//! O(1) however large the backlog; after an unclean stop (which already pays a full
-//! `quick_check`) they are recounted and corrected.
+//! The counters (`readings`, `bytes`, and each uplink's `owed`, `owed_bytes`, `low_seq`) are
+//! exact on disk only while `clean` is 1: the open marks the file not clean in the transaction
+//! that loads them, commits keep them in memory only, and the clean close writes them in the
+//! transaction that sets `clean` back to 1. So a clean open is O(1) however large the backlog,
+//! an unclean stop (which already pays a full `quick_check`) recounts them from the rows, and a
+//! commit writes no counter page. `next_seq` is a reservation instead, at or above every seq
+//! ever assigned, rewritten once per [`SEQ_RESERVE`] readings: after a crash numbering resumes
+//! at the reservation (skipping the unused rest), never below a seq already handed out.
 
 use std::collections::HashSet;
 use std::fs;
@@ -48,6 +53,8 @@ const EXPIRE_CHUNK: i64 = 8192;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// WAL size kept after a checkpoint; larger WALs are truncated back to this.
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// Seqs reserved per write of `meta.next_seq` (at most this many are skipped after a crash).
+const SEQ_RESERVE: u64 = 1 << 16;
 
 pub(crate) const SCHEMA_V1: &str = "
 CREATE TABLE meta (
@@ -179,7 +186,7 @@ impl UplinkState {
     }
 }
 
-/// The writer's counters, mirrored in `meta`/`uplinks` in every commit.
+/// The writer's counters, written to `meta`/`uplinks` at open and at the clean close.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct State {
     pub(crate) next_seq: u64,
@@ -289,6 +296,8 @@ pub(crate) struct Db {
     sync: Option<SyncMode>,
     closed: bool,
     abandoned: bool,
+    /// `meta.next_seq` as committed: never below `state.next_seq`.
+    seq_reserved: u64,
     pub(crate) state: State,
 }
 
@@ -396,6 +405,7 @@ impl Db {
             sync: None,
             closed: false,
             abandoned: false,
+            seq_reserved: state.next_seq,
             state,
         };
         Ok((db, report))
@@ -480,8 +490,14 @@ impl Db {
             }
             u.low_seq = u.oldest.map_or(st.next_seq, |(s, _)| s);
         }
-        persist_counters(&tx, &self.state, &st)?;
+        // The other counters are recounted after an unclean stop and written by `close`.
+        let mut reserved = self.seq_reserved;
+        if st.next_seq > reserved {
+            reserved = st.next_seq.saturating_add(SEQ_RESERVE);
+            meta_set(&tx, "next_seq", to_i64(reserved))?;
+        }
         tx.commit()?;
+        self.seq_reserved = reserved;
         self.state = st;
         out.elapsed = started.elapsed();
         Ok(out)
@@ -492,7 +508,8 @@ impl Db {
         self.abandoned = true;
     }
 
-    /// Clean shutdown: marks the file clean (durably) and checkpoints the WAL into it.
+    /// Clean shutdown: writes the counters and marks the file clean in one (fsynced)
+    /// transaction, then checkpoints the WAL into the file.
     /// Returns false when readers kept the checkpoint from completing (harmless: the WAL is
     /// replayed at the next open).
     pub(crate) fn close(&mut self) -> rusqlite::Result<bool> {
@@ -506,7 +523,12 @@ impl Db {
         }
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         self.sync = Some(SyncMode::Full);
-        meta_set(&self.conn, "clean", 1)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        persist_counters(&tx, &self.state)?;
+        meta_set(&tx, "clean", 1)?;
+        tx.commit()?;
         let busy: i64 = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
@@ -739,13 +761,7 @@ fn prepare(
         u.oldest = find_oldest(&tx, u.mask(), u.low_seq)?;
         u.low_seq = u.oldest.map_or(state.next_seq, |(s, _)| s);
     }
-    let zero = State {
-        next_seq: 0,
-        readings: u64::MAX,
-        bytes: u64::MAX,
-        uplinks: Vec::new(),
-    };
-    persist_counters(&tx, &zero, &state)?;
+    persist_counters(&tx, &state)?;
     meta_set(&tx, "clean", 0)?;
     tx.commit()?;
     Ok(state)
@@ -790,31 +806,21 @@ fn find_oldest(conn: &Connection, mask: i64, from: u64) -> rusqlite::Result<Opti
     .optional()
 }
 
-fn persist_counters(tx: &Transaction<'_>, old: &State, new: &State) -> rusqlite::Result<()> {
-    if old.next_seq != new.next_seq {
-        meta_set(tx, "next_seq", to_i64(new.next_seq))?;
-    }
-    if old.readings != new.readings {
-        meta_set(tx, "readings", to_i64(new.readings))?;
-    }
-    if old.bytes != new.bytes {
-        meta_set(tx, "bytes", to_i64(new.bytes))?;
-    }
+/// Writes every counter (exact values, `next_seq` included).
+fn persist_counters(tx: &Transaction<'_>, st: &State) -> rusqlite::Result<()> {
+    meta_set(tx, "next_seq", to_i64(st.next_seq))?;
+    meta_set(tx, "readings", to_i64(st.readings))?;
+    meta_set(tx, "bytes", to_i64(st.bytes))?;
     let mut stmt = tx.prepare_cached(
         "UPDATE uplinks SET owed = ?1, owed_bytes = ?2, low_seq = ?3 WHERE bit = ?4",
     )?;
-    for (i, u) in new.uplinks.iter().enumerate() {
-        let unchanged = old.uplinks.get(i).is_some_and(|o| {
-            (o.owed, o.owed_bytes, o.low_seq) == (u.owed, u.owed_bytes, u.low_seq)
-        });
-        if !unchanged {
-            stmt.execute(params![
-                to_i64(u.owed),
-                to_i64(u.owed_bytes),
-                to_i64(u.low_seq),
-                i64::from(u.bit)
-            ])?;
-        }
+    for u in &st.uplinks {
+        stmt.execute(params![
+            to_i64(u.owed),
+            to_i64(u.owed_bytes),
+            to_i64(u.low_seq),
+            i64::from(u.bit)
+        ])?;
     }
     Ok(())
 }
@@ -869,6 +875,10 @@ fn append(
     Ok(())
 }
 
+/// Acknowledgements, one pair of range statements per contiguous run of acknowledged seqs (a
+/// caught-up uplink acknowledges whole runs, so a commit usually runs one or two statements per
+/// uplink instead of one per reading). Every seq in a run was acknowledged, so the range
+/// touches exactly the acknowledged rows that still exist.
 fn apply_acks(
     tx: &Transaction<'_>,
     st: &mut State,
@@ -880,30 +890,44 @@ fn apply_acks(
         return Ok(());
     }
     // The last uplink owed a reading deletes it; the others clear their bit.
-    let mut del =
-        tx.prepare_cached("DELETE FROM readings WHERE seq = ?1 AND pending = ?2 RETURNING bytes")?;
-    let mut clear = tx.prepare_cached(
-        "UPDATE readings SET pending = pending & ~?2 WHERE seq = ?1 AND (pending & ?2) != 0 RETURNING bytes",
+    let mut del = tx.prepare_cached(
+        "DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2 AND pending = ?3 RETURNING seq, bytes",
     )?;
+    let mut clear = tx.prepare_cached(
+        "UPDATE readings SET pending = pending & ~?3 \
+         WHERE seq BETWEEN ?1 AND ?2 AND (pending & ?3) != 0 RETURNING seq, bytes",
+    )?;
+    let mut sorted = Vec::new();
     for (idx, seqs) in acks {
         let Some(mask) = st.uplinks.get(*idx).map(UplinkState::mask) else {
             continue;
         };
-        for &seq in seqs {
-            let s = to_i64(seq);
-            if let Some(bytes) = del
-                .query_row(params![s, mask], |r| r.get::<_, i64>(0))
-                .optional()?
-            {
-                st.forget_row(seq, mask, to_u64(bytes), dirty);
-                out.acked[*idx] += 1;
-            } else if let Some(bytes) = clear
-                .query_row(params![s, mask], |r| r.get::<_, i64>(0))
-                .optional()?
-            {
+        sorted.clear();
+        sorted.extend_from_slice(seqs);
+        sorted.sort_unstable();
+        sorted.dedup();
+        for (lo, hi) in runs(&sorted) {
+            let (first, last) = (to_i64(lo), to_i64(hi));
+            let range = params![first, last, mask];
+            let mut deleted = 0u64;
+            let mut rows = del.query(range)?;
+            while let Some(r) = rows.next()? {
+                st.forget_row(to_u64(r.get(0)?), mask, to_u64(r.get(1)?), dirty);
+                deleted += 1;
+            }
+            drop(rows);
+            out.acked[*idx] += deleted;
+            if deleted > hi - lo {
+                // The whole run was deleted: nothing left in it to clear.
+                continue;
+            }
+            let mut rows = clear.query(range)?;
+            while let Some(r) = rows.next()? {
+                let seq = to_u64(r.get(0)?);
+                let bytes = to_u64(r.get(1)?);
                 if let Some(u) = st.uplinks.get_mut(*idx) {
                     u.owed = u.owed.saturating_sub(1);
-                    u.owed_bytes = u.owed_bytes.saturating_sub(to_u64(bytes));
+                    u.owed_bytes = u.owed_bytes.saturating_sub(bytes);
                     if u.oldest.is_some_and(|(o, _)| o <= seq) {
                         dirty[*idx] = true;
                     }
@@ -913,6 +937,21 @@ fn apply_acks(
         }
     }
     Ok(())
+}
+
+/// The maximal runs of consecutive values in a sorted, deduplicated slice, as (first, last).
+fn runs(sorted: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let lo = *sorted.get(i)?;
+        let mut hi = lo;
+        i += 1;
+        while sorted.get(i).is_some_and(|&s| Some(s) == hi.checked_add(1)) {
+            hi += 1;
+            i += 1;
+        }
+        Some((lo, hi))
+    })
 }
 
 fn expire(
@@ -979,4 +1018,16 @@ fn delete_through(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn runs_split_sorted_seqs_at_every_gap() {
+        let got: Vec<(u64, u64)> = runs(&[1, 2, 3, 5, 7, 8, u64::MAX - 1, u64::MAX]).collect();
+        assert_eq!(got, vec![(1, 3), (5, 5), (7, 8), (u64::MAX - 1, u64::MAX)]);
+        assert_eq!(runs(&[]).count(), 0);
+    }
 }

@@ -518,3 +518,121 @@ async fn a_clean_open_trusts_stored_counters_and_an_unclean_one_recounts() {
     assert_eq!((stats.readings, stats.bytes), (20, 2000));
     assert_eq!(stats.uplinks[0].readings, 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_with_gaps_in_any_order_keep_every_counter_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let ups = names(&["cloud", "backup"]);
+    let run = Running::start(&c, &ups).unwrap();
+    // 20 readings of 100 + i bytes, so byte counters tell which rows went.
+    let batch: Vec<_> = (0..20).map(|i| reading("d", 100 + i)).collect();
+    run.bus.submit(batch).await.unwrap();
+    let mut cloud = run.outbox.cursor("cloud").unwrap();
+    let mut backup = run.outbox.cursor("backup").unwrap();
+    let cd = cloud.next(20).await.unwrap();
+    let bd = backup.next(20).await.unwrap();
+    let seq = |i: usize| cd[i].seq;
+    // Runs 0..=2, 5, 7..=9 and 15..=19, unsorted; backup acks an overlapping set, so some rows
+    // are deleted (both acked) and others only lose a bit.
+    let cloud_acked = [9, 0, 17, 2, 5, 1, 8, 16, 7, 19, 15, 18];
+    cloud.ack(&cloud_acked.map(seq));
+    let backup_acked = [2, 3, 4, 5, 6, 9, 10, 19];
+    backup.ack(&backup_acked.map(|i| bd[i].seq));
+    // A later request's commit is known to carry the queued acks.
+    run.bus.submit(vec![reading("d", 120)]).await.unwrap();
+
+    let size = |i: usize| 100 + i as u64;
+    let owed = |acked: &[usize]| {
+        let left: Vec<usize> = (0..20).filter(|i| !acked.contains(i)).collect();
+        (
+            left.len() as u64 + 1,
+            left.iter().map(|&i| size(i)).sum::<u64>() + 120,
+        )
+    };
+    let both: Vec<usize> = (0..20)
+        .filter(|i| cloud_acked.contains(i) && backup_acked.contains(i))
+        .collect();
+    let expect = (
+        owed(&both).0,
+        owed(&both).1,
+        owed(&cloud_acked),
+        owed(&backup_acked),
+    );
+    let check = |o: &Outbox, when: &str| {
+        let s = o.stats().unwrap();
+        let got = (
+            s.readings,
+            s.bytes,
+            (s.uplinks[0].readings, s.uplinks[0].bytes),
+            (s.uplinks[1].readings, s.uplinks[1].bytes),
+        );
+        assert_eq!(got, expect, "{when}");
+    };
+    check(&run.outbox, "while running");
+    assert_eq!(
+        run.metrics.acks_total("cloud") + run.metrics.acks_total("backup"),
+        (cloud_acked.len() + backup_acked.len()) as u64
+    );
+    // Only unacknowledged readings are handed out again, in order.
+    cloud.rewind();
+    let again: Vec<u64> = cloud
+        .next(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.seq)
+        .collect();
+    let want: Vec<u64> = (0..20)
+        .filter(|i| !cloud_acked.contains(i))
+        .map(seq)
+        .collect();
+    assert_eq!(again[..want.len()], want[..]);
+    drop((cloud, backup));
+    run.stop().await;
+
+    // A clean open reads the counters written at close; an unclean one recounts them.
+    let run = Running::start(&c, &ups).unwrap();
+    check(&run.outbox, "after a clean stop");
+    run.crash().await;
+    let run = Running::start(&c, &ups).unwrap();
+    check(&run.outbox, "after a crash");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seqs_never_go_back_after_a_crash_that_emptied_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let ups = names(&["cloud"]);
+    let run = Running::start(&c, &ups).unwrap();
+    run.bus
+        .submit((0..5).map(|_| reading("d", 100)).collect())
+        .await
+        .unwrap();
+    let mut cloud = run.outbox.cursor("cloud").unwrap();
+    let handed = cloud.next(5).await.unwrap();
+    let high = handed.iter().map(|d| d.seq).max().unwrap();
+    cloud.ack(&handed.iter().map(|d| d.seq).collect::<Vec<_>>());
+    // Wait for the acks' commit: the table is empty, the newest seq is gone with it.
+    for _ in 0..2500 {
+        if run.outbox.stats().unwrap().readings == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(run.outbox.stats().unwrap().readings, 0);
+    drop(cloud);
+    run.crash().await;
+
+    let run = Running::start(&c, &ups).unwrap();
+    let fresh = reading("d", 100);
+    run.bus.submit(vec![fresh.clone()]).await.unwrap();
+    let mut cloud = run.outbox.cursor("cloud").unwrap();
+    let got = cloud.next(5).await.unwrap();
+    assert_eq!(ids(&got), vec![fresh.id]);
+    assert!(got[0].seq > high, "{} must be above {high}", got[0].seq);
+    assert_eq!(got[0].attempts, 0, "a new reading is not a replay");
+    drop(cloud);
+    run.stop().await;
+}
