@@ -124,7 +124,10 @@ pub(crate) async fn drive<T: Transport>(
                 }
             },
         }
-        // What else is ready, without waiting: answers first, then new datagrams.
+        // What else is ready, without waiting: answers first, then new datagrams. Each item
+        // spends one unit of tokio's cooperative budget, so a flooded socket still yields the
+        // worker to the uplinks and the store writer as often as one awaited receive per item
+        // would.
         for _ in 0..BURST {
             let ready = poll_fn(|cx| match engine.poll_completion(cx) {
                 Poll::Ready(c) => Poll::Ready(Some(c)),
@@ -133,12 +136,14 @@ pub(crate) async fn drive<T: Transport>(
             .await;
             let Some(c) = ready else { break };
             engine.complete(Instant::now(), c);
+            tokio::task::consume_budget().await;
         }
         for _ in 0..BURST {
             match transport.try_recv_from(&mut buf) {
                 Ok((n, peer)) => {
                     recv_errors = 0;
                     engine.handle_datagram(Instant::now(), peer, buf.get(..n).unwrap_or_default());
+                    tokio::task::consume_budget().await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {

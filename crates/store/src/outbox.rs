@@ -24,6 +24,11 @@ use crate::tail::Tail;
 /// How often the writer refreshes the age gauges, checks for expired readings and flushes the
 /// rate-limited overflow log.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Acknowledgements wait at most this long for an ingest commit to carry them before they get a
+/// transaction of their own. An acknowledgement only deletes a delivered reading (losing one
+/// repeats a delivery, never loses a reading), so there is no point in paying a commit per
+/// PUBACK batch: at a steady ingest rate the ingest commits take them along.
+const ACK_COMMIT_DELAY: Duration = Duration::from_millis(20);
 /// The overflow (drop-oldest) warning is logged at most this often, with the count since.
 const OVERFLOW_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -433,6 +438,8 @@ impl Writer {
         let mut housekeeping =
             tokio::time::interval_at(Instant::now() + HOUSEKEEPING, HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // When the queued acknowledgements get a commit of their own if none took them before.
+        let mut acks_due: Option<Instant> = None;
         loop {
             let mut batch = Batch::default();
             if let Some(req) = self.carry.take() {
@@ -446,9 +453,17 @@ impl Writer {
                         self.expire_again = false;
                         self.expire_due = true;
                     }
-                    // Acknowledgements before requests: under `reject`, the room they free
-                    // must count when the next request is admitted.
-                    () = self.inner.ack_wake.notified() => {}
+                    // Acknowledgements before requests: under `reject` near the quota, the
+                    // room they free must count when the next request is admitted, so they
+                    // are committed at once there; elsewhere they wait for a commit to join.
+                    () = tokio::time::sleep_until(acks_due.unwrap_or_else(Instant::now)),
+                        if acks_due.is_some() => {}
+                    () = self.inner.ack_wake.notified(), if acks_due.is_none() => {
+                        if !self.near_reject_quota() {
+                            acks_due = Some(Instant::now() + ACK_COMMIT_DELAY);
+                            continue;
+                        }
+                    }
                     req = rx.recv(), if self.bus_open => match req {
                         Some(req) => self.admit(&mut batch, req),
                         None => self.bus_open = false,
@@ -458,7 +473,9 @@ impl Writer {
             if batch.requests > 0 {
                 self.gather(&mut rx, &mut batch, &shutdown).await;
             }
+            // Every commit takes all queued acknowledgements along.
             self.commit(batch).await;
+            acks_due = None;
         }
         self.drain(rx).await;
         self.close().await
@@ -499,6 +516,15 @@ impl Writer {
             }
             self.admit(batch, req);
         }
+    }
+
+    /// Under `reject`: full, or within a tenth of a quota, where every freed reading counts.
+    fn near_reject_quota(&self) -> bool {
+        let cfg = &self.inner.cfg;
+        cfg.overflow == OverflowPolicy::Reject
+            && (self.full_at.is_some()
+                || self.readings.saturating_mul(10) >= cfg.max_readings.saturating_mul(9)
+                || self.bytes.saturating_mul(10) >= cfg.max_bytes.saturating_mul(9))
     }
 
     /// Quota check for one request; accepted requests join the batch.
