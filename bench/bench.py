@@ -480,6 +480,16 @@ def cell(xs, digits=2):
     return fmt(m, digits)
 
 
+def load_side_pct(rep):
+    """CPU of the load generator plus its peers (Mosquitto), in % of one core: they share core 1,
+    so near 100 % the generator side, not the system under test, was the limit."""
+    c = rep.get("cpu") or {}
+    sut, me, peers = c.get("sut_cpu_ms") or 0.0, c.get("loadgen_cpu_ms") or 0.0, sum(c.get("peers_cpu_ms") or [])
+    if sut + me + peers <= 0 or c.get("system_busy_pct") is None:
+        return None
+    return (c["system_busy_pct"] - c.get("other_cpu_pct", 0.0)) * (me + peers) / (sut + me + peers)
+
+
 def throughput_of(rep):
     if rep.get("tool") == "coap-load" and rep.get("ok"):
         return rep["ok_rps"]
@@ -622,8 +632,9 @@ def report(raw_path, out_path, command):
       "subscriber). Latency is CoAP request → answer (open loop: from the *scheduled* send time), and for limit-broker "
       "publish → receive. E2E is CoAP send → the reading received from Mosquitto by a QoS 1 subscriber. CPU is the system "
       "under test's CPU time per 1000 answered readings (for limit-broker: Mosquitto's, per 1000 messages). Peak RSS is "
-      "VmHWM at the end of the run. Other-CPU is the busy time of processes other than the SUT, the load generator and "
-      "Mosquitto, in % of one core.\n")
+      "VmHWM at the end of the run. Load-side CPU is the load generator's and Mosquitto's CPU in % of one core: "
+      "they share core 1, so near 100 % the generator side, not the system under test, set the pace. Other-CPU is the "
+      "busy time of processes other than the SUT, the load generator and Mosquitto, in % of one core.\n")
     w("Load: closed loop = 256 requests in flight (CoAP CON, SenML JSON unless named otherwise, one device per client "
       "socket, sockets added so no Message ID repeats within a run); open loop = a fixed rate with latency measured "
       "from each request's scheduled send time (coordinated-omission corrected). The generator does not retransmit: "
@@ -632,8 +643,8 @@ def report(raw_path, out_path, command):
       "libcoap is `coap-server-notls` answering 4.04 (a fast C CoAP server that does no forwarding); naive-bridge is "
       "`bench/peers/naive_bridge.py` (aiocoap + paho-mqtt, QoS 1, answers after PUBACK).\n")
     w("## Scenarios\n")
-    w("| scenario | runs | throughput /s | p50 ms | p99 ms | max ms | e2e p99 ms | delivered | 5.03 / timeouts | CPU ms/1k | peak RSS MiB | other-CPU % |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    w("| scenario | runs | throughput /s | p50 ms | p99 ms | max ms | e2e p99 ms | delivered | 5.03 / timeouts | CPU ms/1k | peak RSS MiB | load-side CPU % | other-CPU % |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = ["limit-udp", "limit-broker", "libcoap", "naive-bridge", "wardgate-ingest", "wardgate-e2e-fsync",
              "wardgate-e2e-nofsync", "wardgate-e2e-cbor", "wardgate-e2e-non", "wardgate-e2e-20k-open"]
     for sc in order:
@@ -642,7 +653,7 @@ def report(raw_path, out_path, command):
         errs = [r["error"] for r in recs if "error" in r]
         if not ok:
             if errs:
-                w(f"| {sc} | 0 | failed: {errs[0][:120]} |||||||||||")
+                w(f"| {sc} | 0 | failed: {errs[0][:120]} ||||||||||||")
             continue
         e2e = [x.get("e2e") for x in ok if x.get("e2e")]
         delivered = "–"
@@ -662,6 +673,7 @@ def report(raw_path, out_path, command):
           f"| {delivered} | {failures} "
           f"| {cell([x['cpu'].get('sut_cpu_ms_per_1k') for x in ok])} "
           f"| {cell([(x.get('sut_memory') or {}).get('vm_hwm_kb', 0) / 1024 for x in ok], 1)} "
+          f"| {cell([load_side_pct(x) for x in ok], 0)} "
           f"| {cell([x['cpu'].get('other_cpu_pct') for x in ok], 0)} |")
     idle = [r["report"] for r in by.get("wardgate-idle", []) if "report" in r]
     w("")
