@@ -253,7 +253,10 @@ impl DedupTable {
     }
 
     fn find(&self, key: &DedupKey) -> Option<u64> {
-        let hash = self.hasher.hash_one(key);
+        self.find_hashed(self.hasher.hash_one(key), key)
+    }
+
+    fn find_hashed(&self, hash: u64, key: &DedupKey) -> Option<u64> {
         let (con, non) = (&self.con, &self.non);
         self.index
             .find(hash, |&s| entry(con, non, s).is_some_and(|e| e.key == *key))
@@ -262,6 +265,10 @@ impl DedupTable {
 
     fn entry_mut(&mut self, key: &DedupKey) -> Option<&mut Entry> {
         let slot = self.find(key)?;
+        self.slot_mut(slot)
+    }
+
+    fn slot_mut(&mut self, slot: u64) -> Option<&mut Entry> {
         if slot & NON_BIT != 0 {
             self.non.get_mut(slot & !NON_BIT)
         } else {
@@ -272,9 +279,10 @@ impl DedupTable {
     /// Records message `key` (Confirmable when `con`) or reports it as a duplicate.
     pub fn observe(&mut self, now: Instant, key: DedupKey, con: bool) -> Seen<'_> {
         self.expire(now);
-        if self.find(&key).is_some() {
+        let hash = self.hasher.hash_one(key);
+        if let Some(slot) = self.find_hashed(hash, &key) {
             self.stats.hits += 1;
-            let Some(e) = self.entry_mut(&key) else {
+            let Some(e) = self.slot_mut(slot) else {
                 return Seen::New;
             };
             let action = match e.state {
@@ -306,7 +314,6 @@ impl DedupTable {
             state,
         });
         let slot = if con { pos } else { pos | NON_BIT };
-        let hash = self.hasher.hash_one(key);
         let (hasher, con_ring, non_ring) = (&self.hasher, &self.con, &self.non);
         // The rehash closure only runs if the index must grow (a bound above the pre-sized one).
         self.index.insert_unique(hash, slot, |&s| {

@@ -19,7 +19,8 @@
 //!    `reason="expired"`.
 //! 4. **Bounded memory.** The writer holds at most one batch (`max_batch` readings); the
 //!    in-memory tail is bounded by `tail_readings`/`tail_bytes`; cursors read `max` rows at a
-//!    time; opening a store with a large backlog reads its counters, not its rows.
+//!    time; opening a cleanly closed store with a large backlog reads its counters, not its
+//!    rows (after an unclean stop they are recounted, see `db.rs`).
 //! 5. **Damage is reported, never papered over.** A file that is not a database, is truncated,
 //!    or fails `quick_check` after an unclean stop is [`StoreError::Corrupt`], whose message
 //!    names `wardgate store recover --config <file>` ([`recover`]), which salvages what is
