@@ -28,7 +28,7 @@ fn every_accepted_payload_format_arrives_normalized_and_schema_valid() {
         110,
         r#"[{"bn":"bed-1/","bt":1763759045,"n":"spo2","u":"%25","v":97},{"n":"heart_rate","u":"beat/min","v":72}]"#,
         &gw.coap_uri("v1/readings/bed-1"),
-    );
+    ).outcome();
     assert!(ok, "{out}");
     // SenML CBOR (112): [{0: "temp", 1: "Cel", 2: 36.6}] encoded by hand.
     let cbor = dir.path().join("r.cbor");
@@ -48,7 +48,8 @@ fn every_accepted_payload_format_arrives_normalized_and_schema_valid() {
         "-f",
         cbor.to_str().unwrap(),
         &gw.coap_uri("v1/readings/bed-2"),
-    ]);
+    ])
+    .outcome();
     assert!(ok, "{out}");
     // Plain JSON (50), as an alarm.
     let (ok, out) = coap_send(
@@ -56,7 +57,8 @@ fn every_accepted_payload_format_arrives_normalized_and_schema_valid() {
         50,
         r#"{"spo2":88,"probe_ok":true}"#,
         &gw.coap_uri("v1/readings/bed-3?class=alarm"),
-    );
+    )
+    .outcome();
     assert!(ok, "{out}");
     // text/plain (0): the record name comes from the URI.
     let (ok, out) = coap_send(
@@ -64,7 +66,8 @@ fn every_accepted_payload_format_arrives_normalized_and_schema_valid() {
         0,
         "37.2",
         &gw.coap_uri("v1/readings/bed-4/temperature"),
-    );
+    )
+    .outcome();
     assert!(ok, "{out}");
     // Block1 upload in 16-byte blocks: a ~300-byte SenML pack.
     let big: Vec<String> = (0..10)
@@ -82,7 +85,8 @@ fn every_accepted_payload_format_arrives_normalized_and_schema_valid() {
         "-e",
         &big,
         &gw.coap_uri("v1/readings/bed-5"),
-    ]);
+    ])
+    .outcome();
     assert!(ok, "{out}");
 
     let validator = schema();
@@ -234,25 +238,28 @@ fn malformed_datagrams_get_the_rfc_answer_and_the_gateway_keeps_serving() {
         "-e",
         "[]",
         &gw.coap_uri("v1/readings/bed-x"),
-    ]);
+    ])
+    .outcome();
     assert!(out.contains("4.02"), "{ok} {out}");
     // Wrong method: 4.05. Unsupported content format: 4.15. Garbage SenML: 4.00.
-    let (_, out) = coap_client(&["-m", "delete", &gw.coap_uri("v1/readings/bed-x")]);
+    let (_, out) = coap_client(&["-m", "delete", &gw.coap_uri("v1/readings/bed-x")]).outcome();
     assert!(out.contains("4.05"), "{out}");
-    let (_, out) = coap_send("post", 41, "<x/>", &gw.coap_uri("v1/readings/bed-x"));
+    let (_, out) = coap_send("post", 41, "<x/>", &gw.coap_uri("v1/readings/bed-x")).outcome();
     assert!(out.contains("4.15"), "{out}");
-    let (_, out) = coap_send("post", 110, "{not senml", &gw.coap_uri("v1/readings/bed-x"));
+    let (_, out) =
+        coap_send("post", 110, "{not senml", &gw.coap_uri("v1/readings/bed-x")).outcome();
     assert!(out.contains("4.00"), "{out}");
 
     // Still serving, and the discovery resource works.
-    let (ok, out) = coap_client(&["-m", "get", &gw.coap_uri(".well-known/core")]);
+    let (ok, out) = coap_client(&["-m", "get", &gw.coap_uri(".well-known/core")]).outcome();
     assert!(ok && out.contains("</v1/readings>"), "{out}");
     let (ok, out) = coap_send(
         "post",
         110,
         r#"[{"n":"spo2","v":96}]"#,
         &gw.coap_uri("v1/readings/bed-ok"),
-    );
+    )
+    .outcome();
     assert!(ok, "{out}");
     let got = sub.collect(1, WAIT, readings_only);
     assert!(got[0].1.contains("bed-ok"), "{got:?}");

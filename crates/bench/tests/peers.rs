@@ -3,8 +3,8 @@
 //! deliveries, losses, duplicates); they assert no speed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,57 +13,7 @@ use wardgate_bench::coap_load::{self, CoapLoadArgs};
 use wardgate_bench::coap_msg::MsgType;
 use wardgate_bench::payload::Format;
 use wardgate_bench::{broker_limit, udp_echo};
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn mosquitto() -> (Peer, u16, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_tcp_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\n"),
-    )
-    .unwrap();
-    let child = Command::new("/usr/sbin/mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed");
-    let peer = Peer(child);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (peer, port, dir)
-}
+use wardgate_testkit::{ChildGuard as Peer, Mosquitto, free_udp_port};
 
 struct Echo {
     addr: SocketAddr,
@@ -206,14 +156,15 @@ fn libcoap_server_answers_are_counted_by_response_class() {
 
 #[test]
 fn broker_ceiling_delivers_every_message_once_through_mosquitto() {
-    let (broker, port, _dir) = mosquitto();
+    let broker = Mosquitto::start();
+    let port = broker.port;
     let r = broker_limit::run(&broker_limit::BrokerLimitArgs {
         mqtt: format!("mqtt://127.0.0.1:{port}"),
         in_flight: 64,
         duration: 10.0,
         count: Some(3_000),
         drain_timeout: 5.0,
-        pid: Some(broker.0.id()),
+        pid: Some(broker.pid()),
         label: "test".into(),
     })
     .unwrap();
@@ -280,7 +231,8 @@ fn lossy_bridge(
 
 #[test]
 fn end_to_end_matching_counts_lost_and_duplicated_readings() {
-    let (_broker, port, _dir) = mosquitto();
+    let broker = Mosquitto::start();
+    let port = broker.port;
     let stop = Arc::new(AtomicBool::new(false));
     let (addr, bridge) = lossy_bridge(port, stop.clone());
     let mut a = args(addr);

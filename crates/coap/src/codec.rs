@@ -136,8 +136,12 @@ impl Code {
     pub const CONTINUE: Code = Code::new(2, 31);
     /// 4.00 Bad Request.
     pub const BAD_REQUEST: Code = Code::new(4, 0);
+    /// 4.01 Unauthorized.
+    pub const UNAUTHORIZED: Code = Code::new(4, 1);
     /// 4.02 Bad Option.
     pub const BAD_OPTION: Code = Code::new(4, 2);
+    /// 4.03 Forbidden.
+    pub const FORBIDDEN: Code = Code::new(4, 3);
     /// 4.04 Not Found.
     pub const NOT_FOUND: Code = Code::new(4, 4);
     /// 4.05 Method Not Allowed.

@@ -80,7 +80,10 @@ pub(crate) async fn drive<T: Transport>(
         if draining && engine.is_idle() && opts.observers_done.is_cancelled() {
             break;
         }
-        let deadline = engine.next_deadline();
+        let deadline = match (engine.next_deadline(), transport.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if deadline != armed {
             if let Some(d) = deadline {
                 timer.as_mut().reset(d);
@@ -111,12 +114,14 @@ pub(crate) async fn drive<T: Transport>(
             },
             () = &mut timer, if armed.is_some() => {
                 armed = None;
-                engine.poll_timers(Instant::now());
+                let now = Instant::now();
+                transport.poll_timers(now);
+                engine.poll_timers(now);
             }
             r = transport.recv_from(&mut buf) => match r {
                 Ok((n, peer)) => {
                     recv_errors = 0;
-                    engine.handle_datagram(Instant::now(), peer, buf.get(..n).unwrap_or_default());
+                    engine.handle_datagram(Instant::now(), &transport.peer(peer), buf.get(..n).unwrap_or_default());
                 }
                 Err(e) => {
                     recv_error(&e, &mut recv_errors).await;
@@ -142,7 +147,11 @@ pub(crate) async fn drive<T: Transport>(
             match transport.try_recv_from(&mut buf) {
                 Ok((n, peer)) => {
                     recv_errors = 0;
-                    engine.handle_datagram(Instant::now(), peer, buf.get(..n).unwrap_or_default());
+                    engine.handle_datagram(
+                        Instant::now(),
+                        &transport.peer(peer),
+                        buf.get(..n).unwrap_or_default(),
+                    );
                     tokio::task::consume_budget().await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

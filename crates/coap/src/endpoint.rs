@@ -1,5 +1,6 @@
-//! [`CoapEndpoint`]: binds the `listen` sockets, runs one task per socket and one per observe
-//! target, and shuts down gracefully.
+//! [`CoapEndpoint`]: binds the `listen` sockets (or takes ready transports), gives each socket
+//! a [`Router`] with the readings resource and any resources the caller added, runs one task
+//! per socket and one per observe target, and shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wardgate_core::payload::Limits;
-use wardgate_core::{Bus, Clock, HealthReporter, Shutdown};
+use wardgate_core::{HealthReporter, IngestPipeline, Shutdown};
 
 use crate::block::{BlockLimits, Reassembly};
 use crate::client::{COMMAND_QUEUE, Requester};
@@ -18,21 +19,19 @@ use crate::config::{CoapConfig, ObserveTarget};
 use crate::driver::{self, DriveOptions};
 use crate::engine::{Command, Engine};
 use crate::error::CoapError;
-use crate::ingest::{Ingest, IngestSettings};
+use crate::ingest::{IngestResource, IngestSettings};
 use crate::layer::{LayerConfig, Timing};
 use crate::metrics::CoapMetrics;
 use crate::observe::{self, CoapUri, Observer, ObserverDeps};
+use crate::resource::{Registration, Resource};
+use crate::router::{Router, RouterSettings};
 use crate::transport::{SocketOptions, Transport, UdpTransport};
 
 /// What the endpoint needs from the rest of the gateway.
 #[derive(Debug, Clone)]
 pub struct EndpointDeps {
-    /// The gateway id stamped on readings.
-    pub gateway_id: String,
-    /// Ingest: `enqueue()` then await durability.
-    pub bus: Bus,
-    /// Wall clock for `received_at` and SenML relative times.
-    pub clock: Arc<dyn Clock>,
+    /// The ingest pipeline readings go through (authorize, decode, enqueue, durable).
+    pub pipeline: IngestPipeline,
     /// Metrics (see [`CoapMetrics::register`]).
     pub metrics: CoapMetrics,
     /// Marked ready once every socket is bound.
@@ -40,33 +39,51 @@ pub struct EndpointDeps {
 }
 
 #[derive(Debug)]
-struct Socket {
-    transport: Arc<UdpTransport>,
+struct Socket<T> {
+    transport: Arc<T>,
     local: SocketAddr,
     cmd_tx: mpsc::Sender<Command>,
     cmd_rx: mpsc::Receiver<Command>,
 }
 
+/// Makes one socket's instance of an added resource (each socket task owns its own).
+type ResourceFactory = Box<dyn Fn() -> Box<dyn Resource> + Send + Sync>;
+
 /// The CoAP endpoint: devices' requests in, the gateway's requests (observe, later LwM2M) out,
-/// over the same sockets.
-#[derive(Debug)]
-pub struct CoapEndpoint {
+/// over the same sockets. Generic over the [`Transport`] (UDP by default; DTLS, or a test
+/// transport that tags peers with an identity).
+pub struct CoapEndpoint<T: Transport = UdpTransport> {
     cfg: CoapConfig,
     deps: EndpointDeps,
-    sockets: Vec<Socket>,
+    sockets: Vec<Socket<T>>,
     targets: Vec<(ObserveTarget, CoapUri)>,
+    extra: Vec<(Registration, ResourceFactory)>,
 }
 
-impl CoapEndpoint {
+impl<T: Transport + std::fmt::Debug> std::fmt::Debug for CoapEndpoint<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoapEndpoint")
+            .field("sockets", &self.sockets)
+            .field("targets", &self.targets.len())
+            .field("extra_resources", &self.extra.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn observe_targets(cfg: &CoapConfig) -> Result<Vec<(ObserveTarget, CoapUri)>, CoapError> {
+    cfg.observe
+        .iter()
+        .map(|t| observe::parse_uri(&t.uri).map(|u| (t.clone(), u)))
+        .collect()
+}
+
+impl CoapEndpoint<UdpTransport> {
     /// Binds every `listen` socket (SO_RCVBUF/SO_SNDBUF from the config, IPV6_V6ONLY on IPv6,
     /// non-blocking) and reports ready. Fails naming the address that cannot be bound, or the
     /// observe URI that cannot be parsed. The configuration is otherwise assumed validated.
-    pub async fn bind(cfg: CoapConfig, deps: EndpointDeps) -> Result<CoapEndpoint, CoapError> {
-        let targets = cfg
-            .observe
-            .iter()
-            .map(|t| observe::parse_uri(&t.uri).map(|u| (t.clone(), u)))
-            .collect::<Result<Vec<_>, _>>()?;
+    pub async fn bind(cfg: CoapConfig, deps: EndpointDeps) -> Result<Self, CoapError> {
+        // A bad observe URI fails before anything is bound.
+        observe_targets(&cfg)?;
         let opts = SocketOptions {
             recv_buffer_bytes: cfg.recv_buffer_bytes,
             send_buffer_bytes: cfg.send_buffer_bytes,
@@ -88,8 +105,31 @@ impl CoapEndpoint {
                     });
                 }
             };
+            sockets.push(transport);
+        }
+        Self::with_transports(cfg, deps, sockets)
+    }
+}
+
+impl<T: Transport> CoapEndpoint<T> {
+    /// An endpoint over transports the caller bound (DTLS, or a test transport), with the
+    /// same resources, limits and observe targets as [`CoapEndpoint::bind`] gives UDP sockets.
+    /// Reports ready.
+    pub fn with_transports(
+        cfg: CoapConfig,
+        deps: EndpointDeps,
+        transports: Vec<T>,
+    ) -> Result<Self, CoapError> {
+        let unbound = || {
+            cfg.listen
+                .first()
+                .copied()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+        };
+        let mut sockets = Vec::with_capacity(transports.len());
+        for transport in transports {
             let local = transport.local_addr().map_err(|source| CoapError::Bind {
-                addr: *addr,
+                addr: unbound(),
                 source,
             })?;
             let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -102,17 +142,14 @@ impl CoapEndpoint {
         }
         if sockets.is_empty() {
             return Err(CoapError::Bind {
-                addr: cfg
-                    .listen
-                    .first()
-                    .copied()
-                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                addr: unbound(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::AddrNotAvailable,
                     "no listen address could be bound",
                 ),
             });
         }
+        let targets = observe_targets(&cfg)?;
         let detail = sockets
             .iter()
             .map(|s| format!("{} {}", s.transport.kind(), s.local))
@@ -124,7 +161,18 @@ impl CoapEndpoint {
             deps,
             sockets,
             targets,
+            extra: Vec::new(),
         })
+    }
+
+    /// Adds a resource to every socket's router (each socket gets its own instance from
+    /// `make`). Block-wise transfer, 4.04/4.05 and `/.well-known/core` come with it.
+    pub fn add_resource(
+        &mut self,
+        reg: Registration,
+        make: impl Fn() -> Box<dyn Resource> + Send + Sync + 'static,
+    ) {
+        self.extra.push((reg, Box::new(make)));
     }
 
     /// The bound addresses (ephemeral ports resolved), in `listen` order.
@@ -144,7 +192,6 @@ impl CoapEndpoint {
     fn ingest_settings(&self) -> IngestSettings {
         let c = &self.cfg;
         IngestSettings {
-            gateway_id: Arc::from(self.deps.gateway_id.as_str()),
             ingest_path: c
                 .ingest_path
                 .split('/')
@@ -153,9 +200,6 @@ impl CoapEndpoint {
                 .collect(),
             default_class: c.default_class,
             busy_max_age: u32::try_from(c.busy_max_age.as_secs()).unwrap_or(u32::MAX),
-            limits: self.limits(),
-            max_body_bytes: c.block.max_body_bytes,
-            preferred_szx: BlockOpt::szx_for(usize::from(c.block.preferred_block_size)),
         }
     }
 
@@ -171,19 +215,25 @@ impl CoapEndpoint {
     /// `drain_timeout`.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), CoapError> {
         let settings = self.ingest_settings();
-        let limits = self.limits();
+        let pipeline = self.deps.pipeline.clone().with_limits(self.limits());
         let CoapEndpoint {
             cfg,
             deps,
             sockets,
             targets,
+            extra,
         } = self;
         let observers_done = CancellationToken::new();
+        let router_settings = RouterSettings {
+            busy_max_age: settings.busy_max_age,
+            max_body_bytes: cfg.block.max_body_bytes,
+            preferred_szx: BlockOpt::szx_for(usize::from(cfg.block.preferred_block_size)),
+        };
         let block_limits = BlockLimits {
             max_body_bytes: cfg.block.max_body_bytes,
             max_open_transfers: cfg.block.max_open_transfers,
             transfer_timeout: cfg.block.transfer_timeout,
-            preferred_szx: settings.preferred_szx,
+            preferred_szx: router_settings.preferred_szx,
             busy_max_age: settings.busy_max_age,
         };
         let layer = LayerConfig {
@@ -194,18 +244,22 @@ impl CoapEndpoint {
         let mut drivers = JoinSet::new();
         let mut requesters = Vec::new();
         for s in sockets {
-            let ingest = Ingest::new(
-                settings.clone(),
-                deps.bus.clone(),
-                deps.clock.clone(),
-                deps.metrics.clone(),
+            let mut router = Router::new(
+                router_settings,
                 Reassembly::new(block_limits, deps.metrics.clone()),
+                deps.metrics.clone(),
             );
+            let (reg, ingest) =
+                IngestResource::new(settings.clone(), pipeline.clone(), deps.metrics.clone());
+            router.add(reg, Box::new(ingest));
+            for (reg, make) in &extra {
+                router.add(reg.clone(), make());
+            }
             let engine = Engine::new(
                 Instant::now(),
                 layer,
                 cfg.max_datagram_bytes,
-                Some(ingest),
+                Some(router),
                 deps.metrics.clone(),
             );
             requesters.push((s.local, Requester::new(s.cmd_tx)));
@@ -223,11 +277,8 @@ impl CoapEndpoint {
             ));
         }
         let observer_deps = ObserverDeps {
-            gateway_id: Arc::from(deps.gateway_id.as_str()),
-            bus: deps.bus.clone(),
-            clock: deps.clock.clone(),
+            pipeline,
             metrics: deps.metrics.clone(),
-            limits,
             sockets: requesters,
             cancel_wait: Timing::new(&cfg.transmission)
                 .max_transmit_wait

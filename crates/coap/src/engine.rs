@@ -1,5 +1,5 @@
-//! One socket's protocol state: the message layer, the resources, the pending store commits and
-//! notification ACK decisions. Sans-I/O except that it holds the futures of those two waits, so
+//! One socket's protocol state: the message layer, the resource layer ([`Router`]), the
+//! resources' deferred answers and notification ACK decisions. Sans-I/O except that it holds the futures of those two waits, so
 //! the socket task can poll them in the same `select!` as the socket and the timers.
 //!
 //! [`Engine::handle_datagram`] is the entry point benchmarks and fuzzers drive.
@@ -12,13 +12,18 @@ use std::task::{Context, Poll};
 use futures::stream::{FuturesUnordered, Stream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use wardgate_core::PeerContext;
 
+use crate::codec::BlockOpt;
 use crate::codec::{self, Code, MsgType, Token};
 use crate::error::CoapError;
 use crate::exchange::{BlockOpts, ClientRequest, ClientResponse, Notification};
-use crate::ingest::{CommitResult, Ingest, PendingCommit, Reply};
-use crate::layer::{AckWait, Inbound, LayerConfig, MessageLayer, Response, Sink, TxQueue};
+use crate::layer::{
+    AckWait, Inbound, LayerConfig, MessageLayer, RequestId, Response, Sink, TxQueue,
+};
 use crate::metrics::{CoapMetrics, MalformedMessage};
+use crate::resource::Deferred;
+use crate::router::{BlockKey, Later, Routed, Router};
 
 /// Work sent to a socket task by [`crate::Requester`]s.
 #[derive(Debug)]
@@ -43,10 +48,40 @@ pub(crate) enum Command {
 /// Something the engine was waiting for has happened.
 #[derive(Debug)]
 pub enum Completion {
-    /// A store commit resolved.
-    Commit(CommitResult),
+    /// A resource's deferred answer is ready, with what the router needs to finish it.
+    Response(
+        RequestId,
+        Response,
+        Option<BlockOpt>,
+        Option<BlockOpt>,
+        BlockKey,
+    ),
     /// The observer decided about a notification's ACK: (peer, MID, accepted).
     Ack(SocketAddr, u16, bool),
+}
+
+/// A resource's deferred answer and what its final response needs.
+struct DeferredAnswer {
+    id: RequestId,
+    fut: Deferred,
+    block1: Option<BlockOpt>,
+    block2: Option<BlockOpt>,
+    key: BlockKey,
+}
+
+impl Future for DeferredAnswer {
+    type Output = Completion;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = std::task::ready!(self.fut.as_mut().poll(cx));
+        Poll::Ready(Completion::Response(
+            self.id,
+            r,
+            self.block1,
+            self.block2,
+            self.key,
+        ))
+    }
 }
 
 struct AckFuture(AckWait);
@@ -67,8 +102,8 @@ impl Future for AckFuture {
 /// Protocol state of one socket.
 pub struct Engine {
     layer: MessageLayer,
-    ingest: Option<Ingest>,
-    commits: FuturesUnordered<PendingCommit>,
+    resources: Option<Router>,
+    deferred: FuturesUnordered<DeferredAnswer>,
     acks: FuturesUnordered<AckFuture>,
     metrics: CoapMetrics,
     max_datagram: usize,
@@ -78,26 +113,26 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("layer", &self.layer)
-            .field("ingest", &self.ingest)
-            .field("commits", &self.commits.len())
+            .field("resources", &self.resources)
+            .field("deferred", &self.deferred.len())
             .field("acks", &self.acks.len())
             .finish()
     }
 }
 
 impl Engine {
-    /// An engine; `ingest` is `None` for a client-only socket (requests then get 4.04).
+    /// An engine; `resources` is `None` for a client-only socket (requests then get 4.04).
     pub fn new(
         now: Instant,
         layer: LayerConfig,
         max_datagram: usize,
-        ingest: Option<Ingest>,
+        resources: Option<Router>,
         metrics: CoapMetrics,
     ) -> Self {
         Engine {
             layer: MessageLayer::new(now, layer, metrics.clone()),
-            ingest,
-            commits: FuturesUnordered::new(),
+            resources,
+            deferred: FuturesUnordered::new(),
             acks: FuturesUnordered::new(),
             metrics,
             max_datagram,
@@ -114,41 +149,53 @@ impl Engine {
         self.layer.tx()
     }
 
-    /// Store commits not resolved yet.
+    /// Deferred answers (e.g. store commits) not resolved yet.
     pub fn pending_commits(&self) -> usize {
-        self.commits.len()
+        self.deferred.len()
     }
 
-    /// Nothing in flight: no pending commit and no unacknowledged CON message or open exchange.
+    /// Nothing in flight: no deferred answer and no unacknowledged CON message or open exchange.
     pub fn is_idle(&self) -> bool {
-        self.commits.is_empty() && self.layer.outstanding() == 0
+        self.deferred.is_empty() && self.layer.outstanding() == 0
     }
 
     /// New requests get 5.03 from now on.
     pub fn stop_accepting(&mut self) {
-        if let Some(i) = &mut self.ingest {
-            i.stop_accepting();
+        if let Some(r) = &mut self.resources {
+            r.stop_accepting();
         }
     }
 
-    /// Handles one received datagram (`datagram.len() > max_datagram` means it was truncated).
-    pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
+    /// Handles one received datagram (`datagram.len() > max_datagram` means it was truncated)
+    /// from `peer`, as the transport identified it.
+    pub fn handle_datagram(&mut self, now: Instant, peer: &PeerContext, datagram: &[u8]) {
         if datagram.len() > self.max_datagram {
-            self.oversized(now, peer, datagram);
+            self.oversized(now, peer.addr, datagram);
             return;
         }
-        match self.layer.handle_datagram(now, peer, datagram) {
+        match self.layer.handle_datagram(now, peer.addr, datagram) {
             Inbound::Nothing => {}
             Inbound::Request(req) => {
-                let reply = match &mut self.ingest {
-                    Some(ingest) => ingest.on_request(now, req.id, req.peer, &req.msg),
-                    None => Reply::Now(Response::diagnostic(Code::NOT_FOUND, "client socket")),
+                let routed = match &mut self.resources {
+                    Some(router) => router.on_request(now, peer, &req.msg),
+                    None => Routed::Now(Response::diagnostic(Code::NOT_FOUND, "client socket")),
                 };
-                match reply {
-                    Reply::Now(resp) => self.layer.respond(now, req.id, &resp),
-                    Reply::Later(p) => {
+                match routed {
+                    Routed::Now(resp) => self.layer.respond(now, req.id, &resp),
+                    Routed::Later(Later {
+                        fut,
+                        block1,
+                        block2,
+                        key,
+                    }) => {
                         self.layer.defer(now, req.id);
-                        self.commits.push(p);
+                        self.deferred.push(DeferredAnswer {
+                            id: req.id,
+                            fut,
+                            block1,
+                            block2,
+                            key,
+                        });
                     }
                 }
             }
@@ -175,9 +222,9 @@ impl Engine {
     }
 
     fn max_body(&self) -> u32 {
-        self.ingest
+        self.resources
             .as_ref()
-            .map_or(self.max_datagram, |i| i.max_body_bytes())
+            .map_or(self.max_datagram, Router::max_body_bytes)
             .try_into()
             .unwrap_or(u32::MAX)
     }
@@ -191,29 +238,25 @@ impl Engine {
     /// Runs due timers.
     pub fn poll_timers(&mut self, now: Instant) {
         self.layer.poll_timers(now);
-        if let Some(i) = &mut self.ingest {
-            i.poll_timers(now);
+        if let Some(r) = &mut self.resources {
+            r.poll_timers(now);
         }
     }
 
     /// When [`Engine::poll_timers`] next has work.
     pub fn next_deadline(&self) -> Option<Instant> {
         let a = self.layer.next_deadline();
-        let b = self.ingest.as_ref().and_then(Ingest::next_deadline);
+        let b = self.resources.as_ref().and_then(Router::next_deadline);
         match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Polls pending commits and ACK decisions; `Pending` when there are none.
+    /// Polls deferred answers and ACK decisions; `Pending` when there are none.
     pub fn poll_completion(&mut self, cx: &mut Context<'_>) -> Poll<Completion> {
-        loop {
-            match Pin::new(&mut self.commits).poll_next(cx) {
-                Poll::Ready(Some(Some(c))) => return Poll::Ready(Completion::Commit(c)),
-                Poll::Ready(Some(None)) => continue,
-                Poll::Ready(None) | Poll::Pending => break,
-            }
+        if let Poll::Ready(Some(c)) = Pin::new(&mut self.deferred).poll_next(cx) {
+            return Poll::Ready(c);
         }
         match Pin::new(&mut self.acks).poll_next(cx) {
             Poll::Ready(Some((peer, mid, ok))) => Poll::Ready(Completion::Ack(peer, mid, ok)),
@@ -224,10 +267,10 @@ impl Engine {
     /// Applies a completion: answers the request or sends/withholds the ACK.
     pub fn complete(&mut self, now: Instant, c: Completion) {
         match c {
-            Completion::Commit((id, result, meta)) => {
-                let resp = match &self.ingest {
-                    Some(i) => i.commit_response(result, meta),
-                    None => Response::new(Code::INTERNAL_SERVER_ERROR),
+            Completion::Response(id, resp, block1, block2, key) => {
+                let resp = match &mut self.resources {
+                    Some(r) => r.finish(now, resp, block1, block2, key),
+                    None => resp,
                 };
                 self.layer.respond(now, id, &resp);
             }

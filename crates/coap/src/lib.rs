@@ -5,8 +5,12 @@
 //! - [`layer`]: the message layer — deduplication by (peer, Message ID) with a bounded, compact
 //!   table; piggybacked and separate responses; retransmission of Confirmable messages with the
 //!   RFC timers; tokens, Message IDs and NSTART for the gateway's own requests;
+//! - [`router`] and [`resource`]: the resource layer — a [`Resource`] trait (request and peer
+//!   context in, a response now or later out) and a router that dispatches by Uri-Path, answers
+//!   4.04/4.05 itself, serves `/.well-known/core` from the registrations and runs block-wise
+//!   transfer below every resource;
 //! - [`block`]: block-wise transfer (RFC 7959), Block1 reassembly and Block2 slicing;
-//! - [`ingest`]: the ingest resource and `/.well-known/core`;
+//! - [`ingest`]: the readings resource, a thin shell over `wardgate-core`'s ingest pipeline;
 //! - [`observe`]: the gateway observing sensors (RFC 7641);
 //! - [`transport`]: the datagram seam, UDP now, DTLS later as a second implementation;
 //! - [`CoapEndpoint`] and [`CoapClient`], which run the above on sockets.
@@ -39,6 +43,8 @@ pub mod ingest;
 pub mod layer;
 pub mod metrics;
 pub mod observe;
+pub mod resource;
+pub mod router;
 pub mod transport;
 
 pub use client::{CoapClient, Observation, Requester};
@@ -48,4 +54,6 @@ pub use endpoint::{CoapEndpoint, EndpointDeps};
 pub use error::CoapError;
 pub use exchange::{AckHandle, ClientRequest, ClientResponse, Notification};
 pub use metrics::CoapMetrics;
+pub use resource::{Registration, Reply, Request, Resource};
+pub use router::{Router, RouterSettings};
 pub use transport::{Transport, UdpTransport};

@@ -22,14 +22,12 @@
 //! - On shutdown each observation is cancelled with GET Observe=1 (bounded wait), else forgotten.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wardgate_core::payload::{self, ContentFormat, DecodeContext, Limits};
-use wardgate_core::{Bus, Clock, Protocol, Reading};
+use wardgate_core::payload::ContentFormat;
+use wardgate_core::{Backoff, IngestPipeline, PeerContext, Protocol, Refused, Submission};
 
 use crate::client::{Observation, Requester};
 use crate::config::ObserveTarget;
@@ -143,11 +141,8 @@ pub fn parse_uri(uri: &str) -> Result<CoapUri, CoapError> {
 /// Everything an observer needs besides its target.
 #[derive(Debug, Clone)]
 pub(crate) struct ObserverDeps {
-    pub(crate) gateway_id: Arc<str>,
-    pub(crate) bus: Bus,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) pipeline: IngestPipeline,
     pub(crate) metrics: CoapMetrics,
-    pub(crate) limits: Limits,
     /// (local address, requester) of every endpoint socket.
     pub(crate) sockets: Vec<(SocketAddr, Requester)>,
     /// Transmission's MAX_TRANSMIT_WAIT: the longest a registration can take.
@@ -223,7 +218,7 @@ impl Observer {
 
     /// Runs until `shutdown`.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let m = &self.deps.metrics;
         loop {
             if shutdown.is_cancelled() {
@@ -255,7 +250,7 @@ impl Observer {
             };
             m.observe_registration("sent");
             let token = obs.token;
-            match self.follow(obs, &shutdown).await {
+            match self.follow(obs, peer, &shutdown).await {
                 Ended::Shutdown => {
                     let cancel = requester.cancel_observation(peer, req, token);
                     match tokio::time::timeout(self.deps.cancel_wait, cancel).await {
@@ -272,7 +267,7 @@ impl Observer {
                 Ended::Over { established } => {
                     requester.forget(token).await;
                     if established {
-                        backoff = BACKOFF_MIN;
+                        backoff.reset();
                     }
                     tracing::info!(uri = %self.target.uri, "observation ended; re-registering after backoff");
                     if !sleep_backoff(&mut backoff, &shutdown).await {
@@ -283,8 +278,14 @@ impl Observer {
         }
     }
 
-    async fn follow(&self, mut obs: Observation, shutdown: &CancellationToken) -> Ended {
+    async fn follow(
+        &self,
+        mut obs: Observation,
+        peer: SocketAddr,
+        shutdown: &CancellationToken,
+    ) -> Ended {
         let m = &self.deps.metrics;
+        let peer = PeerContext::udp(peer);
         let mut last: Option<(u32, Instant)> = None;
         let mut established = false;
         loop {
@@ -331,7 +332,7 @@ impl Observer {
                     continue;
                 }
             }
-            match self.ingest(&response).await {
+            match self.ingest(&response, &peer).await {
                 Verdict::Accepted => {
                     if let Some(v) = seq {
                         last = Some((v, now));
@@ -361,62 +362,45 @@ impl Observer {
         }
     }
 
-    async fn ingest(&self, resp: &ClientResponse) -> Verdict {
+    async fn ingest(&self, resp: &ClientResponse, peer: &PeerContext) -> Verdict {
         let m = &self.deps.metrics;
-        let Some(format) = ContentFormat::from_coap(resp.content_format().unwrap_or(0)) else {
-            tracing::debug!(uri = %self.target.uri, "notification with unsupported Content-Format");
-            return Verdict::Invalid;
-        };
-        let now = self.deps.clock.now();
-        let ctx = DecodeContext {
-            now,
+        let submission = Submission {
+            peer,
+            protocol: Protocol::Coap,
+            device: &self.target.device,
+            class: self.target.class,
+            resource: &self.target.uri,
+            format: ContentFormat::from_coap(resp.content_format().unwrap_or(0)),
+            body: resp.payload(),
             default_name: self.default_name.as_deref(),
-            limits: self.deps.limits,
         };
-        let records = match payload::decode(format, resp.payload(), &ctx) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(uri = %self.target.uri, error = %e, "notification payload refused");
+        let refused = match self.deps.pipeline.submit(&submission) {
+            Ok(pending) => match pending.await {
+                Ok(_) => {
+                    m.accepted("observe", self.target.class);
+                    return Verdict::Accepted;
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        tracing::debug!(uri = %self.target.uri, error = %refused, "notification not stored");
+        match refused {
+            Refused::Store(_) => Verdict::Busy,
+            Refused::Payload(e) => {
                 m.payload_errors
                     .get_or_create(&crate::metrics::ReasonLabel { reason: e.reason() })
                     .inc();
-                return Verdict::Invalid;
+                Verdict::Invalid
             }
-        };
-        let reading = Reading::new(
-            self.deps.gateway_id.as_ref(),
-            self.target.device.as_str(),
-            Protocol::Coap,
-            self.target.class,
-            now,
-            records,
-        );
-        let rx = match self.deps.bus.enqueue(vec![reading.into_encoded()]) {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::debug!(uri = %self.target.uri, error = %e, "notification not stored");
-                return Verdict::Busy;
-            }
-        };
-        match rx.await {
-            Ok(Ok(())) => {
-                m.accepted("observe", self.target.class);
-                Verdict::Accepted
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(uri = %self.target.uri, error = %e, "notification not stored");
-                Verdict::Busy
-            }
-            Err(_) => Verdict::Busy,
+            Refused::UnsupportedFormat | Refused::Denied(_) => Verdict::Invalid,
         }
     }
 }
 
-/// Sleeps the jittered backoff (×[0.5, 1.5)) and doubles it; false on shutdown.
-async fn sleep_backoff(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
-    let jitter = rand::rng().random_range(0.5..1.5);
-    let d = backoff.mul_f64(jitter);
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+/// Sleeps the next backoff delay; false on shutdown.
+async fn sleep_backoff(backoff: &mut Backoff, shutdown: &CancellationToken) -> bool {
+    let d = backoff.next_delay();
     tokio::select! {
         () = shutdown.cancelled() => false,
         () = tokio::time::sleep(d) => true,

@@ -3,6 +3,9 @@
 //! UDP is [`UdpTransport`]. DTLS (RFC 7925 profile) will be a second implementation of
 //! [`Transport`] that owns the handshakes and records per peer and hands the message layer
 //! plaintext CoAP datagrams; the message layer, the endpoint and the client stay as they are.
+//! A transport names each datagram's sender as a [`PeerContext`] (a DTLS transport adds the
+//! PSK identity or certificate fingerprint its handshake proved), and may ask the socket task
+//! for timers (handshake retransmission, session expiry).
 
 use std::future::Future;
 use std::io;
@@ -10,6 +13,8 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use wardgate_core::{PeerContext, TransportKind};
 
 /// A datagram transport shared by the message layer's single task.
 pub trait Transport: Send + Sync + 'static {
@@ -41,6 +46,18 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Short scheme-like name for health details and logs (`udp`, `dtls`).
     fn kind(&self) -> &'static str;
+
+    /// The peer context of a datagram from `addr`: its address, this transport's kind and
+    /// whatever identity the transport proved for it.
+    fn peer(&self, addr: SocketAddr) -> PeerContext;
+
+    /// When [`Transport::poll_timers`] next has work (none for plain UDP).
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Runs the transport's due timers; called from the socket task.
+    fn poll_timers(&self, _now: Instant) {}
 }
 
 /// Plain UDP.
@@ -114,5 +131,9 @@ impl Transport for UdpTransport {
 
     fn kind(&self) -> &'static str {
         "udp"
+    }
+
+    fn peer(&self, addr: SocketAddr) -> PeerContext {
+        PeerContext::new(addr, TransportKind::Udp)
     }
 }

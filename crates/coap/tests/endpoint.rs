@@ -13,7 +13,8 @@ use tokio::net::UdpSocket;
 use wardgate_coap::config::CoapConfig;
 use wardgate_coap::{ClientRequest, CoapEndpoint, CoapError, CoapMetrics, Code, EndpointDeps};
 use wardgate_core::health::ComponentKind;
-use wardgate_core::{Bus, Health, SystemClock};
+use wardgate_core::payload::Limits;
+use wardgate_core::{AllowAll, Bus, Health, IngestPipeline, SystemClock};
 
 #[tokio::test]
 async fn bind_failure_names_the_address() {
@@ -28,9 +29,13 @@ async fn bind_failure_names_the_address() {
     let err = CoapEndpoint::bind(
         cfg,
         EndpointDeps {
-            gateway_id: "g".into(),
-            bus,
-            clock: Arc::new(SystemClock),
+            pipeline: IngestPipeline::new(
+                "g",
+                bus,
+                Arc::new(SystemClock),
+                Arc::new(AllowAll),
+                Limits::default(),
+            ),
             metrics: CoapMetrics::default(),
             health: health.reporter("coap", ComponentKind::Listener),
         },

@@ -16,28 +16,31 @@ use wardgate_coap::codec::{Code, Encoder, Message, MsgType, Token};
 use wardgate_coap::config::TransmissionConfig;
 use wardgate_coap::dedup::{DedupKey, DedupTable, Seen};
 use wardgate_coap::engine::Engine;
-use wardgate_coap::ingest::{Ingest, IngestSettings};
+use wardgate_coap::ingest::{IngestResource, IngestSettings};
 use wardgate_coap::layer::LayerConfig;
 use wardgate_coap::observe::is_fresh;
+use wardgate_coap::router::{Router, RouterSettings};
 use wardgate_core::payload::Limits;
-use wardgate_core::{Bus, BusReceiver, MessageClass, SystemClock};
+use wardgate_core::{
+    AllowAll, Bus, BusReceiver, IngestPipeline, MessageClass, PeerContext, SystemClock,
+};
 
 fn engine(now: Instant, dedup_max: usize) -> (Engine, BusReceiver) {
     let metrics = CoapMetrics::default();
     let (bus, rx) = Bus::new(4);
-    let ingest = Ingest::new(
-        IngestSettings {
-            gateway_id: Arc::from("g"),
-            ingest_path: vec!["v1".into(), "readings".into()],
-            default_class: MessageClass::Vital,
+    let pipeline = IngestPipeline::new(
+        "g",
+        bus,
+        Arc::new(SystemClock),
+        Arc::new(AllowAll),
+        Limits::default(),
+    );
+    let mut router = Router::new(
+        RouterSettings {
             busy_max_age: 5,
-            limits: Limits::default(),
             max_body_bytes: 2048,
             preferred_szx: 6,
         },
-        bus,
-        Arc::new(SystemClock),
-        metrics.clone(),
         Reassembly::new(
             BlockLimits {
                 max_body_bytes: 2048,
@@ -48,7 +51,18 @@ fn engine(now: Instant, dedup_max: usize) -> (Engine, BusReceiver) {
             },
             metrics.clone(),
         ),
+        metrics.clone(),
     );
+    let (reg, ingest) = IngestResource::new(
+        IngestSettings {
+            ingest_path: vec!["v1".into(), "readings".into()],
+            default_class: MessageClass::Vital,
+            busy_max_age: 5,
+        },
+        pipeline,
+        metrics.clone(),
+    );
+    router.add(reg, Box::new(ingest));
     let e = Engine::new(
         now,
         LayerConfig {
@@ -57,7 +71,7 @@ fn engine(now: Instant, dedup_max: usize) -> (Engine, BusReceiver) {
             dedup_max_entries: dedup_max,
         },
         1280,
-        Some(ingest),
+        Some(router),
         metrics,
     );
     (e, rx)
@@ -128,7 +142,7 @@ proptest! {
         for (d, advance_ms, peer) in datagrams {
             now += Duration::from_millis(advance_ms);
             let peer = SocketAddr::from(([127, 0, 0, 1], 6000 + u16::from(peer)));
-            e.handle_datagram(now, peer, &d);
+            e.handle_datagram(now, &PeerContext::udp(peer), &d);
             e.poll_timers(now);
             e.tx().clear();
             prop_assert!(e.layer().dedup_len() <= 16);

@@ -6,30 +6,44 @@
 //! - [`senml`] and [`payload`]: decoders from device payloads (SenML JSON/CBOR, plain JSON/CBOR,
 //!   text/plain) to resolved SenML records. They are pure (bytes in, records or a typed error out),
 //!   bounded (record count, name length, nesting), and never panic on hostile input;
-//! - [`bus`]: the in-process ingest bus from adapters to the store, with its backpressure rule;
+//! - [`peer`]: the peer context (address, transport, authenticated identity) carried from the
+//!   transport to the stored reading;
+//! - [`authorize`] and [`pipeline`]: the [`Authorizer`] seam and the one ingest pipeline every
+//!   adapter uses (authorize → decode → normalize → enqueue → resolve when durable), with the one
+//!   error type ([`Refused`]) each adapter maps to its protocol's answer;
+//! - [`bus`]: the in-process ingest bus from the pipeline to the store, with its backpressure rule;
 //! - [`uplink`]: the contract between the durable outbox and the uplinks that drain it;
 //! - [`health`]: readiness reporting shared by every component;
-//! - [`clock`]: an injectable wall clock.
+//! - [`clock`]: an injectable wall clock; [`backoff`]: the one retry backoff (full jitter).
 //!
 //! Invariant carried by these types: a reading is acknowledged to a device only after the
-//! [`bus::IngestTicket`] for it resolves `Ok`, and the store resolves it only once the reading is
-//! durable (or, in the explicitly named no-durability mode, once it is queued).
+//! [`pipeline::Pending`] for it (the receiver [`Bus::enqueue`] returned) resolves `Ok`, and the
+//! store resolves it only once the reading is durable (or, in the explicitly named
+//! no-durability mode, once it is queued).
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod authorize;
+pub mod backoff;
 pub mod bus;
 pub mod clock;
 pub mod health;
 pub mod payload;
+pub mod peer;
+pub mod pipeline;
 pub mod reading;
 pub mod senml;
 pub mod uplink;
 pub mod validate;
 
+pub use authorize::{Action, AllowAll, AuthRequest, Authorizer, Denied};
+pub use backoff::Backoff;
 pub use bus::{Bus, BusReceiver, IngestError, IngestRequest};
 pub use clock::{Clock, SystemClock};
 pub use health::{Health, HealthReporter};
-pub use reading::{Encoded, MessageClass, Protocol, Reading, Record, SCHEMA};
+pub use peer::{Identity, IdentityKind, PeerContext, TransportKind};
+pub use pipeline::{Accepted, IngestPipeline, Pending, Refused, Submission};
+pub use reading::{Encoded, MessageClass, Protocol, Reading, Record, SCHEMA, Source};
 pub use uplink::{Delivery, OutboxCursor, OutboxError};
 
 /// Cancellation handle passed to every long-running task. Cancelling it starts graceful shutdown.

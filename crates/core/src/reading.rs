@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+use crate::peer::{PeerContext, TransportKind};
+
 /// Schema identifier carried in every reading. Bump the suffix on any incompatible change.
 pub const SCHEMA: &str = "wardgate.reading/1";
 
@@ -150,8 +152,34 @@ pub struct Reading {
     pub class: MessageClass,
     /// When the gateway received it.
     pub received_at: SystemTime,
+    /// Where it came from (provenance), when the adapter knows.
+    pub source: Option<Source>,
     /// Resolved SenML records (at least one).
     pub records: Vec<Record>,
+}
+
+/// A reading's provenance: how the device reached the gateway and, if something proved it, who
+/// it is. JSON: `"source":{"transport":"dtls","addr":"10.1.2.3:49152","identity":"psk:bed-12"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// How the peer reached us.
+    pub transport: TransportKind,
+    /// The peer's address as `ip:port`.
+    pub addr: String,
+    /// The authenticated identity as `kind:value` (`psk:bed-12`), absent when none was proven.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub identity: Option<String>,
+}
+
+impl From<&PeerContext> for Source {
+    fn from(p: &PeerContext) -> Self {
+        Source {
+            transport: p.transport,
+            addr: p.addr.to_string(),
+            identity: p.identity.as_ref().map(ToString::to_string),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -163,6 +191,8 @@ struct WireRef<'a> {
     protocol: Protocol,
     class: MessageClass,
     received_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a Source>,
     records: &'a [Record],
 }
 
@@ -176,6 +206,8 @@ struct WireOwned {
     protocol: Protocol,
     class: MessageClass,
     received_at: String,
+    #[serde(default)]
+    source: Option<Source>,
     records: Vec<Record>,
 }
 
@@ -189,6 +221,7 @@ impl Serialize for Reading {
             protocol: self.protocol,
             class: self.class,
             received_at: humantime::format_rfc3339_millis(self.received_at).to_string(),
+            source: self.source.as_ref(),
             records: &self.records,
         }
         .serialize(s)
@@ -213,6 +246,7 @@ impl<'de> Deserialize<'de> for Reading {
             protocol: w.protocol,
             class: w.class,
             received_at,
+            source: w.source,
             records: w.records,
         })
     }
@@ -235,8 +269,15 @@ impl Reading {
             protocol,
             class,
             received_at,
+            source: None,
             records,
         }
+    }
+
+    /// The same reading with its provenance taken from `peer`.
+    pub fn with_source(mut self, peer: &PeerContext) -> Self {
+        self.source = Some(Source::from(peer));
+        self
     }
 
     /// Serializes to the northbound JSON once, at ingest, so the store and every uplink share the
@@ -281,7 +322,19 @@ impl Reading {
         out.extend_from_slice(self.class.as_str().as_bytes());
         out.extend_from_slice(b"\",\"received_at\":\"");
         json::rfc3339_millis(&mut out, self.received_at);
-        out.extend_from_slice(b"\",\"records\":[");
+        out.push(b'"');
+        if let Some(src) = &self.source {
+            out.extend_from_slice(b",\"source\":{\"transport\":\"");
+            out.extend_from_slice(src.transport.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"addr\":");
+            json::string(&mut out, &src.addr);
+            if let Some(id) = &src.identity {
+                out.extend_from_slice(b",\"identity\":");
+                json::string(&mut out, id);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b",\"records\":[");
         for (i, r) in self.records.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -343,7 +396,12 @@ impl Reading {
                 .sum::<usize>();
             sum.saturating_add(RECORD + numbers * json::NUMBER_MAX + r.n.len() + text)
         });
+        // `,"source":{"transport":"https","addr":,"identity":}` and the two strings.
+        let source = self.source.as_ref().map_or(0, |s| {
+            64 + s.addr.len() + s.identity.as_ref().map_or(0, String::len)
+        });
         ENVELOPE
+            .saturating_add(source)
             .saturating_add(self.gateway.len())
             .saturating_add(self.device.len())
             .saturating_add(records)
@@ -663,17 +721,32 @@ mod tests {
             // Every instant humantime (the serde path) can write: 1970 to the end of 9999.
             (0u64..253_402_300_800, 0u32..1_000_000_000),
             proptest::collection::vec(record(), 0..5),
+            proptest::option::of((
+                prop::sample::select(vec![
+                    TransportKind::Udp,
+                    TransportKind::Dtls,
+                    TransportKind::Https,
+                ]),
+                text(),
+                proptest::option::of(text()),
+            )),
         )
             .prop_map(
-                |(gateway, device, protocol, class, (secs, nanos), records)| {
-                    Reading::new(
+                |(gateway, device, protocol, class, (secs, nanos), records, source)| {
+                    let mut r = Reading::new(
                         gateway,
                         device,
                         protocol,
                         class,
                         UNIX_EPOCH + Duration::new(secs, nanos),
                         records,
-                    )
+                    );
+                    r.source = source.map(|(transport, addr, identity)| Source {
+                        transport,
+                        addr,
+                        identity,
+                    });
+                    r
                 },
             )
     }

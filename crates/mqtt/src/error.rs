@@ -30,6 +30,9 @@ pub enum MqttError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The uplink's configuration breaks its rules (`MqttUplinkConfig::validate`'s problems).
+    #[error("invalid uplink configuration: {0}")]
+    Invalid(String),
     /// Another setting is out of range (normally caught by config validation first).
     #[error("invalid setting {field}: {reason}")]
     Setting {

@@ -21,7 +21,6 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-mod backoff;
 pub mod config;
 mod error;
 mod inflight;

@@ -30,7 +30,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use wardgate_core::{Delivery, HealthReporter, MessageClass, OutboxCursor, OutboxError, Shutdown};
 
-use crate::backoff::Backoff;
 use crate::config::MqttUplinkConfig;
 use crate::error::MqttError;
 use crate::inflight::{Entry, Status, Tracker};
@@ -41,6 +40,7 @@ use crate::metrics::{
 };
 use crate::topic::TopicTemplate;
 use crate::url::BrokerUrl;
+use wardgate_core::Backoff;
 
 /// A connection that stayed up this long resets the reconnect backoff; a broker that accepts
 /// and then drops us at once keeps backing off instead of being hammered.
@@ -87,6 +87,18 @@ impl MqttUplink {
         metrics: MqttMetrics,
         health: HealthReporter,
     ) -> Result<MqttUplink, MqttError> {
+        // One set of rules: the same validation `check-config` runs (they had drifted apart
+        // when this constructor kept its own copy).
+        let mut problems = wardgate_core::validate::Problems::new();
+        cfg.validate(&format!("uplinks.{}", cfg.name), &mut problems);
+        if !problems.is_empty() {
+            let all: Vec<String> = problems
+                .into_vec()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            return Err(MqttError::Invalid(all.join("; ")));
+        }
         let url = BrokerUrl::parse(&cfg.url).map_err(|e| MqttError::Url {
             url: cfg.url.clone(),
             reason: e.to_string(),
@@ -101,31 +113,13 @@ impl MqttUplink {
             template: cfg.status_topic.clone(),
             reason: e.to_string(),
         })?;
-        let setting = |field: &'static str, reason: &str| MqttError::Setting {
-            field,
-            reason: reason.to_owned(),
+        let qos = if cfg.qos == 0 {
+            Qos::AtMostOnce
+        } else {
+            Qos::AtLeastOnce
         };
-        let qos = match cfg.qos {
-            0 => Qos::AtMostOnce,
-            1 => Qos::AtLeastOnce,
-            _ => return Err(setting("qos", "must be 0 or 1")),
-        };
-        if cfg.max_inflight == 0 {
-            return Err(setting("max_inflight", "must be at least 1"));
-        }
-        if cfg.keep_alive < Duration::from_secs(1) {
-            return Err(setting("keep_alive", "must be at least 1s"));
-        }
-        if cfg.reconnect_min.is_zero() || cfg.reconnect_min > cfg.reconnect_max {
-            return Err(setting(
-                "reconnect_min",
-                "must be more than 0s and not exceed reconnect_max",
-            ));
-        }
         let tls = if url.tls {
             Some(crate::tls::client_config(&cfg.tls, &url.host)?)
-        } else if cfg.tls != crate::config::TlsConfig::default() {
-            return Err(setting("tls", "TLS settings need an mqtts:// url"));
         } else {
             None
         };

@@ -10,7 +10,7 @@ use common::*;
 use wardgate_core::MessageClass;
 
 async fn broker_restart_loses_nothing_and_acks_nothing_while_down(version: &str) {
-    let mut broker = Mosquitto::start().await;
+    let mut broker = Mosquitto::start();
     let mut sub = Subscriber::connect(broker.port, "wardgate/#").await;
     let outbox = MemOutbox::new();
     let mut up = start(
@@ -47,7 +47,7 @@ async fn broker_restart_loses_nothing_and_acks_nothing_while_down(version: &str)
         acked_before,
         "nothing acked without a PUBACK"
     );
-    broker.kill().await;
+    broker.stop();
     let h = up.health.clone();
     eventually("uplink reports not ready", move || {
         !h.readiness().checks["uplink.test"].ready
@@ -76,7 +76,7 @@ async fn broker_restart_loses_nothing_and_acks_nothing_while_down(version: &str)
     // Phase 3: the broker returns. Hold the outbox until our subscriber is back, so what the
     // test sees is what was delivered (a fresh broker has no session for it).
     outbox.set_gate(false);
-    broker.restart().await;
+    broker.restart();
     sub.wait_subscribed().await;
     outbox.set_gate(true);
     outbox.wait_all_acked().await;

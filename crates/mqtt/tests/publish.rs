@@ -9,7 +9,7 @@ use common::*;
 use wardgate_core::MessageClass;
 
 async fn readings_arrive_in_order_with_exact_bytes_and_are_all_acked(version: &str) {
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     let mut sub = Subscriber::connect(broker.port, "wardgate/#").await;
     let outbox = MemOutbox::new();
     // Three devices, interleaved, more readings than the in-flight window.
@@ -99,7 +99,7 @@ async fn mqtt5_readings_arrive_in_order_with_exact_bytes_and_are_all_acked() {
 
 #[tokio::test]
 async fn qos0_readings_are_acked_once_written_and_arrive() {
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     let mut sub = Subscriber::connect(broker.port, "wardgate/+/+/+").await;
     let outbox = MemOutbox::new();
     for i in 0..10 {
@@ -123,7 +123,7 @@ async fn qos0_readings_are_acked_once_written_and_arrive() {
 
 #[tokio::test]
 async fn device_ids_with_wildcards_and_separators_stay_inside_one_topic_level() {
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     let mut sub = Subscriber::connect(broker.port, "wardgate/#").await;
     let outbox = MemOutbox::new();
     outbox.push("evil/+/#", MessageClass::Vital, 1.0);
@@ -149,7 +149,7 @@ async fn device_ids_with_wildcards_and_separators_stay_inside_one_topic_level() 
 }
 
 async fn retained_online_after_connect_and_retained_offline_after_graceful_shutdown(version: &str) {
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     let outbox = MemOutbox::new();
     outbox.push("bed-1", MessageClass::Vital, 97.0);
     let mut up = start(
@@ -204,7 +204,7 @@ async fn mqtt5_retained_online_after_connect_and_retained_offline_after_graceful
 }
 
 async fn killed_connection_makes_the_broker_publish_the_retained_will(version: &str) {
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     let outbox = MemOutbox::new();
     let up = start(
         config(
@@ -240,7 +240,7 @@ async fn mqtt5_killed_connection_makes_the_broker_publish_the_retained_will() {
 
 #[tokio::test]
 async fn a_reading_larger_than_the_packet_limit_is_dropped_with_a_metric_and_the_rest_flow() {
-    let broker = Mosquitto::start().await;
+    let broker = Mosquitto::start();
     let mut sub = Subscriber::connect(broker.port, "wardgate/+/+/+").await;
     let outbox = MemOutbox::new();
     outbox.push("bed-1", MessageClass::Vital, 1.0);

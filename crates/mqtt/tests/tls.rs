@@ -34,7 +34,7 @@ async fn connect_failure(up: &Running) -> String {
 #[tokio::test]
 async fn mqtts_with_a_custom_ca_file_delivers_readings() {
     let pki = Pki::generate();
-    let broker = Mosquitto::start_tls(&pki, false).await;
+    let broker = Mosquitto::start_tls(&pki, false);
     let mut sub = Subscriber::connect(broker.port, "wardgate/+/+/+").await;
     let outbox = MemOutbox::new();
     let seq = outbox.push("bed-7", MessageClass::Vital, 98.0);
@@ -61,7 +61,7 @@ async fn mqtts_with_a_custom_ca_file_delivers_readings() {
 #[tokio::test]
 async fn server_name_overrides_the_url_host_for_certificate_checks() {
     let pki = Pki::generate();
-    let broker = Mosquitto::start_tls(&pki, false).await;
+    let broker = Mosquitto::start_tls(&pki, false);
     let outbox = MemOutbox::new();
     outbox.push("bed-7", MessageClass::Vital, 98.0);
     // Connect by IP, check the certificate for the DNS name it carries.
@@ -81,7 +81,7 @@ async fn server_name_overrides_the_url_host_for_certificate_checks() {
 #[tokio::test]
 async fn a_server_name_the_certificate_does_not_carry_fails_with_a_clear_error() {
     let pki = Pki::generate();
-    let broker = Mosquitto::start_tls(&pki, false).await;
+    let broker = Mosquitto::start_tls(&pki, false);
     let outbox = MemOutbox::new();
     outbox.push("bed-7", MessageClass::Vital, 98.0);
     let mut up = start(
@@ -109,7 +109,7 @@ async fn a_server_name_the_certificate_does_not_carry_fails_with_a_clear_error()
 async fn a_broker_certificate_from_an_unknown_ca_is_refused() {
     let pki = Pki::generate();
     let other = Pki::generate();
-    let broker = Mosquitto::start_tls(&pki, false).await;
+    let broker = Mosquitto::start_tls(&pki, false);
     let outbox = MemOutbox::new();
     let mut up = start(
         tls_config(
@@ -127,7 +127,7 @@ async fn a_broker_certificate_from_an_unknown_ca_is_refused() {
 #[tokio::test]
 async fn mutual_tls_works_with_a_client_certificate() {
     let pki = Pki::generate();
-    let broker = Mosquitto::start_tls(&pki, true).await;
+    let broker = Mosquitto::start_tls(&pki, true);
     let outbox = MemOutbox::new();
     outbox.push("bed-7", MessageClass::Alarm, 1.0);
     let mut up = start(
@@ -150,7 +150,7 @@ async fn mutual_tls_works_with_a_client_certificate() {
 #[tokio::test]
 async fn mutual_tls_fails_without_a_client_certificate() {
     let pki = Pki::generate();
-    let broker = Mosquitto::start_tls(&pki, true).await;
+    let broker = Mosquitto::start_tls(&pki, true);
     let outbox = MemOutbox::new();
     outbox.push("bed-7", MessageClass::Alarm, 1.0);
     let mut up = start(

@@ -20,7 +20,9 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use wardgate_config::{GatewayConfig, UplinkConfig};
 use wardgate_core::health::ComponentKind;
-use wardgate_core::{Bus, Clock, Health, Shutdown, SystemClock};
+use wardgate_core::{
+    AllowAll, Authorizer, Bus, Clock, Health, IngestPipeline, Shutdown, SystemClock,
+};
 
 use crate::file_uplink::{FileUplink, FileUplinkMetrics};
 use crate::{EXIT_DATAERR, EXIT_USAGE, demo, telemetry};
@@ -89,6 +91,21 @@ async fn serve(cfg: GatewayConfig, demo: bool) -> anyhow::Result<()> {
     .context("outbox open task")??;
 
     let (bus, bus_rx) = Bus::new(cfg.bus.capacity);
+    // Devices are not authenticated until the device registry exists: say so once, loudly.
+    let authorizer: Arc<dyn Authorizer> = Arc::new(AllowAll);
+    if !authorizer.authenticates() {
+        tracing::warn!(
+            "devices are NOT authenticated: any host that can reach the ingest ports may submit \
+             readings for any device id (no device registry configured)"
+        );
+    }
+    let pipeline = IngestPipeline::new(
+        cfg.gateway.id.as_str(),
+        bus.clone(),
+        clock.clone(),
+        authorizer,
+        wardgate_core::payload::Limits::default(),
+    );
     let bus_depth: Gauge = Gauge::default();
     registry.register(
         "wardgate_bus_depth",
@@ -138,9 +155,7 @@ async fn serve(cfg: GatewayConfig, demo: bool) -> anyhow::Result<()> {
         let endpoint = wardgate_coap::CoapEndpoint::bind(
             cfg.coap.clone(),
             wardgate_coap::EndpointDeps {
-                gateway_id: cfg.gateway.id.clone(),
-                bus: bus.clone(),
-                clock: clock.clone(),
+                pipeline: pipeline.clone(),
                 metrics: coap_metrics,
                 health: health.reporter("coap", ComponentKind::Listener),
             },

@@ -12,10 +12,11 @@ use wardgate_coap::CoapMetrics;
 use wardgate_coap::block::{BlockLimits, Reassembly};
 use wardgate_coap::config::TransmissionConfig;
 use wardgate_coap::engine::Engine;
-use wardgate_coap::ingest::{Ingest, IngestSettings};
+use wardgate_coap::ingest::{IngestResource, IngestSettings};
+use wardgate_coap::router::{Router, RouterSettings};
 use wardgate_coap::layer::LayerConfig;
 use wardgate_core::payload::Limits;
-use wardgate_core::{Bus, MessageClass, SystemClock};
+use wardgate_core::{AllowAll, Bus, IngestPipeline, MessageClass, PeerContext, SystemClock};
 
 fuzz_target!(|data: &[u8]| {
     let metrics = CoapMetrics::default();
@@ -27,21 +28,32 @@ fuzz_target!(|data: &[u8]| {
         preferred_szx: 6,
         busy_max_age: 5,
     };
-    let ingest = Ingest::new(
-        IngestSettings {
-            gateway_id: Arc::from("fuzz"),
-            ingest_path: vec!["v1".into(), "readings".into()],
-            default_class: MessageClass::Vital,
+    let pipeline = IngestPipeline::new(
+        "fuzz",
+        bus,
+        Arc::new(SystemClock),
+        Arc::new(AllowAll),
+        Limits::default(),
+    );
+    let mut router = Router::new(
+        RouterSettings {
             busy_max_age: 5,
-            limits: Limits::default(),
             max_body_bytes: 2048,
             preferred_szx: 6,
         },
-        bus,
-        Arc::new(SystemClock),
-        metrics.clone(),
         Reassembly::new(limits, metrics.clone()),
+        metrics.clone(),
     );
+    let (reg, ingest) = IngestResource::new(
+        IngestSettings {
+            ingest_path: vec!["v1".into(), "readings".into()],
+            default_class: MessageClass::Vital,
+            busy_max_age: 5,
+        },
+        pipeline,
+        metrics.clone(),
+    );
+    router.add(reg, Box::new(ingest));
     let t0 = Instant::now();
     let mut e = Engine::new(
         t0,
@@ -51,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
             dedup_max_entries: 32,
         },
         1280,
-        Some(ingest),
+        Some(router),
         metrics,
     );
     // Framing: [peer byte][advance byte][len byte][len bytes]...
@@ -62,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
         let (d, next) = tail.split_at(n);
         now += Duration::from_millis(u64::from(*advance) * 100);
         let peer = SocketAddr::from(([127, 0, 0, 1], 5000 + u16::from(*peer % 4)));
-        e.handle_datagram(now, peer, d);
+        e.handle_datagram(now, &PeerContext::udp(peer), d);
         e.poll_timers(now);
         e.tx().clear();
         assert!(e.layer().dedup_len() <= 32);

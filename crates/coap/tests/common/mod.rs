@@ -3,7 +3,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,9 +10,14 @@ use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use wardgate_coap::config::CoapConfig;
-use wardgate_coap::{CoapEndpoint, CoapMetrics, EndpointDeps};
+use wardgate_coap::transport::{SocketOptions, Transport, UdpTransport};
+use wardgate_coap::{CoapEndpoint, CoapMetrics, EndpointDeps, Registration, Resource};
 use wardgate_core::health::ComponentKind;
-use wardgate_core::{Bus, Health, IngestError, Reading, Shutdown, SystemClock};
+use wardgate_core::payload::Limits;
+use wardgate_core::{
+    AllowAll, Authorizer, Bus, Health, Identity, IngestError, IngestPipeline, PeerContext, Reading,
+    Shutdown, SystemClock, TransportKind,
+};
 
 /// How the fake store answers ingest requests.
 #[derive(Debug, Clone)]
@@ -24,6 +28,92 @@ pub enum StoreMode {
     Delay(Duration),
     /// Refuse as if the outbox quota were reached.
     Full,
+}
+
+/// Makes one socket's instance of a test resource.
+pub type MakeResource = Arc<dyn Fn() -> Box<dyn Resource> + Send + Sync>;
+
+/// What a test adds to the endpoint.
+pub struct Options {
+    /// Decides who may write (default: everyone).
+    pub authorizer: Arc<dyn Authorizer>,
+    /// When set, the transport tags every peer with this identity (as DTLS will).
+    pub identity: Option<Identity>,
+    /// Extra resources (registration, factory).
+    pub resources: Vec<(Registration, MakeResource)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            authorizer: Arc::new(AllowAll),
+            identity: None,
+            resources: Vec::new(),
+        }
+    }
+}
+
+/// UDP whose every peer carries a fixed authenticated identity: a stand-in for what a DTLS
+/// transport proves in its handshake.
+#[derive(Debug)]
+pub struct Tagged {
+    inner: UdpTransport,
+    identity: Identity,
+}
+
+impl Transport for Tagged {
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<(usize, SocketAddr)>> + Send {
+        self.inner.recv_from(buf)
+    }
+    fn try_recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        self.inner.try_recv_from(buf)
+    }
+    fn try_send_to(&self, buf: &[u8], peer: SocketAddr) -> std::io::Result<usize> {
+        self.inner.try_send_to(buf, peer)
+    }
+    fn send_to(
+        &self,
+        buf: &[u8],
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send {
+        self.inner.send_to(buf, peer)
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+    fn kind(&self) -> &'static str {
+        "dtls-test"
+    }
+    fn peer(&self, addr: SocketAddr) -> PeerContext {
+        PeerContext::new(addr, TransportKind::Dtls).with_identity(self.identity.clone())
+    }
+}
+
+type Launched = (
+    Vec<SocketAddr>,
+    wardgate_coap::Requester,
+    JoinHandle<Result<(), wardgate_coap::CoapError>>,
+);
+
+/// Adds the test's resources and starts the endpoint.
+fn launch<T: Transport>(
+    mut endpoint: CoapEndpoint<T>,
+    resources: Vec<(Registration, MakeResource)>,
+    shutdown: &Shutdown,
+) -> Launched {
+    for (reg, make) in resources {
+        endpoint.add_resource(reg, move || make());
+    }
+    let addrs = endpoint.local_addrs();
+    let requester = endpoint.requester_for(addrs[0]).expect("requester");
+    (
+        addrs,
+        requester,
+        tokio::spawn(endpoint.run(shutdown.clone())),
+    )
 }
 
 /// A running endpoint and its fake store.
@@ -47,6 +137,15 @@ impl Harness {
     }
 
     pub async fn start_with(mode: StoreMode, tweak: impl FnOnce(&mut CoapConfig)) -> Harness {
+        Self::start_opts(mode, tweak, Options::default()).await
+    }
+
+    /// The endpoint with an authorizer, a transport identity and extra resources of the test's.
+    pub async fn start_opts(
+        mode: StoreMode,
+        tweak: impl FnOnce(&mut CoapConfig),
+        opts: Options,
+    ) -> Harness {
         let mut cfg = CoapConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             recv_buffer_bytes: 0,
@@ -83,18 +182,44 @@ impl Harness {
         let metrics = CoapMetrics::register(&mut registry);
         let health = Health::new();
         let deps = EndpointDeps {
-            gateway_id: "ward-test".into(),
-            bus,
-            clock: Arc::new(SystemClock),
+            pipeline: IngestPipeline::new(
+                "ward-test",
+                bus,
+                Arc::new(SystemClock),
+                opts.authorizer.clone(),
+                Limits::default(),
+            ),
             metrics: metrics.clone(),
             health: health.reporter("coap", ComponentKind::Listener),
         };
-        let endpoint = CoapEndpoint::bind(cfg, deps).await.expect("bind");
-        let addrs = endpoint.local_addrs();
-        let addr = addrs[0];
-        let requester = endpoint.requester_for(addr).expect("requester");
         let shutdown = Shutdown::new();
-        let handle = tokio::spawn(endpoint.run(shutdown.clone()));
+        let (addrs, requester, handle) = match opts.identity {
+            None => {
+                let endpoint = CoapEndpoint::bind(cfg, deps).await.expect("bind");
+                launch(endpoint, opts.resources, &shutdown)
+            }
+            Some(identity) => {
+                let transports = cfg
+                    .listen
+                    .iter()
+                    .map(|a| Tagged {
+                        inner: UdpTransport::bind(
+                            *a,
+                            SocketOptions {
+                                recv_buffer_bytes: 0,
+                                send_buffer_bytes: 0,
+                            },
+                        )
+                        .expect("bind"),
+                        identity: identity.clone(),
+                    })
+                    .collect();
+                let endpoint =
+                    CoapEndpoint::with_transports(cfg, deps, transports).expect("endpoint");
+                launch(endpoint, opts.resources, &shutdown)
+            }
+        };
+        let addr = addrs[0];
         Harness {
             addr,
             readings,
@@ -145,33 +270,17 @@ impl Harness {
     }
 }
 
-/// Output of a libcoap client run.
-#[derive(Debug)]
-pub struct ClientRun {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
+pub use wardgate_testkit::libcoap::ClientRun;
 
-/// Runs `coap-client-notls` with `args` (bounded by `-B 10` and a hard timeout).
+/// Runs libcoap's `coap-client-notls` with `args` (bounded by `-B 10`) off the runtime.
 pub async fn coap_client(args: &[&str]) -> ClientRun {
-    let mut cmd = tokio::process::Command::new("coap-client-notls");
-    cmd.args(["-B", "10"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().expect("coap-client-notls is installed");
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("coap-client-notls finishes")
-        .expect("output");
-    ClientRun {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        wardgate_testkit::libcoap::coap_client(&args)
+    })
+    .await
+    .expect("coap-client-notls runner")
 }
 
 /// A raw UDP peer.

@@ -1,19 +1,17 @@
-//! Test harness: a real Mosquitto per test, an in-memory outbox cursor (the store's test
-//! double), a rumqttc subscriber, and small helpers. Every file in `tests/` uses a different
+//! Test harness: an in-memory outbox cursor (the store's test double), the uplink under test, an
+//! async rumqttc subscriber, and small helpers; the real Mosquitto and the PKI come from
+//! `wardgate-testkit`. Every file in `tests/` uses a different
 //! subset, hence the `dead_code` allowance.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unused_imports, unreachable_pub)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
-use tokio::process::{Child, Command};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use wardgate_core::health::ComponentKind;
@@ -22,15 +20,10 @@ use wardgate_core::{
     Record,
 };
 use wardgate_mqtt::{MqttMetrics, MqttUplink, MqttUplinkConfig};
+pub use wardgate_testkit::{Mosquitto, Pki, free_tcp_port as free_port};
 
 /// Upper bound for anything a test waits for; reaching it is a failure, never a pass.
 pub const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
 
 /// Polls `cond` every 10 ms until it holds; panics with `what` after [`PATIENCE`].
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
@@ -48,262 +41,6 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, fut)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Mosquitto
-
-/// A Mosquitto child process with its own config file in a temp dir. Killed on drop.
-pub struct Mosquitto {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-    child: Option<Child>,
-    /// The port the tests' own subscriber uses (plain MQTT).
-    pub port: u16,
-    /// Extra listener ports (e.g. TLS) named by the config.
-    pub tls_port: Option<u16>,
-}
-
-impl Mosquitto {
-    /// A broker with one plain listener on a free loopback port.
-    pub async fn start() -> Mosquitto {
-        let port = free_port();
-        let conf = format!(
-            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
-             listener {port} 127.0.0.1\n"
-        );
-        Self::start_with(conf, port, None).await
-    }
-
-    /// A broker with a plain listener for the tests' subscriber and a TLS listener for the
-    /// uplink. `require_certificate` turns on mutual TLS.
-    pub async fn start_tls(pki: &Pki, require_certificate: bool) -> Mosquitto {
-        let port = free_port();
-        let tls_port = free_port();
-        let conf = format!(
-            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
-             listener {port} 127.0.0.1\n\
-             listener {tls_port} 127.0.0.1\n\
-             cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_certificate}\n",
-            pki.ca.display(),
-            pki.server_cert.display(),
-            pki.server_key.display(),
-        );
-        Self::start_with(conf, port, Some(tls_port)).await
-    }
-
-    async fn start_with(conf_text: String, port: u16, tls_port: Option<u16>) -> Mosquitto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, conf_text).expect("write mosquitto.conf");
-        let mut m = Mosquitto {
-            dir,
-            conf,
-            child: None,
-            port,
-            tls_port,
-        };
-        m.spawn().await;
-        m
-    }
-
-    async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("mosquitto.log"))
-            .expect("log file");
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start /usr/sbin/mosquitto");
-        self.child = Some(child);
-        let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
-        for p in ports {
-            let deadline = tokio::time::Instant::now() + PATIENCE;
-            loop {
-                if tokio::net::TcpStream::connect(("127.0.0.1", p))
-                    .await
-                    .is_ok()
-                {
-                    break;
-                }
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!("mosquitto exited with {status}; log:\n{}", self.log());
-                }
-                if tokio::time::Instant::now() > deadline {
-                    panic!("mosquitto did not listen on {p}; log:\n{}", self.log());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-
-    /// The broker's log so far (for failure messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
-    }
-
-    /// Process id of the running broker.
-    pub fn pid(&self) -> u32 {
-        self.child
-            .as_ref()
-            .and_then(Child::id)
-            .expect("broker is running")
-    }
-
-    /// Freezes the broker (SIGSTOP): connections stay open but nothing is answered.
-    pub fn freeze(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-STOP", &self.pid().to_string()])
-            .status()
-            .expect("run kill -STOP");
-        assert!(status.success());
-    }
-
-    /// Kills the broker (SIGKILL): no goodbye to anyone.
-    pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill().expect("SIGKILL mosquitto");
-            child.wait().await.expect("reap mosquitto");
-        }
-    }
-
-    /// Starts the broker again on the same ports with the same config.
-    pub async fn restart(&mut self) {
-        self.kill().await;
-        self.spawn().await;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Certificates
-
-/// A throw-away PKI made with the `openssl` CLI: a CA, a server certificate for `localhost` and
-/// 127.0.0.1, and a client certificate.
-pub struct Pki {
-    _dir: tempfile::TempDir,
-    pub ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Pki {
-    pub fn generate() -> Pki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let mut args = vec!["req", "-x509"];
-        args.extend(ec);
-        args.extend([
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=wardgate test CA",
-        ]);
-        openssl(d, &args);
-        for (name, cn, eku, san) in [
-            (
-                "server",
-                "localhost",
-                "serverAuth",
-                "DNS:localhost,IP:127.0.0.1",
-            ),
-            (
-                "client",
-                "wardgate-test-client",
-                "clientAuth",
-                "DNS:wardgate-test-client",
-            ),
-        ] {
-            let mut args = vec!["req"];
-            args.extend(ec);
-            let key = format!("{name}.key");
-            let csr = format!("{name}.csr");
-            let subj = format!("/CN={cn}");
-            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-            openssl(d, &args);
-            let ext = format!("{name}.ext");
-            std::fs::write(
-                d.join(&ext),
-                format!(
-                    "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
-                     keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage={eku}\n"
-                ),
-            )
-            .expect("write ext");
-            let pem = format!("{name}.pem");
-            openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    &pem,
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &ext,
-                ],
-            );
-        }
-        // Mosquitto started as root drops to its own user before loading the key files.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-        for f in std::fs::read_dir(d).expect("list pki dir") {
-            let f = f.expect("entry").path();
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        }
-        Pki {
-            ca: d.join("ca.pem"),
-            server_cert: d.join("server.pem"),
-            server_key: d.join("server.key"),
-            client_cert: d.join("client.pem"),
-            client_key: d.join("client.key"),
-            _dir: dir,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-//! Reconnect delays: exponential growth from `reconnect_min` to `reconnect_max` with full jitter,
-//! so a ward full of gateways that lost the same broker does not reconnect in lock-step.
+//! Retry delays, the one backoff of the workspace (uplink reconnects, re-observations, later
+//! HTTPS retries): exponential growth from `min` to `max` with full jitter, so a ward full of
+//! gateways that lost the same broker does not reconnect in lock-step.
 //!
 //! Attempt `n` (0-based) waits a uniformly random time in `[min, min(max, min * 2^n)]`. The floor
 //! is `min`, not zero: "full jitter" usually starts at zero, but a zero delay against a broker
@@ -12,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 /// Pure backoff state; the caller sleeps (on `tokio::time`, so tests can pause time).
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     min: Duration,
     max: Duration,
     attempt: u32,
@@ -20,11 +21,13 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+    /// Delays from `min` growing to `max`, seeded from the thread's random source.
+    pub fn new(min: Duration, max: Duration) -> Self {
         Self::with_rng(min, max, StdRng::from_rng(&mut rand::rng()))
     }
 
-    pub(crate) fn with_rng(min: Duration, max: Duration, rng: StdRng) -> Self {
+    /// [`Backoff::new`] with an explicit random source (seeded in tests).
+    pub fn with_rng(min: Duration, max: Duration, rng: StdRng) -> Self {
         Backoff {
             min,
             max: max.max(min),
@@ -34,7 +37,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt; each call grows the ceiling.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         let lo = u64::try_from(self.min.as_nanos()).unwrap_or(u64::MAX);
@@ -43,19 +46,18 @@ impl Backoff {
     }
 
     /// Current ceiling, `min(max, min * 2^attempt)`.
-    pub(crate) fn ceiling(&self) -> Duration {
+    pub fn ceiling(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
         self.min.saturating_mul(factor).min(self.max)
     }
 
     /// Starts over (after a connection that stayed up).
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.attempt = 0;
     }
 
     /// How many delays were handed out since the last reset.
-    #[cfg(test)]
-    pub(crate) fn attempts(&self) -> u32 {
+    pub fn attempts(&self) -> u32 {
         self.attempt
     }
 }

@@ -1,0 +1,424 @@
+//! The resource layer of a socket: dispatch by Uri-Path to registered [`Resource`]s, with the
+//! block-wise layer (RFC 7959) below them and the answers every resource would otherwise repeat.
+//!
+//! In order, for each request the message layer hands up:
+//! 1. Proxy-Uri/Proxy-Scheme → 5.05 (not a proxy); not accepting (shutdown) → 5.03 + Max-Age;
+//! 2. routing: `/.well-known/core` is served from the registrations (RFC 6690, with `rt`, `if`,
+//!    `ct`, `obs`, `title`); a path no registration covers → 4.04; a method it does not serve
+//!    → 4.05;
+//! 3. Block1 (RFC 7959 §2.5): blocks are reassembled here, bounded by `max_body_bytes` and the
+//!    number of open transfers (4.13 with Size1, 4.08, 5.03 from [`Reassembly`]); a resource
+//!    sees the whole body once, and its final response carries the last Block1 echoed;
+//!    an oversized single-datagram body → 4.13 with Size1;
+//! 4. the resource answers, now or later;
+//! 5. Block2 (§2.4): a success response larger than the block size, or one the client asked in
+//!    blocks, is sliced (Size2 on the first block). The whole response is kept for the
+//!    client's later block requests (keyed by peer and request URI, bounded in count and age):
+//!    a client fetches the rest of a POST/PUT response by repeating the request with Block2
+//!    (RFC 7959 §2.7, Figure 14), which must not run a non-idempotent resource again. A block
+//!    request with nothing cached runs the resource (fine for GET).
+//!
+//! Every refusal here counts in `wardgate_coap_ingest_rejections_total{reason}` and logs at
+//! debug.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use wardgate_core::PeerContext;
+
+use crate::block::{self, Reassembly, Step};
+use crate::codec::{BlockOpt, Code, Message, opt};
+use crate::layer::Response;
+use crate::metrics::{CoapMetrics, IngestRejected};
+use crate::resource::{Deferred, Registration, Reply, Request, Resource};
+
+/// Link-format Content-Format.
+pub const LINK_FORMAT: u16 = 40;
+
+/// Longest Uri-Path (segments) routed; longer paths are 4.04.
+const MAX_SEGMENTS: usize = 16;
+
+/// Settings of the resource layer.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterSettings {
+    /// Max-Age of 5.03 answers, seconds.
+    pub busy_max_age: u32,
+    /// Largest request body (single datagram or reassembled).
+    pub max_body_bytes: usize,
+    /// SZX of our Block2 responses.
+    pub preferred_szx: u8,
+}
+
+/// Most block-wise responses kept for clients fetching their remaining blocks.
+const BLOCK2_CACHE_ENTRIES: usize = 64;
+
+/// How long a block-wise response is kept after it was made.
+const BLOCK2_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Whole responses whose Block2 blocks clients are still fetching, oldest first.
+#[derive(Debug, Default)]
+struct Block2Cache {
+    entries: VecDeque<(Instant, SocketAddr, u64, Response)>,
+}
+
+impl Block2Cache {
+    fn expire(&mut self, now: Instant) {
+        while self.entries.front().is_some_and(|(t, ..)| *t <= now) {
+            self.entries.pop_front();
+        }
+    }
+
+    fn get(&mut self, now: Instant, peer: SocketAddr, key: u64) -> Option<Response> {
+        self.expire(now);
+        self.entries
+            .iter()
+            .find(|(_, p, k, _)| *p == peer && *k == key)
+            .map(|(.., r)| r.clone())
+    }
+
+    fn put(&mut self, now: Instant, peer: SocketAddr, key: u64, r: Response) {
+        self.remove(peer, key);
+        if self.entries.len() == BLOCK2_CACHE_ENTRIES {
+            self.entries.pop_front();
+        }
+        self.entries
+            .push_back((now + BLOCK2_CACHE_TTL, peer, key, r));
+    }
+
+    fn remove(&mut self, peer: SocketAddr, key: u64) {
+        self.entries
+            .retain(|(_, p, k, _)| !(*p == peer && *k == key));
+    }
+}
+
+/// Who asked for what: the peer and a hash of the request's method, path and query (the
+/// block-wise response cache key; computed without allocating).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockKey {
+    peer: SocketAddr,
+    uri: u64,
+}
+
+impl BlockKey {
+    fn of(peer: SocketAddr, msg: &Message<'_>) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        msg.code.hash(&mut h);
+        for p in msg.values(opt::URI_PATH) {
+            p.hash(&mut h);
+        }
+        0xffu8.hash(&mut h);
+        for q in msg.values(opt::URI_QUERY) {
+            q.hash(&mut h);
+        }
+        BlockKey {
+            peer,
+            uri: h.finish(),
+        }
+    }
+}
+
+/// What the router makes of a request.
+#[derive(Debug)]
+pub enum Routed {
+    /// Answer now.
+    Now(Response),
+    /// Answer when `fut` resolves, then pass the response through [`Router::finish`] with
+    /// these block options.
+    Later(Later),
+}
+
+/// A deferred answer and the block options its final response needs.
+pub struct Later {
+    /// The resource's future.
+    pub fut: Deferred,
+    /// Block1 to echo (the last block of a reassembled body).
+    pub block1: Option<BlockOpt>,
+    /// Block2 the client asked for.
+    pub block2: Option<BlockOpt>,
+    /// Whose request it was, for the block-wise response cache.
+    pub key: BlockKey,
+}
+
+impl std::fmt::Debug for Later {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Later")
+            .field("block1", &self.block1)
+            .field("block2", &self.block2)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The resources of one socket.
+#[derive(Debug)]
+pub struct Router {
+    s: RouterSettings,
+    entries: Vec<(Registration, Box<dyn Resource>)>,
+    well_known: Bytes,
+    reassembly: Reassembly,
+    block2_cache: Block2Cache,
+    metrics: CoapMetrics,
+    accepting: bool,
+}
+
+impl Router {
+    /// A router with no resources yet (everything but `/.well-known/core` is 4.04).
+    pub fn new(s: RouterSettings, reassembly: Reassembly, metrics: CoapMetrics) -> Self {
+        Router {
+            s,
+            entries: Vec::new(),
+            well_known: Bytes::new(),
+            reassembly,
+            block2_cache: Block2Cache::default(),
+            metrics,
+            accepting: true,
+        }
+    }
+
+    /// Registers `resource` at `reg`'s path. A later registration of the same path replaces
+    /// the earlier one.
+    pub fn add(&mut self, reg: Registration, resource: Box<dyn Resource>) -> &mut Self {
+        self.entries.retain(|(r, _)| r.path != reg.path);
+        self.entries.push((reg, resource));
+        // Longest path first, so the first match is the most specific.
+        self.entries
+            .sort_by_key(|(r, _)| std::cmp::Reverse(r.path.len()));
+        let links: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(r, _)| r.listed)
+            .map(|(r, _)| r.link())
+            .collect();
+        self.well_known = Bytes::from(links.join(","));
+        self
+    }
+
+    /// The `/.well-known/core` document.
+    pub fn well_known(&self) -> &[u8] {
+        &self.well_known
+    }
+
+    /// Largest accepted request body.
+    pub fn max_body_bytes(&self) -> usize {
+        self.s.max_body_bytes
+    }
+
+    /// From now on new requests get 5.03 (graceful shutdown).
+    pub fn stop_accepting(&mut self) {
+        self.accepting = false;
+    }
+
+    /// When idle block transfers next expire.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.reassembly.next_deadline()
+    }
+
+    /// Expires idle block transfers.
+    pub fn poll_timers(&mut self, now: Instant) {
+        self.reassembly.expire(now);
+    }
+
+    fn reject(&self, peer: &PeerContext, reason: &'static str, resp: Response) -> Routed {
+        IngestRejected {
+            peer: peer.addr,
+            reason,
+            detail: std::str::from_utf8(&resp.payload).unwrap_or(""),
+        }
+        .emit(&self.metrics);
+        Routed::Now(resp)
+    }
+
+    fn busy(&self, text: &'static str) -> Response {
+        let mut r = Response::diagnostic(Code::SERVICE_UNAVAILABLE, text);
+        r.max_age = Some(self.s.busy_max_age);
+        r
+    }
+
+    /// Handles one request the message layer handed over.
+    pub fn on_request(&mut self, now: Instant, peer: &PeerContext, msg: &Message<'_>) -> Routed {
+        if msg.has_option(opt::PROXY_URI) || msg.has_option(opt::PROXY_SCHEME) {
+            let r = Response::diagnostic(Code::PROXYING_NOT_SUPPORTED, "not a proxy");
+            return self.reject(peer, "proxy", r);
+        }
+        if !self.accepting {
+            return self.reject(peer, "shutting_down", self.busy("shutting down"));
+        }
+        let mut segs: [&[u8]; MAX_SEGMENTS] = [&[]; MAX_SEGMENTS];
+        let mut n = 0;
+        for s in msg.values(opt::URI_PATH) {
+            if n == MAX_SEGMENTS {
+                let r = Response::diagnostic(Code::NOT_FOUND, "no such resource");
+                return self.reject(peer, "not_found", r);
+            }
+            segs[n] = s;
+            n += 1;
+        }
+        let segs = &segs[..n];
+        let block2 = match msg.block2() {
+            None => None,
+            Some(Ok(b)) => Some(b),
+            Some(Err(_)) => {
+                let r = Response::diagnostic(Code::BAD_OPTION, "malformed Block2");
+                return self.reject(peer, "bad_option", r);
+            }
+        };
+        if segs == [&b".well-known"[..], &b"core"[..]] {
+            return self.well_known_get(peer, msg, block2);
+        }
+        let Some(idx) = self.entries.iter().position(|(r, _)| {
+            segs.len() >= r.path.len()
+                && segs.len() - r.path.len() <= r.max_depth
+                && r.path.iter().zip(segs).all(|(a, b)| a.as_bytes() == *b)
+        }) else {
+            let r = Response::diagnostic(Code::NOT_FOUND, "no such resource");
+            return self.reject(peer, "not_found", r);
+        };
+        if !self.entries[idx].0.methods.contains(&msg.code) {
+            let r = Response::diagnostic(Code::METHOD_NOT_ALLOWED, "method not allowed here");
+            return self.reject(peer, "method_not_allowed", r);
+        }
+        let key = BlockKey::of(peer.addr, msg);
+        if let Some(b) = block2.filter(|b| b.num > 0 && msg.block1().is_none()) {
+            if let Some(whole) = self.block2_cache.get(now, key.peer, key.uri) {
+                return Routed::Now(self.finish(now, whole, None, Some(b), key));
+            }
+        }
+        let (body, block1): (Cow<'_, [u8]>, Option<BlockOpt>) = match msg.block1() {
+            Some(Err(_)) => {
+                let r = Response::diagnostic(Code::BAD_OPTION, "malformed Block1");
+                return self.reject(peer, "bad_option", r);
+            }
+            Some(Ok(b)) => {
+                let uri = request_uri(msg);
+                match self.reassembly.on_block(
+                    now,
+                    peer.addr,
+                    &uri,
+                    b,
+                    msg.payload,
+                    msg.size1(),
+                    msg.content_format(),
+                ) {
+                    Step::Reply(r) if r.code.is_success() => return Routed::Now(r),
+                    Step::Reply(r) => return self.reject(peer, "block_transfer", r),
+                    Step::Complete { body, block1 } => (body.into(), Some(block1)),
+                }
+            }
+            None => {
+                let max = self.s.max_body_bytes;
+                if msg.size1().is_some_and(|s| s as usize > max) || msg.payload.len() > max {
+                    let mut r =
+                        Response::diagnostic(Code::REQUEST_ENTITY_TOO_LARGE, "body too large");
+                    r.size1 = Some(u32::try_from(max).unwrap_or(u32::MAX));
+                    return self.reject(peer, "too_large", r);
+                }
+                (msg.payload.into(), None)
+            }
+        };
+        let (reg, resource) = &mut self.entries[idx];
+        let req = Request {
+            now,
+            peer,
+            msg,
+            rest: &segs[reg.path.len()..],
+            body: &body,
+        };
+        match resource.handle(&req) {
+            Reply::Now(r) => Routed::Now(self.finish(now, r, block1, block2, key)),
+            Reply::Later(fut) => Routed::Later(Later {
+                fut,
+                block1,
+                block2,
+                key,
+            }),
+        }
+    }
+
+    /// Completes a resource's response: echoes Block1, slices a large or block-requested
+    /// success payload into the requested Block2 block, and keeps the whole response while the
+    /// client has blocks left to fetch.
+    pub fn finish(
+        &mut self,
+        now: Instant,
+        mut r: Response,
+        block1: Option<BlockOpt>,
+        block2: Option<BlockOpt>,
+        key: BlockKey,
+    ) -> Response {
+        if r.block1.is_none() {
+            r.block1 = block1;
+        }
+        if r.block2.is_some() || !r.code.is_success() {
+            return r;
+        }
+        match block::block2_slice(&r.payload, block2, self.s.preferred_szx) {
+            Ok(None) => r,
+            Ok(Some((b, range))) => {
+                if b.more {
+                    self.block2_cache.put(now, key.peer, key.uri, r.clone());
+                } else {
+                    self.block2_cache.remove(key.peer, key.uri);
+                }
+                r.size2 = Some(u32::try_from(r.payload.len()).unwrap_or(u32::MAX));
+                r.block2 = Some(b);
+                // `range` lies within the payload (block2_slice's contract); no copy.
+                let end = range.end.min(r.payload.len());
+                r.payload = r.payload.slice(range.start.min(end)..end);
+                r
+            }
+            Err(e) => e,
+        }
+    }
+
+    fn well_known_get(
+        &self,
+        peer: &PeerContext,
+        msg: &Message<'_>,
+        block2: Option<BlockOpt>,
+    ) -> Routed {
+        if msg.code != Code::GET {
+            let r = Response::diagnostic(Code::METHOD_NOT_ALLOWED, "GET only");
+            return self.reject(peer, "method_not_allowed", r);
+        }
+        if let Some(a) = msg.uint_option(opt::ACCEPT, 2) {
+            if a != Ok(u32::from(LINK_FORMAT)) {
+                let r = Response::diagnostic(Code::NOT_ACCEPTABLE, "only link-format (40)");
+                return self.reject(peer, "not_acceptable", r);
+            }
+        }
+        let mut r = Response::new(Code::CONTENT);
+        r.content_format = Some(LINK_FORMAT);
+        match block::block2_slice(&self.well_known, block2, self.s.preferred_szx) {
+            Ok(None) => r.payload = self.well_known.clone(),
+            Ok(Some((b, range))) => {
+                r.block2 = Some(b);
+                r.size2 = Some(u32::try_from(self.well_known.len()).unwrap_or(u32::MAX));
+                // `range` lies within the document (block2_slice's contract); no copy.
+                let end = range.end.min(self.well_known.len());
+                r.payload = self.well_known.slice(range.start.min(end)..end);
+            }
+            Err(e) => return self.reject(peer, "bad_option", e),
+        }
+        Routed::Now(r)
+    }
+}
+
+/// Path and query of a request, the key of its block-wise transfer.
+fn request_uri(msg: &Message<'_>) -> String {
+    let mut s = String::new();
+    for p in msg.values(opt::URI_PATH) {
+        s.push('/');
+        s.push_str(&String::from_utf8_lossy(p));
+    }
+    let mut sep = '?';
+    for q in msg.values(opt::URI_QUERY) {
+        s.push(sep);
+        sep = '&';
+        s.push_str(&String::from_utf8_lossy(q));
+    }
+    s
+}

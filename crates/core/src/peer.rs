@@ -1,0 +1,172 @@
+//! Who sent a message: the peer context that travels from the transport that received it,
+//! through the protocol adapter, into the ingest pipeline and the stored reading's provenance.
+//!
+//! It is an address, how the peer reached us, and, when something proved it, an authenticated
+//! identity: a DTLS PSK identity, a client certificate's fingerprint, a bearer token's subject.
+//! The transport (DTLS, TLS) or the adapter (HTTP bearer token) fills the identity; nothing
+//! downstream trusts a device id a peer merely claims without going through the
+//! [`crate::Authorizer`]. Model: Californium's `EndpointContext`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// How a peer reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Plain UDP (CoAP).
+    Udp,
+    /// DTLS over UDP (CoAPS).
+    Dtls,
+    /// Plain TCP (MQTT).
+    Tcp,
+    /// TLS over TCP (MQTTS).
+    Tls,
+    /// HTTP over plain TCP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl TransportKind {
+    /// The lower-case wire name (JSON `source.transport`, metric label, log field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Udp => "udp",
+            TransportKind::Dtls => "dtls",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Http => "http",
+            TransportKind::Https => "https",
+        }
+    }
+
+    /// Whether the transport itself authenticates and encrypts.
+    pub fn is_secure(self) -> bool {
+        matches!(
+            self,
+            TransportKind::Dtls | TransportKind::Tls | TransportKind::Https
+        )
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What proved an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdentityKind {
+    /// A DTLS/TLS pre-shared key identity (RFC 4279); the key itself never leaves the registry.
+    PskIdentity,
+    /// The SHA-256 fingerprint (hex) of a verified client certificate.
+    CertificateSha256,
+    /// The subject a verified bearer token names.
+    TokenSubject,
+}
+
+impl IdentityKind {
+    /// The prefix of the identity's wire form (`psk:bed-12`).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            IdentityKind::PskIdentity => "psk",
+            IdentityKind::CertificateSha256 => "x509-sha256",
+            IdentityKind::TokenSubject => "token",
+        }
+    }
+}
+
+/// An authenticated identity. Cheap to clone. Never a secret: only the public name of one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    kind: IdentityKind,
+    value: Arc<str>,
+}
+
+impl Identity {
+    /// An identity of `kind` named `value`.
+    pub fn new(kind: IdentityKind, value: impl Into<Arc<str>>) -> Self {
+        Identity {
+            kind,
+            value: value.into(),
+        }
+    }
+
+    /// What proved it.
+    pub fn kind(&self) -> IdentityKind {
+        self.kind
+    }
+
+    /// The name, without the kind prefix.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Display for Identity {
+    /// `kind:value`, e.g. `psk:bed-12`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.prefix(), self.value)
+    }
+}
+
+/// The peer a message came from. Cheap to clone (the identity is shared).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerContext {
+    /// The peer's transport address.
+    pub addr: SocketAddr,
+    /// How it reached us.
+    pub transport: TransportKind,
+    /// What the transport or the adapter proved about it, if anything.
+    pub identity: Option<Identity>,
+}
+
+impl PeerContext {
+    /// An unauthenticated peer.
+    pub fn new(addr: SocketAddr, transport: TransportKind) -> Self {
+        PeerContext {
+            addr,
+            transport,
+            identity: None,
+        }
+    }
+
+    /// An unauthenticated plain-UDP peer.
+    pub fn udp(addr: SocketAddr) -> Self {
+        PeerContext::new(addr, TransportKind::Udp)
+    }
+
+    /// The same peer with `identity` proven.
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+}
+
+impl fmt::Display for PeerContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.transport, self.addr)?;
+        if let Some(id) = &self.identity {
+            write!(f, " ({id})")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_displays_transport_address_and_identity() {
+        let p = PeerContext::udp("127.0.0.1:5683".parse().unwrap());
+        assert_eq!(p.to_string(), "udp 127.0.0.1:5683");
+        let p = PeerContext::new("[::1]:5684".parse().unwrap(), TransportKind::Dtls)
+            .with_identity(Identity::new(IdentityKind::PskIdentity, "bed-12"));
+        assert_eq!(p.to_string(), "dtls [::1]:5684 (psk:bed-12)");
+        assert!(p.transport.is_secure());
+    }
+}

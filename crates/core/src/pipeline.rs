@@ -1,0 +1,360 @@
+//! The one ingest pipeline every protocol adapter uses:
+//! authorize → decode by content format → normalize → enqueue → resolve when durable.
+//!
+//! An adapter turns what it received into a [`Submission`] (the peer context, the device the
+//! message claims, the class, the resource, the content format and the body) and calls
+//! [`IngestPipeline::submit`]. It gets back either a [`Refused`] at once (answer the device
+//! now) or a [`Pending`] future that resolves when the store made the reading durable — only
+//! then may the adapter acknowledge (CoAP 2.01/2.04, HTTP 2xx, MQTT PUBACK). [`Refused`] is the
+//! one error type every adapter maps to its protocol's answer:
+//!
+//! | [`Refused`] | CoAP | HTTP | MQTT |
+//! |---|---|---|---|
+//! | `Denied(Unauthenticated)` | 4.01 | 401 | no PUBACK, disconnect |
+//! | `Denied(Forbidden)` | 4.03 | 403 | no PUBACK (5: reason 0x87) |
+//! | `UnsupportedFormat` | 4.15 | 415 | dropped, counted |
+//! | `Payload(TooManyRecords)` | 4.13 | 413 | dropped, counted |
+//! | `Payload(_)` | 4.00 | 400 | dropped, counted |
+//! | `Store(Busy / StoreFull / ShuttingDown)` | 5.03 + Max-Age | 503 + Retry-After | no PUBACK |
+//! | `Store(Unavailable)` | 5.00 | 500 | no PUBACK |
+//!
+//! The pipeline is synchronous up to the enqueue and never blocks: it runs inside the socket
+//! tasks' sans-I/O engines. Metrics and logs stay with the adapters' typed events, which know
+//! their protocol's labels.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+use ulid::Ulid;
+
+use crate::authorize::{Action, AuthRequest, Authorizer, Denied};
+use crate::bus::{Bus, IngestError};
+use crate::clock::Clock;
+use crate::payload::{self, ContentFormat, DecodeContext, DecodeError, Limits};
+use crate::peer::PeerContext;
+use crate::reading::{MessageClass, Protocol, Reading};
+
+/// One message's readings, as an adapter hands them to the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Submission<'a> {
+    /// Who sent it.
+    pub peer: &'a PeerContext,
+    /// Over which protocol.
+    pub protocol: Protocol,
+    /// The device the message claims to be from (URI segment, topic level, endpoint name).
+    pub device: &'a str,
+    /// Its message class.
+    pub class: MessageClass,
+    /// The resource it targets, for the authorizer and logs (`/v1/readings/bed-12`).
+    pub resource: &'a str,
+    /// Its content format; `None` when the adapter saw one wardgate does not decode.
+    pub format: Option<ContentFormat>,
+    /// The body (reassembled, if it came in blocks).
+    pub body: &'a [u8],
+    /// Record name for payloads that carry none (text/plain), e.g. from the URI.
+    pub default_name: Option<&'a str>,
+}
+
+/// Why the pipeline refused a submission. Nothing of a refused submission is stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refused {
+    /// The authorizer said no.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The content format is not one wardgate decodes.
+    #[error("unsupported content format")]
+    UnsupportedFormat,
+    /// The body does not decode to a reading.
+    #[error(transparent)]
+    Payload(#[from] DecodeError),
+    /// The store did not take it (full, busy, shutting down, failing).
+    #[error(transparent)]
+    Store(#[from] IngestError),
+}
+
+impl Refused {
+    /// Fixed metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refused::Denied(d) => d.reason(),
+            Refused::UnsupportedFormat => "unsupported_format",
+            Refused::Payload(e) => e.reason(),
+            Refused::Store(e) => e.reason(),
+        }
+    }
+
+    /// Whether the device should keep the reading and retry later (5.03 / 503).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Refused::Store(IngestError::Busy | IngestError::StoreFull | IngestError::ShuttingDown)
+        )
+    }
+}
+
+/// A reading the pipeline took: what an adapter needs to answer once it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The reading id (the CoAP Location-Path and HTTP `Location` carry it).
+    pub id: Ulid,
+    /// The device it is stored under (the authorizer's answer, not necessarily the claim).
+    pub device: String,
+    /// Its class.
+    pub class: MessageClass,
+}
+
+/// A reading queued for the store. Resolves `Ok` only once the reading is durable.
+#[derive(Debug)]
+pub struct Pending {
+    rx: oneshot::Receiver<Result<(), IngestError>>,
+    accepted: Option<Accepted>,
+}
+
+impl Pending {
+    /// What was accepted (known before it is durable: for logs and answers built early).
+    /// `None` only after the future completed.
+    pub fn accepted(&self) -> Option<&Accepted> {
+        self.accepted.as_ref()
+    }
+}
+
+impl Future for Pending {
+    type Output = Result<Accepted, Refused>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(r)) => r,
+            // The store dropped the request: it is shutting down, nothing was committed.
+            Poll::Ready(Err(_)) => Err(IngestError::ShuttingDown),
+        };
+        Poll::Ready(match (r, self.accepted.take()) {
+            (Ok(()), Some(a)) => Ok(a),
+            (Ok(()), None) => Err(Refused::Store(IngestError::Unavailable(
+                "ingest result polled twice".into(),
+            ))),
+            (Err(e), _) => Err(Refused::Store(e)),
+        })
+    }
+}
+
+/// The ingest pipeline. Cheap to clone; every adapter holds one.
+#[derive(Debug, Clone)]
+pub struct IngestPipeline {
+    gateway: Arc<str>,
+    bus: Bus,
+    clock: Arc<dyn Clock>,
+    authorizer: Arc<dyn Authorizer>,
+    limits: Limits,
+}
+
+impl IngestPipeline {
+    /// A pipeline stamping readings with `gateway`, decoding within `limits`, enqueueing on
+    /// `bus`.
+    pub fn new(
+        gateway: impl Into<Arc<str>>,
+        bus: Bus,
+        clock: Arc<dyn Clock>,
+        authorizer: Arc<dyn Authorizer>,
+        limits: Limits,
+    ) -> Self {
+        IngestPipeline {
+            gateway: gateway.into(),
+            bus,
+            clock,
+            authorizer,
+            limits,
+        }
+    }
+
+    /// The same pipeline decoding within `limits` (an adapter's own bounds).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The bus it enqueues on (for depth gauges).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The decoder limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The authorizer in use.
+    pub fn authorizer(&self) -> &Arc<dyn Authorizer> {
+        &self.authorizer
+    }
+
+    /// Authorizes, decodes, normalizes and enqueues one message's reading. Never waits: a full
+    /// bus is `Refused::Store(Busy)` at once.
+    pub fn submit(&self, s: &Submission<'_>) -> Result<Pending, Refused> {
+        let device = self.authorizer.authorize(&AuthRequest {
+            peer: s.peer,
+            protocol: s.protocol,
+            claimed_device: s.device,
+            class: s.class,
+            resource: s.resource,
+            action: Action::Write,
+        })?;
+        let format = s.format.ok_or(Refused::UnsupportedFormat)?;
+        let now = self.clock.now();
+        let ctx = DecodeContext {
+            now,
+            default_name: s.default_name,
+            limits: self.limits,
+        };
+        let records = payload::decode(format, s.body, &ctx)?;
+        let reading = Reading::new(
+            self.gateway.as_ref(),
+            device,
+            s.protocol,
+            s.class,
+            now,
+            records,
+        )
+        .with_source(s.peer);
+        let accepted = Accepted {
+            id: reading.id,
+            device: reading.device.clone(),
+            class: reading.class,
+        };
+        let rx = self.bus.enqueue(vec![reading.into_encoded()])?;
+        Ok(Pending {
+            rx,
+            accepted: Some(accepted),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::peer::{Identity, IdentityKind};
+
+    #[derive(Debug)]
+    struct DenyAll(Denied);
+
+    impl Authorizer for DenyAll {
+        fn authorize(&self, _: &AuthRequest<'_>) -> Result<String, Denied> {
+            Err(self.0)
+        }
+        fn authenticates(&self) -> bool {
+            true
+        }
+    }
+
+    /// Maps a PSK identity to the device it names, refuses anyone else.
+    #[derive(Debug)]
+    struct ByIdentity;
+
+    impl Authorizer for ByIdentity {
+        fn authorize(&self, req: &AuthRequest<'_>) -> Result<String, Denied> {
+            match &req.peer.identity {
+                Some(id) => Ok(id.value().to_owned()),
+                None => Err(Denied::Unauthenticated("no identity")),
+            }
+        }
+        fn authenticates(&self) -> bool {
+            true
+        }
+    }
+
+    fn pipeline(auth: Arc<dyn Authorizer>) -> (IngestPipeline, crate::BusReceiver) {
+        let (bus, rx) = Bus::new(4);
+        let clock = Arc::new(FixedClock(UNIX_EPOCH + Duration::from_secs(1_763_759_045)));
+        (
+            IngestPipeline::new("ward-t", bus, clock, auth, Limits::default()),
+            rx,
+        )
+    }
+
+    fn submission<'a>(peer: &'a PeerContext, body: &'a [u8]) -> Submission<'a> {
+        Submission {
+            peer,
+            protocol: Protocol::Coap,
+            device: "claimed-bed",
+            class: MessageClass::Vital,
+            resource: "/v1/readings/claimed-bed",
+            format: Some(ContentFormat::SenmlJson),
+            body,
+            default_name: None,
+        }
+    }
+
+    const BODY: &[u8] = br#"[{"n":"spo2","u":"%","v":97}]"#;
+
+    #[tokio::test]
+    async fn accepted_reading_resolves_only_when_the_store_says_durable() {
+        let (p, mut rx) = pipeline(Arc::new(crate::AllowAll));
+        let peer = PeerContext::udp("127.0.0.1:40000".parse().unwrap());
+        let pending = p.submit(&submission(&peer, BODY)).expect("accepted");
+        let req = rx.recv().await.expect("queued");
+        let json: serde_json::Value = serde_json::from_slice(&req.readings[0].json).unwrap();
+        assert_eq!(json["device"], "claimed-bed");
+        assert_eq!(json["source"]["transport"], "udp");
+        assert_eq!(json["source"]["addr"], "127.0.0.1:40000");
+        assert!(json["source"].get("identity").is_none());
+        req.done.send(Ok(())).unwrap();
+        let a = pending.await.expect("durable");
+        assert_eq!(a.device, "claimed-bed");
+        assert_eq!(a.id.to_string(), json["id"]);
+    }
+
+    #[tokio::test]
+    async fn the_authorizer_chooses_the_device_from_the_proven_identity() {
+        let (p, mut rx) = pipeline(Arc::new(ByIdentity));
+        let peer = PeerContext::udp("127.0.0.1:40000".parse().unwrap())
+            .with_identity(Identity::new(IdentityKind::PskIdentity, "bed-7"));
+        let pending = p.submit(&submission(&peer, BODY)).expect("accepted");
+        assert_eq!(pending.accepted().map(|a| a.device.as_str()), Some("bed-7"));
+        let req = rx.recv().await.expect("queued");
+        let json: serde_json::Value = serde_json::from_slice(&req.readings[0].json).unwrap();
+        assert_eq!(json["device"], "bed-7");
+        assert_eq!(json["source"]["identity"], "psk:bed-7");
+    }
+
+    #[test]
+    fn refusals_store_nothing_and_name_their_reason() {
+        let peer = PeerContext::udp("127.0.0.1:40000".parse().unwrap());
+        let (p, mut rx) = pipeline(Arc::new(DenyAll(Denied::Forbidden("acl"))));
+        let e = p.submit(&submission(&peer, BODY)).unwrap_err();
+        assert_eq!(e.reason(), "forbidden");
+        let (p, _) = pipeline(Arc::new(ByIdentity));
+        assert_eq!(
+            p.submit(&submission(&peer, BODY)).unwrap_err().reason(),
+            "unauthenticated"
+        );
+        let (p, mut rx2) = pipeline(Arc::new(crate::AllowAll));
+        let mut s = submission(&peer, BODY);
+        s.format = None;
+        assert_eq!(p.submit(&s).unwrap_err().reason(), "unsupported_format");
+        let s = submission(&peer, b"{not senml");
+        assert!(matches!(p.submit(&s), Err(Refused::Payload(_))));
+        assert!(rx.try_recv().is_err() && rx2.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_full_bus_is_a_retryable_refusal_not_a_wait() {
+        let peer = PeerContext::udp("127.0.0.1:40000".parse().unwrap());
+        let (bus, _rx) = Bus::new(1);
+        let p = IngestPipeline::new(
+            "ward-t",
+            bus,
+            Arc::new(crate::SystemClock),
+            Arc::new(crate::AllowAll),
+            Limits::default(),
+        );
+        let _first = p.submit(&submission(&peer, BODY)).expect("room for one");
+        let e = p.submit(&submission(&peer, BODY)).unwrap_err();
+        assert!(e.is_retryable() && e.reason() == "busy", "{e:?}");
+    }
+}
