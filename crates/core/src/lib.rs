@@ -19,6 +19,7 @@
 
 pub mod bus;
 pub mod clock;
+mod decode;
 pub mod health;
 pub mod payload;
 pub mod reading;
