@@ -11,9 +11,10 @@
 //! - [`health`]: readiness reporting shared by every component;
 //! - [`clock`]: an injectable wall clock.
 //!
-//! Invariant carried by these types: a reading is acknowledged to a device only after the
-//! [`bus::IngestTicket`] for it resolves `Ok`, and the store resolves it only once the reading is
-//! durable (or, in the explicitly named no-durability mode, once it is queued).
+//! Invariant carried by these types: a reading is acknowledged to a device only after the receiver
+//! that [`Bus::enqueue`] returned for it resolves `Ok` ([`Bus::submit`] awaits that receiver), and
+//! the store resolves it only once the reading is durable (or, in the explicitly named
+//! no-durability mode, once it is queued).
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
