@@ -27,6 +27,7 @@ pub mod authorize;
 pub mod backoff;
 pub mod bus;
 pub mod clock;
+mod decode;
 pub mod health;
 pub mod payload;
 pub mod peer;
