@@ -13,11 +13,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::codec::{BlockOpt, Code};
+use crate::config::MAX_TRANSFER_TIMEOUT;
 use crate::layer::Response;
 use crate::metrics::CoapMetrics;
-
-/// Longest idle time honoured for a reassembly.
-pub const MAX_TRANSFER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Block1 bounds.
 #[derive(Debug, Clone, Copy)]

@@ -7,6 +7,18 @@ use serde::Deserialize;
 use wardgate_core::MessageClass;
 use wardgate_core::validate::Problems;
 
+/// Largest ACK_TIMEOUT, ACK_RANDOM_FACTOR and MAX_RETRANSMIT honoured (the config validation
+/// refuses larger ones; the clamps keep timer arithmetic overflow-free regardless).
+pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(300);
+/// See [`MAX_ACK_TIMEOUT`].
+pub const MAX_RANDOM_FACTOR: f64 = 16.0;
+/// See [`MAX_ACK_TIMEOUT`].
+pub const MAX_RETRANSMIT_LIMIT: u32 = 20;
+/// Longest piggyback budget honoured.
+pub const MAX_PIGGYBACK_BUDGET: Duration = Duration::from_secs(300);
+/// Longest idle time honoured for a Block1 reassembly.
+pub const MAX_TRANSFER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// CoAP endpoint settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -193,32 +205,32 @@ impl CoapConfig {
             );
         }
         let t = &self.transmission;
-        if !(1.0..=crate::layer::MAX_RANDOM_FACTOR).contains(&t.ack_random_factor) {
+        if !(1.0..=MAX_RANDOM_FACTOR).contains(&t.ack_random_factor) {
             p.push(
                 format!("{at}.transmission.ack_random_factor"),
                 "must be a number from 1.0 to 16",
             );
         }
-        if t.ack_timeout.is_zero() || t.ack_timeout > crate::layer::MAX_ACK_TIMEOUT {
+        if t.ack_timeout.is_zero() || t.ack_timeout > MAX_ACK_TIMEOUT {
             p.push(
                 format!("{at}.transmission.ack_timeout"),
                 "must be more than 0 and at most 300s",
             );
         }
-        if t.max_retransmit > crate::layer::MAX_RETRANSMIT_LIMIT {
+        if t.max_retransmit > MAX_RETRANSMIT_LIMIT {
             p.push(
                 format!("{at}.transmission.max_retransmit"),
                 "must be at most 20",
             );
         }
-        if self.piggyback_budget > crate::layer::MAX_PIGGYBACK_BUDGET {
+        if self.piggyback_budget > MAX_PIGGYBACK_BUDGET {
             p.push(format!("{at}.piggyback_budget"), "must be at most 300s");
         }
         if self.drain_timeout > Duration::from_secs(3600) {
             p.push(format!("{at}.drain_timeout"), "must be at most 1h");
         }
         if self.block.transfer_timeout.is_zero()
-            || self.block.transfer_timeout > crate::block::MAX_TRANSFER_TIMEOUT
+            || self.block.transfer_timeout > MAX_TRANSFER_TIMEOUT
         {
             p.push(
                 format!("{at}.block.transfer_timeout"),
@@ -254,10 +266,10 @@ impl CoapConfig {
             );
         }
         for (i, o) in self.observe.iter().enumerate() {
-            if let Err(e) = crate::observe::parse_uri(&o.uri) {
+            if let Err(e) = crate::uri::parse_uri(&o.uri) {
                 p.push(format!("{at}.observe[{i}].uri"), e.to_string());
             }
-            if !crate::ingest::valid_device_id(o.device.as_bytes()) {
+            if !wardgate_core::reading::valid_device_id(o.device.as_bytes()) {
                 p.push(
                     format!("{at}.observe[{i}].device"),
                     "must be 1-128 characters of [A-Za-z0-9._:-]",

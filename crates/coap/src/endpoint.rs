@@ -22,10 +22,11 @@ use crate::error::CoapError;
 use crate::ingest::{IngestResource, IngestSettings};
 use crate::layer::{LayerConfig, Timing};
 use crate::metrics::CoapMetrics;
-use crate::observe::{self, CoapUri, Observer, ObserverDeps};
+use crate::observe::{Observer, ObserverDeps};
 use crate::resource::{Registration, Resource};
 use crate::router::{Router, RouterSettings};
 use crate::transport::{SocketOptions, Transport, UdpTransport};
+use crate::uri::{self, CoapUri};
 
 /// What the endpoint needs from the rest of the gateway.
 #[derive(Debug, Clone)]
@@ -73,7 +74,7 @@ impl<T: Transport + std::fmt::Debug> std::fmt::Debug for CoapEndpoint<T> {
 fn observe_targets(cfg: &CoapConfig) -> Result<Vec<(ObserveTarget, CoapUri)>, CoapError> {
     cfg.observe
         .iter()
-        .map(|t| observe::parse_uri(&t.uri).map(|u| (t.clone(), u)))
+        .map(|t| uri::parse_uri(&t.uri).map(|u| (t.clone(), u)))
         .collect()
 }
 

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use wardgate_core::payload::ContentFormat;
+use wardgate_core::reading::valid_device_id;
 use wardgate_core::{
     Denied, IngestError, IngestPipeline, MessageClass, Protocol, Refused, Submission,
 };
@@ -26,19 +27,8 @@ use crate::layer::Response;
 use crate::metrics::{CoapMetrics, IngestRejected, PayloadRejected};
 use crate::resource::{Registration, Reply, Request, Resource};
 
-/// Longest device id.
-pub const MAX_DEVICE_ID: usize = 128;
-
 /// Longest `{name}` path segment.
 const MAX_NAME: usize = 64;
-
-/// Device ids: 1..=128 of `[A-Za-z0-9._:-]`.
-pub fn valid_device_id(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_DEVICE_ID
-        && s.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
-}
 
 fn valid_name(s: &[u8]) -> bool {
     !s.is_empty()
@@ -249,20 +239,5 @@ impl Resource for IngestResource {
                 }
             }
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_ids_follow_the_documented_charset() {
-        assert!(valid_device_id(b"bed-12.spo2:a_b"));
-        assert!(!valid_device_id(b""));
-        assert!(!valid_device_id(b"bed 12"));
-        assert!(!valid_device_id(b"bed/12"));
-        assert!(valid_device_id(&[b'a'; 128]));
-        assert!(!valid_device_id(&[b'a'; 129]));
     }
 }

@@ -23,7 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::codec::{self, BlockOpt, Code, Encoder, Message, MsgType, Token, encode_empty, opt};
-use crate::config::TransmissionConfig;
+use crate::config::{
+    MAX_ACK_TIMEOUT, MAX_PIGGYBACK_BUDGET, MAX_RANDOM_FACTOR, MAX_RETRANSMIT_LIMIT,
+    TransmissionConfig,
+};
 use crate::dedup::{DedupKey, DedupTable, DupAction, Seen};
 use crate::error::CoapError;
 use crate::exchange::{AckHandle, BlockOpts, ClientRequest, ClientResponse, Notification};
@@ -47,16 +50,6 @@ pub const KNOWN_REQUEST_CRITICAL: &[u16] = &[
 /// Critical options accepted in responses; others make the response rejected (§5.4.1). The
 /// same set as for requests: the layer understands these options in either direction.
 const KNOWN_RESPONSE_CRITICAL: &[u16] = KNOWN_REQUEST_CRITICAL;
-
-/// Largest ACK_TIMEOUT, ACK_RANDOM_FACTOR and MAX_RETRANSMIT honoured (the config validation
-/// refuses larger ones; the clamps keep timer arithmetic overflow-free regardless).
-pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(300);
-/// See [`MAX_ACK_TIMEOUT`].
-pub const MAX_RANDOM_FACTOR: f64 = 16.0;
-/// See [`MAX_ACK_TIMEOUT`].
-pub const MAX_RETRANSMIT_LIMIT: u32 = 20;
-/// Longest piggyback budget honoured.
-pub const MAX_PIGGYBACK_BUDGET: Duration = Duration::from_secs(300);
 
 /// Requests waiting for an NSTART slot per peer; beyond this [`CoapError::Busy`].
 const MAX_QUEUED_PER_PEER: usize = 64;

@@ -30,22 +30,23 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod block;
-pub mod client;
+mod client;
 pub mod codec;
 pub mod config;
 pub mod dedup;
 mod driver;
-pub mod endpoint;
+mod endpoint;
 pub mod engine;
-pub mod error;
-pub mod exchange;
+mod error;
+mod exchange;
 pub mod ingest;
 pub mod layer;
-pub mod metrics;
+mod metrics;
 pub mod observe;
-pub mod resource;
+mod resource;
 pub mod router;
 pub mod transport;
+pub mod uri;
 
 pub use client::{CoapClient, Observation, Requester};
 pub use codec::{Code, Token};
@@ -53,7 +54,8 @@ pub use config::{CoapConfig, ObserveTarget, TransmissionConfig};
 pub use endpoint::{CoapEndpoint, EndpointDeps};
 pub use error::CoapError;
 pub use exchange::{AckHandle, ClientRequest, ClientResponse, Notification};
+pub use layer::Response;
 pub use metrics::CoapMetrics;
-pub use resource::{Registration, Reply, Request, Resource};
+pub use resource::{Deferred, Registration, Reply, Request, Resource};
 pub use router::{Router, RouterSettings};
 pub use transport::{Transport, UdpTransport};

@@ -136,6 +136,19 @@ pub struct Record {
     pub ut: Option<f64>,
 }
 
+/// Longest device id (`docs/readings.schema.json` says the same).
+pub const MAX_DEVICE_ID: usize = 128;
+
+/// Device ids, whatever protocol names them (URI segment, topic level, endpoint name):
+/// 1..=128 of `[A-Za-z0-9._:-]`, so an id is safe in a CoAP path, an MQTT topic level, a URL and
+/// a log line.
+pub fn valid_device_id(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_DEVICE_ID
+        && s.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+}
+
 /// A normalized reading: what one device reported in one message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
@@ -765,6 +778,16 @@ mod tests {
             prop_assert_eq!(&encoded.json[..], &expected[..]);
             prop_assert_eq!(reading.clone().into_encoded(), encoded);
         }
+    }
+
+    #[test]
+    fn device_ids_follow_the_documented_charset() {
+        assert!(valid_device_id(b"bed-12.spo2:a_b"));
+        assert!(!valid_device_id(b""));
+        assert!(!valid_device_id(b"bed 12"));
+        assert!(!valid_device_id(b"bed/12"));
+        assert!(valid_device_id(&[b'a'; 128]));
+        assert!(!valid_device_id(&[b'a'; 129]));
     }
 
     #[test]
