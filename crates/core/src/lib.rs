@@ -8,6 +8,8 @@
 //!   bounded (record count, name length, nesting), and never panic on hostile input;
 //! - [`bus`]: the in-process ingest bus from adapters to the store, with its backpressure rule;
 //! - [`uplink`]: the contract between the durable outbox and the uplinks that drain it;
+//! - [`route`]: which uplinks a reading is owed to ([`Router`], default [`AllUplinks`]);
+//! - [`outcome`]: delivery outcome events (acked / failed / timed out / released, with latency);
 //! - [`health`]: readiness reporting shared by every component;
 //! - [`clock`]: an injectable wall clock.
 //!
@@ -20,8 +22,10 @@
 pub mod bus;
 pub mod clock;
 pub mod health;
+pub mod outcome;
 pub mod payload;
 pub mod reading;
+pub mod route;
 pub mod senml;
 pub mod uplink;
 pub mod validate;
@@ -29,7 +33,9 @@ pub mod validate;
 pub use bus::{Bus, BusReceiver, IngestError, IngestRequest};
 pub use clock::{Clock, SystemClock};
 pub use health::{Health, HealthReporter};
+pub use outcome::{DeliveryOutcome, NackReason, OutcomeKind, OutcomeReceiver, OutcomeSender};
 pub use reading::{Encoded, MessageClass, Protocol, Reading, Record, SCHEMA};
+pub use route::{AllUplinks, MAX_UPLINKS, RouteInput, Router, UplinkSet};
 pub use uplink::{Delivery, OutboxCursor, OutboxError};
 
 /// Cancellation handle passed to every long-running task. Cancelling it starts graceful shutdown.

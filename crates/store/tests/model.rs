@@ -284,15 +284,7 @@ async fn run_ops(cfg: StoreConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        // PROPTEST_CASES=2000 for a longer soak.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
-        // Integration tests have no lib.rs beside them, so name the file explicitly.
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/model.txt"),
-        )),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(common::proptest_config("proptest-regressions/model.txt", 48))]
 
     #[test]
     fn outbox_matches_the_model_through_crashes_and_restarts(
@@ -308,11 +300,6 @@ proptest! {
             tail_readings: tail,
             ..StoreConfig::default()
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(run_ops(cfg, ops))?;
+        common::block_on(run_ops(cfg, ops))?;
     }
 }
