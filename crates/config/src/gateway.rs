@@ -228,8 +228,14 @@ impl GatewayConfig {
         if self.uplinks.is_empty() {
             p.push("uplinks", "at least one [[uplinks]] entry is required");
         }
-        if self.uplinks.len() > 63 {
-            p.push("uplinks", "at most 63 uplinks are supported");
+        if self.uplinks.len() > wardgate_store::MAX_UPLINKS {
+            p.push(
+                "uplinks",
+                format!(
+                    "at most {} uplinks are supported",
+                    wardgate_store::MAX_UPLINKS
+                ),
+            );
         }
         let mut names = HashSet::new();
         let mut stdout_users = 0;
@@ -356,6 +362,28 @@ path = "-"
         };
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, vec!["coap", "store", "uplinks[0]"], "{problems:?}");
+    }
+
+    #[test]
+    fn more_uplinks_than_the_outbox_tracks_are_refused_with_its_limit() {
+        let uplinks = |n: usize| -> String {
+            (0..n)
+                .map(|i| {
+                    format!("[[uplinks]]\ntype = \"file\"\nname = \"u{i}\"\npath = \"/tmp/u{i}\"\n")
+                })
+                .collect()
+        };
+        let max = wardgate_store::MAX_UPLINKS;
+        assert!(parse(&uplinks(max), &no_env).is_ok());
+        let Err(ConfigError::Invalid(problems)) = parse(&uplinks(max + 1), &no_env) else {
+            panic!("expected problems");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "uplinks");
+        assert!(
+            problems[0].message.contains(&max.to_string()),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   error type ([`Refused`]) each adapter maps to its protocol's answer;
 //! - [`bus`]: the in-process ingest bus from the pipeline to the store, with its backpressure rule;
 //! - [`uplink`]: the contract between the durable outbox and the uplinks that drain it;
+//! - [`route`]: which uplinks a reading is owed to ([`Router`], default [`AllUplinks`]);
+//! - [`outcome`]: delivery outcome events (acked / failed / timed out / released, with latency);
 //! - [`health`]: readiness reporting shared by every component;
 //! - [`clock`]: an injectable wall clock; [`backoff`]: the one retry backoff (full jitter).
 //!
@@ -29,10 +31,12 @@ pub mod bus;
 pub mod clock;
 mod decode;
 pub mod health;
+pub mod outcome;
 pub mod payload;
 pub mod peer;
 pub mod pipeline;
 pub mod reading;
+pub mod route;
 pub mod senml;
 pub mod uplink;
 pub mod validate;
@@ -42,9 +46,11 @@ pub use backoff::Backoff;
 pub use bus::{Bus, BusReceiver, IngestError, IngestRequest};
 pub use clock::{Clock, SystemClock};
 pub use health::{Health, HealthReporter};
+pub use outcome::{DeliveryOutcome, NackReason, OutcomeKind, OutcomeReceiver, OutcomeSender};
 pub use peer::{Identity, IdentityKind, PeerContext, TransportKind};
 pub use pipeline::{Accepted, IngestPipeline, Pending, Refused, Submission};
 pub use reading::{Encoded, MessageClass, Protocol, Reading, Record, SCHEMA, Source};
+pub use route::{AllUplinks, MAX_UPLINKS, RouteInput, Router, UplinkSet};
 pub use uplink::{Delivery, OutboxCursor, OutboxError};
 
 /// Cancellation handle passed to every long-running task. Cancelling it starts graceful shutdown.

@@ -6,12 +6,18 @@
 //! uplink only on [`OutboxCursor::ack`]. After a connection loss the uplink calls
 //! [`OutboxCursor::rewind`] and everything not yet acknowledged is delivered again, in order, with
 //! the same reading ids (at-least-once; the backend de-duplicates on `id`).
+//!
+//! A delivery can also be handed back: [`OutboxCursor::nack`] (it failed or timed out; still
+//! owed to this uplink, handed out again) and [`OutboxCursor::release`] (this uplink gives it
+//! up; the outbox's [`crate::Router`] places it on another uplink). Every ack, nack and release
+//! is reported as a [`crate::DeliveryOutcome`] by outboxes that publish outcomes.
 
 use std::future::Future;
 
 use bytes::Bytes;
 use ulid::Ulid;
 
+use crate::outcome::NackReason;
 use crate::reading::MessageClass;
 
 /// One reading owed to one uplink.
@@ -59,4 +65,28 @@ pub trait OutboxCursor: Send + 'static {
     /// Moves the cursor back to the oldest unacknowledged delivery (after a reconnect), so every
     /// delivery handed out but not acknowledged is handed out again.
     fn rewind(&mut self);
+
+    /// These deliveries failed (`why`): they stay owed to this uplink and are handed out
+    /// again, with `attempts` one higher, counted and reported as a failed / timed-out outcome.
+    ///
+    /// Order: the cursor moves back to the lowest nacked delivery, like [`Self::rewind`] from
+    /// there: that delivery and every unacknowledged one after it (including ones still in
+    /// flight) are handed out again in outbox order, so a device's readings reach the peer in
+    /// order again after the retry (duplicates allowed). Deliveries in flight below it are not
+    /// repeated. Seqs not handed out by this cursor, or already acknowledged, are ignored.
+    /// Cheap and non-blocking.
+    fn nack(&mut self, seqs: &[u64], why: NackReason);
+
+    /// This uplink gives these deliveries up (for example its circuit is open): the outbox asks
+    /// its router for another uplink, with this one excluded, and moves each reading there in one
+    /// durable step, so at every instant (crash included) it is owed to this uplink or to the
+    /// new one, never to none. The receiving uplink's cursor hands it out before any later
+    /// reading it has not had acknowledged (it moves back to the released seq, like a rewind
+    /// from there), which keeps per-device order on the receiving uplink.
+    ///
+    /// A delivery no other uplink can take stays owed to this one and is treated like a
+    /// [`Self::nack`] (handed out again, counted, logged once). Seqs not handed out by this
+    /// cursor, or already acknowledged, are ignored. Cheap and non-blocking (the move is
+    /// committed by the store's writer, batched like acknowledgements).
+    fn release(&mut self, seqs: &[u64]);
 }

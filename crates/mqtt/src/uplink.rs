@@ -28,7 +28,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use wardgate_core::{Delivery, HealthReporter, MessageClass, OutboxCursor, OutboxError, Shutdown};
+use wardgate_core::{
+    Delivery, HealthReporter, MessageClass, NackReason, OutboxCursor, OutboxError, Shutdown,
+};
 
 use crate::config::MqttUplinkConfig;
 use crate::error::MqttError;
@@ -597,8 +599,11 @@ impl<'a> Driver<'a> {
                 ),
                 Err(e) => {
                     // The rest of this batch is not queued either, so order holds; the
-                    // reconnect rewinds the cursor to hand them all out again.
+                    // reconnect rewinds the cursor to hand them all out again. Only this one
+                    // was tried and failed: the nack reports that (outcome, counter) and is
+                    // consistent with the rewind (no pull happens before the reconnect).
                     tracing::error!(uplink = %self.up.name, error = %e, "MQTT client refused a publish; reconnecting to start clean");
+                    cursor.nack(&[d.seq], NackReason::Failed);
                     self.force_reconnect = Some(format!("publish not queued: {e}"));
                     break;
                 }

@@ -5,23 +5,32 @@
 //! SQLite by seq range, `max` rows at a time, never the whole backlog.
 //!
 //! In-flight bookkeeping: `inflight` holds each reading handed out and not yet acknowledged,
-//! with its attempt count. It is bounded by what the uplink keeps in flight (its own window);
+//! with its attempt count, when it was handed out, and what an outcome event and the router
+//! need to know about it. It is bounded by what the uplink keeps in flight (its own window);
 //! [`Cursor::rewind`] moves the position back to the oldest of them so they are handed out
-//! again, and readings between them that were already acknowledged are skipped.
+//! again, and readings between them that were already acknowledged are skipped. `nack` and a
+//! release nobody can take move the position back the same way, from the lowest seq concerned.
+//!
+//! Readings another uplink released to this one arrive (after their commit) in the slot's
+//! `received` queue: the cursor moves back to each and remembers it in `adopted`, because a
+//! seq at or below `handed_high` is otherwise only handed out again when it is in flight.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rusqlite::{Connection, params};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use ulid::Ulid;
-use wardgate_core::{Delivery, MessageClass, OutboxCursor, OutboxError};
+use wardgate_core::{
+    Delivery, DeliveryOutcome, MessageClass, NackReason, OutboxCursor, OutboxError, OutcomeKind,
+};
 
 use crate::db::{class_from_code, connect, to_i64, to_u64, ulid_from_blob};
 use crate::error::StoreError;
-use crate::metrics::ReplayReason;
+use crate::metrics::{NackLabel, Nacked, Released, ReplayReason};
 use crate::outbox::{CommitMark, Inner, lock};
 
 /// A reading read back from SQLite.
@@ -32,6 +41,18 @@ struct DbRow {
     device: String,
     class: MessageClass,
     json: Bytes,
+}
+
+/// A reading handed out and not yet acknowledged (or released).
+#[derive(Debug)]
+struct InFlight {
+    /// The `attempts` it was last handed out with.
+    attempts: u32,
+    /// When it was last handed out (`tokio::time`, pausable in tests).
+    handed_at: Instant,
+    id: Ulid,
+    device: Arc<str>,
+    class: MessageClass,
 }
 
 /// An uplink's view of the outbox; see [`OutboxCursor`]. Created by
@@ -48,7 +69,9 @@ pub struct Cursor {
     handed_high: u64,
     /// Readings at or below this may have been handed out before this cursor existed.
     replay_upto: u64,
-    inflight: BTreeMap<u64, u32>,
+    inflight: BTreeMap<u64, InFlight>,
+    /// Seqs released to this uplink by others and not handed out yet.
+    adopted: BTreeSet<u64>,
     committed: watch::Receiver<CommitMark>,
     /// Opened on first use, so a caught-up uplink never holds a read connection busy.
     conn: Arc<Mutex<Option<Connection>>>,
@@ -71,6 +94,8 @@ impl Cursor {
         }
         let mask = slot.mask;
         let replay_upto = slot.handed_high.load(Ordering::SeqCst);
+        // A new cursor reads every owed row from the start; older notices are moot.
+        lock(&slot.received).clear();
         let committed = inner.committed.subscribe();
         Ok(Cursor {
             inner,
@@ -80,6 +105,7 @@ impl Cursor {
             handed_high: 0,
             replay_upto,
             inflight: BTreeMap::new(),
+            adopted: BTreeSet::new(),
             committed,
             conn: Arc::new(Mutex::new(None)),
         })
@@ -120,6 +146,7 @@ impl Cursor {
         out: &mut Vec<Delivery>,
         replays: &mut Replays,
     ) -> Result<(), OutboxError> {
+        self.take_received();
         while out.len() < max {
             let mark = *self.committed.borrow_and_update();
             if self.pos >= mark.seq {
@@ -222,6 +249,48 @@ impl Cursor {
         for s in gone {
             self.inflight.remove(&s);
         }
+        let gone: Vec<u64> = self.adopted.range(from + 1..to).copied().collect();
+        for s in gone {
+            self.adopted.remove(&s);
+        }
+    }
+
+    /// Takes the seqs other uplinks' releases made owed to this one: each is handed out before
+    /// anything after it, so the position moves back to the lowest (like a rewind from there).
+    fn take_received(&mut self) {
+        let Some(slot) = self.inner.slots.get(self.idx) else {
+            return;
+        };
+        let got = std::mem::take(&mut *lock(&slot.received));
+        for s in got {
+            // Already handed out since it became owed here (found by a scan): nothing to redo.
+            if !self.inflight.contains_key(&s) {
+                self.adopted.insert(s);
+                self.pos = self.pos.min(s.saturating_sub(1));
+            }
+        }
+    }
+
+    /// Moves the position back so `seq` and every unacknowledged delivery after it are handed
+    /// out again.
+    fn back_to(&mut self, seq: u64) {
+        self.pos = self.pos.min(seq.saturating_sub(1));
+    }
+
+    /// Publishes one outcome per seq (only while someone subscribes).
+    fn publish(&self, kind: OutcomeKind, seqs: &[u64], now: Instant) {
+        let outcomes = &self.inner.outcomes;
+        if !outcomes.has_subscribers() {
+            return;
+        }
+        let Some(slot) = self.inner.slots.get(self.idx) else {
+            return;
+        };
+        for s in seqs {
+            if let Some(f) = self.inflight.get(s) {
+                outcomes.send(outcome(kind, self.idx, &slot.label, *s, f, now));
+            }
+        }
     }
 
     /// Decides whether an owed reading at `seq` is handed out, and with which attempt count.
@@ -233,24 +302,39 @@ impl Cursor {
         make: impl FnOnce(u32) -> Delivery,
     ) {
         self.forget_missing(self.pos, seq);
-        if seq <= self.handed_high {
-            // Handed out before by this cursor: again only if still unacknowledged (rewind).
-            if let Some(a) = self.inflight.get_mut(&seq) {
-                *a = a.saturating_add(1);
-                replays.rewind += 1;
-                out.push(make(*a));
-            }
-        } else {
-            let attempts = if seq <= self.replay_upto {
+        let now = Instant::now();
+        let adopted = self.adopted.remove(&seq);
+        if let Some(f) = self.inflight.get_mut(&seq) {
+            // Handed out before by this cursor and still unacknowledged (rewind, nack).
+            f.attempts = f.attempts.saturating_add(1);
+            f.handed_at = now;
+            replays.rewind += 1;
+            out.push(make(f.attempts));
+        } else if adopted || seq > self.handed_high {
+            // New to this cursor: first hand-out, or released here by another uplink (which
+            // is a first hand-out for this uplink too, whatever happened before a restart).
+            let attempts = if !adopted && seq <= self.replay_upto {
                 replays.restart += 1;
                 1
             } else {
                 0
             };
-            self.inflight.insert(seq, attempts);
-            self.handed_high = seq;
-            out.push(make(attempts));
+            let d = make(attempts);
+            self.inflight.insert(
+                seq,
+                InFlight {
+                    attempts,
+                    handed_at: now,
+                    id: d.id,
+                    device: Arc::from(d.device.as_str()),
+                    class: d.class,
+                },
+            );
+            self.handed_high = self.handed_high.max(seq);
+            out.push(d);
         }
+        // Otherwise: at or below `handed_high` and not in flight: acknowledged or released by
+        // this cursor, not to be handed out again.
         self.pos = self.pos.max(seq);
     }
 
@@ -273,6 +357,27 @@ impl Cursor {
         })
         .await
         .map_err(|e| OutboxError::Io(format!("reader thread failed: {e}")))?
+    }
+}
+
+fn outcome(
+    kind: OutcomeKind,
+    uplink: usize,
+    name: &Arc<str>,
+    seq: u64,
+    f: &InFlight,
+    now: Instant,
+) -> DeliveryOutcome {
+    DeliveryOutcome {
+        outcome: kind,
+        uplink,
+        uplink_name: name.clone(),
+        seq,
+        id: f.id,
+        device: f.device.clone(),
+        class: f.class,
+        attempts: f.attempts,
+        latency: now.saturating_duration_since(f.handed_at),
     }
 }
 
@@ -340,6 +445,7 @@ impl OutboxCursor for Cursor {
     }
 
     fn ack(&mut self, seqs: &[u64]) {
+        self.publish(OutcomeKind::Acked, seqs, Instant::now());
         let mut acked = Vec::new();
         for s in seqs {
             if self.inflight.remove(s).is_some() {
@@ -357,7 +463,80 @@ impl OutboxCursor for Cursor {
 
     fn rewind(&mut self) {
         if let Some((&first, _)) = self.inflight.first_key_value() {
-            self.pos = self.pos.min(first.saturating_sub(1));
+            self.back_to(first);
+        }
+    }
+
+    fn nack(&mut self, seqs: &[u64], why: NackReason) {
+        let mut failed: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| self.inflight.contains_key(s))
+            .collect();
+        failed.sort_unstable();
+        failed.dedup();
+        let Some(&lowest) = failed.first() else {
+            return;
+        };
+        self.publish(why.into(), &failed, Instant::now());
+        Nacked {
+            uplink: self.uplink(),
+            reason: why.into(),
+            count: failed.len() as u64,
+            first: false,
+        }
+        .emit(&self.inner.metrics);
+        self.back_to(lowest);
+    }
+
+    fn release(&mut self, seqs: &[u64]) {
+        let inner = self.inner.clone();
+        let Some(slot) = inner.slots.get(self.idx) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut moves = Vec::new();
+        let mut kept = Vec::new();
+        let mut seen = BTreeSet::new();
+        for &s in seqs {
+            let Some(f) = self.inflight.get(&s).filter(|_| seen.insert(s)) else {
+                continue;
+            };
+            let to = inner.routing.on_release(self.idx, f.id, &f.device, f.class);
+            if to.is_empty() {
+                kept.push(s);
+            } else {
+                moves.push((s, inner.routing.mask_of(to)));
+            }
+        }
+        if !moves.is_empty() {
+            let moved: Vec<u64> = moves.iter().map(|(s, _)| *s).collect();
+            self.publish(OutcomeKind::Released, &moved, now);
+            for s in &moved {
+                // No longer this uplink's: neither handed out again nor acknowledged by it.
+                self.inflight.remove(s);
+            }
+            lock(&slot.releases).extend(moves);
+            slot.unplaced_warned.store(false, Ordering::Relaxed);
+            inner.ack_wake.notify_one();
+            Released {
+                uplink: &slot.name,
+                count: moved.len() as u64,
+            }
+            .emit(&inner.metrics);
+        }
+        if let Some(&lowest) = kept.iter().min() {
+            // Nobody else can take them: they stay this uplink's, handed out again like a
+            // failed delivery (the uplink gave up on this attempt).
+            self.publish(OutcomeKind::Failed, &kept, now);
+            Nacked {
+                uplink: &slot.name,
+                reason: NackLabel::Unplaced,
+                count: kept.len() as u64,
+                first: !slot.unplaced_warned.swap(true, Ordering::Relaxed),
+            }
+            .emit(&inner.metrics);
+            self.back_to(lowest);
         }
     }
 }

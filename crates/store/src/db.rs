@@ -34,9 +34,8 @@ use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 use ulid::Ulid;
-use wardgate_core::{Encoded, MessageClass};
+use wardgate_core::{Encoded, MAX_UPLINKS, MessageClass};
 
-use crate::MAX_UPLINKS;
 use crate::config::{Durability, OverflowPolicy, StoreConfig};
 use crate::error::StoreError;
 use crate::metrics::CommitKind;
@@ -246,8 +245,13 @@ pub(crate) struct OpenReport {
 pub(crate) struct Work {
     /// Accepted readings, in arrival order.
     pub(crate) readings: Vec<Encoded>,
+    /// The routed `pending` mask of each reading (same order; never 0). A reading without one
+    /// is owed to every uplink.
+    pub(crate) pending: Vec<i64>,
     /// Acknowledged seqs per uplink index.
     pub(crate) acks: Vec<(usize, Vec<u64>)>,
+    /// Released deliveries per uplink index: (seq, mask of the uplinks taking it over).
+    pub(crate) releases: Vec<(usize, Vec<(u64, i64)>)>,
     /// Delete readings received before this instant (ms since the epoch).
     pub(crate) expire_before_ms: Option<i64>,
     /// The receive stamp for new readings (ms since the epoch).
@@ -256,7 +260,10 @@ pub(crate) struct Work {
 
 impl Work {
     pub(crate) fn is_empty(&self) -> bool {
-        self.readings.is_empty() && self.acks.is_empty() && self.expire_before_ms.is_none()
+        self.readings.is_empty()
+            && self.acks.is_empty()
+            && self.releases.is_empty()
+            && self.expire_before_ms.is_none()
     }
 }
 
@@ -272,6 +279,10 @@ pub(crate) struct Outcome {
     pub(crate) more_expiry: bool,
     /// Acknowledgements that cleared a pending bit, per uplink index.
     pub(crate) acked: Vec<u64>,
+    /// Rows whose `pending` a release changed: (seq, new pending).
+    pub(crate) moved: Vec<(u64, i64)>,
+    /// Seqs newly owed to each uplink index by a release, ascending per release batch.
+    pub(crate) received: Vec<Vec<u64>>,
     pub(crate) elapsed: Duration,
     pub(crate) kind: Option<CommitKind>,
 }
@@ -459,6 +470,7 @@ impl Db {
         let mut st = self.state.clone();
         let mut out = Outcome {
             acked: vec![0; st.uplinks.len()],
+            received: vec![Vec::new(); st.uplinks.len()],
             kind: Some(kind),
             ..Outcome::default()
         };
@@ -469,6 +481,7 @@ impl Db {
 
         append(&tx, &mut st, work, &mut out)?;
         apply_acks(&tx, &mut st, &work.acks, &mut out, &mut dirty)?;
+        apply_releases(&tx, &mut st, &work.releases, &mut out, &mut dirty)?;
         if let Some(cutoff) = work.expire_before_ms {
             expire(&tx, &mut st, cutoff, &mut out, &mut dirty)?;
         }
@@ -834,13 +847,19 @@ fn append(
     if work.readings.is_empty() {
         return Ok(());
     }
-    let mask = st.all_mask();
+    let all = st.all_mask();
     let mut ins = tx.prepare_cached(
         "INSERT INTO readings (seq, id, device, class, received_ms, bytes, pending, json) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     out.appended.reserve(work.readings.len());
-    for e in &work.readings {
+    for (i, e) in work.readings.iter().enumerate() {
+        // Owed to nobody would mean acknowledged to the device and never delivered: a missing
+        // or foreign mask falls back to every uplink (the router layer already counted it).
+        let mask = match work.pending.get(i).map(|m| m & all) {
+            Some(m) if m != 0 => m,
+            _ => all,
+        };
         let seq = st.next_seq;
         st.next_seq += 1;
         let len = e.json.len() as u64;
@@ -856,7 +875,7 @@ fn append(
         ])?;
         st.readings += 1;
         st.bytes += len;
-        for u in &mut st.uplinks {
+        for u in st.uplinks.iter_mut().filter(|u| mask & u.mask() != 0) {
             u.owed += 1;
             u.owed_bytes += len;
             if u.oldest.is_none() {
@@ -933,6 +952,71 @@ fn apply_acks(
                     }
                 }
                 out.acked[*idx] += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Releases: each released row moves from the releasing uplink's bit to the bits of the uplinks
+/// taking it over in one UPDATE, so no committed state has the row owed to nobody. A row the
+/// releasing uplink is no longer owed (acknowledged, already moved, deleted) is left alone.
+fn apply_releases(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    releases: &[(usize, Vec<(u64, i64)>)],
+    out: &mut Outcome,
+    dirty: &mut [bool],
+) -> rusqlite::Result<()> {
+    if releases.is_empty() {
+        return Ok(());
+    }
+    let all = st.all_mask();
+    let mut sel =
+        tx.prepare_cached("SELECT pending, bytes, received_ms FROM readings WHERE seq = ?1")?;
+    let mut upd = tx.prepare_cached("UPDATE readings SET pending = ?2 WHERE seq = ?1")?;
+    for (idx, moves) in releases {
+        let Some(from) = st.uplinks.get(*idx).map(UplinkState::mask) else {
+            continue;
+        };
+        for &(seq, target) in moves {
+            let target = target & all & !from;
+            if target == 0 {
+                // The cursor never queues such a move; clearing the bit would orphan the row.
+                continue;
+            }
+            let row = sel
+                .query_row([to_i64(seq)], |r| {
+                    Ok((r.get::<_, i64>(0)?, to_u64(r.get(1)?), r.get::<_, i64>(2)?))
+                })
+                .optional()?;
+            let Some((pending, bytes, received_ms)) = row else {
+                continue;
+            };
+            if pending & from == 0 {
+                continue;
+            }
+            let new = (pending & !from) | target;
+            upd.execute(params![to_i64(seq), new])?;
+            out.moved.push((seq, new));
+            for (i, u) in st.uplinks.iter_mut().enumerate() {
+                let bit = u.mask();
+                if bit == from {
+                    u.owed = u.owed.saturating_sub(1);
+                    u.owed_bytes = u.owed_bytes.saturating_sub(bytes);
+                    if u.oldest.is_some_and(|(o, _)| o <= seq) {
+                        dirty[i] = true;
+                    }
+                } else if target & bit != 0 && pending & bit == 0 {
+                    u.owed += 1;
+                    u.owed_bytes += bytes;
+                    if u.oldest.is_none_or(|(o, _)| seq < o) {
+                        u.oldest = Some((seq, received_ms));
+                    }
+                    if let Some(r) = out.received.get_mut(i) {
+                        r.push(seq);
+                    }
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::MAX_UPLINKS;
+use wardgate_core::MAX_UPLINKS;
 
 /// The command that salvages a corrupt store. Every corruption message quotes it.
 pub const RECOVER_COMMAND: &str = "wardgate store recover --config <file>";
@@ -80,6 +80,12 @@ pub enum StoreError {
     /// `run_writer` was called twice.
     #[error("the outbox writer is already running (or has run and closed the store)")]
     WriterRunning,
+    /// The commit a [`crate::Outbox::flush`] waited for failed (the writer logged why).
+    #[error("the outbox commit failed")]
+    NotCommitted,
+    /// The outbox writer has stopped (or the outbox was dropped).
+    #[error("the outbox is closed")]
+    Closed,
     /// `recover` found nothing at the path.
     #[error("no outbox store at {0}")]
     NotFound(PathBuf),

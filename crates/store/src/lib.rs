@@ -1,7 +1,10 @@
 //! wardgate-store: the durable outbox between ingest and the uplinks.
 //!
-//! It owns the readings from the moment a device is told "accepted" until every configured
-//! uplink has acknowledged them upstream. Its promises:
+//! It owns the readings from the moment a device is told "accepted" until every uplink they are
+//! owed to has acknowledged them upstream. Which uplinks that is, is decided once per reading
+//! when it is appended, by the [`wardgate_core::Router`] given at open ([`OpenOptions`]; the
+//! default, [`wardgate_core::AllUplinks`], owes every reading to every configured uplink), and
+//! stored with the reading. Its promises:
 //!
 //! 1. **Ack means durable.** A request's `done` resolves `Ok` only after the transaction holding
 //!    its readings is committed and fsynced (`durability = "fsync"`). A `kill -9` or power cut at
@@ -11,17 +14,34 @@
 //!    readings in append (seq) order, which keeps per-device order; a reading leaves the outbox
 //!    for an uplink only when that uplink acknowledges it. After a rewind or a restart,
 //!    everything unacknowledged is handed out again with the same id and a non-zero
-//!    `attempts`, counted in `wardgate_store_replayed_total`.
-//! 3. **Quotas with a policy, never silent drops.** `max_readings`/`max_bytes` are enforced per
+//!    `attempts`, counted in `wardgate_store_replayed_total`. `nack` hands deliveries out again
+//!    the same way (from the lowest nacked seq), counted in `wardgate_store_nacked_total`.
+//! 3. **Never owed to nobody.** A reading the router owes to no configured uplink is owed to
+//!    every uplink instead (`wardgate_store_unrouted_total`), never dropped or refused. A
+//!    `release` moves a reading from the releasing uplink's bit to the router's choice of other
+//!    uplinks in one row update inside one transaction, so after any crash it is owed to the
+//!    old uplink or to the new ones; if no other uplink can take it, it stays owed to the
+//!    releasing uplink (`wardgate_store_nacked_total{reason="release_unplaced"}`). The receiving
+//!    uplink's cursor moves back to the released seq, so it hands the reading out before any
+//!    later reading it has not had acknowledged: per-device order holds there too.
+//!    (Removing an uplink from the configuration still deletes the readings only it was owed,
+//!    as before routing; with a router that owes readings to a subset, those were not
+//!    necessarily delivered elsewhere.)
+//! 4. **Quotas with a policy, never silent drops.** `max_readings`/`max_bytes` are enforced per
 //!    request: `reject` refuses it with [`wardgate_core::IngestError::StoreFull`] (the device
 //!    keeps the reading), `drop-oldest` deletes the oldest readings and counts them in
 //!    `wardgate_store_dropped_total{reason="overflow"}`. `max_age` expiry is counted as
 //!    `reason="expired"`.
-//! 4. **Bounded memory.** The writer holds at most one batch (`max_batch` readings); the
+//! 5. **Bounded memory.** The writer holds at most one batch (`max_batch` readings); the
 //!    in-memory tail is bounded by `tail_readings`/`tail_bytes`; cursors read `max` rows at a
 //!    time; opening a cleanly closed store with a large backlog reads its counters, not its
 //!    rows (after an unclean stop they are recounted, see `db.rs`).
-//! 5. **Damage is reported, never papered over.** A file that is not a database, is truncated,
+//! 6. **Delivery outcomes are published, never waited for.** Every ack, nack and release is a
+//!    [`wardgate_core::DeliveryOutcome`] (with the latency since the cursor handed the reading
+//!    out, on `tokio::time`'s clock) on a bounded broadcast channel
+//!    ([`Outbox::subscribe_outcomes`]); a subscriber that falls behind loses the oldest events,
+//!    counted in `wardgate_store_outcome_events_lost_total`.
+//! 7. **Damage is reported, never papered over.** A file that is not a database, is truncated,
 //!    or fails `quick_check` after an unclean stop is [`StoreError::Corrupt`], whose message
 //!    names `wardgate store recover --config <file>` ([`recover`]), which salvages what is
 //!    readable and keeps the damaged file aside.
@@ -37,11 +57,13 @@
 //!   that fsync is shared: the writer group-commits every request that arrives within
 //!   `commit_window` (or while the previous fsync runs) in one transaction, so throughput
 //!   scales with concurrency rather than with fsyncs per second. Commits that carry only
-//!   acknowledgements or expiry run with `synchronous=NORMAL`: losing one only repeats a
-//!   delivery, and WAL ordering makes the next fsynced commit cover it.
+//!   acknowledgements, releases or expiry run with `synchronous=NORMAL`: losing one only
+//!   repeats a delivery (or leaves a released reading with the uplink that released it), and
+//!   WAL ordering makes the next fsynced commit cover it.
 //! - One row per reading with a per-uplink bitmask (`pending`) means a reading is stored once
-//!   however many uplinks there are, and an acknowledgement is a primary-key update (or the
-//!   delete, for the last uplink).
+//!   however many uplinks there are, an acknowledgement is a primary-key update (or the
+//!   delete, for the last uplink), a routing decision is the initial mask and a release is one
+//!   update of it.
 //! - WAL readers see a consistent snapshot without blocking the writer, so cursors that fell
 //!   behind read by seq range on their own connections while the writer keeps committing.
 //! - It is one C library built by `rusqlite`'s `bundled` feature (no system dependency), and a
@@ -61,14 +83,15 @@ mod error;
 pub mod metrics;
 mod outbox;
 mod recover;
+mod route;
 mod tail;
 
 pub use config::{Durability, OverflowPolicy, StoreConfig};
 pub use cursor::Cursor;
 pub use error::{RECOVER_COMMAND, StoreError};
 pub use metrics::StoreMetrics;
-pub use outbox::{Outbox, OutboxStats, UplinkStats};
+pub use outbox::{OpenOptions, Outbox, OutboxStats, UplinkStats};
 pub use recover::{RecoverReport, recover};
-
-/// Most uplinks one store tracks (one bit each in a signed 64-bit mask).
-pub const MAX_UPLINKS: usize = 63;
+/// Most uplinks one store tracks (one bit each in a signed 64-bit mask). Defined in core, beside
+/// the `UplinkSet` routers answer with, and re-exported here where it has always been.
+pub use wardgate_core::MAX_UPLINKS;

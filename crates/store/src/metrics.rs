@@ -143,6 +143,49 @@ struct ReplayLabels {
     reason: ReplayReason,
 }
 
+/// Why an uplink handed a delivery back (the label of `wardgate_store_nacked_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum NackLabel {
+    /// The uplink reported a failure.
+    Failed,
+    /// The uplink timed out waiting for its peer.
+    TimedOut,
+    /// The uplink released it and no other uplink could take it.
+    Unplaced,
+}
+
+impl NackLabel {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NackLabel::Failed => "failed",
+            NackLabel::TimedOut => "timed_out",
+            NackLabel::Unplaced => "release_unplaced",
+        }
+    }
+}
+
+impl From<wardgate_core::NackReason> for NackLabel {
+    fn from(r: wardgate_core::NackReason) -> Self {
+        match r {
+            wardgate_core::NackReason::Failed => NackLabel::Failed,
+            wardgate_core::NackReason::TimedOut => NackLabel::TimedOut,
+        }
+    }
+}
+
+impl EncodeLabelValue for NackLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NackLabels {
+    uplink: String,
+    reason: NackLabel,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommitLabels {
     kind: CommitKind,
@@ -164,6 +207,10 @@ pub struct StoreMetrics {
     dropped: Family<DropLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
     acks: Family<UplinkLabels, Counter>,
+    nacked: Family<NackLabels, Counter>,
+    released: Family<UplinkLabels, Counter>,
+    unrouted: Counter,
+    outcome_events_lost: Counter,
 }
 
 impl StoreMetrics {
@@ -235,6 +282,26 @@ impl StoreMetrics {
             "Uplink acknowledgements committed",
             m.acks.clone(),
         );
+        registry.register(
+            "wardgate_store_nacked",
+            "Deliveries an uplink handed back and will get again, by reason",
+            m.nacked.clone(),
+        );
+        registry.register(
+            "wardgate_store_released",
+            "Deliveries an uplink gave up that the router moved to another uplink (counted at the giving uplink)",
+            m.released.clone(),
+        );
+        registry.register(
+            "wardgate_store_unrouted",
+            "Readings the router owed to no configured uplink; they were owed to every uplink instead",
+            m.unrouted.clone(),
+        );
+        registry.register(
+            "wardgate_store_outcome_events_lost",
+            "Delivery outcome events a subscriber lost because it fell behind",
+            m.outcome_events_lost.clone(),
+        );
         // Export zeros from the start, so "never happened" is distinguishable from "absent".
         for reason in [
             DropReason::Overflow,
@@ -267,6 +334,15 @@ impl StoreMetrics {
         let _ = self.acks.get_or_create(&UplinkLabels {
             uplink: uplink.to_owned(),
         });
+        let _ = self.released.get_or_create(&UplinkLabels {
+            uplink: uplink.to_owned(),
+        });
+        for reason in [NackLabel::Failed, NackLabel::TimedOut, NackLabel::Unplaced] {
+            let _ = self.nacked.get_or_create(&NackLabels {
+                uplink: uplink.to_owned(),
+                reason,
+            });
+        }
     }
 
     /// Metrics not attached to any registry (tests, benches, tools).
@@ -285,7 +361,45 @@ impl StoreMetrics {
             dropped: Family::default(),
             rejected: Family::default(),
             acks: Family::default(),
+            nacked: Family::default(),
+            released: Family::default(),
+            unrouted: Counter::default(),
+            outcome_events_lost: Counter::default(),
         }
+    }
+
+    /// The counter outcome subscribers add their losses to.
+    pub(crate) fn outcome_events_lost(&self) -> Counter {
+        self.outcome_events_lost.clone()
+    }
+
+    /// Deliveries `uplink` handed back for this reason so far.
+    pub fn nacked_total(&self, uplink: &str, reason: NackLabel) -> u64 {
+        self.nacked
+            .get_or_create(&NackLabels {
+                uplink: uplink.to_owned(),
+                reason,
+            })
+            .get()
+    }
+
+    /// Deliveries `uplink` released to another uplink so far.
+    pub fn released_total(&self, uplink: &str) -> u64 {
+        self.released
+            .get_or_create(&UplinkLabels {
+                uplink: uplink.to_owned(),
+            })
+            .get()
+    }
+
+    /// Readings appended with no route (owed to every uplink) so far.
+    pub fn unrouted_total(&self) -> u64 {
+        self.unrouted.get()
+    }
+
+    /// Outcome events lost by lagging subscribers so far.
+    pub fn outcome_events_lost_total(&self) -> u64 {
+        self.outcome_events_lost.get()
     }
 
     /// Commits of this kind so far.
@@ -497,6 +611,93 @@ impl Dropped {
                 "acknowledged readings were lost: the commit failed after they were acknowledged \
                  (durability = \"unsafe-no-fsync\")"
             ),
+        }
+    }
+}
+
+/// Deliveries an uplink handed back; they stay owed to it.
+#[derive(Debug)]
+pub(crate) struct Nacked<'a> {
+    pub(crate) uplink: &'a str,
+    pub(crate) reason: NackLabel,
+    pub(crate) count: u64,
+    /// For `Unplaced`: whether this is the first time (the warning is logged once, until a
+    /// release succeeds again).
+    pub(crate) first: bool,
+}
+
+impl Nacked<'_> {
+    pub(crate) fn emit(&self, m: &StoreMetrics) {
+        if self.count == 0 {
+            return;
+        }
+        m.nacked
+            .get_or_create(&NackLabels {
+                uplink: self.uplink.to_owned(),
+                reason: self.reason,
+            })
+            .inc_by(self.count);
+        match self.reason {
+            NackLabel::Unplaced if self.first => tracing::warn!(
+                uplink = self.uplink,
+                readings = self.count,
+                "uplink released readings that no other uplink can take; they stay owed to it and are handed out again"
+            ),
+            // Per-delivery failures are the uplink's to log; the counter carries the rate.
+            _ => tracing::debug!(
+                uplink = self.uplink,
+                reason = self.reason.as_str(),
+                readings = self.count,
+                "uplink handed deliveries back"
+            ),
+        }
+    }
+}
+
+/// Deliveries an uplink gave up that the router placed elsewhere.
+#[derive(Debug)]
+pub(crate) struct Released<'a> {
+    pub(crate) uplink: &'a str,
+    pub(crate) count: u64,
+}
+
+impl Released<'_> {
+    pub(crate) fn emit(&self, m: &StoreMetrics) {
+        if self.count == 0 {
+            return;
+        }
+        m.released
+            .get_or_create(&UplinkLabels {
+                uplink: self.uplink.to_owned(),
+            })
+            .inc_by(self.count);
+        tracing::debug!(
+            uplink = self.uplink,
+            readings = self.count,
+            "uplink released deliveries to other uplinks"
+        );
+    }
+}
+
+/// Readings the router owed to no configured uplink: owed to all of them instead.
+#[derive(Debug)]
+pub(crate) struct Unrouted {
+    pub(crate) count: u64,
+    /// Log only the first occurrence per writer; the counter carries the rate.
+    pub(crate) first: bool,
+}
+
+impl Unrouted {
+    pub(crate) fn emit(&self, m: &StoreMetrics) {
+        if self.count == 0 {
+            return;
+        }
+        m.unrouted.inc_by(self.count);
+        if self.first {
+            tracing::warn!(
+                readings = self.count,
+                "the router owed readings to no configured uplink; they are owed to every uplink instead                  (counted in wardgate_store_unrouted_total; further occurrences are not logged)"
+            );
         }
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use wardgate_core::{
-    BusReceiver, Clock, Encoded, HealthReporter, IngestError, IngestRequest, Shutdown, SystemClock,
+    AllUplinks, BusReceiver, Clock, Encoded, HealthReporter, IngestError, IngestRequest,
+    OutcomeReceiver, OutcomeSender, Router, Shutdown, SystemClock,
 };
 
 use crate::config::{Durability, OverflowPolicy, StoreConfig};
@@ -17,8 +18,9 @@ use crate::db::{Db, OpenReport, Outcome, State, Work};
 use crate::error::{StoreError, is_corruption};
 use crate::metrics::{
     AcksCommitted, CommitFailed, Committed, DropReason, Dropped, RejectReason, Rejected,
-    StoreMetrics,
+    StoreMetrics, Unrouted,
 };
+use crate::route::Routing;
 use crate::tail::Tail;
 
 /// How often the writer refreshes the age gauges, checks for expired readings and flushes the
@@ -31,6 +33,9 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const ACK_COMMIT_DELAY: Duration = Duration::from_millis(20);
 /// The overflow (drop-oldest) warning is logged at most this often, with the count since.
 const OVERFLOW_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Delivery outcome events kept per subscriber (about 100 bytes each). A subscriber further
+/// behind loses the oldest and the loss is counted; publishing never waits for it.
+const OUTCOME_EVENTS: usize = 4096;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -53,11 +58,22 @@ pub(crate) struct CommitMark {
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) name: String,
+    /// The name again, shared by every outcome event.
+    pub(crate) label: Arc<str>,
     pub(crate) mask: i64,
     /// Acknowledgements waiting for the writer's next transaction. Not bounded by a constant:
     /// refusing an ack would only cause a redelivery, and a cursor forwards each handed-out seq
     /// at most once, so this holds at most the readings handed out (bounded by the quota).
     pub(crate) acks: Mutex<Vec<u64>>,
+    /// Releases waiting for the writer's next transaction: (seq, mask of the uplinks taking it
+    /// over). Bounded like `acks`: a cursor releases each handed-out seq at most once.
+    pub(crate) releases: Mutex<Vec<(u64, i64)>>,
+    /// Seqs other uplinks' releases made owed to this one (committed), for its live cursor to
+    /// move back to. Filled only while a cursor is live (a new cursor reads the table anyway);
+    /// bounded by the readings released to this uplink.
+    pub(crate) received: Mutex<Vec<u64>>,
+    /// The "released but nobody can take them" warning was logged (until a release succeeds).
+    pub(crate) unplaced_warned: AtomicBool,
     /// A cursor for this uplink is alive.
     pub(crate) cursor_live: AtomicBool,
     /// Readings at or below this seq may have been handed out before (by an earlier process or
@@ -78,17 +94,29 @@ pub(crate) struct Inner {
     /// The writer's counters as of the last commit.
     pub(crate) snapshot: Mutex<State>,
     pub(crate) committed: watch::Sender<CommitMark>,
-    /// Wakes the writer when acknowledgements are queued.
+    /// Wakes the writer when acknowledgements or releases are queued.
     pub(crate) ack_wake: Notify,
+    pub(crate) routing: Routing,
+    pub(crate) outcomes: OutcomeSender,
+    /// Callers of [`Outbox::flush`] waiting for the next commit (true: it committed).
+    pub(crate) flushes: Mutex<Vec<oneshot::Sender<bool>>>,
 }
 
 impl Inner {
     fn take_acks(&self) -> Vec<(usize, Vec<u64>)> {
+        self.take_queued(|s| &s.acks)
+    }
+
+    fn take_releases(&self) -> Vec<(usize, Vec<(u64, i64)>)> {
+        self.take_queued(|s| &s.releases)
+    }
+
+    fn take_queued<T>(&self, queue: impl Fn(&Slot) -> &Mutex<Vec<T>>) -> Vec<(usize, Vec<T>)> {
         self.slots
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                let v = std::mem::take(&mut *lock(&s.acks));
+                let v = std::mem::take(&mut *lock(queue(s)));
                 (!v.is_empty()).then_some((i, v))
             })
             .collect()
@@ -119,6 +147,25 @@ fn age(now_ms: i64, oldest: Option<(u64, i64)>) -> Option<Duration> {
 #[derive(Debug, Clone)]
 pub struct Outbox {
     inner: Arc<Inner>,
+}
+
+/// What [`Outbox::open_with`] takes beyond the config: the injected clock and the router.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Wall clock for receive stamps, expiry and ages.
+    pub clock: Arc<dyn Clock>,
+    /// Decides which uplinks each reading is owed to (and where released deliveries go).
+    pub router: Arc<dyn Router>,
+}
+
+impl Default for OpenOptions {
+    /// The system clock and [`AllUplinks`] (every reading owed to every uplink).
+    fn default() -> Self {
+        OpenOptions {
+            clock: Arc::new(SystemClock),
+            router: Arc::new(AllUplinks),
+        }
+    }
 }
 
 /// Outbox occupancy, for the admin API, `/readyz` and metrics.
@@ -163,7 +210,7 @@ impl Outbox {
         uplinks: &[String],
         metrics: StoreMetrics,
     ) -> Result<Outbox, StoreError> {
-        Outbox::open_with_clock(cfg, uplinks, metrics, Arc::new(SystemClock))
+        Outbox::open_with(cfg, uplinks, metrics, OpenOptions::default())
     }
 
     /// [`Outbox::open`] with an injected wall clock (receive stamps, expiry, ages).
@@ -173,6 +220,22 @@ impl Outbox {
         metrics: StoreMetrics,
         clock: Arc<dyn Clock>,
     ) -> Result<Outbox, StoreError> {
+        let opts = OpenOptions {
+            clock,
+            ..OpenOptions::default()
+        };
+        Outbox::open_with(cfg, uplinks, metrics, opts)
+    }
+
+    /// [`Outbox::open`] with an injected clock and router. The router's [`wardgate_core::UplinkSet`]
+    /// indices are positions in `uplinks`.
+    pub fn open_with(
+        cfg: &StoreConfig,
+        uplinks: &[String],
+        metrics: StoreMetrics,
+        opts: OpenOptions,
+    ) -> Result<Outbox, StoreError> {
+        let OpenOptions { clock, router } = opts;
         let (db, report) = Db::open(cfg, uplinks)?;
         log_open(cfg, &report);
         if cfg.durability == Durability::UnsafeNoFsync {
@@ -189,13 +252,23 @@ impl Outbox {
             .iter()
             .map(|u| Slot {
                 name: u.name.clone(),
+                label: Arc::from(u.name.as_str()),
                 mask: u.mask(),
                 acks: Mutex::new(Vec::new()),
+                releases: Mutex::new(Vec::new()),
+                received: Mutex::new(Vec::new()),
+                unplaced_warned: AtomicBool::new(false),
                 cursor_live: AtomicBool::new(false),
                 handed_high: AtomicU64::new(last),
             })
             .collect();
         let tail_bytes = usize::try_from(cfg.tail_bytes).unwrap_or(usize::MAX);
+        let routing = Routing::new(
+            router,
+            state.uplinks.iter().map(|u| u.name.clone()).collect(),
+            state.uplinks.iter().map(|u| u.mask()).collect(),
+        );
+        let outcomes = OutcomeSender::new(OUTCOME_EVENTS, metrics.outcome_events_lost());
         let inner = Inner {
             cfg: cfg.clone(),
             path: db.path().to_owned(),
@@ -211,6 +284,9 @@ impl Outbox {
                 closed: false,
             }),
             ack_wake: Notify::new(),
+            routing,
+            outcomes,
+            flushes: Mutex::new(Vec::new()),
         };
         for u in &state.uplinks {
             inner.metrics.init_uplink(&u.name);
@@ -232,6 +308,29 @@ impl Outbox {
             .position(|s| s.name == uplink)
             .ok_or_else(|| StoreError::UnknownUplink(uplink.to_owned()))?;
         Cursor::new(self.inner.clone(), idx)
+    }
+
+    /// Subscribes to delivery outcomes (every ack, nack and release of every cursor, with its
+    /// latency). Bounded: a subscriber that falls more than a few thousand events behind loses
+    /// the oldest, counted in `wardgate_store_outcome_events_lost_total`; delivery never waits
+    /// for a subscriber. Events are published only while someone subscribes.
+    pub fn subscribe_outcomes(&self) -> OutcomeReceiver {
+        self.inner.outcomes.subscribe()
+    }
+
+    /// Waits until everything the cursors queued before this call (acknowledgements, releases)
+    /// is committed. Tests and tools use it to observe a settled store; uplinks never need it.
+    /// Fails when the commit fails or the writer is not running (closed, or never started:
+    /// then it waits for the writer's first commit).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.flushes).push(tx);
+        self.inner.ack_wake.notify_one();
+        match rx.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::NotCommitted),
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     /// Depth, bytes and oldest undelivered age, overall and per uplink, as of the last commit.
@@ -409,6 +508,8 @@ struct Writer {
     bus_open: bool,
     expire_due: bool,
     expire_again: bool,
+    /// The "router owed readings to nobody" warning was logged.
+    unrouted_logged: bool,
 }
 
 impl Writer {
@@ -430,6 +531,7 @@ impl Writer {
             bus_open: true,
             expire_due: false,
             expire_again: false,
+            unrouted_logged: false,
         }
     }
 
@@ -459,7 +561,8 @@ impl Writer {
                     () = tokio::time::sleep_until(acks_due.unwrap_or_else(Instant::now)),
                         if acks_due.is_some() => {}
                     () = self.inner.ack_wake.notified(), if acks_due.is_none() => {
-                        if !self.near_reject_quota() {
+                        // A flush is waited for by someone: commit now.
+                        if !self.near_reject_quota() && lock(&self.inner.flushes).is_empty() {
                             acks_due = Some(Instant::now() + ACK_COMMIT_DELAY);
                             continue;
                         }
@@ -594,14 +697,42 @@ impl Writer {
         self.inner.now_ms().saturating_sub(max_age)
     }
 
+    /// Routes each reading: the `pending` mask it is stored with.
+    fn route(&mut self, readings: &[Encoded]) -> Vec<i64> {
+        let mut unrouted = 0u64;
+        let masks = readings
+            .iter()
+            .map(|e| {
+                let r = self.inner.routing.on_append(e.id, &e.device, e.class);
+                unrouted += u64::from(r.unrouted);
+                r.mask
+            })
+            .collect();
+        Unrouted {
+            count: unrouted,
+            first: !self.unrouted_logged,
+        }
+        .emit(&self.inner.metrics);
+        self.unrouted_logged |= unrouted > 0;
+        masks
+    }
+
     async fn commit(&mut self, batch: Batch) {
+        // Flush waiters first: everything queued before they asked is taken below.
+        let flushes = std::mem::take(&mut *lock(&self.inner.flushes));
+        let pending = self.route(&batch.readings);
         let work = Work {
             readings: batch.readings,
+            pending,
             acks: self.inner.take_acks(),
+            releases: self.inner.take_releases(),
             expire_before_ms: std::mem::take(&mut self.expire_due).then(|| self.expiry_cutoff()),
             now_ms: self.inner.now_ms(),
         };
         if work.is_empty() {
+            for f in flushes {
+                let _ = f.send(true);
+            }
             return;
         }
         let db = self.inner.db.clone();
@@ -610,6 +741,7 @@ impl Writer {
             (work, r)
         })
         .await;
+        let ok = matches!(joined, Ok((_, Ok(_))));
         match joined {
             Ok((work, Ok(outcome))) => self.committed(work, outcome, batch.dones),
             Ok((work, Err(e))) => {
@@ -622,6 +754,9 @@ impl Writer {
                 false,
                 batch.dones,
             ),
+        }
+        for f in flushes {
+            let _ = f.send(ok);
         }
     }
 
@@ -643,6 +778,15 @@ impl Writer {
                 if let Some(slot) = inner.slots.get(*idx) {
                     tail.clear(slot.mask, seqs);
                 }
+            }
+            for &(seq, pending) in &out.moved {
+                tail.set_pending(seq, pending);
+            }
+        }
+        // After the tail shows the new owners, so a cursor moving back finds them there.
+        for (slot, seqs) in inner.slots.iter().zip(&out.received) {
+            if !seqs.is_empty() && slot.cursor_live.load(Ordering::SeqCst) {
+                lock(&slot.received).extend_from_slice(seqs);
             }
         }
         *lock(&inner.snapshot) = state.clone();
@@ -708,10 +852,16 @@ impl Writer {
         let mut readings = 0;
         if let Some(work) = work {
             readings = work.readings.len();
-            // Nothing was written: the acknowledgements go back in the queue for the next try.
+            // Nothing was written: acknowledgements and releases go back in the queue for the
+            // next try (until then the released readings stay owed to the releasing uplink).
             for (idx, seqs) in work.acks {
                 if let Some(slot) = self.inner.slots.get(idx) {
                     lock(&slot.acks).extend(seqs);
+                }
+            }
+            for (idx, moves) in work.releases {
+                if let Some(slot) = self.inner.slots.get(idx) {
+                    lock(&slot.releases).extend(moves);
                 }
             }
             if self.inner.cfg.durability == Durability::UnsafeNoFsync && readings > 0 {

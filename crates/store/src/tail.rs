@@ -92,6 +92,15 @@ impl Tail {
         }
     }
 
+    /// A release moved committed row `seq` to other uplinks: its `pending` is now `pending`.
+    pub(crate) fn set_pending(&mut self, seq: u64, pending: i64) {
+        if let Ok(i) = self.rows.binary_search_by_key(&seq, |r| r.seq) {
+            if let Some(r) = self.rows.get_mut(i) {
+                r.pending = pending;
+            }
+        }
+    }
+
     /// Whether the tail alone answers "what comes after `pos`".
     pub(crate) fn covers(&self, pos: u64) -> bool {
         pos >= self.start_after
@@ -152,6 +161,10 @@ mod tests {
         t.clear(0b01, &[4, 9]);
         let pend: Vec<i64> = t.after(0).map(|r| r.pending).collect();
         assert_eq!(pend, vec![0b11, 0b10]);
+        t.set_pending(3, 0b100);
+        t.set_pending(1, 0b100); // deleted: nothing to change
+        let pend: Vec<i64> = t.after(0).map(|r| r.pending).collect();
+        assert_eq!(pend, vec![0b100, 0b10]);
     }
 
     #[test]

@@ -1,5 +1,11 @@
-//! Model-based test: random appends, deliveries, acks, rewinds, crashes and clean restarts
-//! against an in-memory model of what the outbox owes each uplink.
+//! Model-based test: random routed appends, deliveries, acks, rewinds, nacks, releases, crashes
+//! and clean restarts against an in-memory model of what the outbox owes each uplink.
+//!
+//! Readings are routed by [`PrefixRouter`] (the device id's prefix names the uplinks, with or
+//! without failover, or none); the model replays the same decision. A release moves a reading
+//! to the other uplink when the router allows it, where it is inserted in append order and the
+//! receiving cursor starts again from it (what it had handed out after it comes again); else
+//! it stays, like a nack. Releases are followed by `flush`, so the model knows they committed.
 //!
 //! Properties checked after every step:
 //! - every appended-and-acknowledged reading is, for each uplink, either acknowledged by it or
@@ -8,7 +14,8 @@
 //!   committed (acks are known committed once a later append resolved, or after a clean
 //!   stop); after a crash only acks not yet known committed may come back;
 //! - attempt counts: 0 on first delivery, +1 per redelivery, 1 for replays after a restart;
-//! - depth and bytes in `stats()` match the model whenever the acks are known committed.
+//! - depth and bytes in `stats()` match the model whenever the acks are known committed;
+//! - no reading in the file is owed to no uplink.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -16,30 +23,37 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Running, names, reading};
+use common::{PrefixRouter, Running, names, owed_to_nobody, reading};
 use proptest::prelude::*;
 use ulid::Ulid;
-use wardgate_core::OutboxCursor;
+use wardgate_core::{NackReason, OutboxCursor, UplinkSet};
 use wardgate_store::{Cursor, StoreConfig};
 
 const UPLINKS: [&str; 2] = ["cloud", "backup"];
+/// Device prefixes: every uplink (no prefix), both listed, one with failover, one pinned, none.
+const ROUTES: [&str; 6] = ["", "01/", "0/", "1/", "0!/", "-/"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { n: usize, len: usize },
+    Append { n: usize, len: usize, route: usize },
     Next { up: usize, max: usize },
     Ack { up: usize, pick: u16 },
     Rewind { up: usize },
+    Nack { up: usize, pick: u16 },
+    Release { up: usize, pick: u16 },
     Crash,
     Reopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (1usize..4, 20usize..300).prop_map(|(n, len)| Op::Append { n, len }),
+        6 => (1usize..4, 20usize..300, 0..ROUTES.len())
+            .prop_map(|(n, len, route)| Op::Append { n, len, route }),
         6 => (0usize..2, 1usize..6).prop_map(|(up, max)| Op::Next { up, max }),
         4 => (0usize..2, any::<u16>()).prop_map(|(up, pick)| Op::Ack { up, pick }),
         2 => (0usize..2).prop_map(|up| Op::Rewind { up }),
+        2 => (0usize..2, any::<u16>()).prop_map(|(up, pick)| Op::Nack { up, pick }),
+        3 => (0usize..2, any::<u16>()).prop_map(|(up, pick)| Op::Release { up, pick }),
         1 => Just(Op::Crash),
         1 => Just(Op::Reopen),
     ]
@@ -55,12 +69,36 @@ struct UplinkModel {
     handouts: HashMap<Ulid, u32>,
     /// Acked, but no commit is known to have carried the ack yet.
     uncommitted: HashSet<Ulid>,
+    /// Released here by the other uplink since the last open: first hand-out has attempts 0
+    /// whatever happened before (`handouts` restarts from the release).
+    adopted: HashSet<Ulid>,
+}
+
+impl UplinkModel {
+    /// The handed-out readings `pick` selects (bit i of `pick` for the i-th, modulo 16).
+    fn picked(&self, pick: u16) -> Vec<Ulid> {
+        self.queue
+            .iter()
+            .take(self.handed)
+            .enumerate()
+            .filter(|(i, _)| pick & (1 << (i % 16)) != 0)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// The cursor moves back to the earliest of `ids` (nack, release that stays).
+    fn back_to(&mut self, ids: &[Ulid]) {
+        if let Some(p) = self.queue.iter().position(|id| ids.contains(id)) {
+            self.handed = self.handed.min(p);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Model {
     order: HashMap<Ulid, usize>,
     size: HashMap<Ulid, u64>,
+    device: HashMap<Ulid, String>,
     up: [UplinkModel; 2],
     /// Readings present when the store was last opened: their first hand-out counts as a replay.
     existed_at_open: HashSet<Ulid>,
@@ -69,8 +107,17 @@ struct Model {
 
 impl Model {
     fn expected_attempts(&self, up: usize, id: &Ulid) -> u32 {
-        u32::from(self.existed_at_open.contains(id))
-            + self.up[up].handouts.get(id).copied().unwrap_or(0)
+        let u = &self.up[up];
+        let handouts = u.handouts.get(id).copied().unwrap_or(0);
+        if u.adopted.contains(id) {
+            return handouts;
+        }
+        u32::from(self.existed_at_open.contains(id)) + handouts
+    }
+
+    /// Where the router sends `id`, `excluded` left out (an empty answer at append means all).
+    fn route(&self, id: &Ulid, excluded: UplinkSet) -> UplinkSet {
+        PrefixRouter::decide(&self.device[id], UPLINKS.len(), excluded)
     }
 
     fn held(&self) -> HashSet<Ulid> {
@@ -86,6 +133,7 @@ impl Model {
             u.handed = 0;
             u.handouts.clear();
             u.uncommitted.clear();
+            u.adopted.clear();
         }
     }
 }
@@ -98,7 +146,8 @@ struct Harness {
 
 impl Harness {
     fn start(&mut self) {
-        let run = Running::start(&self.cfg, &names(&UPLINKS)).unwrap();
+        let run =
+            Running::start_opts(&self.cfg, &names(&UPLINKS), PrefixRouter::options()).unwrap();
         self.cursors = UPLINKS
             .iter()
             .map(|u| run.outbox.cursor(u).unwrap())
@@ -148,13 +197,20 @@ async fn run_ops(cfg: StoreConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut m = Model::default();
     for op in ops {
         match op {
-            Op::Append { n, len } => {
-                let batch: Vec<_> = (0..n).map(|i| reading(&format!("dev-{i}"), len)).collect();
+            Op::Append { n, len, route } => {
+                let batch: Vec<_> = (0..n)
+                    .map(|i| reading(&format!("{}dev-{i}", ROUTES[route]), len))
+                    .collect();
                 for r in &batch {
                     m.order.insert(r.id, m.order.len());
                     m.size.insert(r.id, r.json.len() as u64);
-                    for u in &mut m.up {
-                        u.queue.push(r.id);
+                    m.device.insert(r.id, r.device.clone());
+                    let mut owed = m.route(&r.id, UplinkSet::EMPTY);
+                    if owed.is_empty() {
+                        owed = UplinkSet::first(UPLINKS.len());
+                    }
+                    for i in owed.iter() {
+                        m.up[i].queue.push(r.id);
                     }
                 }
                 prop_assert_eq!(h.run().bus.submit(batch).await, Ok(()));
@@ -202,14 +258,7 @@ async fn run_ops(cfg: StoreConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Ack { up, pick } => {
                 let u = &mut m.up[up];
-                let chosen: Vec<Ulid> = u
-                    .queue
-                    .iter()
-                    .take(u.handed)
-                    .enumerate()
-                    .filter(|(i, _)| pick & (1 << (i % 16)) != 0)
-                    .map(|(_, id)| *id)
-                    .collect();
+                let chosen = u.picked(pick);
                 let seqs: Vec<u64> = chosen.iter().map(|id| m.seq_of[id]).collect();
                 h.cursors[up].ack(&seqs);
                 u.queue.retain(|id| !chosen.contains(id));
@@ -219,6 +268,42 @@ async fn run_ops(cfg: StoreConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Rewind { up } => {
                 h.cursors[up].rewind();
                 m.up[up].handed = 0;
+            }
+            Op::Nack { up, pick } => {
+                let chosen = m.up[up].picked(pick);
+                let seqs: Vec<u64> = chosen.iter().map(|id| m.seq_of[id]).collect();
+                h.cursors[up].nack(&seqs, NackReason::Failed);
+                m.up[up].back_to(&chosen);
+            }
+            Op::Release { up, pick } => {
+                let chosen = m.up[up].picked(pick);
+                let seqs: Vec<u64> = chosen.iter().map(|id| m.seq_of[id]).collect();
+                h.cursors[up].release(&seqs);
+                h.run().outbox.flush().await.unwrap();
+                let other = 1 - up;
+                let (moved, kept): (Vec<Ulid>, Vec<Ulid>) = chosen
+                    .iter()
+                    .partition(|id| m.route(id, UplinkSet::single(up)).contains(other));
+                let u = &mut m.up[up];
+                u.queue.retain(|id| !moved.contains(id));
+                u.handed -= moved.len();
+                u.back_to(&kept);
+                for id in moved {
+                    let o = &mut m.up[other];
+                    if o.queue.contains(&id) {
+                        continue; // already owed there: nothing changes for that uplink
+                    }
+                    let p = o.queue.partition_point(|q| m.order[q] < m.order[&id]);
+                    o.queue.insert(p, id);
+                    o.handed = o.handed.min(p);
+                    o.adopted.insert(id);
+                    o.handouts.insert(id, 0);
+                }
+                // The flush committed every queued ack too.
+                for u in &mut m.up {
+                    u.uncommitted.clear();
+                }
+                h.check_stats(&m)?;
             }
             Op::Crash => {
                 h.cursors.clear();
@@ -277,6 +362,7 @@ async fn run_ops(cfg: StoreConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 h.check_stats(&m)?;
             }
         }
+        prop_assert_eq!(owed_to_nobody(&h.cfg.path), 0, "readings owed to no uplink");
     }
     h.cursors.clear();
     h.run.take().unwrap().stop().await;
@@ -284,15 +370,7 @@ async fn run_ops(cfg: StoreConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        // PROPTEST_CASES=2000 for a longer soak.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
-        // Integration tests have no lib.rs beside them, so name the file explicitly.
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/model.txt"),
-        )),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(common::proptest_config("proptest-regressions/model.txt", 128))]
 
     #[test]
     fn outbox_matches_the_model_through_crashes_and_restarts(
@@ -308,11 +386,6 @@ proptest! {
             tail_readings: tail,
             ..StoreConfig::default()
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(run_ops(cfg, ops))?;
+        common::block_on(run_ops(cfg, ops))?;
     }
 }

@@ -229,6 +229,8 @@ mod tests {
             self.acked.lock().unwrap().extend_from_slice(seqs);
         }
         fn rewind(&mut self) {}
+        fn nack(&mut self, _: &[u64], _: wardgate_core::NackReason) {}
+        fn release(&mut self, _: &[u64]) {}
     }
 
     fn delivery(seq: u64, class: MessageClass) -> Delivery {

@@ -16,8 +16,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use wardgate_core::health::ComponentKind;
 use wardgate_core::{
-    Delivery, Health, HealthReporter, MessageClass, OutboxCursor, OutboxError, Protocol, Reading,
-    Record,
+    Delivery, Health, HealthReporter, MessageClass, NackReason, OutboxCursor, OutboxError,
+    Protocol, Reading, Record,
 };
 use wardgate_mqtt::{MqttMetrics, MqttUplink, MqttUplinkConfig};
 pub use wardgate_testkit::{Mosquitto, Pki, free_tcp_port as free_port};
@@ -59,10 +59,30 @@ pub struct OutboxState {
     /// Every handed-out seq, in order (repeats after a rewind).
     pub handed_out: Vec<u64>,
     pub rewinds: u32,
+    /// Every nack call's seqs with their reason, in call order.
+    pub nacks: Vec<(u64, NackReason)>,
+    /// Every release call's seqs, in call order. One uplink only: nobody can take them, so
+    /// they stay owed and are handed out again, as the store does.
+    pub releases: Vec<u64>,
+}
+
+impl OutboxState {
+    /// Moves the position back to `seq` (if it was handed out and is not acknowledged), so it
+    /// and every unacknowledged delivery after it are handed out again.
+    fn back_to(&mut self, seqs: &[u64]) {
+        let lowest = seqs
+            .iter()
+            .copied()
+            .filter(|s| !self.acked.contains(s) && self.handed_out.contains(s))
+            .min();
+        if let Some(seq) = lowest {
+            self.pos = self.pos.min((seq - 1) as usize);
+        }
+    }
 }
 
 /// An in-memory outbox with one cursor: a Vec of deliveries, acks tracked, rewind to the oldest
-/// unacknowledged. `next` is cancel-safe: it changes state only when it returns.
+/// unacknowledged, nack and release back to the lowest seq handed back. `next` is cancel-safe: it changes state only when it returns.
 #[derive(Debug, Clone)]
 pub struct MemOutbox {
     state: Arc<Mutex<OutboxState>>,
@@ -216,6 +236,24 @@ impl OutboxCursor for MemCursor {
             .position(|d| !acked.contains(&d.seq))
             .unwrap_or(s.items.len());
         s.rewinds += 1;
+    }
+
+    fn nack(&mut self, seqs: &[u64], why: NackReason) {
+        {
+            let mut s = self.outbox.state.lock().unwrap();
+            s.nacks.extend(seqs.iter().map(|q| (*q, why)));
+            s.back_to(seqs);
+        }
+        self.outbox.changed.notify_waiters();
+    }
+
+    fn release(&mut self, seqs: &[u64]) {
+        {
+            let mut s = self.outbox.state.lock().unwrap();
+            s.releases.extend_from_slice(seqs);
+            s.back_to(seqs);
+        }
+        self.outbox.changed.notify_waiters();
     }
 }
 

@@ -10,8 +10,10 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use ulid::Ulid;
 use wardgate_core::health::ComponentKind;
-use wardgate_core::{Bus, Clock, Encoded, Health, MessageClass, Shutdown};
-use wardgate_store::{Outbox, StoreConfig, StoreError, StoreMetrics};
+use wardgate_core::{
+    Bus, Clock, Encoded, Health, MessageClass, RouteInput, Router, Shutdown, UplinkSet,
+};
+use wardgate_store::{OpenOptions, Outbox, StoreConfig, StoreError, StoreMetrics};
 
 pub fn cfg(dir: &Path) -> StoreConfig {
     StoreConfig {
@@ -42,6 +44,32 @@ pub fn reading(device: &str, len: usize) -> Encoded {
     }
 }
 
+/// The property tests' settings: `default_cases` cases unless `PROPTEST_CASES` says otherwise
+/// (e.g. 2000 for a longer soak); failures persisted to `file` (integration tests have no
+/// lib.rs beside them, so the file is named explicitly).
+pub fn proptest_config(file: &'static str, default_cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default_cases),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(file),
+        )),
+        ..proptest::test_runner::Config::default()
+    }
+}
+
+/// Runs `f` on a fresh two-worker runtime (for tests that are not `#[tokio::test]`).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
 /// A wall clock the test moves by hand.
 #[derive(Debug)]
 pub struct ManualClock(AtomicU64);
@@ -59,6 +87,64 @@ impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.0.load(Ordering::SeqCst))
     }
+}
+
+/// Routes by a prefix of the device id, `"{route}/{name}"`:
+/// - `route` lists uplink indices in preference order (`"0"`, `"1"`, `"01"`): the reading is
+///   owed to all of them; released by one, it goes to the others listed, else (failover) to
+///   every uplink not excluded;
+/// - a trailing `!` pins it: no failover (a release with nobody else listed stays put);
+/// - `-` routes to nobody (the store then owes it to every uplink).
+///
+/// A device without a `/` is owed to every uplink.
+#[derive(Debug, Default)]
+pub struct PrefixRouter;
+
+impl PrefixRouter {
+    /// The route of `device` as a pure function, for models to replay.
+    pub fn decide(device: &str, uplinks: usize, excluded: UplinkSet) -> UplinkSet {
+        let all = UplinkSet::first(uplinks).difference(excluded);
+        let Some((route, _)) = device.split_once('/') else {
+            return all;
+        };
+        if route == "-" {
+            return UplinkSet::EMPTY;
+        }
+        let pinned = route.ends_with('!');
+        let listed: UplinkSet = route
+            .chars()
+            .filter_map(|c| c.to_digit(10))
+            .map(|d| d as usize)
+            .collect();
+        let set = listed.difference(excluded);
+        if set.is_empty() && !pinned { all } else { set }
+    }
+
+    pub fn options() -> OpenOptions {
+        OpenOptions {
+            router: Arc::new(PrefixRouter),
+            ..OpenOptions::default()
+        }
+    }
+}
+
+impl Router for PrefixRouter {
+    fn route(&self, r: &RouteInput<'_>) -> UplinkSet {
+        PrefixRouter::decide(r.device, r.uplinks.len(), r.excluded)
+    }
+}
+
+/// Readings in the file owed to no uplink at all (must always be 0), read with a connection of
+/// its own, as a field engineer's `sqlite3` would.
+pub fn owed_to_nobody(db: &Path) -> i64 {
+    let c = rusqlite::Connection::open(db).expect("open the store file");
+    c.query_row(
+        "SELECT count(*) FROM readings WHERE pending = 0 \
+         OR (pending & (SELECT COALESCE(SUM(1 << bit), 0) FROM uplinks)) = 0",
+        [],
+        |r| r.get(0),
+    )
+    .expect("count readings owed to nobody")
 }
 
 /// An open outbox with its writer running.
@@ -86,6 +172,21 @@ impl Running {
             Some(c) => Outbox::open_with_clock(cfg, uplinks, metrics.clone(), c)?,
             None => Outbox::open(cfg, uplinks, metrics.clone())?,
         };
+        Ok(Running::writing(outbox, metrics))
+    }
+
+    /// Opened with `opts` (a router), unregistered metrics.
+    pub fn start_opts(
+        cfg: &StoreConfig,
+        uplinks: &[String],
+        opts: OpenOptions,
+    ) -> Result<Running, StoreError> {
+        let metrics = StoreMetrics::unregistered();
+        let outbox = Outbox::open_with(cfg, uplinks, metrics.clone(), opts)?;
+        Ok(Running::writing(outbox, metrics))
+    }
+
+    fn writing(outbox: Outbox, metrics: StoreMetrics) -> Running {
         let (bus, rx) = Bus::new(1024);
         let shutdown = Shutdown::new();
         let health = Health::new();
@@ -95,14 +196,14 @@ impl Running {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { outbox.run_writer(rx, shutdown, reporter).await })
         };
-        Ok(Running {
+        Running {
             outbox,
             bus,
             shutdown,
             writer,
             health,
             metrics,
-        })
+        }
     }
 
     /// Clean shutdown: drain, final commit, checkpoint, clean marker.

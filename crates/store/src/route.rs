@@ -1,0 +1,143 @@
+//! The router as the store applies it: from a [`Router`]'s [`UplinkSet`] (configuration
+//! indices) to the `pending` bitmask of a row (one persisted bit per uplink, which need not
+//! match the index: bits survive config changes).
+//!
+//! The rules that make "owed to no uplink" impossible live here, in one place:
+//! - at append, an answer with no configured uplink left becomes "every uplink" (counted by
+//!   the writer); a reading is never stored owed to nobody, and never refused because of the
+//!   router (the device was already promised an answer by its protocol's rules, and a router
+//!   bug must not turn into lost vitals);
+//! - at release, the releasing uplink is removed from the answer; if nothing is left the
+//!   caller keeps the reading owed to the releasing uplink.
+
+use std::sync::Arc;
+
+use ulid::Ulid;
+use wardgate_core::{MessageClass, RouteInput, Router, UplinkSet};
+
+#[derive(Debug)]
+pub(crate) struct Routing {
+    router: Arc<dyn Router>,
+    /// Configured uplink names, in configuration order.
+    names: Vec<String>,
+    /// The row bit of each configured uplink, by index.
+    masks: Vec<i64>,
+    configured: UplinkSet,
+}
+
+/// What the router decided for an appended reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AppendRoute {
+    /// The row's `pending` mask (never 0).
+    pub(crate) mask: i64,
+    /// The router named no configured uplink: the reading is owed to every uplink.
+    pub(crate) unrouted: bool,
+}
+
+impl Routing {
+    pub(crate) fn new(router: Arc<dyn Router>, names: Vec<String>, masks: Vec<i64>) -> Self {
+        let configured = UplinkSet::first(masks.len());
+        Routing {
+            router,
+            names,
+            masks,
+            configured,
+        }
+    }
+
+    /// The row mask of an index set (unconfigured indices contribute nothing).
+    pub(crate) fn mask_of(&self, set: UplinkSet) -> i64 {
+        set.iter()
+            .filter_map(|i| self.masks.get(i))
+            .fold(0, |m, b| m | b)
+    }
+
+    fn ask(&self, id: Ulid, device: &str, class: MessageClass, excluded: UplinkSet) -> UplinkSet {
+        let input = RouteInput {
+            id,
+            device,
+            class,
+            uplinks: &self.names,
+            excluded,
+        };
+        self.router
+            .route(&input)
+            .intersection(self.configured)
+            .difference(excluded)
+    }
+
+    /// The uplinks a new reading is owed to.
+    pub(crate) fn on_append(&self, id: Ulid, device: &str, class: MessageClass) -> AppendRoute {
+        let set = self.ask(id, device, class, UplinkSet::EMPTY);
+        if set.is_empty() {
+            return AppendRoute {
+                mask: self.mask_of(self.configured),
+                unrouted: true,
+            };
+        }
+        AppendRoute {
+            mask: self.mask_of(set),
+            unrouted: false,
+        }
+    }
+
+    /// Where uplink `from` may move a delivery it gives up: never `from`, possibly nowhere.
+    pub(crate) fn on_release(
+        &self,
+        from: usize,
+        id: Ulid,
+        device: &str,
+        class: MessageClass,
+    ) -> UplinkSet {
+        self.ask(id, device, class, UplinkSet::single(from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Answers a fixed set, whatever it is asked.
+    #[derive(Debug)]
+    struct Fixed(UplinkSet);
+
+    impl Router for Fixed {
+        fn route(&self, _: &RouteInput<'_>) -> UplinkSet {
+            self.0
+        }
+    }
+
+    fn routing(answer: u64, uplinks: usize) -> Routing {
+        let set: UplinkSet = (0..64).filter(|i| answer & (1 << i) != 0).collect();
+        let names = (0..uplinks).map(|i| format!("u{i}")).collect();
+        // Bits deliberately not equal to indices (as after config changes).
+        let masks = (0..uplinks).map(|i| 1i64 << (62 - i)).collect();
+        Routing::new(Arc::new(Fixed(set)), names, masks)
+    }
+
+    proptest! {
+        #[test]
+        fn an_appended_reading_is_owed_to_at_least_one_configured_uplink(
+            answer in any::<u64>(), uplinks in 1usize..=63,
+        ) {
+            let r = routing(answer, uplinks);
+            let all = r.mask_of(UplinkSet::first(uplinks));
+            let got = r.on_append(Ulid::nil(), "d", MessageClass::Vital);
+            prop_assert!(got.mask != 0);
+            prop_assert_eq!(got.mask & !all, 0, "only configured uplinks");
+            prop_assert_eq!(got.unrouted, got.mask == all && (answer & ((1u64 << uplinks) - 1)) == 0);
+        }
+
+        #[test]
+        fn a_release_never_targets_the_releasing_or_an_unconfigured_uplink(
+            answer in any::<u64>(), uplinks in 1usize..=63, from in 0usize..63,
+        ) {
+            let r = routing(answer, uplinks);
+            let got = r.on_release(from, Ulid::nil(), "d", MessageClass::Vital);
+            prop_assert!(!got.contains(from));
+            prop_assert!(got.iter().all(|i| i < uplinks));
+        }
+    }
+}
