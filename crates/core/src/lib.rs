@@ -51,7 +51,7 @@ pub use peer::{Identity, IdentityKind, PeerContext, TransportKind};
 pub use pipeline::{Accepted, IngestPipeline, Pending, Refused, Submission};
 pub use reading::{Encoded, MessageClass, Protocol, Reading, Record, SCHEMA, Source};
 pub use route::{AllUplinks, MAX_UPLINKS, RouteInput, Router, UplinkSet};
-pub use uplink::{Delivery, OutboxCursor, OutboxError};
+pub use uplink::{Delivery, OutboxCursor, OutboxError, Uplink, UplinkTask};
 
 /// Cancellation handle passed to every long-running task. Cancelling it starts graceful shutdown.
 pub use tokio_util::sync::CancellationToken as Shutdown;

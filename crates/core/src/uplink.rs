@@ -13,6 +13,7 @@
 //! is reported as a [`crate::DeliveryOutcome`] by outboxes that publish outcomes.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use ulid::Ulid;
@@ -89,4 +90,22 @@ pub trait OutboxCursor: Send + 'static {
     /// cursor, or already acknowledged, are ignored. Cheap and non-blocking (the move is
     /// committed by the store's writer, batched like acknowledgements).
     fn release(&mut self, seqs: &[u64]);
+}
+
+/// The future of a running uplink: drains its cursor until shutdown, logging its own failures.
+pub type UplinkTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// An uplink component: built from its configuration (validated, files read, metrics and its
+/// health check registered), not yet running. `C` is the outbox's cursor type, so core does not
+/// depend on the store.
+///
+/// Building is where everything fallible happens; [`Uplink::start`] cannot fail. The gateway
+/// builds every component first and starts them only when all built (model: linkerd's
+/// `Config::build` then `App::spawn`), so a bad uplink stops start-up before anything runs.
+pub trait Uplink<C: OutboxCursor>: Send + 'static {
+    /// The configured name: its cursor, health check (`uplink.<name>`) and metric label.
+    fn name(&self) -> &str;
+
+    /// Starts draining `cursor` until `shutdown` is cancelled.
+    fn start(self: Box<Self>, cursor: C, shutdown: crate::Shutdown) -> UplinkTask;
 }

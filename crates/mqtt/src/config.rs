@@ -144,6 +144,22 @@ fn default_max_packet_size() -> u32 {
 }
 
 impl MqttUplinkConfig {
+    /// Builds the uplink: validates this section (the same rules as [`Self::validate`]), reads
+    /// the TLS files, and registers its health check `uplink.<name>` with `health`. Nothing
+    /// connects until the uplink is started.
+    pub fn build(
+        &self,
+        gateway_id: &str,
+        metrics: crate::MqttMetrics,
+        health: &wardgate_core::Health,
+    ) -> Result<crate::MqttUplink, crate::MqttError> {
+        let reporter = health.reporter(
+            format!("uplink.{}", self.name),
+            wardgate_core::health::ComponentKind::Uplink,
+        );
+        crate::MqttUplink::new(self.clone(), gateway_id, metrics, reporter)
+    }
+
     /// Adds every problem in this uplink to `p`; `at` is its path, e.g. `uplinks[0]`.
     pub fn validate(&self, at: &str, p: &mut Problems) {
         if self.qos > 1 {

@@ -69,6 +69,21 @@ pub struct MqttUplink {
     health: HealthReporter,
 }
 
+impl<C: OutboxCursor> wardgate_core::Uplink<C> for MqttUplink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn start(self: Box<Self>, cursor: C, shutdown: Shutdown) -> wardgate_core::UplinkTask {
+        Box::pin(async move {
+            let name = self.name.clone();
+            if let Err(e) = MqttUplink::run(*self, cursor, shutdown).await {
+                tracing::error!(uplink = %name, error = %e, "uplink stopped with an error");
+            }
+        })
+    }
+}
+
 impl std::fmt::Debug for MqttUplink {
     // Hand-written so the credentials in the link options never reach a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -12,7 +12,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use wardgate_config::FileUplinkConfig;
-use wardgate_core::{HealthReporter, MessageClass, OutboxCursor, Shutdown};
+use wardgate_core::health::ComponentKind;
+use wardgate_core::{
+    Health, HealthReporter, MessageClass, OutboxCursor, Shutdown, Uplink, UplinkTask,
+};
 
 /// Most readings taken from the outbox per write.
 const BATCH: usize = 512;
@@ -71,6 +74,17 @@ impl FileUplink {
             metrics,
             health,
         }
+    }
+
+    /// Builds the uplink from its section and registers its health check `uplink.<name>`.
+    /// Opening the file happens when it runs (and is retried), so building cannot fail.
+    pub(crate) fn build(
+        cfg: &FileUplinkConfig,
+        metrics: FileUplinkMetrics,
+        health: &Health,
+    ) -> Self {
+        let reporter = health.reporter(format!("uplink.{}", cfg.name), ComponentKind::Uplink);
+        FileUplink::new(cfg.clone(), metrics, reporter)
     }
 
     /// Drains the cursor into the file until shutdown.
@@ -198,6 +212,16 @@ async fn open_append(
         None
     };
     Ok((f, sync))
+}
+
+impl<C: OutboxCursor> Uplink<C> for FileUplink {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn start(self: Box<Self>, cursor: C, shutdown: Shutdown) -> UplinkTask {
+        Box::pin(FileUplink::run(*self, cursor, shutdown))
+    }
 }
 
 #[cfg(test)]
