@@ -5,7 +5,7 @@
 //! - [`layer`]: the message layer — deduplication by (peer, Message ID) with a bounded, compact
 //!   table; piggybacked and separate responses; retransmission of Confirmable messages with the
 //!   RFC timers; tokens, Message IDs and NSTART for the gateway's own requests;
-//! - [`router`] and [`resource`]: the resource layer — a [`Resource`] trait (request and peer
+//! - [`router`] (with `resource.rs`): the resource layer — a [`Resource`] trait (request and peer
 //!   context in, a response now or later out) and a router that dispatches by Uri-Path, answers
 //!   4.04/4.05 itself, serves `/.well-known/core` from the registrations and runs block-wise
 //!   transfer below every resource;
