@@ -217,9 +217,10 @@ impl Router {
         self.reassembly.next_deadline()
     }
 
-    /// Expires idle block transfers.
+    /// Expires idle block transfers and block-wise responses nobody fetched.
     pub fn poll_timers(&mut self, now: Instant) {
         self.reassembly.expire(now);
+        self.block2_cache.expire(now);
     }
 
     fn reject(&self, peer: &PeerContext, reason: &'static str, resp: Response) -> Routed {

@@ -210,15 +210,20 @@ impl IngestPipeline {
             limits: self.limits,
         };
         let records = payload::decode(format, s.body, &ctx)?;
-        let reading = Reading::new(
+        let mut reading = Reading::new(
             self.gateway.as_ref(),
             device,
             s.protocol,
             s.class,
             now,
             records,
-        )
-        .with_source(s.peer);
+        );
+        // Provenance only where something proved who sent it: an unauthenticated address is
+        // spoofable (plain UDP), proves nothing, and would cost every reading ~50 bytes through
+        // the store, the uplinks and the broker (measured: bench A/B in docs/bench-raw/notes.md).
+        if s.peer.identity.is_some() {
+            reading = reading.with_source(s.peer);
+        }
         let accepted = Accepted {
             id: reading.id,
             device: reading.device.clone(),
@@ -300,9 +305,10 @@ mod tests {
         let req = rx.recv().await.expect("queued");
         let json: serde_json::Value = serde_json::from_slice(&req.readings[0].json).unwrap();
         assert_eq!(json["device"], "claimed-bed");
-        assert_eq!(json["source"]["transport"], "udp");
-        assert_eq!(json["source"]["addr"], "127.0.0.1:40000");
-        assert!(json["source"].get("identity").is_none());
+        assert!(
+            json.get("source").is_none(),
+            "an unauthenticated address proves nothing: no provenance"
+        );
         req.done.send(Ok(())).unwrap();
         let a = pending.await.expect("durable");
         assert_eq!(a.device, "claimed-bed");
@@ -320,6 +326,8 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&req.readings[0].json).unwrap();
         assert_eq!(json["device"], "bed-7");
         assert_eq!(json["source"]["identity"], "psk:bed-7");
+        assert_eq!(json["source"]["transport"], "udp");
+        assert_eq!(json["source"]["addr"], "127.0.0.1:40000");
     }
 
     #[test]
