@@ -14,8 +14,13 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use wardgate_config::FileUplinkConfig;
 use wardgate_core::health::ComponentKind;
 use wardgate_core::{
-    Health, HealthReporter, MessageClass, OutboxCursor, Shutdown, Uplink, UplinkTask,
+    Backoff, Health, HealthReporter, MessageClass, OutboxCursor, Shutdown, Uplink, UplinkTask,
 };
+
+/// Retry delays after an open or write failure (the workspace's one backoff, full jitter).
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// See [`RETRY_MIN`].
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Most readings taken from the outbox per write.
 const BATCH: usize = 512;
@@ -93,7 +98,7 @@ impl FileUplink {
             uplink: self.cfg.name.clone(),
         };
         let stdout = self.cfg.path.as_os_str() == "-";
-        let mut backoff = std::time::Duration::from_millis(100);
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         loop {
             // `sync` is a second handle on the same open file, used for fsync through the
             // type-erased writer.
@@ -109,9 +114,8 @@ impl FileUplink {
                             tracing::error!(uplink = %self.cfg.name, path = %self.cfg.path.display(), error = %e, "file uplink cannot open its file");
                             tokio::select! {
                                 () = shutdown.cancelled() => return,
-                                () = tokio::time::sleep(backoff) => {}
+                                () = tokio::time::sleep(backoff.next_delay()) => {}
                             }
-                            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
                             continue;
                         }
                     }
@@ -135,9 +139,8 @@ impl FileUplink {
                     cursor.rewind();
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
                 }
             }
         }
