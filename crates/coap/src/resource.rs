@@ -57,6 +57,10 @@ pub struct Request<'r, 'a> {
 }
 
 /// A server-side CoAP resource. Called from the socket task: never block.
+///
+/// Memory: the socket task holds every [`Reply::Later`] until it resolves, so a resource that
+/// answers later must bound how many it has open (the readings resource is bounded by the bus
+/// capacity: a full bus is an immediate 5.03, not another pending answer).
 pub trait Resource: Send + fmt::Debug + 'static {
     /// Handles one request whose path and method the router already matched.
     fn handle(&mut self, req: &Request<'_, '_>) -> Reply;
