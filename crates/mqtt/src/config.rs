@@ -18,7 +18,7 @@ pub enum MqttVersion {
     V5,
 }
 
-/// An MQTT uplink. `Debug` redacts the password.
+/// An MQTT uplink. `Debug` redacts the password, and the user info of the URL.
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttUplinkConfig {
@@ -78,7 +78,7 @@ impl std::fmt::Debug for MqttUplinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttUplinkConfig")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &crate::url::redact(&self.url))
             .field("version", &self.version)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
@@ -285,6 +285,24 @@ mod tests {
             "name": "cloud", "url": "mqtt://b", "retain": true
         }));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_password_in_the_url_appears_in_no_problem_and_no_debug_output() {
+        for url in [
+            "mqtt://user:s3cret@broker:1883",
+            "ssl://user:s3cret@broker:8883",
+            "mqtt://user:s3cret",
+        ] {
+            let cfg = parse(serde_json::json!({ "name": "cloud", "url": url }));
+            let found = problems(&cfg);
+            assert!(
+                found.iter().any(|p| p.starts_with("uplinks[0].url:")),
+                "{url}: {found:?}"
+            );
+            let shown = format!("{found:?} {cfg:?}");
+            assert!(!shown.contains("s3cret"), "{url}: {shown}");
+        }
     }
 
     #[test]

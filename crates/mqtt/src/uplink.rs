@@ -117,7 +117,7 @@ impl MqttUplink {
             return Err(MqttError::Invalid(all.join("; ")));
         }
         let url = BrokerUrl::parse(&cfg.url).map_err(|e| MqttError::Url {
-            url: cfg.url.clone(),
+            url: crate::url::redact(&cfg.url),
             reason: e.to_string(),
         })?;
         let topic = TopicTemplate::readings(&cfg.topic).map_err(|e| MqttError::Template {
