@@ -93,6 +93,10 @@ pub(crate) enum LinkEvent {
     },
     /// Our DISCONNECT was written.
     DisconnectSent,
+    /// The broker sent a PUBLISH with an empty topic name (after MQTT 5 topic-alias
+    /// resolution): a protocol violation (MQTT 3.1.1 §4.7.3, MQTT 5 §4.7.3) that rumqttc passes
+    /// on as an ordinary event. We never subscribe, so this broker cannot be trusted further.
+    EmptyTopicPublish,
     /// Anything else (pings, collisions, ...).
     Other,
 }
@@ -353,6 +357,7 @@ fn v4_event(e: rumqttc::Event) -> LinkEvent {
             pkid: a.pkid,
             refused: None,
         },
+        Event::Incoming(Packet::Publish(p)) if p.topic.is_empty() => LinkEvent::EmptyTopicPublish,
         Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Published(pkid),
         Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectSent,
         _ => LinkEvent::Other,
@@ -371,6 +376,7 @@ fn v5_event(e: rumqttc::v5::Event) -> LinkEvent {
             pkid: a.pkid,
             refused: v5_refusal(&a.reason),
         },
+        Event::Incoming(Packet::Publish(p)) if p.topic.is_empty() => LinkEvent::EmptyTopicPublish,
         Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Published(pkid),
         Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectSent,
         _ => LinkEvent::Other,

@@ -57,6 +57,7 @@ pub struct MqttMetrics {
     acked: Family<ClassLabels, Counter>,
     dropped: Family<ClassReasonLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
+    violations: Family<ReasonLabels, Counter>,
     ack_latency: HistogramFamily,
     inflight: Family<UplinkLabels, Gauge>,
     connected: Family<UplinkLabels, Gauge>,
@@ -73,6 +74,7 @@ impl MqttMetrics {
             acked: Family::default(),
             dropped: Family::default(),
             refused: Family::default(),
+            violations: Family::default(),
             ack_latency: Family::new_with_constructor(ack_latency_histogram),
             inflight: Family::default(),
             connected: Family::default(),
@@ -111,6 +113,11 @@ impl MqttMetrics {
             "wardgate_mqtt_publish_refused",
             "MQTT 5 PUBACKs with an error reason code; the reading stays owed and is retried after the next reconnect",
             m.refused.clone(),
+        );
+        registry.register(
+            "wardgate_mqtt_protocol_violations",
+            "Packets from the broker that break the MQTT protocol, by reason; each closes the connection",
+            m.violations.clone(),
         );
         registry.register(
             "wardgate_mqtt_publish_ack_seconds",
@@ -268,6 +275,23 @@ impl ConnectFailed<'_> {
         m.shared
             .connect_failures
             .get_or_create(&m.reason(self.reason.as_str()))
+            .inc();
+    }
+}
+
+/// The broker broke the protocol; the connection is closed because of it. Only counted here:
+/// the [`Disconnected`] that follows logs it, once, with `error` saying what happened.
+#[derive(Debug)]
+pub(crate) struct ProtocolViolation {
+    /// A closed set: `empty_topic`.
+    pub(crate) reason: &'static str,
+}
+
+impl ProtocolViolation {
+    pub(crate) fn emit(&self, m: &UplinkMetrics) {
+        m.shared
+            .violations
+            .get_or_create(&m.reason(self.reason))
             .inc();
     }
 }

@@ -37,8 +37,8 @@ use crate::error::MqttError;
 use crate::inflight::{Entry, Status, Tracker};
 use crate::link::{self, Client, Link, LinkError, LinkEvent, LinkFailure, LinkOptions, Qos};
 use crate::metrics::{
-    ConnectFailed, Connected, Disconnected, MqttMetrics, PublishRefused, ReadingDropped,
-    UplinkMetrics,
+    ConnectFailed, Connected, Disconnected, MqttMetrics, ProtocolViolation, PublishRefused,
+    ReadingDropped, UplinkMetrics,
 };
 use crate::topic::TopicTemplate;
 use crate::url::BrokerUrl;
@@ -419,6 +419,19 @@ impl<'a> Driver<'a> {
                     }
                     .emit(&self.up.metrics);
                     return Next::Return;
+                }
+            }
+            LinkEvent::EmptyTopicPublish => {
+                if self.connected && self.phase == Phase::Running {
+                    ProtocolViolation {
+                        reason: "empty_topic",
+                    }
+                    .emit(&self.up.metrics);
+                    link.drop_connection();
+                    return self.on_error(LinkError {
+                        kind: LinkFailure::Protocol,
+                        message: "the broker sent a PUBLISH with an empty topic name, which MQTT forbids (3.1.1 and 5, section 4.7.3); closing the connection".into(),
+                    });
                 }
             }
             LinkEvent::Other => {}

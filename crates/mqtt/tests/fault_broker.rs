@@ -1,5 +1,5 @@
 //! Fault injection with a hand-written minimal broker: it accepts CONNECT, answers CONNACK,
-//! reports every PUBLISH, and sends a PUBACK only when the test says so.
+//! reports every PUBLISH, and sends a PUBACK, or any raw bytes, only when the test says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -31,6 +31,8 @@ enum FakeEvent {
 #[derive(Debug)]
 enum Cmd {
     PubAck(u16),
+    /// Write these bytes as they are (any packet, valid or not).
+    Raw(Vec<u8>),
     /// Close the connection without a word.
     Drop,
 }
@@ -144,6 +146,9 @@ impl FakeBroker {
                                 let [hi, lo] = pkid.to_be_bytes();
                                 let _ = wr.write_all(&[0x40, 2, hi, lo]).await;
                             }
+                            Some(Cmd::Raw(bytes)) => {
+                                let _ = wr.write_all(&bytes).await;
+                            }
                             Some(Cmd::Drop) | None => break,
                         },
                     }
@@ -225,7 +230,7 @@ async fn nothing_is_acked_without_a_puback_and_in_flight_stops_at_max_inflight(v
     );
     assert!(matches!(
         broker.next_event().await,
-        FakeEvent::Connect { conn: 1 }
+        FakeEvent::Connect { conn: 1, .. }
     ));
     // The window is 4 publishes: the birth message and three readings.
     let first = broker.publishes(4).await;
@@ -319,7 +324,7 @@ async fn reconnect_republishes_from_the_oldest_unacked_reading_and_nothing_stale
     );
     assert!(matches!(
         broker.next_event().await,
-        FakeEvent::Connect { conn: 1 }
+        FakeEvent::Connect { conn: 1, .. }
     ));
     let first = broker.publishes(4).await; // online, 1, 2, 3
     broker.puback(first[2].0); // reading 2
@@ -332,7 +337,7 @@ async fn reconnect_republishes_from_the_oldest_unacked_reading_and_nothing_stale
     broker.cmds.send(Cmd::Drop).expect("alive");
     assert!(matches!(
         broker.next_event().await,
-        FakeEvent::Connect { conn: 2 }
+        FakeEvent::Connect { conn: 2, .. }
     ));
     let second = broker.publishes(4).await;
     assert_eq!(
@@ -380,4 +385,83 @@ async fn mqtt311_reconnect_republishes_from_the_oldest_unacked_reading_and_nothi
 #[tokio::test]
 async fn mqtt5_reconnect_republishes_from_the_oldest_unacked_reading_and_nothing_stale_leaks() {
     reconnect_republishes_from_the_oldest_unacked_reading_and_nothing_stale_leaks("5").await;
+}
+
+/// A QoS 1 PUBLISH with an empty topic name, reusing `pkid` (a reading's packet id, so a
+/// confused client might take it for that reading's acknowledgement).
+fn empty_topic_publish(version: &str, pkid: u16) -> Vec<u8> {
+    let [hi, lo] = pkid.to_be_bytes();
+    let mut body = vec![0, 0, hi, lo];
+    if version == "5" {
+        body.push(0); // no properties, so no topic alias either
+    }
+    body.extend_from_slice(b"{}");
+    let mut packet = vec![0x32, u8::try_from(body.len()).expect("short")];
+    packet.extend(body);
+    packet
+}
+
+async fn an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing(
+    version: &str,
+) {
+    let mut broker = FakeBroker::start(false).await;
+    let outbox = MemOutbox::new();
+    for i in 0..3 {
+        outbox.push("bed-1", MessageClass::Vital, f64::from(i));
+    }
+    let mut up = start(
+        config(
+            &format!("mqtt://127.0.0.1:{}", broker.port),
+            version,
+            serde_json::json!({ "shutdown_timeout": "500ms" }),
+        ),
+        &outbox,
+    );
+    assert!(matches!(
+        broker.next_event().await,
+        FakeEvent::Connect { conn: 1, .. }
+    ));
+    let first = broker.publishes(4).await; // online, 1, 2, 3
+    broker
+        .cmds
+        .send(Cmd::Raw(empty_topic_publish(version, first[1].0)))
+        .expect("alive");
+    assert!(
+        matches!(
+            broker.next_event().await,
+            FakeEvent::Connect { conn: 2, .. }
+        ),
+        "the uplink closed the connection and came back"
+    );
+    assert!(outbox.acked().is_empty(), "the bad PUBLISH acked nothing");
+    assert_eq!(
+        up.metric(r#"wardgate_mqtt_protocol_violations_total{uplink="test",reason="empty_topic"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        up.metric(r#"wardgate_mqtt_disconnects_total{uplink="test",reason="protocol"}"#),
+        Some(1.0)
+    );
+    let second = broker.publishes(4).await;
+    let seqs: Vec<u64> = second[1..].iter().map(|p| seq_of(&outbox, &p.2)).collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3],
+        "everything is sent again after reconnecting"
+    );
+    for p in &second {
+        broker.puback(p.0);
+    }
+    outbox.wait_all_acked().await;
+    up.stop().await.expect("stops");
+}
+
+#[tokio::test]
+async fn mqtt311_an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing() {
+    an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing("3.1.1").await;
+}
+
+#[tokio::test]
+async fn mqtt5_an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing() {
+    an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing("5").await;
 }
