@@ -41,8 +41,12 @@ pub(crate) enum LinkFailure {
     Timeout,
     /// TLS handshake or certificate failure.
     Tls,
-    /// The broker refused the CONNECT (bad credentials, not authorized, ...).
+    /// The broker refused the CONNECT for another reason than our credentials (protocol
+    /// version, client id, server unavailable, ...).
     Refused,
+    /// The broker refused our credentials: bad user name or password, not authorized (and for
+    /// MQTT 5, banned or a bad authentication method). Retrying soon cannot help.
+    CredentialsRefused,
     /// The broker broke the protocol, or we could not encode a packet.
     Protocol,
     /// An MQTT 5 broker sent DISCONNECT.
@@ -63,6 +67,7 @@ impl LinkFailure {
             LinkFailure::Timeout => "timeout",
             LinkFailure::Tls => "tls",
             LinkFailure::Refused => "refused",
+            LinkFailure::CredentialsRefused => "credentials_refused",
             LinkFailure::Protocol => "protocol",
             LinkFailure::ServerDisconnect => "server_disconnect",
             LinkFailure::Internal => "internal",
@@ -422,6 +427,20 @@ fn v4_error(e: rumqttc::ConnectionError) -> LinkError {
         E::RequestsDone => LinkFailure::Internal,
         _ => LinkFailure::Protocol,
     };
+    if let E::ConnectionRefused(code) = &e {
+        use rumqttc::ConnectReturnCode as C;
+        let why = match code {
+            C::BadUserNamePassword => Some("bad user name or password, return code 4"),
+            C::NotAuthorized => Some("not authorized, return code 5"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return LinkError {
+                kind: LinkFailure::CredentialsRefused,
+                message: why.into(),
+            };
+        }
+    }
     LinkError {
         kind,
         message: e.to_string(),
@@ -442,6 +461,22 @@ fn v5_error(e: rumqttc::v5::ConnectionError) -> LinkError {
         E::RequestsDone => LinkFailure::Internal,
         _ => LinkFailure::Protocol,
     };
+    if let E::ConnectionRefused(code) | E::MqttState(S::ConnFail { reason: code }) = &e {
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
+        let why = match code {
+            C::BadUserNamePassword => Some("bad user name or password, reason code 0x86"),
+            C::NotAuthorized => Some("not authorized, reason code 0x87"),
+            C::Banned => Some("banned, reason code 0x8A"),
+            C::BadAuthenticationMethod => Some("bad authentication method, reason code 0x8C"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return LinkError {
+                kind: LinkFailure::CredentialsRefused,
+                message: why.into(),
+            };
+        }
+    }
     LinkError {
         kind,
         message: e.to_string(),

@@ -263,11 +263,23 @@ pub(crate) struct ConnectFailed<'a> {
     /// First failure of a new kind: logged at WARN. Repeats of the same failure go to DEBUG so
     /// a retry storm cannot flood the log.
     pub(crate) state_changed: bool,
+    /// The uplink's configured name, for pointing at its settings.
+    pub(crate) setting: &'a str,
 }
 
 impl ConnectFailed<'_> {
     pub(crate) fn emit(&self, m: &UplinkMetrics) {
-        if self.state_changed {
+        if self.state_changed && self.reason == LinkFailure::CredentialsRefused {
+            // An ERROR: only an operator can fix it, and the uplink now retries rarely.
+            tracing::error!(
+                uplink = %m.uplink,
+                reason = self.reason.as_str(),
+                "the broker refused our credentials ({}); check uplinks.{}.username/password; retrying in {:?}",
+                self.error,
+                self.setting,
+                self.retry_in,
+            );
+        } else if self.state_changed {
             tracing::warn!(uplink = %m.uplink, reason = self.reason.as_str(), error = %self.error, retry_in = ?self.retry_in, "MQTT uplink cannot connect; retrying with backoff");
         } else {
             tracing::debug!(uplink = %m.uplink, reason = self.reason.as_str(), error = %self.error, retry_in = ?self.retry_in, "MQTT uplink connect retry failed");

@@ -63,6 +63,8 @@ pub struct MqttUplink {
     max_packet_size: u32,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    refused_retry_min: Duration,
+    refused_retry_max: Duration,
     shutdown_timeout: Duration,
     link: LinkOptions,
     metrics: UplinkMetrics,
@@ -179,6 +181,8 @@ impl MqttUplink {
             max_packet_size: cfg.max_packet_size,
             reconnect_min: cfg.reconnect_min,
             reconnect_max: cfg.reconnect_max,
+            refused_retry_min: cfg.refused_retry_min,
+            refused_retry_max: cfg.refused_retry_max,
             shutdown_timeout: cfg.shutdown_timeout,
             link,
             health,
@@ -199,6 +203,10 @@ impl MqttUplink {
     /// reconnect_min and reconnect_max), drains `cursor` to the broker. Returns on shutdown after
     /// publishing retained `offline` on the status topic and disconnecting cleanly (bounded by
     /// `shutdown_timeout`; past it the socket is dropped and the broker publishes the will).
+    ///
+    /// Refused credentials (CONNACK "bad user name or password" / "not authorized") are retried
+    /// too, but between `refused_retry_min` and `refused_retry_max`, logged once at ERROR, and
+    /// reported in health as "broker refused credentials" until a connection is accepted.
     ///
     /// Connection failures are retried, never returned. It returns an error only when the
     /// outbox fails; when the outbox closes it stops like on shutdown.
@@ -312,6 +320,8 @@ struct Driver<'a> {
     connected_at: Instant,
     phase: Phase,
     backoff: Backoff,
+    /// Used instead of `backoff` while the broker refuses our credentials.
+    refused_backoff: Backoff,
     failed_attempts: u32,
     last_failure: Option<(LinkFailure, String)>,
     /// Packet limit of the current connection (ours, or an MQTT 5 broker's if lower).
@@ -335,6 +345,7 @@ impl<'a> Driver<'a> {
             connected_at: Instant::now(),
             phase: Phase::Running,
             backoff: Backoff::new(up.reconnect_min, up.reconnect_max),
+            refused_backoff: Backoff::new(up.refused_retry_min, up.refused_retry_max),
             failed_attempts: 0,
             last_failure: None,
             packet_limit: up.max_packet_size as usize,
@@ -466,6 +477,7 @@ impl<'a> Driver<'a> {
         self.connected = true;
         self.connected_at = Instant::now();
         self.last_failure = None;
+        self.refused_backoff.reset();
         let limit =
             broker_max_packet.map_or(self.up.max_packet_size, |b| b.min(self.up.max_packet_size));
         self.packet_limit = limit as usize;
@@ -558,7 +570,15 @@ impl<'a> Driver<'a> {
             tracing::debug!(uplink = %self.up.name, retry_in = ?delay, "MQTT uplink reconnecting");
         } else {
             self.failed_attempts = self.failed_attempts.saturating_add(1);
-            delay = self.backoff.next_delay();
+            let refused = e.kind == LinkFailure::CredentialsRefused;
+            // Refused credentials get their own, much longer backoff: only an operator can fix
+            // them, and brokers may lock out a client that keeps trying. It grows only with
+            // refusals and starts over at the next CONNACK.
+            delay = if refused {
+                self.refused_backoff.next_delay()
+            } else {
+                self.backoff.next_delay()
+            };
             let key = (e.kind, e.message.clone());
             let state_changed = self.last_failure.as_ref() != Some(&key);
             ConnectFailed {
@@ -566,12 +586,18 @@ impl<'a> Driver<'a> {
                 error: &e.message,
                 retry_in: delay,
                 state_changed,
+                setting: &self.up.name,
             }
             .emit(&self.up.metrics);
             if state_changed {
-                self.up
-                    .health
-                    .not_ready(format!("cannot connect to {}: {}", self.up.url, e.message));
+                self.up.health.not_ready(if refused {
+                    format!(
+                        "broker refused credentials ({}) at {}",
+                        e.message, self.up.url
+                    )
+                } else {
+                    format!("cannot connect to {}: {}", self.up.url, e.message)
+                });
                 self.last_failure = Some(key);
             }
         }

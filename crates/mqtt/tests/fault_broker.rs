@@ -1,5 +1,6 @@
-//! Fault injection with a hand-written minimal broker: it accepts CONNECT, answers CONNACK,
-//! reports every PUBLISH, and sends a PUBACK, or any raw bytes, only when the test says so.
+//! Fault injection with a hand-written minimal broker: it accepts CONNECT, answers CONNACK (or
+//! refuses the first connections with a chosen code), reports every PUBLISH, and sends a PUBACK,
+//! or any raw bytes, only when the test says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -18,6 +19,12 @@ use wardgate_core::MessageClass;
 enum FakeEvent {
     Connect {
         conn: u32,
+        at: tokio::time::Instant,
+    },
+    /// A CONNECT answered with a refusing CONNACK; the broker then closed the connection.
+    Refused {
+        conn: u32,
+        at: tokio::time::Instant,
     },
     Publish {
         pkid: u16,
@@ -80,6 +87,12 @@ impl FakeBroker {
     /// `session_present_on_reconnect`: claim a resumed session on every connection after the
     /// first, which invites rumqttc to replay what it kept from the previous connection.
     async fn start(session_present_on_reconnect: bool) -> FakeBroker {
+        Self::start_refusing(session_present_on_reconnect, Vec::new()).await
+    }
+
+    /// Like [`FakeBroker::start`], but connection `n` (1-based) is refused with `refuse[n - 1]`
+    /// as the CONNACK return code (3.1.1) or reason code (5) while there is one.
+    async fn start_refusing(session_present_on_reconnect: bool, refuse: Vec<u8>) -> FakeBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (ev_tx, events) = mpsc::unbounded_channel();
@@ -97,6 +110,19 @@ impl FakeBroker {
                 };
                 assert_eq!(header >> 4, 1, "first packet is CONNECT");
                 let level = body[6];
+                if let Some(&code) = refuse.get(conn as usize - 1) {
+                    let connack: &[u8] = if level == 5 {
+                        &[0x20, 3, 0, code, 0]
+                    } else {
+                        &[0x20, 2, 0, code]
+                    };
+                    let _ = wr.write_all(connack).await;
+                    let _ = ev_tx.send(FakeEvent::Refused {
+                        conn,
+                        at: tokio::time::Instant::now(),
+                    });
+                    continue;
+                }
                 let sp = u8::from(session_present_on_reconnect && conn > 1);
                 let connack: &[u8] = if level == 5 {
                     &[0x20, 3, sp, 0, 0]
@@ -104,7 +130,10 @@ impl FakeBroker {
                     &[0x20, 2, sp, 0]
                 };
                 wr.write_all(connack).await.expect("write CONNACK");
-                let _ = ev_tx.send(FakeEvent::Connect { conn });
+                let _ = ev_tx.send(FakeEvent::Connect {
+                    conn,
+                    at: tokio::time::Instant::now(),
+                });
                 let (pkt_tx, mut pkts) = mpsc::unbounded_channel();
                 let reader = tokio::spawn(async move {
                     while let Ok(p) = read_packet(&mut rd).await {
@@ -464,4 +493,81 @@ async fn mqtt311_an_empty_topic_publish_from_the_broker_closes_the_connection_an
 #[tokio::test]
 async fn mqtt5_an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing() {
     an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing("5").await;
+}
+
+/// The floor of the refused-credentials backoff in these tests (the default is 30 s).
+const REFUSED_FLOOR: Duration = Duration::from_secs(1);
+
+async fn refused_credentials_back_off_to_the_floor_and_say_so_in_health(version: &str, code: u8) {
+    let mut broker = FakeBroker::start_refusing(false, vec![code]).await;
+    let outbox = MemOutbox::new();
+    outbox.push("bed-1", MessageClass::Vital, 1.0);
+    let mut up = start(
+        config(
+            &format!("mqtt://127.0.0.1:{}", broker.port),
+            version,
+            serde_json::json!({
+                "username": "ward", "password": "wrong",
+                "refused_retry_min": "1s", "refused_retry_max": "2s",
+                "shutdown_timeout": "500ms",
+            }),
+        ),
+        &outbox,
+    );
+    let FakeEvent::Refused {
+        conn: 1,
+        at: refused_at,
+    } = broker.next_event().await
+    else {
+        panic!("the first connection is refused");
+    };
+    let h = up.health.clone();
+    eventually("health says the credentials were refused", move || {
+        h.readiness().checks["uplink.test"]
+            .detail
+            .starts_with("broker refused credentials")
+    })
+    .await;
+    assert!(!up.check().ready);
+    let FakeEvent::Connect { conn: 2, at } = broker.next_event().await else {
+        panic!("the second connection is accepted");
+    };
+    assert!(
+        at.duration_since(refused_at) >= REFUSED_FLOOR,
+        "retried after {:?}, before the floor",
+        at.duration_since(refused_at)
+    );
+    assert_eq!(
+        up.metric(
+            r#"wardgate_mqtt_connect_failures_total{uplink="test",reason="credentials_refused"}"#
+        ),
+        Some(1.0)
+    );
+    let sent = broker.publishes(2).await;
+    for p in &sent {
+        broker.puback(p.0);
+    }
+    outbox.wait_all_acked().await;
+    up.wait_ready().await;
+    up.stop().await.expect("stops");
+}
+
+#[tokio::test]
+async fn mqtt311_bad_user_name_or_password_backs_off_to_the_refused_floor() {
+    refused_credentials_back_off_to_the_floor_and_say_so_in_health("3.1.1", 4).await;
+}
+
+#[tokio::test]
+async fn mqtt311_not_authorized_backs_off_to_the_refused_floor() {
+    refused_credentials_back_off_to_the_floor_and_say_so_in_health("3.1.1", 5).await;
+}
+
+#[tokio::test]
+async fn mqtt5_bad_user_name_or_password_backs_off_to_the_refused_floor() {
+    refused_credentials_back_off_to_the_floor_and_say_so_in_health("5", 0x86).await;
+}
+
+#[tokio::test]
+async fn mqtt5_not_authorized_backs_off_to_the_refused_floor() {
+    refused_credentials_back_off_to_the_floor_and_say_so_in_health("5", 0x87).await;
 }
