@@ -48,6 +48,10 @@ use wardgate_core::Backoff;
 /// and then drops us at once keeps backing off instead of being hammered.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
+/// How often a connect failure that keeps happening (same kind and label) is logged again at
+/// WARN/ERROR; the attempts in between log at DEBUG.
+const FAILURE_LOG_REPEAT: Duration = Duration::from_secs(10 * 60);
+
 /// MQTT's limit on a topic name's length in bytes.
 const MAX_TOPIC_LEN: usize = 65_535;
 
@@ -323,7 +327,8 @@ struct Driver<'a> {
     /// Used instead of `backoff` while the broker refuses our credentials.
     refused_backoff: Backoff,
     failed_attempts: u32,
-    last_failure: Option<(LinkFailure, String)>,
+    /// The last connect failure logged at WARN/ERROR: its kind, its label and when.
+    last_failure: Option<(LinkFailure, &'static str, Instant)>,
     /// Packet limit of the current connection (ours, or an MQTT 5 broker's if lower).
     packet_limit: usize,
     /// Set when a publish could not be queued: stop queueing and drop the connection at the
@@ -441,6 +446,7 @@ impl<'a> Driver<'a> {
                     link.drop_connection();
                     return self.on_error(LinkError {
                         kind: LinkFailure::Protocol,
+                        label: "empty_topic",
                         message: "the broker sent a PUBLISH with an empty topic name, which MQTT forbids (3.1.1 and 5, section 4.7.3); closing the connection".into(),
                     });
                 }
@@ -450,10 +456,7 @@ impl<'a> Driver<'a> {
         match self.force_reconnect.take() {
             Some(why) if self.connected && self.phase == Phase::Running => {
                 link.drop_connection();
-                self.on_error(LinkError {
-                    kind: LinkFailure::Internal,
-                    message: why,
-                })
+                self.on_error(LinkError::new(LinkFailure::Internal, why))
             }
             _ => Next::Poll(Duration::ZERO),
         }
@@ -537,7 +540,7 @@ impl<'a> Driver<'a> {
     }
 
     /// The event loop failed: a connect attempt, or the established connection.
-    fn on_error(&mut self, e: LinkError) -> Next {
+    fn on_error(&mut self, mut e: LinkError) -> Next {
         if self.phase != Phase::Running {
             // Shutting down: nothing more can be sent; the broker publishes the will.
             if self.connected {
@@ -579,8 +582,21 @@ impl<'a> Driver<'a> {
             } else {
                 self.backoff.next_delay()
             };
-            let key = (e.kind, e.message.clone());
-            let state_changed = self.last_failure.as_ref() != Some(&key);
+            if e.label == "io_closed" && !self.up.url.tls {
+                // What a TLS listener does with a plain CONNECT.
+                e.message
+                    .push_str("; if this port expects TLS, use mqtts://");
+            }
+            // Throttled by kind and label, never by message: a message can change on every
+            // attempt. A failure that lasts is logged again once per FAILURE_LOG_REPEAT.
+            let now = Instant::now();
+            let state_changed = match self.last_failure {
+                Some((kind, label, logged)) => {
+                    (kind, label) != (e.kind, e.label)
+                        || now.duration_since(logged) >= FAILURE_LOG_REPEAT
+                }
+                None => true,
+            };
             ConnectFailed {
                 reason: e.kind,
                 error: &e.message,
@@ -589,16 +605,17 @@ impl<'a> Driver<'a> {
                 setting: &self.up.name,
             }
             .emit(&self.up.metrics);
+            // Health is state, not a log line: always the latest words.
+            self.up.health.not_ready(if refused {
+                format!(
+                    "broker refused credentials ({}) at {}",
+                    e.message, self.up.url
+                )
+            } else {
+                format!("cannot connect to {}: {}", self.up.url, e.message)
+            });
             if state_changed {
-                self.up.health.not_ready(if refused {
-                    format!(
-                        "broker refused credentials ({}) at {}",
-                        e.message, self.up.url
-                    )
-                } else {
-                    format!("cannot connect to {}: {}", self.up.url, e.message)
-                });
-                self.last_failure = Some(key);
+                self.last_failure = Some((e.kind, e.label, now));
             }
         }
         Next::Poll(delay)

@@ -4,41 +4,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
-
 use common::*;
 use wardgate_core::MessageClass;
 
 const SECRET: &str = "s3cret";
-
-/// Everything this test binary logs, at every level, from every crate.
-fn captured_log() -> Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("trace")
-            .with_ansi(false)
-            .with_writer(move || Capture(sink.clone()))
-            .init();
-        log
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn build(cfg: wardgate_mqtt::MqttUplinkConfig) -> Result<wardgate_mqtt::MqttUplink, String> {
     let health = wardgate_core::Health::new();
@@ -59,7 +28,8 @@ fn build(cfg: wardgate_mqtt::MqttUplinkConfig) -> Result<wardgate_mqtt::MqttUpli
 
 #[test]
 fn a_password_in_the_broker_url_appears_in_no_error_debug_output_or_problem() {
-    let log = captured_log();
+    // Every crate at every level: rumqttc's own lines must not show it either.
+    let (log, _guard) = CapturedLog::start_with("trace");
     for url in [
         "mqtt://user:s3cret@127.0.0.1:1883",
         "ssl://user:s3cret@127.0.0.1:8883",
@@ -78,14 +48,15 @@ fn a_password_in_the_broker_url_appears_in_no_error_debug_output_or_problem() {
         let err = build(cfg).expect_err(url);
         assert!(!err.contains(SECRET), "{url}: {err}");
     }
-    let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let log = log.text();
     assert!(log.contains("uplink refused"), "the errors were logged");
     assert!(!log.contains(SECRET), "{log}");
 }
 
 #[tokio::test]
 async fn a_run_with_a_password_against_mosquitto_logs_and_reports_no_password() {
-    let log = captured_log();
+    // Every crate at every level: rumqttc's own lines must not show it either.
+    let (log, _guard) = CapturedLog::start_with("trace");
     let broker = Mosquitto::start();
     let outbox = MemOutbox::new();
     outbox.push("bed-1", MessageClass::Vital, 97.0);
@@ -103,7 +74,7 @@ async fn a_run_with_a_password_against_mosquitto_logs_and_reports_no_password() 
     up.stop().await.expect("clean stop");
     assert!(!detail.contains(SECRET), "{detail}");
     assert!(!up.metrics_text().contains(SECRET));
-    let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let log = log.text();
     assert!(log.contains("MQTT uplink connected"), "the run was logged");
     assert!(!log.contains(SECRET), "{log}");
 }
