@@ -18,7 +18,7 @@ pub enum MqttVersion {
     V5,
 }
 
-/// An MQTT uplink. `Debug` redacts the password.
+/// An MQTT uplink. `Debug` redacts the password, and the user info of the URL.
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttUplinkConfig {
@@ -60,6 +60,15 @@ pub struct MqttUplinkConfig {
     /// Longest reconnect delay.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// First reconnect delay after the broker refused our credentials (CONNACK "bad user name
+    /// or password" / "not authorized"); doubles per refusal up to `refused_retry_max`, with
+    /// jitter. Much longer than `reconnect_min`: retrying the same credentials soon cannot
+    /// succeed, and brokers may lock out a client that keeps trying.
+    #[serde(default = "default_refused_retry_min", with = "humantime_serde")]
+    pub refused_retry_min: Duration,
+    /// Longest reconnect delay after refused credentials.
+    #[serde(default = "default_refused_retry_max", with = "humantime_serde")]
+    pub refused_retry_max: Duration,
     /// Longest wait at shutdown for the retained `offline` status to be acknowledged and the
     /// DISCONNECT to be written. Past it the socket is dropped and the broker publishes the will.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -78,7 +87,7 @@ impl std::fmt::Debug for MqttUplinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttUplinkConfig")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("url", &crate::url::redact(&self.url))
             .field("version", &self.version)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
@@ -90,6 +99,8 @@ impl std::fmt::Debug for MqttUplinkConfig {
             .field("max_inflight", &self.max_inflight)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
+            .field("refused_retry_min", &self.refused_retry_min)
+            .field("refused_retry_max", &self.refused_retry_max)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("max_packet_size", &self.max_packet_size)
             .field("tls", &self.tls)
@@ -136,6 +147,12 @@ fn default_reconnect_min() -> Duration {
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(30)
 }
+fn default_refused_retry_min() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_refused_retry_max() -> Duration {
+    Duration::from_secs(5 * 60)
+}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -168,14 +185,29 @@ impl MqttUplinkConfig {
         if self.max_inflight == 0 {
             p.push(format!("{at}.max_inflight"), "must be at least 1");
         }
-        if self.reconnect_min > self.reconnect_max {
-            p.push(
-                format!("{at}.reconnect_min"),
-                "must not exceed reconnect_max",
-            );
-        }
-        if self.reconnect_min.is_zero() {
-            p.push(format!("{at}.reconnect_min"), "must be more than 0s");
+        for (min_name, min, max_name, max) in [
+            (
+                "reconnect_min",
+                self.reconnect_min,
+                "reconnect_max",
+                self.reconnect_max,
+            ),
+            (
+                "refused_retry_min",
+                self.refused_retry_min,
+                "refused_retry_max",
+                self.refused_retry_max,
+            ),
+        ] {
+            if min > max {
+                p.push(
+                    format!("{at}.{min_name}"),
+                    format!("must not exceed {max_name}"),
+                );
+            }
+            if min.is_zero() {
+                p.push(format!("{at}.{min_name}"), "must be more than 0s");
+            }
         }
         if self.keep_alive < Duration::from_secs(5) {
             p.push(format!("{at}.keep_alive"), "must be at least 5s");
@@ -249,6 +281,8 @@ mod tests {
         assert_eq!(cfg.max_inflight, 256);
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(cfg.max_packet_size, 1024 * 1024);
+        assert_eq!(cfg.refused_retry_min, Duration::from_secs(30));
+        assert_eq!(cfg.refused_retry_max, Duration::from_secs(300));
         assert!(problems(&cfg).is_empty(), "{:?}", problems(&cfg));
     }
 
@@ -280,11 +314,54 @@ mod tests {
     }
 
     #[test]
+    fn the_refused_credentials_backoff_must_be_positive_and_ordered() {
+        let cfg = parse(serde_json::json!({
+            "name": "cloud", "url": "mqtt://b",
+            "refused_retry_min": "10m", "refused_retry_max": "1m",
+        }));
+        let found = problems(&cfg);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("uplinks[0].refused_retry_min:")),
+            "{found:?}"
+        );
+        let cfg = parse(serde_json::json!({
+            "name": "cloud", "url": "mqtt://b", "refused_retry_min": "0s",
+        }));
+        assert!(
+            problems(&cfg)
+                .iter()
+                .any(|p| p.contains("refused_retry_min: must be more than 0s")),
+            "{:?}",
+            problems(&cfg)
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let r: Result<MqttUplinkConfig, _> = serde_json::from_value(serde_json::json!({
             "name": "cloud", "url": "mqtt://b", "retain": true
         }));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_password_in_the_url_appears_in_no_problem_and_no_debug_output() {
+        for url in [
+            "mqtt://user:s3cret@broker:1883",
+            "ssl://user:s3cret@broker:8883",
+            "mqtt://user:s3cret",
+        ] {
+            let cfg = parse(serde_json::json!({ "name": "cloud", "url": url }));
+            let found = problems(&cfg);
+            assert!(
+                found.iter().any(|p| p.starts_with("uplinks[0].url:")),
+                "{url}: {found:?}"
+            );
+            let shown = format!("{found:?} {cfg:?}");
+            assert!(!shown.contains("s3cret"), "{url}: {shown}");
+        }
     }
 
     #[test]

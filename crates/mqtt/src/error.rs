@@ -15,7 +15,7 @@ pub enum MqttError {
     /// The broker URL is malformed.
     #[error("invalid broker url {url:?}: {reason}")]
     Url {
-        /// The configured URL.
+        /// The configured URL as [`crate::url::redact`] shows it: it may hold a password.
         url: String,
         /// What is wrong with it.
         reason: String,

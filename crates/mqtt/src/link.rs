@@ -41,8 +41,12 @@ pub(crate) enum LinkFailure {
     Timeout,
     /// TLS handshake or certificate failure.
     Tls,
-    /// The broker refused the CONNECT (bad credentials, not authorized, ...).
+    /// The broker refused the CONNECT for another reason than our credentials (protocol
+    /// version, client id, server unavailable, ...).
     Refused,
+    /// The broker refused our credentials: bad user name or password, not authorized (and for
+    /// MQTT 5, banned or a bad authentication method). Retrying soon cannot help.
+    CredentialsRefused,
     /// The broker broke the protocol, or we could not encode a packet.
     Protocol,
     /// An MQTT 5 broker sent DISCONNECT.
@@ -63,6 +67,7 @@ impl LinkFailure {
             LinkFailure::Timeout => "timeout",
             LinkFailure::Tls => "tls",
             LinkFailure::Refused => "refused",
+            LinkFailure::CredentialsRefused => "credentials_refused",
             LinkFailure::Protocol => "protocol",
             LinkFailure::ServerDisconnect => "server_disconnect",
             LinkFailure::Internal => "internal",
@@ -76,7 +81,23 @@ impl LinkFailure {
 #[derive(Debug, Clone)]
 pub(crate) struct LinkError {
     pub(crate) kind: LinkFailure,
+    /// What went wrong, finer than `kind` and still a closed set (e.g. `tls_certificate_expired`).
+    /// Repeated failures are logged once per label: the message may differ on every attempt
+    /// (an expired certificate's names the current time).
+    pub(crate) label: &'static str,
+    /// A sentence saying what is wrong and, where we know, what to do about it.
     pub(crate) message: String,
+}
+
+impl LinkError {
+    /// An error whose kind is all there is to say about its class.
+    pub(crate) fn new(kind: LinkFailure, message: String) -> Self {
+        LinkError {
+            kind,
+            label: kind.as_str(),
+            message,
+        }
+    }
 }
 
 /// What the uplink needs to know from the event loop.
@@ -93,6 +114,10 @@ pub(crate) enum LinkEvent {
     },
     /// Our DISCONNECT was written.
     DisconnectSent,
+    /// The broker sent a PUBLISH with an empty topic name (after MQTT 5 topic-alias
+    /// resolution): a protocol violation (MQTT 3.1.1 §4.7.3, MQTT 5 §4.7.3) that rumqttc passes
+    /// on as an ordinary event. We never subscribe, so this broker cannot be trusted further.
+    EmptyTopicPublish,
     /// Anything else (pings, collisions, ...).
     Other,
 }
@@ -353,6 +378,7 @@ fn v4_event(e: rumqttc::Event) -> LinkEvent {
             pkid: a.pkid,
             refused: None,
         },
+        Event::Incoming(Packet::Publish(p)) if p.topic.is_empty() => LinkEvent::EmptyTopicPublish,
         Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Published(pkid),
         Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectSent,
         _ => LinkEvent::Other,
@@ -371,6 +397,7 @@ fn v5_event(e: rumqttc::v5::Event) -> LinkEvent {
             pkid: a.pkid,
             refused: v5_refusal(&a.reason),
         },
+        Event::Incoming(Packet::Publish(p)) if p.topic.is_empty() => LinkEvent::EmptyTopicPublish,
         Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Published(pkid),
         Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectSent,
         _ => LinkEvent::Other,
@@ -391,6 +418,117 @@ fn v5_refusal(reason: &rumqttc::v5::mqttbytes::v5::PubAckReason) -> Option<&'sta
     }
 }
 
+/// Says what `kind` of failure happened in words an operator can act on, with a fixed label.
+/// `raw` is rumqttc's message, kept where we have nothing better. `closed`: rumqttc saw the
+/// peer close the connection.
+fn explain(
+    kind: LinkFailure,
+    io: Option<&std::io::Error>,
+    tls: Option<&rustls::Error>,
+    closed: bool,
+    raw: String,
+) -> LinkError {
+    let tls = tls.or_else(|| {
+        io.and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    });
+    let (label, message) = if let Some(t) = tls {
+        explain_tls(t)
+    } else if closed {
+        (
+            "io_closed",
+            format!("the broker closed the connection ({raw})"),
+        )
+    } else if let Some(io) = io {
+        use std::io::ErrorKind as K;
+        match io.kind() {
+            K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe => (
+                "io_closed",
+                format!("the broker closed the connection ({io})"),
+            ),
+            K::ConnectionRefused => (
+                "io_refused",
+                format!("nothing accepts connections at that address and port ({io})"),
+            ),
+            _ => ("io", raw),
+        }
+    } else {
+        (kind.as_str(), raw)
+    };
+    LinkError {
+        kind: if tls.is_some() {
+            LinkFailure::Tls
+        } else {
+            kind
+        },
+        label,
+        message,
+    }
+}
+
+/// rustls's reasons, which name types (`Other(OtherError(CaUsedAsEndEntity))`) rather than
+/// say what to fix.
+fn explain_tls(e: &rustls::Error) -> (&'static str, String) {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+    match e {
+        R::InvalidCertificate(c) => match c {
+            C::Expired | C::ExpiredContext { .. } => (
+                "tls_certificate_expired",
+                format!("the broker's certificate has expired ({c}); renew it on the broker, or check this gateway's clock"),
+            ),
+            C::NotValidYet | C::NotValidYetContext { .. } => (
+                "tls_certificate_not_yet_valid",
+                format!("the broker's certificate is not valid yet ({c}); check this gateway's clock, or the certificate's start date"),
+            ),
+            C::UnknownIssuer => (
+                "tls_unknown_ca",
+                "the broker's certificate is not issued by a CA we trust; set tls.ca_file to the CA that issued it (or install that CA in the system store)".into(),
+            ),
+            // What a CA with the same name as a trusted one, but another key, looks like.
+            C::BadSignature => (
+                "tls_unknown_ca",
+                "the broker's certificate is not issued by a CA we trust (its signature does not verify against the trusted CA of that name); set tls.ca_file to the CA that issued it".into(),
+            ),
+            C::NotValidForName | C::NotValidForNameContext { .. } => (
+                "tls_wrong_name",
+                format!("the broker's certificate does not carry the name we check ({c}); connect by a name it carries, or set tls.server_name"),
+            ),
+            // webpki's reason travels as an opaque `OtherError`; its Debug form is the only
+            // way to tell without depending on webpki directly.
+            C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => (
+                "tls_ca_used_as_end_entity",
+                "the broker presents a CA certificate as its own server certificate; give the broker a server certificate issued by that CA (Mosquitto: certfile), not the CA certificate itself".into(),
+            ),
+            other => (
+                "tls_bad_certificate",
+                format!("the broker's certificate was refused: {other}"),
+            ),
+        },
+        R::AlertReceived(A::CertificateRequired) => (
+            "tls_client_certificate_required",
+            "the broker requires a client certificate and none was sent; set tls.client_cert_file and tls.client_key_file".into(),
+        ),
+        R::AlertReceived(
+            a @ (A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::DecryptError),
+        ) => (
+            "tls_client_certificate_rejected",
+            format!("the broker rejected our client certificate (TLS alert {a:?}); check tls.client_cert_file and tls.client_key_file, and that the broker trusts the CA that issued them"),
+        ),
+        R::AlertReceived(A::HandshakeFailure) => (
+            "tls_handshake_failure",
+            "the broker ended the TLS handshake (alert HandshakeFailure): it may require a client certificate (tls.client_cert_file, tls.client_key_file) or accept no TLS version or cipher suite we offer".into(),
+        ),
+        other => ("tls", format!("TLS failed: {other}")),
+    }
+}
+
 /// An I/O error on an established TLS stream (e.g. the broker's alert that it requires a client
 /// certificate, which TLS 1.3 delivers after the handshake) is a TLS failure, not a network one.
 fn io_kind(e: &std::io::Error) -> LinkFailure {
@@ -403,6 +541,15 @@ fn io_kind(e: &std::io::Error) -> LinkFailure {
 
 fn v4_error(e: rumqttc::ConnectionError) -> LinkError {
     use rumqttc::{ConnectionError as E, StateError as S};
+    let (io, tls) = match &e {
+        E::Io(io)
+        | E::MqttState(S::Io(io))
+        | E::MqttState(S::Deserialization(rumqttc::mqttbytes::Error::Io(io)))
+        | E::Tls(rumqttc::TlsError::Io(io)) => (Some(io), None),
+        E::Tls(rumqttc::TlsError::TLS(t)) => (None, Some(t)),
+        _ => (None, None),
+    };
+    let closed = matches!(e, E::MqttState(S::ConnectionAborted));
     let kind = match &e {
         E::Io(io)
         | E::MqttState(S::Io(io))
@@ -416,14 +563,31 @@ fn v4_error(e: rumqttc::ConnectionError) -> LinkError {
         E::RequestsDone => LinkFailure::Internal,
         _ => LinkFailure::Protocol,
     };
-    LinkError {
-        kind,
-        message: e.to_string(),
+    if let E::ConnectionRefused(code) = &e {
+        use rumqttc::ConnectReturnCode as C;
+        let why = match code {
+            C::BadUserNamePassword => Some("bad user name or password, return code 4"),
+            C::NotAuthorized => Some("not authorized, return code 5"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return LinkError::new(LinkFailure::CredentialsRefused, why.into());
+        }
     }
+    explain(kind, io, tls, closed, e.to_string())
 }
 
 fn v5_error(e: rumqttc::v5::ConnectionError) -> LinkError {
     use rumqttc::v5::{ConnectionError as E, StateError as S};
+    let (io, tls) = match &e {
+        E::Io(io)
+        | E::MqttState(S::Io(io))
+        | E::MqttState(S::Deserialization(rumqttc::v5::mqttbytes::Error::Io(io)))
+        | E::Tls(rumqttc::TlsError::Io(io)) => (Some(io), None),
+        E::Tls(rumqttc::TlsError::TLS(t)) => (None, Some(t)),
+        _ => (None, None),
+    };
+    let closed = matches!(e, E::MqttState(S::ConnectionAborted));
     let kind = match &e {
         E::Io(io)
         | E::MqttState(S::Io(io))
@@ -436,8 +600,87 @@ fn v5_error(e: rumqttc::v5::ConnectionError) -> LinkError {
         E::RequestsDone => LinkFailure::Internal,
         _ => LinkFailure::Protocol,
     };
-    LinkError {
-        kind,
-        message: e.to_string(),
+    if let E::ConnectionRefused(code) | E::MqttState(S::ConnFail { reason: code }) = &e {
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
+        let why = match code {
+            C::BadUserNamePassword => Some("bad user name or password, reason code 0x86"),
+            C::NotAuthorized => Some("not authorized, reason code 0x87"),
+            C::Banned => Some("banned, reason code 0x8A"),
+            C::BadAuthenticationMethod => Some("bad authentication method, reason code 0x8C"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return LinkError::new(LinkFailure::CredentialsRefused, why.into());
+        }
+    }
+    explain(kind, io, tls, closed, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+
+    fn label_and_message(e: R) -> (&'static str, String) {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let err = explain(LinkFailure::Io, Some(&io), None, false, "raw".into());
+        assert_eq!(
+            err.kind,
+            LinkFailure::Tls,
+            "a TLS cause makes it a TLS failure"
+        );
+        (err.label, err.message)
+    }
+
+    #[test]
+    fn tls_failures_get_a_fixed_label_and_a_sentence_saying_what_to_do() {
+        for (e, label, hint) in [
+            (
+                R::InvalidCertificate(C::Expired),
+                "tls_certificate_expired",
+                "clock",
+            ),
+            (
+                R::InvalidCertificate(C::NotValidYet),
+                "tls_certificate_not_yet_valid",
+                "clock",
+            ),
+            (
+                R::InvalidCertificate(C::UnknownIssuer),
+                "tls_unknown_ca",
+                "tls.ca_file",
+            ),
+            (
+                R::InvalidCertificate(C::NotValidForName),
+                "tls_wrong_name",
+                "tls.server_name",
+            ),
+            (
+                R::AlertReceived(A::CertificateRequired),
+                "tls_client_certificate_required",
+                "tls.client_cert_file",
+            ),
+            (
+                R::AlertReceived(A::UnknownCA),
+                "tls_client_certificate_rejected",
+                "tls.client_cert_file",
+            ),
+        ] {
+            let (got, message) = label_and_message(e);
+            assert_eq!(got, label, "{message}");
+            assert!(message.contains(hint), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_closed_or_refused_socket_is_said_in_words() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = explain(LinkFailure::Io, Some(&reset), None, false, "raw".into());
+        assert_eq!((e.kind, e.label), (LinkFailure::Io, "io_closed"));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = explain(LinkFailure::Io, Some(&refused), None, false, "raw".into());
+        assert_eq!(e.label, "io_refused");
+        let e = explain(LinkFailure::Timeout, None, None, false, "raw".into());
+        assert_eq!((e.label, e.message.as_str()), ("timeout", "raw"));
     }
 }

@@ -57,6 +57,7 @@ pub struct MqttMetrics {
     acked: Family<ClassLabels, Counter>,
     dropped: Family<ClassReasonLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
+    violations: Family<ReasonLabels, Counter>,
     ack_latency: HistogramFamily,
     inflight: Family<UplinkLabels, Gauge>,
     connected: Family<UplinkLabels, Gauge>,
@@ -73,6 +74,7 @@ impl MqttMetrics {
             acked: Family::default(),
             dropped: Family::default(),
             refused: Family::default(),
+            violations: Family::default(),
             ack_latency: Family::new_with_constructor(ack_latency_histogram),
             inflight: Family::default(),
             connected: Family::default(),
@@ -111,6 +113,11 @@ impl MqttMetrics {
             "wardgate_mqtt_publish_refused",
             "MQTT 5 PUBACKs with an error reason code; the reading stays owed and is retried after the next reconnect",
             m.refused.clone(),
+        );
+        registry.register(
+            "wardgate_mqtt_protocol_violations",
+            "Packets from the broker that break the MQTT protocol, by reason; each closes the connection",
+            m.violations.clone(),
         );
         registry.register(
             "wardgate_mqtt_publish_ack_seconds",
@@ -256,11 +263,23 @@ pub(crate) struct ConnectFailed<'a> {
     /// First failure of a new kind: logged at WARN. Repeats of the same failure go to DEBUG so
     /// a retry storm cannot flood the log.
     pub(crate) state_changed: bool,
+    /// The uplink's configured name, for pointing at its settings.
+    pub(crate) setting: &'a str,
 }
 
 impl ConnectFailed<'_> {
     pub(crate) fn emit(&self, m: &UplinkMetrics) {
-        if self.state_changed {
+        if self.state_changed && self.reason == LinkFailure::CredentialsRefused {
+            // An ERROR: only an operator can fix it, and the uplink now retries rarely.
+            tracing::error!(
+                uplink = %m.uplink,
+                reason = self.reason.as_str(),
+                "the broker refused our credentials ({}); check uplinks.{}.username/password; retrying in {:?}",
+                self.error,
+                self.setting,
+                self.retry_in,
+            );
+        } else if self.state_changed {
             tracing::warn!(uplink = %m.uplink, reason = self.reason.as_str(), error = %self.error, retry_in = ?self.retry_in, "MQTT uplink cannot connect; retrying with backoff");
         } else {
             tracing::debug!(uplink = %m.uplink, reason = self.reason.as_str(), error = %self.error, retry_in = ?self.retry_in, "MQTT uplink connect retry failed");
@@ -268,6 +287,23 @@ impl ConnectFailed<'_> {
         m.shared
             .connect_failures
             .get_or_create(&m.reason(self.reason.as_str()))
+            .inc();
+    }
+}
+
+/// The broker broke the protocol; the connection is closed because of it. Only counted here:
+/// the [`Disconnected`] that follows logs it, once, with `error` saying what happened.
+#[derive(Debug)]
+pub(crate) struct ProtocolViolation {
+    /// A closed set: `empty_topic`.
+    pub(crate) reason: &'static str,
+}
+
+impl ProtocolViolation {
+    pub(crate) fn emit(&self, m: &UplinkMetrics) {
+        m.shared
+            .violations
+            .get_or_create(&m.reason(self.reason))
             .inc();
     }
 }

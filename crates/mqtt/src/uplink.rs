@@ -37,8 +37,8 @@ use crate::error::MqttError;
 use crate::inflight::{Entry, Status, Tracker};
 use crate::link::{self, Client, Link, LinkError, LinkEvent, LinkFailure, LinkOptions, Qos};
 use crate::metrics::{
-    ConnectFailed, Connected, Disconnected, MqttMetrics, PublishRefused, ReadingDropped,
-    UplinkMetrics,
+    ConnectFailed, Connected, Disconnected, MqttMetrics, ProtocolViolation, PublishRefused,
+    ReadingDropped, UplinkMetrics,
 };
 use crate::topic::TopicTemplate;
 use crate::url::BrokerUrl;
@@ -47,6 +47,10 @@ use wardgate_core::Backoff;
 /// A connection that stayed up this long resets the reconnect backoff; a broker that accepts
 /// and then drops us at once keeps backing off instead of being hammered.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
+/// How often a connect failure that keeps happening (same kind and label) is logged again at
+/// WARN/ERROR; the attempts in between log at DEBUG.
+const FAILURE_LOG_REPEAT: Duration = Duration::from_secs(10 * 60);
 
 /// MQTT's limit on a topic name's length in bytes.
 const MAX_TOPIC_LEN: usize = 65_535;
@@ -63,6 +67,8 @@ pub struct MqttUplink {
     max_packet_size: u32,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    refused_retry_min: Duration,
+    refused_retry_max: Duration,
     shutdown_timeout: Duration,
     link: LinkOptions,
     metrics: UplinkMetrics,
@@ -117,7 +123,7 @@ impl MqttUplink {
             return Err(MqttError::Invalid(all.join("; ")));
         }
         let url = BrokerUrl::parse(&cfg.url).map_err(|e| MqttError::Url {
-            url: cfg.url.clone(),
+            url: crate::url::redact(&cfg.url),
             reason: e.to_string(),
         })?;
         let topic = TopicTemplate::readings(&cfg.topic).map_err(|e| MqttError::Template {
@@ -179,6 +185,8 @@ impl MqttUplink {
             max_packet_size: cfg.max_packet_size,
             reconnect_min: cfg.reconnect_min,
             reconnect_max: cfg.reconnect_max,
+            refused_retry_min: cfg.refused_retry_min,
+            refused_retry_max: cfg.refused_retry_max,
             shutdown_timeout: cfg.shutdown_timeout,
             link,
             health,
@@ -199,6 +207,10 @@ impl MqttUplink {
     /// reconnect_min and reconnect_max), drains `cursor` to the broker. Returns on shutdown after
     /// publishing retained `offline` on the status topic and disconnecting cleanly (bounded by
     /// `shutdown_timeout`; past it the socket is dropped and the broker publishes the will).
+    ///
+    /// Refused credentials (CONNACK "bad user name or password" / "not authorized") are retried
+    /// too, but between `refused_retry_min` and `refused_retry_max`, logged once at ERROR, and
+    /// reported in health as "broker refused credentials" until a connection is accepted.
     ///
     /// Connection failures are retried, never returned. It returns an error only when the
     /// outbox fails; when the outbox closes it stops like on shutdown.
@@ -312,8 +324,11 @@ struct Driver<'a> {
     connected_at: Instant,
     phase: Phase,
     backoff: Backoff,
+    /// Used instead of `backoff` while the broker refuses our credentials.
+    refused_backoff: Backoff,
     failed_attempts: u32,
-    last_failure: Option<(LinkFailure, String)>,
+    /// The last connect failure logged at WARN/ERROR: its kind, its label and when.
+    last_failure: Option<(LinkFailure, &'static str, Instant)>,
     /// Packet limit of the current connection (ours, or an MQTT 5 broker's if lower).
     packet_limit: usize,
     /// Set when a publish could not be queued: stop queueing and drop the connection at the
@@ -335,6 +350,7 @@ impl<'a> Driver<'a> {
             connected_at: Instant::now(),
             phase: Phase::Running,
             backoff: Backoff::new(up.reconnect_min, up.reconnect_max),
+            refused_backoff: Backoff::new(up.refused_retry_min, up.refused_retry_max),
             failed_attempts: 0,
             last_failure: None,
             packet_limit: up.max_packet_size as usize,
@@ -421,15 +437,26 @@ impl<'a> Driver<'a> {
                     return Next::Return;
                 }
             }
+            LinkEvent::EmptyTopicPublish => {
+                if self.connected && self.phase == Phase::Running {
+                    ProtocolViolation {
+                        reason: "empty_topic",
+                    }
+                    .emit(&self.up.metrics);
+                    link.drop_connection();
+                    return self.on_error(LinkError {
+                        kind: LinkFailure::Protocol,
+                        label: "empty_topic",
+                        message: "the broker sent a PUBLISH with an empty topic name, which MQTT forbids (3.1.1 and 5, section 4.7.3); closing the connection".into(),
+                    });
+                }
+            }
             LinkEvent::Other => {}
         }
         match self.force_reconnect.take() {
             Some(why) if self.connected && self.phase == Phase::Running => {
                 link.drop_connection();
-                self.on_error(LinkError {
-                    kind: LinkFailure::Internal,
-                    message: why,
-                })
+                self.on_error(LinkError::new(LinkFailure::Internal, why))
             }
             _ => Next::Poll(Duration::ZERO),
         }
@@ -453,6 +480,7 @@ impl<'a> Driver<'a> {
         self.connected = true;
         self.connected_at = Instant::now();
         self.last_failure = None;
+        self.refused_backoff.reset();
         let limit =
             broker_max_packet.map_or(self.up.max_packet_size, |b| b.min(self.up.max_packet_size));
         self.packet_limit = limit as usize;
@@ -512,7 +540,7 @@ impl<'a> Driver<'a> {
     }
 
     /// The event loop failed: a connect attempt, or the established connection.
-    fn on_error(&mut self, e: LinkError) -> Next {
+    fn on_error(&mut self, mut e: LinkError) -> Next {
         if self.phase != Phase::Running {
             // Shutting down: nothing more can be sent; the broker publishes the will.
             if self.connected {
@@ -545,21 +573,49 @@ impl<'a> Driver<'a> {
             tracing::debug!(uplink = %self.up.name, retry_in = ?delay, "MQTT uplink reconnecting");
         } else {
             self.failed_attempts = self.failed_attempts.saturating_add(1);
-            delay = self.backoff.next_delay();
-            let key = (e.kind, e.message.clone());
-            let state_changed = self.last_failure.as_ref() != Some(&key);
+            let refused = e.kind == LinkFailure::CredentialsRefused;
+            // Refused credentials get their own, much longer backoff: only an operator can fix
+            // them, and brokers may lock out a client that keeps trying. It grows only with
+            // refusals and starts over at the next CONNACK.
+            delay = if refused {
+                self.refused_backoff.next_delay()
+            } else {
+                self.backoff.next_delay()
+            };
+            if e.label == "io_closed" && !self.up.url.tls {
+                // What a TLS listener does with a plain CONNECT.
+                e.message
+                    .push_str("; if this port expects TLS, use mqtts://");
+            }
+            // Throttled by kind and label, never by message: a message can change on every
+            // attempt. A failure that lasts is logged again once per FAILURE_LOG_REPEAT.
+            let now = Instant::now();
+            let state_changed = match self.last_failure {
+                Some((kind, label, logged)) => {
+                    (kind, label) != (e.kind, e.label)
+                        || now.duration_since(logged) >= FAILURE_LOG_REPEAT
+                }
+                None => true,
+            };
             ConnectFailed {
                 reason: e.kind,
                 error: &e.message,
                 retry_in: delay,
                 state_changed,
+                setting: &self.up.name,
             }
             .emit(&self.up.metrics);
+            // Health is state, not a log line: always the latest words.
+            self.up.health.not_ready(if refused {
+                format!(
+                    "broker refused credentials ({}) at {}",
+                    e.message, self.up.url
+                )
+            } else {
+                format!("cannot connect to {}: {}", self.up.url, e.message)
+            });
             if state_changed {
-                self.up
-                    .health
-                    .not_ready(format!("cannot connect to {}: {}", self.up.url, e.message));
-                self.last_failure = Some(key);
+                self.last_failure = Some((e.kind, e.label, now));
             }
         }
         Next::Poll(delay)

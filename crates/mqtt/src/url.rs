@@ -1,5 +1,9 @@
 //! `mqtt://host[:port]` / `mqtts://host[:port]` parsing. Deliberately narrow: no user info (use
 //! `username`/`password`), no path, no query, so nothing in the URL is silently ignored.
+//!
+//! A refused URL may still carry a password (`ssl://user:pw@host`), so no error here quotes the
+//! input: [`UrlError`] says what is wrong in words, and a caller that must show the URL shows
+//! [`redact`]'s form of it.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -28,9 +32,12 @@ impl BrokerUrl {
         } else if let Some(r) = url.strip_prefix("mqtt://") {
             (false, r)
         } else {
-            return Err(UrlError(format!(
-                "{url:?} must start with mqtt:// or mqtts://"
-            )));
+            return Err(UrlError(match url.split_once("://") {
+                Some((scheme, _)) if is_scheme(scheme) => {
+                    format!("scheme {scheme:?} is not supported: use mqtt:// or mqtts://")
+                }
+                _ => "must start with mqtt:// or mqtts://".to_owned(),
+            }));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) {
@@ -44,7 +51,7 @@ impl BrokerUrl {
                 .split_once(']')
                 .ok_or_else(|| UrlError("unterminated [IPv6] host".into()))?;
             addr.parse::<Ipv6Addr>()
-                .map_err(|_| UrlError(format!("{addr:?} is not an IPv6 address")))?;
+                .map_err(|_| UrlError("the text in [] is not an IPv6 address".into()))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => parse_port(p)?,
                 None if after.is_empty() => default_port,
@@ -74,9 +81,51 @@ impl BrokerUrl {
 }
 
 fn parse_port(p: &str) -> Result<u16, UrlError> {
+    // Not quoted: in `mqtt://user:password` the "port" is the password.
     match p.parse::<u16>() {
-        Ok(0) | Err(_) => Err(UrlError(format!("{p:?} is not a port number"))),
+        Ok(0) | Err(_) => Err(UrlError("the port is not a number from 1 to 65535".into())),
         Ok(port) => Ok(port),
+    }
+}
+
+/// A URL scheme per RFC 3986 (letter, then letters, digits, `+`, `-`, `.`), and short: only
+/// then is it safe and useful to name it in an error.
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= 16
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// `url` as it may be shown in errors, logs and `Debug` output: everything up to the last `@`
+/// after the scheme (user info, password) becomes `***`, and so does a port that is not a
+/// number (`mqtt://user:password` without a host puts the password there). Malformed input gets
+/// the same treatment; without a recognisable scheme everything before the last `@` is masked.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) if is_scheme(scheme) => (Some(scheme), rest),
+        _ => (None, url),
+    };
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..]),
+        None => rest.to_owned(),
+    };
+    let rest = match rest.rsplit_once(':') {
+        Some((host, port))
+            if !host.ends_with(':')
+                && !port.contains(']')
+                && !port
+                    .trim_end_matches('/')
+                    .chars()
+                    .all(|c| c.is_ascii_digit()) =>
+        {
+            format!("{host}:***")
+        }
+        _ => rest,
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest,
     }
 }
 
@@ -125,5 +174,52 @@ mod tests {
         ] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    /// URLs an operator could plausibly write with a password in them, valid or not.
+    const SECRET_URLS: [&str; 8] = [
+        "mqtt://user:s3cret@broker:1883",
+        "ssl://user:s3cret@broker:8883",
+        "mqtts://user:s3cret@[::1]:8883",
+        "mqtt://user:s3cret",
+        "mqtt://user:s3cret/",
+        "ssl:/user:s3cret@broker",
+        "user:s3cret@broker:1883",
+        "tcp://s3cret@@broker",
+    ];
+
+    #[test]
+    fn url_errors_never_repeat_a_password() {
+        for url in SECRET_URLS {
+            let err = BrokerUrl::parse(url).expect_err(url);
+            for shown in [err.to_string(), format!("{err:?}")] {
+                assert!(!shown.contains("s3cret"), "{url} -> {shown}");
+            }
+        }
+        let err = BrokerUrl::parse("ssl://user:s3cret@broker:8883").expect_err("ssl");
+        assert!(err.to_string().contains("\"ssl\""), "{err}");
+    }
+
+    #[test]
+    fn redaction_hides_user_info_and_keeps_the_rest() {
+        for url in SECRET_URLS {
+            let shown = redact(url);
+            assert!(!shown.contains("s3cret"), "{url} -> {shown}");
+        }
+        assert_eq!(
+            redact("ssl://user:s3cret@broker:8883"),
+            "ssl://***@broker:8883"
+        );
+        assert_eq!(redact("mqtt://broker:1883"), "mqtt://broker:1883");
+        assert_eq!(redact("mqtts://[::1]:8883/"), "mqtts://[::1]:8883/");
+        assert_eq!(redact("mqtt://[::1]"), "mqtt://[::1]");
+    }
+
+    #[test]
+    fn a_parsed_url_displays_without_user_info() {
+        // Parsing refuses user info, so Display and Debug cannot carry a password.
+        let u = BrokerUrl::parse("mqtts://broker:8883").expect("valid");
+        assert_eq!(u.to_string(), "mqtts://broker:8883");
+        assert!(BrokerUrl::parse("mqtts://user:s3cret@broker:8883").is_err());
     }
 }

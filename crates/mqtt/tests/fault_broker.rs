@@ -1,5 +1,6 @@
-//! Fault injection with a hand-written minimal broker: it accepts CONNECT, answers CONNACK,
-//! reports every PUBLISH, and sends a PUBACK only when the test says so.
+//! Fault injection with a hand-written minimal broker: it accepts CONNECT, answers CONNACK (or
+//! refuses the first connections with a chosen code), reports every PUBLISH, and sends a PUBACK,
+//! or any raw bytes, only when the test says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -18,6 +19,12 @@ use wardgate_core::MessageClass;
 enum FakeEvent {
     Connect {
         conn: u32,
+        at: tokio::time::Instant,
+    },
+    /// A CONNECT answered with a refusing CONNACK; the broker then closed the connection.
+    Refused {
+        conn: u32,
+        at: tokio::time::Instant,
     },
     Publish {
         pkid: u16,
@@ -31,6 +38,8 @@ enum FakeEvent {
 #[derive(Debug)]
 enum Cmd {
     PubAck(u16),
+    /// Write these bytes as they are (any packet, valid or not).
+    Raw(Vec<u8>),
     /// Close the connection without a word.
     Drop,
 }
@@ -78,6 +87,12 @@ impl FakeBroker {
     /// `session_present_on_reconnect`: claim a resumed session on every connection after the
     /// first, which invites rumqttc to replay what it kept from the previous connection.
     async fn start(session_present_on_reconnect: bool) -> FakeBroker {
+        Self::start_refusing(session_present_on_reconnect, Vec::new()).await
+    }
+
+    /// Like [`FakeBroker::start`], but connection `n` (1-based) is refused with `refuse[n - 1]`
+    /// as the CONNACK return code (3.1.1) or reason code (5) while there is one.
+    async fn start_refusing(session_present_on_reconnect: bool, refuse: Vec<u8>) -> FakeBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (ev_tx, events) = mpsc::unbounded_channel();
@@ -95,6 +110,19 @@ impl FakeBroker {
                 };
                 assert_eq!(header >> 4, 1, "first packet is CONNECT");
                 let level = body[6];
+                if let Some(&code) = refuse.get(conn as usize - 1) {
+                    let connack: &[u8] = if level == 5 {
+                        &[0x20, 3, 0, code, 0]
+                    } else {
+                        &[0x20, 2, 0, code]
+                    };
+                    let _ = wr.write_all(connack).await;
+                    let _ = ev_tx.send(FakeEvent::Refused {
+                        conn,
+                        at: tokio::time::Instant::now(),
+                    });
+                    continue;
+                }
                 let sp = u8::from(session_present_on_reconnect && conn > 1);
                 let connack: &[u8] = if level == 5 {
                     &[0x20, 3, sp, 0, 0]
@@ -102,7 +130,10 @@ impl FakeBroker {
                     &[0x20, 2, sp, 0]
                 };
                 wr.write_all(connack).await.expect("write CONNACK");
-                let _ = ev_tx.send(FakeEvent::Connect { conn });
+                let _ = ev_tx.send(FakeEvent::Connect {
+                    conn,
+                    at: tokio::time::Instant::now(),
+                });
                 let (pkt_tx, mut pkts) = mpsc::unbounded_channel();
                 let reader = tokio::spawn(async move {
                     while let Ok(p) = read_packet(&mut rd).await {
@@ -143,6 +174,9 @@ impl FakeBroker {
                             Some(Cmd::PubAck(pkid)) => {
                                 let [hi, lo] = pkid.to_be_bytes();
                                 let _ = wr.write_all(&[0x40, 2, hi, lo]).await;
+                            }
+                            Some(Cmd::Raw(bytes)) => {
+                                let _ = wr.write_all(&bytes).await;
                             }
                             Some(Cmd::Drop) | None => break,
                         },
@@ -225,7 +259,7 @@ async fn nothing_is_acked_without_a_puback_and_in_flight_stops_at_max_inflight(v
     );
     assert!(matches!(
         broker.next_event().await,
-        FakeEvent::Connect { conn: 1 }
+        FakeEvent::Connect { conn: 1, .. }
     ));
     // The window is 4 publishes: the birth message and three readings.
     let first = broker.publishes(4).await;
@@ -319,7 +353,7 @@ async fn reconnect_republishes_from_the_oldest_unacked_reading_and_nothing_stale
     );
     assert!(matches!(
         broker.next_event().await,
-        FakeEvent::Connect { conn: 1 }
+        FakeEvent::Connect { conn: 1, .. }
     ));
     let first = broker.publishes(4).await; // online, 1, 2, 3
     broker.puback(first[2].0); // reading 2
@@ -332,7 +366,7 @@ async fn reconnect_republishes_from_the_oldest_unacked_reading_and_nothing_stale
     broker.cmds.send(Cmd::Drop).expect("alive");
     assert!(matches!(
         broker.next_event().await,
-        FakeEvent::Connect { conn: 2 }
+        FakeEvent::Connect { conn: 2, .. }
     ));
     let second = broker.publishes(4).await;
     assert_eq!(
@@ -380,4 +414,160 @@ async fn mqtt311_reconnect_republishes_from_the_oldest_unacked_reading_and_nothi
 #[tokio::test]
 async fn mqtt5_reconnect_republishes_from_the_oldest_unacked_reading_and_nothing_stale_leaks() {
     reconnect_republishes_from_the_oldest_unacked_reading_and_nothing_stale_leaks("5").await;
+}
+
+/// A QoS 1 PUBLISH with an empty topic name, reusing `pkid` (a reading's packet id, so a
+/// confused client might take it for that reading's acknowledgement).
+fn empty_topic_publish(version: &str, pkid: u16) -> Vec<u8> {
+    let [hi, lo] = pkid.to_be_bytes();
+    let mut body = vec![0, 0, hi, lo];
+    if version == "5" {
+        body.push(0); // no properties, so no topic alias either
+    }
+    body.extend_from_slice(b"{}");
+    let mut packet = vec![0x32, u8::try_from(body.len()).expect("short")];
+    packet.extend(body);
+    packet
+}
+
+async fn an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing(
+    version: &str,
+) {
+    let mut broker = FakeBroker::start(false).await;
+    let outbox = MemOutbox::new();
+    for i in 0..3 {
+        outbox.push("bed-1", MessageClass::Vital, f64::from(i));
+    }
+    let mut up = start(
+        config(
+            &format!("mqtt://127.0.0.1:{}", broker.port),
+            version,
+            serde_json::json!({ "shutdown_timeout": "500ms" }),
+        ),
+        &outbox,
+    );
+    assert!(matches!(
+        broker.next_event().await,
+        FakeEvent::Connect { conn: 1, .. }
+    ));
+    let first = broker.publishes(4).await; // online, 1, 2, 3
+    broker
+        .cmds
+        .send(Cmd::Raw(empty_topic_publish(version, first[1].0)))
+        .expect("alive");
+    assert!(
+        matches!(
+            broker.next_event().await,
+            FakeEvent::Connect { conn: 2, .. }
+        ),
+        "the uplink closed the connection and came back"
+    );
+    assert!(outbox.acked().is_empty(), "the bad PUBLISH acked nothing");
+    assert_eq!(
+        up.metric(r#"wardgate_mqtt_protocol_violations_total{uplink="test",reason="empty_topic"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        up.metric(r#"wardgate_mqtt_disconnects_total{uplink="test",reason="protocol"}"#),
+        Some(1.0)
+    );
+    let second = broker.publishes(4).await;
+    let seqs: Vec<u64> = second[1..].iter().map(|p| seq_of(&outbox, &p.2)).collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3],
+        "everything is sent again after reconnecting"
+    );
+    for p in &second {
+        broker.puback(p.0);
+    }
+    outbox.wait_all_acked().await;
+    up.stop().await.expect("stops");
+}
+
+#[tokio::test]
+async fn mqtt311_an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing() {
+    an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing("3.1.1").await;
+}
+
+#[tokio::test]
+async fn mqtt5_an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing() {
+    an_empty_topic_publish_from_the_broker_closes_the_connection_and_acks_nothing("5").await;
+}
+
+/// The floor of the refused-credentials backoff in these tests (the default is 30 s).
+const REFUSED_FLOOR: Duration = Duration::from_secs(1);
+
+async fn refused_credentials_back_off_to_the_floor_and_say_so_in_health(version: &str, code: u8) {
+    let mut broker = FakeBroker::start_refusing(false, vec![code]).await;
+    let outbox = MemOutbox::new();
+    outbox.push("bed-1", MessageClass::Vital, 1.0);
+    let mut up = start(
+        config(
+            &format!("mqtt://127.0.0.1:{}", broker.port),
+            version,
+            serde_json::json!({
+                "username": "ward", "password": "wrong",
+                "refused_retry_min": "1s", "refused_retry_max": "2s",
+                "shutdown_timeout": "500ms",
+            }),
+        ),
+        &outbox,
+    );
+    let FakeEvent::Refused {
+        conn: 1,
+        at: refused_at,
+    } = broker.next_event().await
+    else {
+        panic!("the first connection is refused");
+    };
+    let h = up.health.clone();
+    eventually("health says the credentials were refused", move || {
+        h.readiness().checks["uplink.test"]
+            .detail
+            .starts_with("broker refused credentials")
+    })
+    .await;
+    assert!(!up.check().ready);
+    let FakeEvent::Connect { conn: 2, at } = broker.next_event().await else {
+        panic!("the second connection is accepted");
+    };
+    assert!(
+        at.duration_since(refused_at) >= REFUSED_FLOOR,
+        "retried after {:?}, before the floor",
+        at.duration_since(refused_at)
+    );
+    assert_eq!(
+        up.metric(
+            r#"wardgate_mqtt_connect_failures_total{uplink="test",reason="credentials_refused"}"#
+        ),
+        Some(1.0)
+    );
+    let sent = broker.publishes(2).await;
+    for p in &sent {
+        broker.puback(p.0);
+    }
+    outbox.wait_all_acked().await;
+    up.wait_ready().await;
+    up.stop().await.expect("stops");
+}
+
+#[tokio::test]
+async fn mqtt311_bad_user_name_or_password_backs_off_to_the_refused_floor() {
+    refused_credentials_back_off_to_the_floor_and_say_so_in_health("3.1.1", 4).await;
+}
+
+#[tokio::test]
+async fn mqtt311_not_authorized_backs_off_to_the_refused_floor() {
+    refused_credentials_back_off_to_the_floor_and_say_so_in_health("3.1.1", 5).await;
+}
+
+#[tokio::test]
+async fn mqtt5_bad_user_name_or_password_backs_off_to_the_refused_floor() {
+    refused_credentials_back_off_to_the_floor_and_say_so_in_health("5", 0x86).await;
+}
+
+#[tokio::test]
+async fn mqtt5_not_authorized_backs_off_to_the_refused_floor() {
+    refused_credentials_back_off_to_the_floor_and_say_so_in_health("5", 0x87).await;
 }

@@ -94,7 +94,9 @@ async fn a_server_name_the_certificate_does_not_carry_fails_with_a_clear_error()
     );
     let detail = connect_failure(&up).await;
     assert!(
-        detail.contains("certificate") && detail.contains("broker.wrong.example"),
+        detail.contains("does not carry the name")
+            && detail.contains("broker.wrong.example")
+            && detail.contains("tls.server_name"),
         "{detail}"
     );
     assert!(
@@ -106,7 +108,8 @@ async fn a_server_name_the_certificate_does_not_carry_fails_with_a_clear_error()
 }
 
 #[tokio::test]
-async fn a_broker_certificate_from_an_unknown_ca_is_refused() {
+async fn a_broker_certificate_from_an_unknown_ca_is_refused_and_logged_once_while_it_repeats() {
+    let (log, _guard) = CapturedLog::start();
     let pki = Pki::generate();
     let other = Pki::generate();
     let broker = Mosquitto::start_tls(&pki, false);
@@ -120,7 +123,23 @@ async fn a_broker_certificate_from_an_unknown_ca_is_refused() {
         &outbox,
     );
     let detail = connect_failure(&up).await;
-    assert!(detail.contains("certificate"), "{detail}");
+    assert!(
+        detail.contains("not issued by a CA we trust") && detail.contains("tls.ca_file"),
+        "{detail}"
+    );
+    let failures = r#"wardgate_mqtt_connect_failures_total{uplink="test",reason="tls"}"#;
+    let u = &up;
+    eventually("four failed attempts", move || {
+        u.metric(failures) >= Some(4.0)
+    })
+    .await;
+    assert_eq!(
+        log.count("MQTT uplink cannot connect"),
+        1,
+        "one WARN per kind of failure: {}",
+        log.text()
+    );
+    assert!(log.count("connect retry failed") >= 3, "{}", log.text());
     up.stop().await.expect("stops while not connected");
 }
 
@@ -162,7 +181,10 @@ async fn mutual_tls_fails_without_a_client_certificate() {
         &outbox,
     );
     let detail = connect_failure(&up).await;
-    assert!(detail.to_lowercase().contains("certificate"), "{detail}");
+    assert!(
+        detail.contains("requires a client certificate") && detail.contains("tls.client_cert_file"),
+        "{detail}"
+    );
     assert!(
         up.metric(r#"wardgate_mqtt_connect_failures_total{uplink="test",reason="tls"}"#)
             >= Some(1.0)
@@ -195,4 +217,57 @@ async fn unreadable_tls_files_fail_construction_naming_the_file() {
     .expect_err("missing key file");
     assert!(err.to_string().contains("/nonexistent/client.key"), "{err}");
     assert!(err.to_string().contains("client_key_file"), "{err}");
+}
+
+#[tokio::test]
+async fn a_broker_presenting_its_ca_certificate_as_its_own_gets_a_clear_error() {
+    let pki = Pki::generate();
+    // The misconfiguration the probe found: Mosquitto's certfile/keyfile set to the CA's.
+    for (from, to) in [
+        (pki.ca.clone(), pki.server_cert.clone()),
+        (pki.ca.with_file_name("ca.key"), pki.server_key.clone()),
+    ] {
+        std::fs::copy(&from, &to).expect("copy the CA over the server's files");
+        // Mosquitto drops to its own user before it reads them.
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+    }
+    let broker = Mosquitto::start_tls(&pki, false);
+    let outbox = MemOutbox::new();
+    let mut up = start(
+        tls_config(
+            &broker,
+            "localhost",
+            serde_json::json!({ "ca_file": pki.ca }),
+        ),
+        &outbox,
+    );
+    let detail = connect_failure(&up).await;
+    assert!(
+        detail.contains("presents a CA certificate as its own server certificate"),
+        "{detail}"
+    );
+    assert!(!detail.contains("OtherError"), "{detail}");
+    up.stop().await.expect("stops while not connected");
+}
+
+#[tokio::test]
+async fn plain_mqtt_to_a_tls_port_suggests_mqtts() {
+    let pki = Pki::generate();
+    let broker = Mosquitto::start_tls(&pki, false);
+    let outbox = MemOutbox::new();
+    let mut up = start(
+        config(
+            &format!(
+                "mqtt://127.0.0.1:{}",
+                broker.tls_port.expect("tls listener")
+            ),
+            "5",
+            serde_json::json!({}),
+        ),
+        &outbox,
+    );
+    let detail = connect_failure(&up).await;
+    assert!(detail.contains("use mqtts://"), "{detail}");
+    up.stop().await.expect("stops while not connected");
 }
