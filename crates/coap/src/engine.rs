@@ -177,7 +177,7 @@ impl Engine {
             Inbound::Nothing => {}
             Inbound::Request(req) => {
                 let routed = match &mut self.resources {
-                    Some(router) => router.on_request(now, peer, &req.msg),
+                    Some(router) => router.on_request(now, peer, &req.msg, datagram.len()),
                     None => Routed::Now(Response::diagnostic(Code::NOT_FOUND, "client socket")),
                 };
                 match routed {

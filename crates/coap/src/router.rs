@@ -96,16 +96,25 @@ impl Block2Cache {
     }
 }
 
-/// Who asked for what: the peer and a hash of the request's method, path and query (the
-/// block-wise response cache key; computed without allocating).
+/// Who asked for what, and how much may be sent back: the peer and a hash of the request's
+/// method, path and query (the block-wise response cache key; computed without allocating), and
+/// the response budget of an unauthenticated peer.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockKey {
     peer: SocketAddr,
     uri: u64,
+    /// RFC 7252 §11.3: at most [`AMPLIFICATION_FACTOR`] × the request's bytes go back to a peer
+    /// nothing authenticated (its address may be spoofed: we would be flooding a victim).
+    /// `None` for an authenticated peer.
+    budget: Option<usize>,
+    token_len: usize,
 }
 
+/// How many times its request's size an unauthenticated peer may receive (RFC 7252 §11.3).
+pub const AMPLIFICATION_FACTOR: usize = 3;
+
 impl BlockKey {
-    fn of(peer: SocketAddr, msg: &Message<'_>) -> Self {
+    fn of(peer: &PeerContext, msg: &Message<'_>, request_len: usize) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         msg.code.hash(&mut h);
         for p in msg.values(opt::URI_PATH) {
@@ -116,10 +125,46 @@ impl BlockKey {
             q.hash(&mut h);
         }
         BlockKey {
-            peer,
+            peer: peer.addr,
             uri: h.finish(),
+            budget: peer
+                .identity
+                .is_none()
+                .then(|| request_len.saturating_mul(AMPLIFICATION_FACTOR)),
+            token_len: msg.token.as_bytes().len(),
         }
     }
+}
+
+/// An upper bound of `r`'s encoded size with a token of `token_len` bytes: the 4-byte header,
+/// the token, each option at its longest header (1 + 2 extended delta + 2 extended length)
+/// plus its value, and the payload marker.
+fn encoded_upper_bound(r: &Response, token_len: usize) -> usize {
+    const UINT_OPTION: usize = 5 + 4;
+    let uints = [
+        r.observe.is_some(),
+        r.content_format.is_some(),
+        r.max_age.is_some(),
+        r.block2.is_some(),
+        r.block1.is_some(),
+        r.size2.is_some(),
+        r.size1.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    let location: usize = r.location.as_ref().map_or(0, |l| {
+        l.split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| 5 + s.len())
+            .sum()
+    });
+    let payload = if r.payload.is_empty() {
+        0
+    } else {
+        1 + r.payload.len()
+    };
+    4 + token_len + uints * UINT_OPTION + location + payload
 }
 
 /// What the router makes of a request.
@@ -239,8 +284,29 @@ impl Router {
         r
     }
 
-    /// Handles one request the message layer handed over.
-    pub fn on_request(&mut self, now: Instant, peer: &PeerContext, msg: &Message<'_>) -> Routed {
+    /// Handles one request the message layer handed over (`request_len`: its datagram's size,
+    /// for the amplification limit).
+    pub fn on_request(
+        &mut self,
+        now: Instant,
+        peer: &PeerContext,
+        msg: &Message<'_>,
+        request_len: usize,
+    ) -> Routed {
+        let key = BlockKey::of(peer, msg, request_len);
+        match self.route(now, peer, msg, key) {
+            Routed::Now(r) => Routed::Now(self.limit(r, key)),
+            later => later,
+        }
+    }
+
+    fn route(
+        &mut self,
+        now: Instant,
+        peer: &PeerContext,
+        msg: &Message<'_>,
+        key: BlockKey,
+    ) -> Routed {
         if msg.has_option(opt::PROXY_URI) || msg.has_option(opt::PROXY_SCHEME) {
             let r = Response::diagnostic(Code::PROXYING_NOT_SUPPORTED, "not a proxy");
             return self.reject(peer, "proxy", r);
@@ -268,7 +334,7 @@ impl Router {
             }
         };
         if segs == [&b".well-known"[..], &b"core"[..]] {
-            return self.well_known_get(peer, msg, block2);
+            return self.well_known_get(peer, msg, block2, key);
         }
         let Some(idx) = self.entries.iter().position(|(r, _)| {
             segs.len() >= r.path.len()
@@ -282,7 +348,6 @@ impl Router {
             let r = Response::diagnostic(Code::METHOD_NOT_ALLOWED, "method not allowed here");
             return self.reject(peer, "method_not_allowed", r);
         }
-        let key = BlockKey::of(peer.addr, msg);
         if let Some(b) = block2.filter(|b| b.num > 0 && msg.block1().is_none()) {
             if let Some(whole) = self.block2_cache.get(now, key.peer, key.uri) {
                 return Routed::Now(self.finish(now, whole, None, Some(b), key));
@@ -354,10 +419,11 @@ impl Router {
             r.block1 = block1;
         }
         if r.block2.is_some() || !r.code.is_success() {
-            return r;
+            return self.limit(r, key);
         }
-        match block::block2_slice(&r.payload, block2, self.s.preferred_szx) {
-            Ok(None) => r,
+        let szx = self.szx_within(&r, key);
+        match block::block2_slice(&r.payload, block2, szx) {
+            Ok(None) => self.limit(r, key),
             Ok(Some((b, range))) => {
                 if b.more {
                     self.block2_cache.put(now, key.peer, key.uri, r.clone());
@@ -369,10 +435,46 @@ impl Router {
                 // `range` lies within the payload (block2_slice's contract); no copy.
                 let end = range.end.min(r.payload.len());
                 r.payload = r.payload.slice(range.start.min(end)..end);
-                r
+                self.limit(r, key)
             }
-            Err(e) => e,
+            Err(e) => self.limit(e, key),
         }
+    }
+
+    /// The largest Block2 size (SZX) whose block, with `r`'s header, token and options, fits the
+    /// asker's amplification budget (our preferred size when it has none).
+    fn szx_within(&self, r: &Response, key: BlockKey) -> u8 {
+        let Some(budget) = key.budget else {
+            return self.s.preferred_szx;
+        };
+        let mut sized = r.clone();
+        sized.payload = Bytes::new();
+        sized.block2 = Some(BlockOpt {
+            num: 0,
+            more: true,
+            szx: 0,
+        });
+        sized.size2 = Some(0);
+        // + the payload marker.
+        let room = budget.saturating_sub(encoded_upper_bound(&sized, key.token_len) + 1);
+        let mut szx = self.s.preferred_szx.min(6);
+        while szx > 0 && (16usize << szx) > room {
+            szx -= 1;
+        }
+        szx
+    }
+
+    /// Enforces the amplification budget on a finished response: a response still too large
+    /// for an unauthenticated asker loses its payload (a diagnostic text is optional, RFC 7252
+    /// §5.5.2; a block too small to fit is better not sent than sent to a spoofed address).
+    fn limit(&self, mut r: Response, key: BlockKey) -> Response {
+        if let Some(budget) = key.budget {
+            if !r.payload.is_empty() && encoded_upper_bound(&r, key.token_len) > budget {
+                tracing::debug!(peer = %key.peer, code = %r.code, "response payload withheld: over the unauthenticated amplification budget");
+                r.payload = Bytes::new();
+            }
+        }
+        r
     }
 
     fn well_known_get(
@@ -380,6 +482,7 @@ impl Router {
         peer: &PeerContext,
         msg: &Message<'_>,
         block2: Option<BlockOpt>,
+        key: BlockKey,
     ) -> Routed {
         if msg.code != Code::GET {
             let r = Response::diagnostic(Code::METHOD_NOT_ALLOWED, "GET only");
@@ -393,7 +496,8 @@ impl Router {
         }
         let mut r = Response::new(Code::CONTENT);
         r.content_format = Some(LINK_FORMAT);
-        match block::block2_slice(&self.well_known, block2, self.s.preferred_szx) {
+        let szx = self.szx_within(&r, key);
+        match block::block2_slice(&self.well_known, block2, szx) {
             Ok(None) => r.payload = self.well_known.clone(),
             Ok(Some((b, range))) => {
                 r.block2 = Some(b);
