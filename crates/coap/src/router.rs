@@ -140,31 +140,37 @@ impl BlockKey {
 /// the token, each option at its longest header (1 + 2 extended delta + 2 extended length)
 /// plus its value, and the payload marker.
 fn encoded_upper_bound(r: &Response, token_len: usize) -> usize {
+    let payload = if r.payload.is_empty() {
+        0
+    } else {
+        1 + r.payload.len()
+    };
+    head_upper_bound(r, token_len, 0) + payload
+}
+
+/// [`encoded_upper_bound`] without the payload, with room for `extra_uints` more uint options.
+fn head_upper_bound(r: &Response, token_len: usize, extra_uints: usize) -> usize {
     const UINT_OPTION: usize = 5 + 4;
-    let uints = [
-        r.observe.is_some(),
-        r.content_format.is_some(),
-        r.max_age.is_some(),
-        r.block2.is_some(),
-        r.block1.is_some(),
-        r.size2.is_some(),
-        r.size1.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
+    let uints = extra_uints
+        + [
+            r.observe.is_some(),
+            r.content_format.is_some(),
+            r.max_age.is_some(),
+            r.block2.is_some(),
+            r.block1.is_some(),
+            r.size2.is_some(),
+            r.size1.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
     let location: usize = r.location.as_ref().map_or(0, |l| {
         l.split('/')
             .filter(|s| !s.is_empty())
             .map(|s| 5 + s.len())
             .sum()
     });
-    let payload = if r.payload.is_empty() {
-        0
-    } else {
-        1 + r.payload.len()
-    };
-    4 + token_len + uints * UINT_OPTION + location + payload
+    4 + token_len + uints * UINT_OPTION + location
 }
 
 /// What the router makes of a request.
@@ -418,7 +424,9 @@ impl Router {
         if r.block1.is_none() {
             r.block1 = block1;
         }
-        if r.block2.is_some() || !r.code.is_success() {
+        // Nothing to slice (every ingest answer): no block sizing on the hot path.
+        if r.block2.is_some() || !r.code.is_success() || (r.payload.is_empty() && block2.is_none())
+        {
             return self.limit(r, key);
         }
         let szx = self.szx_within(&r, key);
@@ -447,16 +455,11 @@ impl Router {
         let Some(budget) = key.budget else {
             return self.s.preferred_szx;
         };
-        let mut sized = r.clone();
-        sized.payload = Bytes::new();
-        sized.block2 = Some(BlockOpt {
-            num: 0,
-            more: true,
-            szx: 0,
-        });
-        sized.size2 = Some(0);
-        // + the payload marker.
-        let room = budget.saturating_sub(encoded_upper_bound(&sized, key.token_len) + 1);
+        // Room for the payload once the header, the options (plus the Block2 and Size2 the
+        // slicing adds) and the payload marker are paid for. No copy of `r`: this runs for every
+        // success answer to an unauthenticated peer.
+        let extra = usize::from(r.block2.is_none()) + usize::from(r.size2.is_none());
+        let room = budget.saturating_sub(head_upper_bound(r, key.token_len, extra) + 1);
         let mut szx = self.s.preferred_szx.min(6);
         while szx > 0 && (16usize << szx) > room {
             szx -= 1;
