@@ -15,6 +15,8 @@
 //! - [`uplink`]: the contract between the durable outbox and the uplinks that drain it;
 //! - [`route`]: which uplinks a reading is owed to ([`Router`], default [`AllUplinks`]);
 //! - [`outcome`]: delivery outcome events (acked / failed / timed out / released, with latency);
+//! - [`credentials`] and [`audit`]: the seams to the device registry (keys per handshake,
+//!   never logged) and to the audit trail (security events, never blocking);
 //! - [`health`]: readiness reporting shared by every component;
 //! - [`clock`]: an injectable wall clock; [`backoff`]: the one retry backoff (full jitter).
 //!
@@ -25,10 +27,12 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod audit;
 pub mod authorize;
 pub mod backoff;
 pub mod bus;
 pub mod clock;
+pub mod credentials;
 mod decode;
 pub mod health;
 pub mod outcome;
@@ -41,10 +45,12 @@ pub mod senml;
 pub mod uplink;
 pub mod validate;
 
+pub use audit::{AuditEvent, AuditKind, AuditSink, MemoryAudit, NoAudit};
 pub use authorize::{Action, AllowAll, AuthRequest, Authorizer, Denied};
 pub use backoff::Backoff;
 pub use bus::{Bus, BusReceiver, IngestError, IngestRequest};
 pub use clock::{Clock, SystemClock};
+pub use credentials::{CredentialStore, NoCredentials, Secret};
 pub use health::{Health, HealthReporter};
 pub use outcome::{DeliveryOutcome, NackReason, OutcomeKind, OutcomeReceiver, OutcomeSender};
 pub use peer::{Identity, IdentityKind, PeerContext, TransportKind};
