@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use wardgate_coap::config::CoapConfig;
 use wardgate_core::validate::Problems;
+use wardgate_dtls::DtlsConfig;
 use wardgate_http::config::HttpConfig;
 use wardgate_mqtt::config::MqttUplinkConfig;
 use wardgate_store::config::StoreConfig;
@@ -20,8 +21,10 @@ pub struct GatewayConfig {
     pub log: LogConfig,
     /// `[bus]`: the in-process ingest bus.
     pub bus: BusConfig,
-    /// `[coap]`: the CoAP endpoint.
+    /// `[coap]`: the CoAP endpoint (plain UDP).
     pub coap: CoapConfig,
+    /// `[coaps]`: CoAP over DTLS (same resources as `[coap]`, devices authenticated by PSK).
+    pub coaps: DtlsConfig,
     /// `[http]`: health, readiness, metrics.
     pub http: HttpConfig,
     /// `[store]`: the durable outbox.
@@ -128,7 +131,9 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 7] = ["gateway", "log", "bus", "coap", "http", "store", "uplinks"];
+const SECTIONS: [&str; 8] = [
+    "gateway", "log", "bus", "coap", "coaps", "http", "store", "uplinks",
+];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
 pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConfig> {
@@ -156,6 +161,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "log", p, &mut ok, &mut cfg.log);
     section(&table, "bus", p, &mut ok, &mut cfg.bus);
     section(&table, "coap", p, &mut ok, &mut cfg.coap);
+    section(&table, "coaps", p, &mut ok, &mut cfg.coaps);
     section(&table, "http", p, &mut ok, &mut cfg.http);
     section(&table, "store", p, &mut ok, &mut cfg.store);
     match table.get("uplinks") {
@@ -223,6 +229,7 @@ impl GatewayConfig {
             p.push("bus.capacity", "must be at least 1");
         }
         self.coap.validate("coap", p);
+        self.coaps.validate("coaps", p);
         self.http.validate("http", p);
         self.store.validate("store", p);
         if self.uplinks.is_empty() {
