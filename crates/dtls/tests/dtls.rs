@@ -335,3 +335,54 @@ async fn a_device_may_not_post_as_another_device_over_its_session() {
     assert!(gw.readings().is_empty());
     gw.stop().await;
 }
+
+/// Every log line of this thread while the guard lives (`#[tokio::test]` without a flavor runs
+/// the gateway's tasks on the test's own thread, so they are all seen).
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_key_appears_in_any_log_line_at_trace_level() {
+    let log = CapturedLog::default();
+    let sink = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let gw = Gateway::start(|_| {}).await;
+    gw.keys.set("bed-12", KEY);
+    let mut device = Client::new("127.0.0.1", gw.addr, "bed-12", KEY).await;
+    assert!(device.handshake(Duration::from_secs(5)).await);
+    device.send(&coap_post("bed-12", 0x6001, 96.0)).await;
+    assert!(device.recv(PATIENCE).await.is_some());
+    let mut wrong = Client::new("127.0.0.1", gw.addr, "bed-12", b"wrong-key-wrong!").await;
+    assert!(!wrong.handshake(Duration::from_secs(3)).await);
+    gw.keys.revoke("bed-12");
+    device.send(&coap_post("bed-12", 0x6002, 96.0)).await;
+    let _ = device.recv(Duration::from_secs(2)).await;
+    gw.stop().await;
+
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    assert!(text.contains("bed-12"), "the capture saw nothing: {text}");
+    for secret in [
+        String::from_utf8_lossy(KEY).into_owned(),
+        hex(KEY),
+        "wrong-key-wrong!".to_owned(),
+        hex(b"wrong-key-wrong!"),
+    ] {
+        assert!(!text.contains(&secret), "a key appears in the logs");
+    }
+}
