@@ -181,3 +181,125 @@ fn a_coap_port_in_use_stops_start_up_with_an_error_naming_the_address() {
     assert!(err.contains(&addr.to_string()), "{err}");
     drop(taken);
 }
+
+/// The production shape: plain CoAP off, CoAP over DTLS on with a device registry. OpenSSL's
+/// DTLS client posts a reading with the device's PSK; it reaches stdout under that device, with
+/// the proven identity as its source. A device the registry does not know gets nowhere.
+#[test]
+fn a_device_in_the_registry_posts_over_coaps_and_its_reading_carries_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_udp_port();
+    let http = common::free_tcp_port();
+    let devices = dir.path().join("devices.toml");
+    std::fs::write(
+        &devices,
+        "[[device]]\nid = \"bed-12\"\n[device.psk]\nidentity = \"bed-12\"\nkey = \"hex:000102030405060708090a0b0c0d0e0f\"\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[gateway]
+id = "ward-dtls"
+[registry]
+path = "devices.toml"
+[coap]
+enabled = false
+[coaps]
+enabled = true
+listen = ["127.0.0.1:{port}"]
+[http]
+listen = "127.0.0.1:{http}"
+[store]
+path = "{}"
+[[uplinks]]
+type = "file"
+name = "out"
+path = "-"
+"#,
+            dir.path().join("outbox.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = common::ChildGuard(
+        Command::new(WARDGATE)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Ready once /readyz answers 200 (the DTLS listener is bound by then).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/readyz")
+        .is_none_or(|(code, _)| code != 200)
+    {
+        assert!(Instant::now() < deadline, "gateway not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A CoAP CON POST of one SenML record to /v1/readings/bed-12.
+    let mut post = vec![0x40, 0x02, 0x12, 0x34, 0xB2, b'v', b'1', 0x08];
+    post.extend_from_slice(b"readings");
+    post.push(0x06);
+    post.extend_from_slice(b"bed-12");
+    post.extend_from_slice(&[0x11, 110, 0xFF]);
+    post.extend_from_slice(br#"[{"n":"spo2","u":"%","v":97}]"#);
+    let openssl = |identity: &str| {
+        let mut c = Command::new("/usr/bin/openssl")
+            .args(["s_client", "-dtls1_2", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args([
+                "-psk_identity",
+                identity,
+                "-psk",
+                "000102030405060708090a0b0c0d0e0f",
+            ])
+            .args(["-cipher", "PSK-AES128-CCM8", "-quiet", "-ign_eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = c.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, &post).unwrap();
+        std::mem::forget(stdin);
+        common::ChildGuard(c)
+    };
+    let stranger = openssl("bed-99");
+    let device = openssl("bed-12");
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a reading on stdout");
+    let v = valid_reading(&schema(), &line);
+    assert_eq!(v["device"], "bed-12");
+    assert_eq!(v["source"]["transport"], "dtls");
+    assert_eq!(v["source"]["identity"], "psk:bed-12");
+    // The stranger's handshake fails as an unknown identity, and nothing of it is stored.
+    let failed = "wardgate_dtls_handshake_failures_total{reason=\"unknown_identity\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        if metrics.contains(failed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(device);
+    drop(stranger);
+    assert!(rx.try_recv().is_err(), "a second reading appeared");
+}

@@ -23,6 +23,8 @@ pub struct GatewayConfig {
     pub bus: BusConfig,
     /// `[coap]`: the CoAP endpoint (plain UDP).
     pub coap: CoapConfig,
+    /// `[registry]`: the device registry (keys, tokens, ACLs).
+    pub registry: RegistrySection,
     /// `[coaps]`: CoAP over DTLS (same resources as `[coap]`, devices authenticated by PSK).
     pub coaps: DtlsConfig,
     /// `[http]`: health, readiness, metrics.
@@ -31,6 +33,16 @@ pub struct GatewayConfig {
     pub store: StoreConfig,
     /// `[[uplinks]]`: where readings go. Every reading is owed to every uplink.
     pub uplinks: Vec<UplinkConfig>,
+}
+
+/// `[registry]`: where the device registry lives.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// Path of `devices.toml` (see `docs/examples/devices.toml`), relative to the directory of
+    /// `gateway.toml`. Unset: devices are not authenticated (every peer may write for any device
+    /// id, and `run` warns), and `[coaps]` cannot be enabled.
+    pub path: Option<PathBuf>,
 }
 
 /// `[gateway]`.
@@ -131,8 +143,8 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 8] = [
-    "gateway", "log", "bus", "coap", "coaps", "http", "store", "uplinks",
+const SECTIONS: [&str; 9] = [
+    "gateway", "log", "bus", "registry", "coap", "coaps", "http", "store", "uplinks",
 ];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
@@ -162,6 +174,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "bus", p, &mut ok, &mut cfg.bus);
     section(&table, "coap", p, &mut ok, &mut cfg.coap);
     section(&table, "coaps", p, &mut ok, &mut cfg.coaps);
+    section(&table, "registry", p, &mut ok, &mut cfg.registry);
     section(&table, "http", p, &mut ok, &mut cfg.http);
     section(&table, "store", p, &mut ok, &mut cfg.store);
     match table.get("uplinks") {
@@ -230,6 +243,12 @@ impl GatewayConfig {
         }
         self.coap.validate("coap", p);
         self.coaps.validate("coaps", p);
+        if self.coaps.enabled && self.registry.path.is_none() {
+            p.push(
+                "coaps.enabled",
+                "needs [registry] path: DTLS devices are authenticated by the PSK their registry entry holds",
+            );
+        }
         self.http.validate("http", p);
         self.store.validate("store", p);
         if self.uplinks.is_empty() {

@@ -27,7 +27,14 @@ pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, &|name| std::env::var(name).ok())
+    let mut cfg = parse(&text, &|name| std::env::var(name).ok())?;
+    // Files the configuration names are relative to the configuration's own directory.
+    if let (Some(dir), Some(reg)) = (path.parent(), cfg.registry.path.as_mut())
+        && reg.is_relative()
+    {
+        *reg = dir.join(&*reg);
+    }
+    Ok(cfg)
 }
 
 /// Interpolates and parses config text with the given variable lookup, then validates it.

@@ -127,17 +127,27 @@ impl App {
             "Ingest requests waiting for the store writer",
             bus_depth.clone(),
         );
-        // Devices are not authenticated until the device registry exists: say so once, loudly.
-        let authorizer: Arc<dyn Authorizer> = Arc::new(AllowAll);
-        if !authorizer.authenticates() {
-            tracing::warn!(
-                "devices are NOT authenticated: any host that can reach the ingest ports may \
-                 submit readings for any device id (no device registry configured)"
-            );
-        }
-        // Placeholders until the device registry and the audit log are wired (same session).
-        let credentials: Arc<dyn CredentialStore> = Arc::new(NoCredentials);
+        // Placeholder until the audit log is wired (same session).
         let audit: Arc<dyn AuditSink> = Arc::new(NoAudit);
+        let (authorizer, credentials): (Arc<dyn Authorizer>, Arc<dyn CredentialStore>) =
+            match &cfg.registry.path {
+                Some(path) => {
+                    let metrics = wardgate_registry::RegistryMetrics::register(&mut registry);
+                    let reg = Arc::new(
+                        wardgate_registry::Registry::load(path.clone(), audit.clone(), metrics)
+                            .with_context(|| format!("device registry {}", path.display()))?,
+                    );
+                    (reg.clone(), reg)
+                }
+                None => {
+                    // Say so once, loudly.
+                    tracing::warn!(
+                        "devices are NOT authenticated: any host that can reach the ingest ports \
+                         may submit readings for any device id (no [registry] configured)"
+                    );
+                    (Arc::new(AllowAll), Arc::new(NoCredentials))
+                }
+            };
         let pipeline = IngestPipeline::new(
             cfg.gateway.id.as_str(),
             bus.clone(),
