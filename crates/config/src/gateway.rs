@@ -11,6 +11,8 @@ use wardgate_http::config::HttpConfig;
 use wardgate_mqtt::config::MqttUplinkConfig;
 use wardgate_store::config::StoreConfig;
 
+use crate::audit::AuditConfig;
+
 /// The complete gateway configuration.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GatewayConfig {
@@ -28,6 +30,8 @@ pub struct GatewayConfig {
     pub store: StoreConfig,
     /// `[[uplinks]]`: where readings go. Every reading is owed to every uplink.
     pub uplinks: Vec<UplinkConfig>,
+    /// `[audit]`: the security audit trail (off unless `path` is set).
+    pub audit: AuditConfig,
 }
 
 /// `[gateway]`.
@@ -128,7 +132,9 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 7] = ["gateway", "log", "bus", "coap", "http", "store", "uplinks"];
+const SECTIONS: [&str; 8] = [
+    "gateway", "log", "bus", "coap", "http", "store", "uplinks", "audit",
+];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
 pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConfig> {
@@ -158,6 +164,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "coap", p, &mut ok, &mut cfg.coap);
     section(&table, "http", p, &mut ok, &mut cfg.http);
     section(&table, "store", p, &mut ok, &mut cfg.store);
+    section(&table, "audit", p, &mut ok, &mut cfg.audit);
     match table.get("uplinks") {
         None => {}
         Some(toml::Value::Array(items)) => {
@@ -225,6 +232,7 @@ impl GatewayConfig {
         self.coap.validate("coap", p);
         self.http.validate("http", p);
         self.store.validate("store", p);
+        self.audit.validate("audit", p);
         if self.uplinks.is_empty() {
             p.push("uplinks", "at least one [[uplinks]] entry is required");
         }

@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod audit;
 mod error;
 mod gateway;
 mod interpolate;
 
+pub use audit::AuditConfig;
 pub use error::ConfigError;
 pub use gateway::{
     BusConfig, FileUplinkConfig, GatewayConfig, GatewaySection, LogConfig, LogFormat, UplinkConfig,
