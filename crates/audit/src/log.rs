@@ -19,13 +19,13 @@ use crate::writer::Writer;
 const MAX_BATCH: usize = 4096;
 
 enum Msg {
-    /// An event and the drops counted just before it (its `dropped_before`). Boxed so a queue
-    /// slot costs a pointer, not an event.
+    /// An event and the drops counted just before it (its `dropped_before`). Boxed (as is
+    /// `Hold`) so a queue slot, allocated up front for the whole capacity, stays ~32 bytes.
     Event(Box<AuditEvent>, u64),
     /// Answer once everything before this is durable.
     Flush(Sender<Result<(), AuditError>>),
     /// Write what came before, acknowledge, then wait until the receiver's sender is dropped.
-    Hold(Sender<()>, Receiver<()>),
+    Hold(Box<(Sender<()>, Receiver<()>)>),
     /// Write `audit_stopped`, answer, and end the thread.
     Close(Sender<Result<(), AuditError>>),
 }
@@ -141,7 +141,7 @@ impl AuditLog {
         let (ack_tx, ack_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel();
         self.tx
-            .send(Msg::Hold(ack_tx, release_rx))
+            .send(Msg::Hold(Box::new((ack_tx, release_rx))))
             .map_err(|_| AuditError::Closed)?;
         ack_rx.recv().map_err(|_| AuditError::Closed)?;
         Ok(WriterHold {
@@ -196,7 +196,7 @@ fn run(writer: &mut Writer, rx: &Receiver<Msg>, shared: &Shared, metrics: &Audit
             match msg {
                 Msg::Event(e, dropped) => batch.push(Draft::from_event(*e, dropped)),
                 Msg::Flush(tx) => waiters.push(tx),
-                Msg::Hold(ack, release) => hold = Some((ack, release)),
+                Msg::Hold(pair) => hold = Some(*pair),
                 Msg::Close(tx) => {
                     let mut stopped = Draft::internal(RecordKind::Stopped, "closed");
                     stopped.dropped_before = shared.pending_drops.swap(0, Ordering::AcqRel);

@@ -20,8 +20,8 @@ pub struct AuditOptions {
     /// A file with at least 32 random bytes (raw, or as hex digits); each record's hash is then
     /// signed with HMAC-SHA256. A warning is logged when the file is group- or other-readable.
     pub hmac_key_file: Option<PathBuf>,
-    /// Events waiting for the writer; when full, new events are dropped and counted. Each slot
-    /// costs a pointer up front, a queued event its own size (~100-300 bytes).
+    /// Events waiting for the writer; when full, new events are dropped and counted. The queue
+    /// takes ~32 bytes per slot up front (2 MiB at the default), a queued event ~100-300 more.
     pub queue_capacity: usize,
 }
 

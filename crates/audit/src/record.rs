@@ -67,16 +67,10 @@ pub(crate) struct Draft {
 impl Draft {
     /// An internal record (`audit_started`, ...).
     pub(crate) fn internal(kind: RecordKind, reason: &'static str) -> Self {
-        Draft {
-            kind,
-            actor: None,
-            peer: None,
-            transport: None,
-            subject: None,
-            reason,
-            dropped_before: 0,
-            last_good: None,
-        }
+        // An empty core event (its kind replaced), so the two stay alike field for field.
+        let mut d = Draft::from_event(AuditEvent::new(AuditKind::AdminAction, reason), 0);
+        d.kind = kind;
+        d
     }
 
     pub(crate) fn from_event(e: AuditEvent, dropped_before: u64) -> Self {
@@ -205,10 +199,10 @@ pub(crate) enum LineError {
 
 /// Parses a line (without its `\n`) and recomputes its hash.
 pub(crate) fn check_line(line: &[u8]) -> Result<Checked, LineError> {
-    let wire: Wire = serde_json::from_slice(line).map_err(|e| {
-        // serde_json's messages quote no input beyond a type name: safe to show.
-        LineError::Unparsable(e.to_string())
-    })?;
+    // serde_json's message may quote a short piece of the line: the operator's own audit
+    // file, which holds no secrets by construction.
+    let wire: Wire =
+        serde_json::from_slice(line).map_err(|e| LineError::Unparsable(e.to_string()))?;
     if wire.v != VERSION {
         return Err(LineError::Version(wire.v));
     }
