@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::Path;
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::error::AuditError;
@@ -90,7 +90,9 @@ impl fmt::Debug for Signer {
 impl Signer {
     /// `None` only if the MAC refuses the key length, which HMAC never does.
     pub(crate) fn new(key: &[u8]) -> Option<Signer> {
-        <HmacSha256 as Mac>::new_from_slice(key).ok().map(Signer)
+        <HmacSha256 as KeyInit>::new_from_slice(key)
+            .ok()
+            .map(Signer)
     }
 
     /// HMAC-SHA256(key, hash).

@@ -58,9 +58,9 @@
 //!
 //! # Dependencies
 //! `sha2` and `hmac` (RustCrypto): the reference pure-Rust SHA-256 and HMAC, audited and used
-//! across the ecosystem; the 0.10/0.12 line keeps the workspace's `rust-version` (the newer
-//! releases need a newer compiler). `ring`, already linked through rustls, was the alternative,
-//! but its digest/HMAC API ties this crate to rustls' crypto provider choice for no gain.
+//! across the ecosystem, and already in the build through the DTLS stack (the same versions, so
+//! one implementation is linked). `ring`, linked through rustls, was the alternative, but its
+//! digest/HMAC API would tie this crate to rustls' crypto provider choice for no gain.
 //! `humantime` (already a workspace dependency) formats RFC 3339 timestamps; the queue is
 //! `std::sync::mpsc::sync_channel`, so no runtime or channel crate is needed.
 #![forbid(unsafe_code)]

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use wardgate_coap::config::CoapConfig;
 use wardgate_core::validate::Problems;
+use wardgate_dtls::DtlsConfig;
 use wardgate_http::config::HttpConfig;
 use wardgate_mqtt::config::MqttUplinkConfig;
 use wardgate_store::config::StoreConfig;
@@ -22,8 +23,10 @@ pub struct GatewayConfig {
     pub log: LogConfig,
     /// `[bus]`: the in-process ingest bus.
     pub bus: BusConfig,
-    /// `[coap]`: the CoAP endpoint.
+    /// `[coap]`: the CoAP endpoint (plain UDP).
     pub coap: CoapConfig,
+    /// `[coaps]`: CoAP over DTLS (same resources as `[coap]`, devices authenticated by PSK).
+    pub coaps: DtlsConfig,
     /// `[http]`: health, readiness, metrics.
     pub http: HttpConfig,
     /// `[store]`: the durable outbox.
@@ -132,8 +135,8 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 8] = [
-    "gateway", "log", "bus", "coap", "http", "store", "uplinks", "audit",
+const SECTIONS: [&str; 9] = [
+    "gateway", "log", "bus", "coap", "coaps", "http", "store", "uplinks", "audit",
 ];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
@@ -162,6 +165,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "log", p, &mut ok, &mut cfg.log);
     section(&table, "bus", p, &mut ok, &mut cfg.bus);
     section(&table, "coap", p, &mut ok, &mut cfg.coap);
+    section(&table, "coaps", p, &mut ok, &mut cfg.coaps);
     section(&table, "http", p, &mut ok, &mut cfg.http);
     section(&table, "store", p, &mut ok, &mut cfg.store);
     section(&table, "audit", p, &mut ok, &mut cfg.audit);
@@ -230,6 +234,7 @@ impl GatewayConfig {
             p.push("bus.capacity", "must be at least 1");
         }
         self.coap.validate("coap", p);
+        self.coaps.validate("coaps", p);
         self.http.validate("http", p);
         self.store.validate("store", p);
         self.audit.validate("audit", p);
@@ -311,7 +316,11 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(dir).expect("docs/examples exists") {
             let path = entry.expect("entry").path();
-            if path.extension().is_some_and(|e| e == "toml") {
+            // devices*.toml are device registries (wardgate-registry parses them), not configs.
+            let registry = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("devices"));
+            if path.extension().is_some_and(|e| e == "toml") && !registry {
                 let text = std::fs::read_to_string(&path).expect("read");
                 if let Err(e) = parse(&text, &no_env) {
                     panic!("{}: {e}", path.display());

@@ -109,7 +109,7 @@ async fn a_server_name_the_certificate_does_not_carry_fails_with_a_clear_error()
 
 #[tokio::test]
 async fn a_broker_certificate_from_an_unknown_ca_is_refused_and_logged_once_while_it_repeats() {
-    let (log, _guard) = CapturedLog::start();
+    let (log, _guard) = CapturedLog::start_with("wardgate_mqtt=debug");
     let pki = Pki::generate();
     let other = Pki::generate();
     let broker = Mosquitto::start_tls(&pki, false);

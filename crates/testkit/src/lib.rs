@@ -9,6 +9,7 @@
 //!   once the broker's SUBACK arrived, so no test races its own subscription;
 //! - [`Pki`]: a throw-away CA, server and client certificates made with the `openssl` CLI;
 //! - [`libcoap`]: libcoap's `coap-client-notls`, bounded in time;
+//! - [`CapturedLog`]: this thread's log lines as text;
 //! - free ports, bounded waits and child processes that die with their test.
 //!
 //! Every wait is bounded by [`PATIENCE`]; reaching it is a failure, never a pass. The bound is
@@ -18,6 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // fixtures fail the test loudly by design
 
 pub mod libcoap;
+mod log;
 mod mosquitto;
 mod pki;
 mod subscriber;
@@ -27,6 +29,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+pub use log::CapturedLog;
 pub use mosquitto::Mosquitto;
 pub use pki::Pki;
 pub use subscriber::Subscriber;

@@ -23,9 +23,10 @@ use tokio::task::JoinSet;
 use wardgate_config::{GatewayConfig, UplinkConfig};
 use wardgate_core::health::ComponentKind;
 use wardgate_core::{
-    AllowAll, Authorizer, Bus, BusReceiver, Clock, Health, IngestPipeline, Shutdown, SystemClock,
-    Uplink,
+    AllowAll, AuditSink, Authorizer, Bus, BusReceiver, Clock, CredentialStore, Health,
+    IngestPipeline, NoAudit, NoCredentials, Shutdown, SystemClock, Uplink,
 };
+use wardgate_dtls::{DtlsDeps, DtlsMetrics, DtlsTransport};
 use wardgate_store::{Cursor, Outbox};
 
 use crate::file_uplink::{FileUplink, FileUplinkMetrics};
@@ -90,6 +91,7 @@ struct App {
     bus_rx: BusReceiver,
     uplinks: Vec<BuiltUplink>,
     coap: Option<wardgate_coap::CoapEndpoint>,
+    coaps: Option<wardgate_coap::CoapEndpoint<DtlsTransport>>,
     http: Option<wardgate_http::HttpServer>,
     demo: bool,
 }
@@ -133,6 +135,9 @@ impl App {
                  submit readings for any device id (no device registry configured)"
             );
         }
+        // Placeholders until the device registry and the audit log are wired (same session).
+        let credentials: Arc<dyn CredentialStore> = Arc::new(NoCredentials);
+        let audit: Arc<dyn AuditSink> = Arc::new(NoAudit);
         let pipeline = IngestPipeline::new(
             cfg.gateway.id.as_str(),
             bus.clone(),
@@ -143,21 +148,39 @@ impl App {
 
         let uplinks = build_uplinks(&cfg, &outbox, &mut registry, &health)?;
 
-        let coap = if cfg.coap.enabled {
-            let coap_metrics = wardgate_coap::CoapMetrics::register(&mut registry);
-            let endpoint = wardgate_coap::CoapEndpoint::bind(
-                cfg.coap.clone(),
+        // One set of CoAP metrics for plain and DTLS endpoints (same names, summed).
+        let coap_metrics = (cfg.coap.enabled || cfg.coaps.enabled)
+            .then(|| wardgate_coap::CoapMetrics::register(&mut registry));
+        let coap = match (&coap_metrics, cfg.coap.enabled) {
+            (Some(metrics), true) => Some(
+                wardgate_coap::CoapEndpoint::bind(
+                    cfg.coap.clone(),
+                    wardgate_coap::EndpointDeps {
+                        pipeline: pipeline.clone(),
+                        metrics: metrics.clone(),
+                        health: health.reporter("coap", ComponentKind::Listener),
+                    },
+                )
+                .await
+                .context("CoAP endpoint")?,
+            ),
+            _ => None,
+        };
+        let coaps = match (&coap_metrics, cfg.coaps.enabled) {
+            (Some(metrics), true) => Some(build_coaps(
+                &cfg,
                 wardgate_coap::EndpointDeps {
                     pipeline,
-                    metrics: coap_metrics,
-                    health: health.reporter("coap", ComponentKind::Listener),
+                    metrics: metrics.clone(),
+                    health: health.reporter("coaps", ComponentKind::Listener),
                 },
-            )
-            .await
-            .context("CoAP endpoint")?;
-            Some(endpoint)
-        } else {
-            None
+                DtlsDeps {
+                    credentials: credentials.clone(),
+                    audit: audit.clone(),
+                    metrics: DtlsMetrics::register(&mut registry),
+                },
+            )?),
+            _ => None,
         };
 
         // HTTP binds last: the registry is complete now.
@@ -186,6 +209,7 @@ impl App {
             bus_rx,
             uplinks,
             coap,
+            coaps,
             http,
             demo,
         })
@@ -219,6 +243,17 @@ impl App {
                 }
             });
         }
+        if let Some(endpoint) = self.coaps {
+            for a in endpoint.local_addrs() {
+                tracing::info!(addr = %a, "CoAP over DTLS listening");
+            }
+            let stop = stops.ingest.clone();
+            ingest.spawn(async move {
+                if let Err(e) = endpoint.run(stop).await {
+                    tracing::error!(error = %e, "CoAP over DTLS endpoint failed");
+                }
+            });
+        }
         let http = self.http.map(|server| {
             if let Some(a) = server.local_addr() {
                 tracing::info!(addr = %a, "HTTP listening (/healthz /readyz /metrics)");
@@ -242,6 +277,30 @@ impl App {
             http,
         }
     }
+}
+
+/// The CoAP-over-DTLS endpoint: one DTLS transport per `[coaps] listen` address, serving the
+/// same resources as plain CoAP (observe targets stay with the plain endpoint).
+fn build_coaps(
+    cfg: &GatewayConfig,
+    deps: wardgate_coap::EndpointDeps,
+    dtls: DtlsDeps,
+) -> anyhow::Result<wardgate_coap::CoapEndpoint<DtlsTransport>> {
+    let transports = cfg
+        .coaps
+        .listen
+        .iter()
+        .map(|addr| DtlsTransport::bind(*addr, &cfg.coaps, dtls.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("CoAP over DTLS listener")?;
+    let coap_cfg = wardgate_coap::CoapConfig {
+        listen: cfg.coaps.listen.clone(),
+        observe: Vec::new(),
+        ..cfg.coap.clone()
+    };
+    Ok(wardgate_coap::CoapEndpoint::with_transports(
+        coap_cfg, deps, transports,
+    )?)
 }
 
 /// An uplink component with the outbox cursor it will drain.

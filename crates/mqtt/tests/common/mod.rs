@@ -20,6 +20,7 @@ use wardgate_core::{
     Protocol, Reading, Record,
 };
 use wardgate_mqtt::{MqttMetrics, MqttUplink, MqttUplinkConfig};
+pub use wardgate_testkit::CapturedLog;
 pub use wardgate_testkit::{Mosquitto, Pki, free_tcp_port as free_port};
 
 /// Upper bound for anything a test waits for; reaching it is a failure, never a pass.
@@ -470,50 +471,4 @@ impl Subscriber {
 /// Reading topic the default template gives.
 pub fn reading_topic(device: &str, class: MessageClass) -> String {
     format!("wardgate/ward-test/{device}/{class}")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Captured logs
-
-/// Every log line of this thread while the guard lives, as text. `#[tokio::test]` runs the test
-/// and the tasks it spawns on its own thread, so this sees the uplink's lines and no other
-/// test's.
-#[derive(Clone, Default)]
-pub struct CapturedLog(Arc<Mutex<Vec<u8>>>);
-
-impl CapturedLog {
-    pub fn start() -> (CapturedLog, tracing::subscriber::DefaultGuard) {
-        Self::start_with("wardgate_mqtt=debug")
-    }
-
-    /// With an `EnvFilter` directive, e.g. `trace` for every crate at every level.
-    pub fn start_with(filter: &str) -> (CapturedLog, tracing::subscriber::DefaultGuard) {
-        let log = CapturedLog::default();
-        let sink = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false)
-            .with_writer(move || sink.clone())
-            .finish();
-        (log, tracing::subscriber::set_default(subscriber))
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// How many lines contain `needle`.
-    pub fn count(&self, needle: &str) -> usize {
-        self.text().lines().filter(|l| l.contains(needle)).count()
-    }
-}
-
-impl std::io::Write for CapturedLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

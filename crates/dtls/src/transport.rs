@@ -1,0 +1,750 @@
+//! [`DtlsTransport`]: a [`Transport`] that owns one UDP socket's DTLS sessions and hands the
+//! CoAP message layer plaintext datagrams, each named by its peer's proven identity.
+//!
+//! All state sits behind one mutex that only the socket's task takes (the message layer calls
+//! the transport from that task), so it is never contended; no await happens while it is held.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dimpl::{Dtls, Output};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
+use tokio::net::UdpSocket;
+use wardgate_coap::Transport;
+use wardgate_core::{
+    AuditEvent, AuditKind, AuditSink, CredentialStore, Identity, IdentityKind, PeerContext,
+    TransportKind,
+};
+
+use crate::config::DtlsConfig;
+use crate::error::DtlsError;
+use crate::front::{
+    Admit, Claimed, CookieCheck, Epochs, HelloLimiter, KeyResolver, Replays, SourceKey,
+    build_epoch, check_cookie, fingerprint,
+};
+use crate::metrics::DtlsMetrics;
+use crate::record::{self, ClientHello, FirstRecord, PSK_AES128_CCM_8};
+
+/// Largest datagram read from the socket (a DTLS record carries at most 2^14 bytes).
+const MAX_WIRE_DATAGRAM: usize = 17 * 1024;
+/// Plaintext datagrams decrypted but not yet taken by the message layer.
+const MAX_PENDING_PLAINTEXT: usize = 256;
+/// Encrypted datagrams waiting for room in the socket's send buffer.
+const MAX_SEND_BACKLOG: usize = 1024;
+/// Datagrams processed per `try_recv_from` call without one for the message layer, before the
+/// call returns `WouldBlock` so the socket task can do other work (a handshake flood must not
+/// hold it).
+const RECV_BUDGET: usize = 64;
+/// How often idle sessions, stale handshakes, revocations and the cookie epoch are looked at.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Client randoms remembered per epoch (replay protection, see `front.rs`).
+const MAX_RANDOMS_PER_EPOCH: usize = 65_536;
+
+/// What a transport needs from the gateway.
+#[derive(Debug, Clone)]
+pub struct DtlsDeps {
+    /// Device keys (the registry). Looked up per handshake.
+    pub credentials: Arc<dyn CredentialStore>,
+    /// Authentication successes and failures, revocations.
+    pub audit: Arc<dyn AuditSink>,
+    /// Metrics (see [`DtlsMetrics::register`]).
+    pub metrics: DtlsMetrics,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshake { started: Instant },
+    Established,
+}
+
+struct Session {
+    dtls: Dtls,
+    phase: Phase,
+    source: SourceKey,
+    /// What the key resolver saw for this peer (identity, whether known, key fingerprint).
+    claimed: Option<Claimed>,
+    /// Set once the handshake completed with a known identity.
+    identity: Option<Identity>,
+    last_seen: Instant,
+    /// The library's next timer, as registered in the heap.
+    deadline: Option<Instant>,
+    closing: bool,
+}
+
+struct Inner {
+    settings: DtlsConfig,
+    resolver: Arc<KeyResolver>,
+    sessions: HashMap<SocketAddr, Session>,
+    handshakes: usize,
+    per_source: HashMap<SourceKey, usize>,
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
+    pending: VecDeque<(Vec<u8>, SocketAddr)>,
+    backlog: VecDeque<(Vec<u8>, SocketAddr)>,
+    epochs: Epochs,
+    replays: Replays,
+    limiter: HelloLimiter,
+    generation: u64,
+    next_sweep: Instant,
+    out: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+/// CoAP over DTLS 1.2 (RFC 7925 profile): TLS_PSK_WITH_AES_128_CCM_8, identities from the
+/// device registry, a stateless cookie front, bounded sessions and handshakes.
+pub struct DtlsTransport {
+    socket: UdpSocket,
+    deps: DtlsDeps,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for DtlsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsTransport")
+            .field("local", &self.socket.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DtlsTransport {
+    /// Binds `addr` and prepares the first cookie epoch. Must be called inside a tokio runtime.
+    pub fn bind(
+        addr: SocketAddr,
+        settings: &DtlsConfig,
+        deps: DtlsDeps,
+    ) -> Result<DtlsTransport, DtlsError> {
+        let bind_err = |source| DtlsError::Bind { addr, source };
+        let domain = if addr.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(bind_err)?;
+        }
+        if settings.recv_buffer_bytes > 0 {
+            socket
+                .set_recv_buffer_size(settings.recv_buffer_bytes)
+                .map_err(bind_err)?;
+        }
+        if settings.send_buffer_bytes > 0 {
+            socket
+                .set_send_buffer_size(settings.send_buffer_bytes)
+                .map_err(bind_err)?;
+        }
+        socket.set_nonblocking(true).map_err(bind_err)?;
+        socket.bind(&addr.into()).map_err(bind_err)?;
+        let socket = UdpSocket::from_std(socket.into()).map_err(bind_err)?;
+        let resolver = Arc::new(KeyResolver::new(deps.credentials.clone()));
+        let first =
+            build_epoch(settings, &resolver).map_err(|e| DtlsError::Library(e.to_string()))?;
+        let now = Instant::now();
+        let inner = Inner {
+            settings: settings.clone(),
+            resolver,
+            sessions: HashMap::new(),
+            handshakes: 0,
+            per_source: HashMap::new(),
+            timers: BinaryHeap::new(),
+            pending: VecDeque::new(),
+            backlog: VecDeque::new(),
+            epochs: Epochs::new(first, now, settings.cookie_rotation),
+            replays: Replays::new(MAX_RANDOMS_PER_EPOCH),
+            limiter: HelloLimiter::new(
+                settings.hello_rate_per_source,
+                settings.hello_burst_per_source,
+            ),
+            generation: deps.credentials.generation(),
+            next_sweep: now + SWEEP_EVERY,
+            out: vec![0; 2048],
+            raw: vec![0; MAX_WIRE_DATAGRAM],
+        };
+        Ok(DtlsTransport {
+            socket,
+            deps,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug in this file; the state is still
+        // consistent enough to keep serving (every table is bounded and self-cleaning).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sessions open now (established and in handshake).
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    fn io(&self) -> Io<'_> {
+        Io {
+            socket: &self.socket,
+            deps: &self.deps,
+        }
+    }
+}
+
+/// The parts of the transport the session code needs besides the state.
+struct Io<'a> {
+    socket: &'a UdpSocket,
+    deps: &'a DtlsDeps,
+}
+
+impl Io<'_> {
+    fn send(&self, backlog: &mut VecDeque<(Vec<u8>, SocketAddr)>, bytes: &[u8], to: SocketAddr) {
+        match self.socket.try_send_to(bytes, to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if backlog.len() < MAX_SEND_BACKLOG {
+                    backlog.push_back((bytes.to_vec(), to));
+                } else {
+                    self.deps.metrics.drop_datagram("send_backlog_full");
+                }
+            }
+            Err(error) => tracing::debug!(%to, %error, "DTLS send failed"),
+        }
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        self.deps.audit.record(event);
+    }
+}
+
+/// Why a session's library call failed, as a fixed label.
+fn failure_reason(error: &dimpl::Error, claimed: Option<&Claimed>) -> &'static str {
+    use dimpl::Error as E;
+    match (error, claimed) {
+        (_, Some(c)) if !c.known => "unknown_identity",
+        (E::SecurityError(dimpl::SecurityError::NoMutuallyAcceptableCipherSuite), _) => {
+            "no_shared_suite"
+        }
+        (E::SecurityError(_), _) => "protocol_error",
+        (E::Timeout(_), _) => "timeout",
+        (E::CryptoError(_), Some(_)) => "bad_key",
+        (E::PskError(_), _) => "bad_key",
+        _ => "protocol_error",
+    }
+}
+
+impl Inner {
+    /// Handles one datagram from `addr`.
+    fn on_datagram(&mut self, io: &Io<'_>, now: Instant, addr: SocketAddr, data: &[u8]) {
+        self.check_generation(io, now);
+        match record::first_record(data) {
+            FirstRecord::Garbage => io.deps.metrics.drop_datagram("garbage"),
+            FirstRecord::ClientHello => {
+                let Some(hello) = ClientHello::parse(data) else {
+                    return;
+                };
+                let handshaking = matches!(
+                    self.sessions.get(&addr).map(|s| s.phase),
+                    Some(Phase::Handshake { .. })
+                );
+                if !hello.cookie.is_empty() && hello.message_seq != 0 && handshaking {
+                    // A retransmitted cookie-bearing ClientHello: the session resends its flight.
+                    self.feed(io, now, addr, data);
+                } else {
+                    self.front(io, now, addr, data, &hello);
+                }
+            }
+            FirstRecord::Other => {
+                if self.sessions.contains_key(&addr) {
+                    self.feed(io, now, addr, data);
+                } else {
+                    io.deps.metrics.drop_datagram("no_session");
+                }
+            }
+        }
+    }
+
+    /// A ClientHello from an address without a handshake in progress (see `front.rs`).
+    fn front(
+        &mut self,
+        io: &Io<'_>,
+        now: Instant,
+        addr: SocketAddr,
+        data: &[u8],
+        hello: &ClientHello<'_>,
+    ) {
+        let metrics = &io.deps.metrics;
+        let source = SourceKey::of(&addr);
+        if !self.limiter.take(source, now) {
+            metrics.fail("rate_limited");
+            return;
+        }
+        let hello0 = hello.without_cookie();
+        let dtls = match check_cookie(&self.epochs, &hello0, hello.cookie, now, &mut self.out) {
+            CookieCheck::Valid(dtls) if hello.message_seq == 1 => *dtls,
+            CookieCheck::Valid(_) | CookieCheck::Refused => {
+                metrics.fail("protocol_error");
+                return;
+            }
+            CookieCheck::Verify(hvr) => {
+                metrics.hello_verify_sent.inc();
+                io.send(&mut self.backlog, &hvr, addr);
+                return;
+            }
+        };
+        // The address is proven: from here on state may be kept, within the bounds.
+        if !hello.offers(PSK_AES128_CCM_8) {
+            // Certificates are not offered by this transport yet (see docs/protocols/coap.md).
+            metrics.fail("no_shared_suite");
+            io.audit(
+                AuditEvent::new(AuditKind::AuthFailure, "no_shared_suite")
+                    .peer(addr, TransportKind::Dtls),
+            );
+            return;
+        }
+        let reason = match self.replays.admit(hello.random) {
+            Admit::Replayed => Some("replayed_hello"),
+            Admit::Full => Some("handshakes_full"),
+            Admit::Fresh => None,
+        }
+        .or_else(|| {
+            let replacing = self.sessions.contains_key(&addr);
+            if !replacing && self.sessions.len() >= self.settings.max_sessions {
+                Some("sessions_full")
+            } else if self.handshakes >= self.settings.max_handshakes {
+                Some("handshakes_full")
+            } else if self.per_source.get(&source).copied().unwrap_or(0)
+                >= self.settings.max_handshakes_per_source
+            {
+                Some("source_full")
+            } else {
+                None
+            }
+        });
+        if let Some(reason) = reason {
+            metrics.fail(reason);
+            return;
+        }
+        self.remove(io, addr, "replaced");
+        self.handshakes += 1;
+        *self.per_source.entry(source).or_insert(0) += 1;
+        metrics.handshakes_in_progress.set(self.handshakes as i64);
+        self.sessions.insert(
+            addr,
+            Session {
+                dtls,
+                phase: Phase::Handshake { started: now },
+                source,
+                claimed: None,
+                identity: None,
+                last_seen: now,
+                deadline: None,
+                closing: false,
+            },
+        );
+        metrics.sessions.set(self.sessions.len() as i64);
+        self.feed(io, now, addr, data);
+    }
+
+    /// Feeds a datagram to `addr`'s session and acts on what comes out.
+    fn feed(&mut self, io: &Io<'_>, now: Instant, addr: SocketAddr, data: &[u8]) {
+        let Some(s) = self.sessions.get_mut(&addr) else {
+            return;
+        };
+        s.last_seen = now;
+        let _ = self.resolver.take();
+        let r = s.dtls.handle_packet(data);
+        if let Some(c) = self.resolver.take() {
+            s.claimed = Some(c);
+        }
+        self.after_call(io, now, addr, r);
+    }
+
+    /// Drains a session's output after a library call, then closes it if the call failed or
+    /// the peer closed.
+    fn after_call(
+        &mut self,
+        io: &Io<'_>,
+        now: Instant,
+        addr: SocketAddr,
+        r: Result<(), dimpl::Error>,
+    ) {
+        let Some(s) = self.sessions.get_mut(&addr) else {
+            return;
+        };
+        let mut connected = false;
+        let deadline = loop {
+            match s.dtls.poll_output(&mut self.out) {
+                Output::Packet(p) => io.send(&mut self.backlog, p, addr),
+                Output::BufferTooSmall { needed } => self.out.resize(needed.min(64 * 1024), 0),
+                Output::Timeout(t) => break t,
+                Output::Connected => connected = true,
+                Output::ApplicationData(d) => {
+                    if s.phase == Phase::Established && self.pending.len() < MAX_PENDING_PLAINTEXT {
+                        self.pending.push_back((d.to_vec(), addr));
+                    } else {
+                        io.deps.metrics.drop_datagram("plaintext_queue_full");
+                    }
+                }
+                Output::CloseNotify => s.closing = true,
+                _ => {}
+            }
+        };
+        if let Err(error) = r {
+            let handshaking = matches!(s.phase, Phase::Handshake { .. });
+            let reason = failure_reason(&error, s.claimed.as_ref());
+            tracing::debug!(%addr, %error, reason, "DTLS session failed");
+            if handshaking {
+                self.handshake_failed(io, addr, reason);
+            } else {
+                self.remove(io, addr, "error");
+            }
+            return;
+        }
+        if connected {
+            self.established(io, now, addr);
+        }
+        let Some(s) = self.sessions.get_mut(&addr) else {
+            return;
+        };
+        if s.closing {
+            self.remove(io, addr, "peer_closed");
+            return;
+        }
+        if s.deadline.is_none_or(|old| deadline < old) {
+            s.deadline = Some(deadline);
+            self.timers.push(Reverse((deadline, addr)));
+        }
+    }
+
+    fn established(&mut self, io: &Io<'_>, now: Instant, addr: SocketAddr) {
+        let Some(s) = self.sessions.get_mut(&addr) else {
+            return;
+        };
+        let claimed = s.claimed.clone();
+        match claimed {
+            Some(c) if c.known && c.key_fingerprint.is_some() => {
+                s.phase = Phase::Established;
+                s.last_seen = now;
+                let identity = Identity::new(IdentityKind::PskIdentity, c.identity.as_str());
+                io.audit(
+                    AuditEvent::new(AuditKind::AuthSuccess, "dtls_psk")
+                        .actor(identity.to_string())
+                        .peer(addr, TransportKind::Dtls),
+                );
+                tracing::debug!(%addr, %identity, "DTLS session established");
+                s.identity = Some(identity);
+                let source = s.source;
+                self.handshake_done(source);
+                io.deps.metrics.handshakes.inc();
+                io.deps
+                    .metrics
+                    .handshakes_in_progress
+                    .set(self.handshakes as i64);
+            }
+            // The library completed a handshake for an identity no device holds: impossible
+            // with a PSK suite (the keys cannot match), but never let it through.
+            _ => self.handshake_failed(io, addr, "unknown_identity"),
+        }
+    }
+
+    fn handshake_done(&mut self, source: SourceKey) {
+        self.handshakes = self.handshakes.saturating_sub(1);
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+
+    fn handshake_failed(&mut self, io: &Io<'_>, addr: SocketAddr, reason: &'static str) {
+        let claimed = self
+            .sessions
+            .get(&addr)
+            .and_then(|s| s.claimed.as_ref().map(|c| c.identity.clone()));
+        io.deps.metrics.fail(reason);
+        let mut event =
+            AuditEvent::new(AuditKind::AuthFailure, reason).peer(addr, TransportKind::Dtls);
+        if let Some(id) = claimed {
+            event = event.actor(format!("claimed-psk:{id}"));
+        }
+        io.audit(event);
+        self.remove(io, addr, "handshake_failed");
+    }
+
+    /// Removes a session (sending close_notify when it is established and still ours to close).
+    fn remove(&mut self, io: &Io<'_>, addr: SocketAddr, reason: &'static str) -> Option<()> {
+        let mut s = self.sessions.remove(&addr)?;
+        if let Phase::Handshake { .. } = s.phase {
+            self.handshake_done(s.source);
+            io.deps
+                .metrics
+                .handshakes_in_progress
+                .set(self.handshakes as i64);
+        } else {
+            if !s.closing && s.dtls.close().is_ok() {
+                loop {
+                    match s.dtls.poll_output(&mut self.out) {
+                        Output::Packet(p) => io.send(&mut self.backlog, p, addr),
+                        Output::BufferTooSmall { needed } => {
+                            self.out.resize(needed.min(64 * 1024), 0)
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            io.deps.metrics.closed(reason);
+        }
+        io.deps.metrics.sessions.set(self.sessions.len() as i64);
+        Some(())
+    }
+
+    /// Closes every established session whose identity's key is gone or changed since it was
+    /// proven. Runs when the registry's generation moves.
+    fn check_generation(&mut self, io: &Io<'_>, _now: Instant) {
+        let g = io.deps.credentials.generation();
+        if g == self.generation {
+            return;
+        }
+        self.generation = g;
+        let store = self.resolver.store().clone();
+        let stale: Vec<(SocketAddr, String)> = self
+            .sessions
+            .iter()
+            .filter_map(|(addr, s)| {
+                let id = s.identity.as_ref()?;
+                let current = store.psk(id.value()).map(|k| fingerprint(k.expose()));
+                let proven = s.claimed.as_ref().and_then(|c| c.key_fingerprint);
+                (current.is_none() || current != proven).then(|| (*addr, id.to_string()))
+            })
+            .collect();
+        for (addr, identity) in stale {
+            tracing::info!(%addr, %identity, "DTLS session closed: its credentials were revoked or changed");
+            io.audit(
+                AuditEvent::new(AuditKind::SessionRevoked, "credentials_changed")
+                    .actor(identity)
+                    .peer(addr, TransportKind::Dtls),
+            );
+            self.remove(io, addr, "revoked");
+        }
+    }
+
+    /// Timers: library retransmissions, stale handshakes, idle sessions, revocations, epochs.
+    fn poll_timers(&mut self, io: &Io<'_>, now: Instant) {
+        while let Some(Reverse((t, addr))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let due = self
+                .sessions
+                .get_mut(&addr)
+                .filter(|s| s.deadline == Some(t));
+            let Some(s) = due else { continue };
+            s.deadline = None;
+            let r = s.dtls.handle_timeout(now);
+            self.after_call(io, now, addr, r);
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+            self.sweep(io, now);
+        }
+        // Stale entries (deadlines that moved later) are dropped when the heap outgrows the
+        // sessions, so it stays bounded by them.
+        if self.timers.len() > 4 * self.sessions.len() + 64 {
+            self.timers = self
+                .sessions
+                .iter()
+                .filter_map(|(a, s)| s.deadline.map(|t| Reverse((t, *a))))
+                .collect();
+        }
+    }
+
+    fn sweep(&mut self, io: &Io<'_>, now: Instant) {
+        self.check_generation(io, now);
+        let hs_timeout = self.settings.handshake_timeout;
+        let idle = self.settings.idle_timeout;
+        let expired: Vec<(SocketAddr, bool)> = self
+            .sessions
+            .iter()
+            .filter_map(|(addr, s)| match s.phase {
+                Phase::Handshake { started }
+                    if now.saturating_duration_since(started) > hs_timeout =>
+                {
+                    Some((*addr, true))
+                }
+                Phase::Established if now.saturating_duration_since(s.last_seen) > idle => {
+                    Some((*addr, false))
+                }
+                _ => None,
+            })
+            .collect();
+        for (addr, handshake) in expired {
+            if handshake {
+                self.handshake_failed(io, addr, "timeout");
+            } else {
+                self.remove(io, addr, "idle");
+            }
+        }
+        let period = self.settings.cookie_rotation;
+        let settings = self.settings.clone();
+        if self.epochs.tick(now, period, &settings, &self.resolver) {
+            self.replays.rotate();
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut d = self.next_sweep;
+        if let Some(Reverse((t, _))) = self.timers.peek() {
+            d = d.min(*t);
+        }
+        if !self.backlog.is_empty() {
+            d = d.min(Instant::now() + Duration::from_millis(1));
+        }
+        d
+    }
+
+    fn flush_backlog(&mut self, io: &Io<'_>) {
+        while let Some((bytes, to)) = self.backlog.front() {
+            match io.socket.try_send_to(bytes, *to) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                _ => {
+                    self.backlog.pop_front();
+                }
+            }
+        }
+    }
+}
+
+impl DtlsTransport {
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let io = self.io();
+        let mut g = self.lock();
+        g.flush_backlog(&io);
+        let mut budget = RECV_BUDGET;
+        loop {
+            if let Some((data, addr)) = g.pending.pop_front() {
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                return Ok((n, addr));
+            }
+            if budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            budget -= 1;
+            let mut raw = std::mem::take(&mut g.raw);
+            let r = self.socket.try_recv_from(&mut raw);
+            match r {
+                Ok((n, addr)) => {
+                    let data = raw.get(..n).unwrap_or_default();
+                    g.on_datagram(&io, Instant::now(), addr, data);
+                    g.raw = raw;
+                }
+                Err(e) => {
+                    g.raw = raw;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn try_send(&self, buf: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        let io = self.io();
+        let mut g = self.lock();
+        g.flush_backlog(&io);
+        g.check_generation(&io, Instant::now());
+        let Some(s) = g
+            .sessions
+            .get_mut(&peer)
+            .filter(|s| s.phase == Phase::Established)
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no DTLS session with this peer",
+            ));
+        };
+        let r = s.dtls.send_application_data(buf);
+        let now = Instant::now();
+        g.after_call(&io, now, peer, r.map(|_| ()));
+        Ok(buf.len())
+    }
+}
+
+impl Transport for DtlsTransport {
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        loop {
+            match self.try_recv(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.socket.readable().await?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.try_recv(buf)
+    }
+
+    fn try_send_to(&self, buf: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        self.try_send(buf, peer)
+    }
+
+    fn send_to(
+        &self,
+        buf: &[u8],
+        peer: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send {
+        // Never WouldBlock: what the socket cannot take now waits in the bounded backlog.
+        std::future::ready(self.try_send(buf, peer))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    fn kind(&self) -> &'static str {
+        "dtls"
+    }
+
+    fn peer(&self, addr: SocketAddr) -> PeerContext {
+        let ctx = PeerContext::new(addr, TransportKind::Dtls);
+        match self
+            .lock()
+            .sessions
+            .get(&addr)
+            .and_then(|s| s.identity.clone())
+        {
+            Some(id) => ctx.with_identity(id),
+            None => ctx,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        Some(tokio::time::Instant::from_std(self.lock().next_deadline()))
+    }
+
+    fn poll_timers(&self, _now: tokio::time::Instant) {
+        let io = self.io();
+        let mut g = self.lock();
+        g.flush_backlog(&io);
+        g.poll_timers(&io, Instant::now());
+    }
+}
+
+impl Drop for DtlsTransport {
+    /// Says goodbye (close_notify) to every established session, so devices re-handshake at
+    /// once after a restart instead of waiting for their own timeouts.
+    fn drop(&mut self) {
+        let io = Io {
+            socket: &self.socket,
+            deps: &self.deps,
+        };
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let addrs: Vec<SocketAddr> = g.sessions.keys().copied().collect();
+        for addr in addrs {
+            g.remove(&io, addr, "shutdown");
+        }
+    }
+}
