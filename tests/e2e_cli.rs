@@ -205,6 +205,8 @@ fn a_device_in_the_registry_posts_over_coaps_and_its_reading_carries_its_identit
 id = "ward-dtls"
 [registry]
 path = "devices.toml"
+[audit]
+path = "audit.log"
 [coap]
 enabled = false
 [coaps]
@@ -302,4 +304,32 @@ path = "-"
     drop(device);
     drop(stranger);
     assert!(rx.try_recv().is_err(), "a second reading appeared");
+
+    // Both handshakes are in the audit trail, and the trail verifies.
+    let audit = dir.path().join("audit.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if text.contains(r#""kind":"auth_success","actor":"psk:bed-12""#)
+            && text.contains(r#""actor":"claimed-psk:bed-99""#)
+        {
+            assert!(
+                !text.contains("000102030405060708090a0b0c0d0e0f"),
+                "a key in the audit trail"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "audit trail:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new(WARDGATE)
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

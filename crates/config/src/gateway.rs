@@ -12,6 +12,8 @@ use wardgate_http::config::HttpConfig;
 use wardgate_mqtt::config::MqttUplinkConfig;
 use wardgate_store::config::StoreConfig;
 
+use crate::audit::AuditConfig;
+
 /// The complete gateway configuration.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GatewayConfig {
@@ -33,6 +35,8 @@ pub struct GatewayConfig {
     pub store: StoreConfig,
     /// `[[uplinks]]`: where readings go. Every reading is owed to every uplink.
     pub uplinks: Vec<UplinkConfig>,
+    /// `[audit]`: the security audit trail (off unless `path` is set).
+    pub audit: AuditConfig,
 }
 
 /// `[registry]`: where the device registry lives.
@@ -143,8 +147,8 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 9] = [
-    "gateway", "log", "bus", "registry", "coap", "coaps", "http", "store", "uplinks",
+const SECTIONS: [&str; 10] = [
+    "gateway", "log", "bus", "registry", "coap", "coaps", "http", "store", "uplinks", "audit",
 ];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
@@ -177,6 +181,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "registry", p, &mut ok, &mut cfg.registry);
     section(&table, "http", p, &mut ok, &mut cfg.http);
     section(&table, "store", p, &mut ok, &mut cfg.store);
+    section(&table, "audit", p, &mut ok, &mut cfg.audit);
     match table.get("uplinks") {
         None => {}
         Some(toml::Value::Array(items)) => {
@@ -251,6 +256,7 @@ impl GatewayConfig {
         }
         self.http.validate("http", p);
         self.store.validate("store", p);
+        self.audit.validate("audit", p);
         if self.uplinks.is_empty() {
             p.push("uplinks", "at least one [[uplinks]] entry is required");
         }

@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod audit;
 mod error;
 mod gateway;
 mod interpolate;
 
+pub use audit::AuditConfig;
 pub use error::ConfigError;
 pub use gateway::{
     BusConfig, FileUplinkConfig, GatewayConfig, GatewaySection, LogConfig, LogFormat, UplinkConfig,
@@ -29,10 +31,17 @@ pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
     })?;
     let mut cfg = parse(&text, &|name| std::env::var(name).ok())?;
     // Files the configuration names are relative to the configuration's own directory.
-    if let (Some(dir), Some(reg)) = (path.parent(), cfg.registry.path.as_mut())
-        && reg.is_relative()
-    {
-        *reg = dir.join(&*reg);
+    if let Some(dir) = path.parent() {
+        let named = [
+            cfg.registry.path.as_mut(),
+            cfg.audit.path.as_mut(),
+            cfg.audit.hmac_key_file.as_mut(),
+        ];
+        for file in named.into_iter().flatten() {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
     }
     Ok(cfg)
 }

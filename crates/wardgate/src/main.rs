@@ -1,9 +1,11 @@
 //! The `wardgate` binary: CLI, config loading, wiring, supervision, graceful shutdown.
 //!
 //! Exit codes: 0 clean shutdown; 64 (EX_USAGE) invalid configuration; 65 (EX_DATAERR) corrupt
-//! outbox (see `wardgate store recover`); 1 any other start-up or runtime failure.
+//! outbox (see `wardgate store recover`); 1 any other start-up or runtime failure, or an audit
+//! trail that `wardgate audit verify` found damaged. Command-line usage errors exit 64 too.
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod demo;
 mod file_uplink;
 mod run;
@@ -45,6 +47,28 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check audit files: every record's hash, the chain across records and rotated files,
+    /// gap-free seq and (with --key) every MAC. Exit 0 if intact, 1 at the first problem.
+    Verify {
+        /// The HMAC key file the gateway signs with (`[audit] hmac_key_file`).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Require the chain to start at seq 1 (no older rotated file was deleted).
+        #[arg(long)]
+        from_start: bool,
+        /// Audit files or directories; several are read in order of their first seq.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,7 +88,15 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_DATAERR: u8 = 65;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; everything else is EX_USAGE, not clap's 2.
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     match cli.command {
         Command::CheckConfig { config } => match wardgate_config::load(&config) {
             Ok(cfg) => {
@@ -83,6 +115,14 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, demo } => run::main(&config, demo),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    key,
+                    from_start,
+                    files,
+                },
+        } => audit_cmd::verify(key, from_start, &files),
         Command::Store {
             command: StoreCommand::Recover { config },
         } => {

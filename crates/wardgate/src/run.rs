@@ -127,8 +127,27 @@ impl App {
             "Ingest requests waiting for the store writer",
             bus_depth.clone(),
         );
-        // Placeholder until the audit log is wired (same session).
-        let audit: Arc<dyn AuditSink> = Arc::new(NoAudit);
+        // The audit trail before anything that authenticates, so the first handshake is in it.
+        let audit: Arc<dyn AuditSink> = match cfg.audit.options() {
+            Some(opts) => {
+                let metrics = wardgate_audit::AuditMetrics::register(&mut registry);
+                let path = opts.path.clone();
+                let log = tokio::task::spawn_blocking(move || {
+                    wardgate_audit::AuditLog::open(&opts, metrics)
+                })
+                .await
+                .context("audit log open task")?
+                .with_context(|| format!("audit log {}", path.display()))?;
+                Arc::new(log)
+            }
+            None => {
+                tracing::warn!(
+                    "no [audit] path: authentication results, denials and registry changes are \
+                     not recorded in an audit trail"
+                );
+                Arc::new(NoAudit)
+            }
+        };
         let (authorizer, credentials): (Arc<dyn Authorizer>, Arc<dyn CredentialStore>) =
             match &cfg.registry.path {
                 Some(path) => {
