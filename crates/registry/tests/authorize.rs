@@ -12,7 +12,6 @@ use wardgate_core::{
     Protocol, TransportKind,
 };
 use wardgate_registry::DenyReason;
-use wardgate_testkit::CapturedLog;
 
 #[test]
 fn a_device_proven_by_its_psk_writes_its_own_readings_and_its_sensors() {
@@ -277,7 +276,9 @@ fn token_hashes_are_compared_in_constant_time() {
 
 #[test]
 fn repeated_denials_are_counted_every_time_but_audited_once_a_minute_with_the_repeats() {
-    let (log, _guard) = CapturedLog::start_with("trace");
+    // The coalescing is proven by the audit events and the metrics, not by captured log lines:
+    // tracing caches each callsite's interest process-wide, so a thread-scoped subscriber can
+    // miss a callsite that a parallel test in this binary hit first (seen once in CI).
     let f = Fixture::new(&standard_toml("reject"));
     let peer = psk_peer("psk-bed-12");
     for _ in 0..50 {
@@ -292,13 +293,6 @@ fn repeated_denials_are_counted_every_time_but_audited_once_a_minute_with_the_re
         .reg
         .authorize(&write(&peer, "bed-13", MessageClass::Vital));
     assert_eq!(f.audit.events().len(), 2);
-    let text = log.text();
-    let lines: Vec<_> = text
-        .lines()
-        .filter(|l| l.contains("device registry refused"))
-        .collect();
-    assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines[1].contains("repeats_coalesced=49"), "{text}");
     assert!(
         f.metrics_text()
             .contains("wardgate_registry_denials_coalesced_total 49")

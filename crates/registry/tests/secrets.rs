@@ -100,9 +100,10 @@ fn no_test_key_or_token_appears_in_the_logs_audit_or_metrics_of_a_whole_session(
     );
     assert!(f.reg.reload().is_err());
 
+    // Which lines the capture sees is not asserted: tracing caches each callsite's interest
+    // process-wide, so a thread-scoped subscriber can miss a callsite that a parallel test in
+    // this binary hit first (seen once in CI). What it sees must hold no secret.
     let text = log.text();
-    assert!(text.contains("device registry refused"), "{text}");
-    assert!(text.contains("reload rejected"), "{text}");
     // The identity a peer chose is its own; everything else must be clean.
     let text = text.replace(
         &format!("claimed-psk:{KEY_HEX}"),
