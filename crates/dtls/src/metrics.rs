@@ -26,7 +26,7 @@ pub struct DtlsMetrics {
     /// HelloVerifyRequests sent (each for a ClientHello without a valid cookie).
     pub hello_verify_sent: Counter,
     /// Datagrams dropped before or outside a session, by reason (`garbage`, `no_session`,
-    /// `fragmented_hello`, `plaintext_queue_full`, `send_backlog_full`).
+    /// `plaintext_queue_full`, `before_established`, `send_backlog_full`).
     pub dropped: Family<ReasonLabel, Counter>,
     /// Sessions closed, by reason (`idle`, `peer_closed`, `revoked`, `replaced`, `error`,
     /// `shutdown`).

@@ -373,19 +373,17 @@ impl Inner {
             return;
         };
         let mut connected = false;
+        let mut plaintext: Vec<Vec<u8>> = Vec::new();
         let deadline = loop {
             match s.dtls.poll_output(&mut self.out) {
                 Output::Packet(p) => io.send(&mut self.backlog, p, addr),
                 Output::BufferTooSmall { needed } => self.out.resize(needed.min(64 * 1024), 0),
                 Output::Timeout(t) => break t,
                 Output::Connected => connected = true,
-                Output::ApplicationData(d) => {
-                    if s.phase == Phase::Established && self.pending.len() < MAX_PENDING_PLAINTEXT {
-                        self.pending.push_back((d.to_vec(), addr));
-                    } else {
-                        io.deps.metrics.drop_datagram("plaintext_queue_full");
-                    }
-                }
+                // Held until the identity check below: a flight may carry the Finished and the
+                // first request together, and the request may only pass once the session is
+                // established with a known identity.
+                Output::ApplicationData(d) => plaintext.push(d.to_vec()),
                 Output::CloseNotify => s.closing = true,
                 _ => {}
             }
@@ -407,6 +405,17 @@ impl Inner {
         let Some(s) = self.sessions.get_mut(&addr) else {
             return;
         };
+        if s.phase == Phase::Established {
+            for d in plaintext {
+                if self.pending.len() < MAX_PENDING_PLAINTEXT {
+                    self.pending.push_back((d, addr));
+                } else {
+                    io.deps.metrics.drop_datagram("plaintext_queue_full");
+                }
+            }
+        } else if !plaintext.is_empty() {
+            io.deps.metrics.drop_datagram("before_established");
+        }
         if s.closing {
             self.remove(io, addr, "peer_closed");
             return;
@@ -474,29 +483,29 @@ impl Inner {
     }
 
     /// Removes a session (sending close_notify when it is established and still ours to close).
+    /// The metrics and gauges change before the close_notify leaves, so a peer that sees it
+    /// never sees counts that do not yet include it.
     fn remove(&mut self, io: &Io<'_>, addr: SocketAddr, reason: &'static str) -> Option<()> {
         let mut s = self.sessions.remove(&addr)?;
+        io.deps.metrics.sessions.set(self.sessions.len() as i64);
         if let Phase::Handshake { .. } = s.phase {
             self.handshake_done(s.source);
             io.deps
                 .metrics
                 .handshakes_in_progress
                 .set(self.handshakes as i64);
-        } else {
-            if !s.closing && s.dtls.close().is_ok() {
-                loop {
-                    match s.dtls.poll_output(&mut self.out) {
-                        Output::Packet(p) => io.send(&mut self.backlog, p, addr),
-                        Output::BufferTooSmall { needed } => {
-                            self.out.resize(needed.min(64 * 1024), 0)
-                        }
-                        _ => break,
-                    }
+            return Some(());
+        }
+        io.deps.metrics.closed(reason);
+        if !s.closing && s.dtls.close().is_ok() {
+            loop {
+                match s.dtls.poll_output(&mut self.out) {
+                    Output::Packet(p) => io.send(&mut self.backlog, p, addr),
+                    Output::BufferTooSmall { needed } => self.out.resize(needed.min(64 * 1024), 0),
+                    _ => break,
                 }
             }
-            io.deps.metrics.closed(reason);
         }
-        io.deps.metrics.sessions.set(self.sessions.len() as i64);
         Some(())
     }
 

@@ -310,7 +310,9 @@ async fn revoking_a_device_closes_its_open_session_on_the_next_request() {
     );
     assert_eq!(
         gw.metric("wardgate_dtls_sessions_closed_total{reason=\"revoked\"}"),
-        1.0
+        1.0,
+        "{}",
+        gw.metrics_text()
     );
     assert!(
         gw.audit.events().iter().any(
