@@ -18,6 +18,7 @@
 pub mod broker_limit;
 pub mod coap_load;
 pub mod coap_msg;
+pub mod dtls_load;
 pub mod error;
 pub mod mqtt_sink;
 pub mod payload;

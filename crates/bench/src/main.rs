@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wardgate_bench::{BenchError, broker_limit, coap_load, sample, udp_echo};
+use wardgate_bench::{BenchError, broker_limit, coap_load, dtls_load, sample, udp_echo};
 
 /// wardgate's benchmark harness (loopback targets only).
 #[derive(Debug, Parser)]
@@ -19,6 +19,9 @@ struct Cli {
 enum Command {
     /// CoAP readings against a server, closed or open loop, optionally matched end to end on MQTT.
     CoapLoad(Box<coap_load::CoapLoadArgs>),
+    /// Devices handshaking DTLS (PSK) and posting readings over their sessions, or the same
+    /// readings over plain CoAP (`--plain`).
+    DtlsLoad(dtls_load::DtlsLoadArgs),
     /// Stateless CoAP 2.01 answerer: the loopback UDP ceiling.
     UdpEcho(udp_echo::UdpEchoArgs),
     /// QoS 1 publish → Mosquitto → subscribe in one process: the broker ceiling.
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::CoapLoad(a) => coap_load::run(a).and_then(|r| print(&r)),
+        Command::DtlsLoad(a) => dtls_load::run(a).and_then(|r| print(&r)),
         Command::UdpEcho(a) => udp_echo::run(a),
         Command::BrokerLimit(a) => broker_limit::run(a).and_then(|r| print(&r)),
         Command::Sample(a) => sample::run(a).and_then(|r| print(&r)),
