@@ -1,6 +1,7 @@
 //! `[coaps]` section of `gateway.toml`: the DTLS listeners and their bounds.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -39,6 +40,12 @@ pub struct DtlsConfig {
     pub cookie_rotation: Duration,
     /// Largest DTLS record payload the gateway sends (path MTU minus IP/UDP headers).
     pub mtu: usize,
+    /// The gateway's certificate (PEM, ECDSA P-256 or P-384). With `private_key_file`, the
+    /// listener also offers ECDHE_ECDSA suites to devices that authenticate with a client
+    /// certificate whose SHA-256 fingerprint the device registry lists. Unset: PSK only.
+    pub certificate_file: Option<PathBuf>,
+    /// The private key of `certificate_file` (PEM, PKCS#8 or SEC1).
+    pub private_key_file: Option<PathBuf>,
     /// SO_RCVBUF for each socket, in bytes.
     pub recv_buffer_bytes: usize,
     /// SO_SNDBUF for each socket, in bytes.
@@ -59,6 +66,8 @@ impl Default for DtlsConfig {
             hello_burst_per_source: 20,
             cookie_rotation: Duration::from_secs(60),
             mtu: 1200,
+            certificate_file: None,
+            private_key_file: None,
             recv_buffer_bytes: 4 * 1024 * 1024,
             send_buffer_bytes: 1024 * 1024,
         }
@@ -109,6 +118,12 @@ impl DtlsConfig {
         }
         if self.hello_burst_per_source == 0 {
             p.push(format!("{at}.hello_burst_per_source"), "must be at least 1");
+        }
+        if self.certificate_file.is_some() != self.private_key_file.is_some() {
+            p.push(
+                format!("{at}.certificate_file"),
+                "certificate_file and private_key_file go together",
+            );
         }
         if !(256..=16_384).contains(&self.mtu) {
             p.push(format!("{at}.mtu"), "must be from 256 to 16384");

@@ -14,6 +14,14 @@ pub enum DtlsError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The listener's certificate or key cannot be used.
+    #[error("DTLS certificate {path}: {reason}")]
+    Certificate {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong (never the key's bytes).
+        reason: String,
+    },
     /// The DTLS library refused its configuration (a bug or an unusable crypto provider).
     #[error("DTLS library configuration failed: {0}")]
     Library(String),

@@ -147,16 +147,55 @@ impl std::fmt::Debug for Epoch {
     }
 }
 
+/// The ECDHE_ECDSA suites offered when the listener has a certificate (all dimpl 0.9 has).
+pub(crate) const CERT_SUITES: [Dtls12CipherSuite; 3] = [
+    Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256,
+    Dtls12CipherSuite::ECDHE_ECDSA_AES256_GCM_SHA384,
+    Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256,
+];
+
+/// How a connection authenticates, decided from the ClientHello's suites.
+#[derive(Clone)]
+pub(crate) enum Auth {
+    /// PSK_AES128_CCM_8 (preferred whenever offered).
+    Psk,
+    /// ECDHE_ECDSA with the listener's certificate; the client must present one.
+    Certificate(Arc<dimpl::DtlsCertificate>),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::Psk => "Psk",
+            Auth::Certificate(_) => "Certificate",
+        })
+    }
+}
+
+/// A fresh server instance of `epoch` for `auth`.
+pub(crate) fn instance(epoch: &Epoch, auth: &Auth, now: Instant) -> Dtls {
+    match auth {
+        Auth::Psk => Dtls::new_12_psk(epoch.config.clone(), now),
+        Auth::Certificate(cert) => Dtls::new_12(epoch.config.clone(), (**cert).clone(), now),
+    }
+}
+
 /// Builds the library config of a new epoch. Costs milliseconds (the library self-tests its
 /// crypto provider on every build), so it runs on a helper thread ahead of the rotation.
 pub(crate) fn build_epoch(
     settings: &DtlsConfig,
     resolver: &Arc<KeyResolver>,
+    certificates: bool,
 ) -> Result<Epoch, dimpl::Error> {
     let seed: u64 = rand::random();
+    let mut suites = vec![Dtls12CipherSuite::PSK_AES128_CCM_8];
+    if certificates {
+        suites.extend(CERT_SUITES);
+    }
     let config = Config::builder()
         .with_psk_server(None, resolver.clone() as Arc<dyn PskResolver>)
-        .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+        .dtls12_cipher_suites(&suites)
+        .require_client_certificate(true)
         .mtu(settings.mtu)
         .handshake_timeout(settings.handshake_timeout)
         .use_server_cookie(true)
@@ -177,16 +216,18 @@ pub(crate) struct Epochs {
     /// Filled by the helper thread building the next epoch.
     next: Arc<Mutex<Option<Epoch>>>,
     building: bool,
+    certificates: bool,
 }
 
 impl Epochs {
-    pub(crate) fn new(first: Epoch, now: Instant, period: Duration) -> Self {
+    pub(crate) fn new(first: Epoch, now: Instant, period: Duration, certificates: bool) -> Self {
         Epochs {
             current: first,
             previous: None,
             rotate_at: now + period,
             next: Arc::new(Mutex::new(None)),
             building: false,
+            certificates,
         }
     }
 
@@ -204,9 +245,10 @@ impl Epochs {
             let slot = self.next.clone();
             let settings = settings.clone();
             let resolver = resolver.clone();
+            let certificates = self.certificates;
             let spawned = std::thread::Builder::new()
                 .name("dtls-epoch".into())
-                .spawn(move || match build_epoch(&settings, &resolver) {
+                .spawn(move || match build_epoch(&settings, &resolver, certificates) {
                     Ok(epoch) => {
                         if let Ok(mut s) = slot.lock() {
                             *s = Some(epoch);
@@ -369,11 +411,12 @@ pub(crate) enum CookieCheck {
 /// with the HelloVerifyRequest datagram it produced.
 fn replay_hello(
     epoch: &Epoch,
+    auth: &Auth,
     hello0: &[u8],
     now: Instant,
     out: &mut Vec<u8>,
 ) -> Option<(Dtls, Vec<u8>)> {
-    let mut dtls = Dtls::new_12_psk(epoch.config.clone(), now);
+    let mut dtls = instance(epoch, auth, now);
     dtls.handle_timeout(now).ok()?;
     dtls.handle_packet(hello0).ok()?;
     let mut hvr = None;
@@ -392,12 +435,13 @@ fn replay_hello(
 /// epochs.
 pub(crate) fn check_cookie(
     epochs: &Epochs,
+    auth: &Auth,
     hello0: &[u8],
     cookie: &[u8],
     now: Instant,
     out: &mut Vec<u8>,
 ) -> CookieCheck {
-    let Some((dtls, hvr)) = replay_hello(&epochs.current, hello0, now, out) else {
+    let Some((dtls, hvr)) = replay_hello(&epochs.current, auth, hello0, now, out) else {
         return CookieCheck::Refused;
     };
     if !cookie.is_empty() {
@@ -405,7 +449,7 @@ pub(crate) fn check_cookie(
             return CookieCheck::Valid(Box::new(dtls));
         }
         if let Some(prev) = &epochs.previous
-            && let Some((old, old_hvr)) = replay_hello(prev, hello0, now, out)
+            && let Some((old, old_hvr)) = replay_hello(prev, auth, hello0, now, out)
             && cookie_matches(&old_hvr, cookie)
         {
             return CookieCheck::Valid(Box::new(old));

@@ -39,6 +39,7 @@ pub mod config;
 mod error;
 mod front;
 mod metrics;
+mod pem;
 pub mod record;
 mod transport;
 

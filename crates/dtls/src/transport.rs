@@ -25,7 +25,7 @@ use wardgate_core::{
 use crate::config::DtlsConfig;
 use crate::error::DtlsError;
 use crate::front::{
-    Admit, Claimed, CookieCheck, Epochs, HelloLimiter, KeyResolver, Replays, SourceKey,
+    Admit, Auth, Claimed, CookieCheck, Epochs, HelloLimiter, KeyResolver, Replays, SourceKey,
     build_epoch, check_cookie, fingerprint,
 };
 use crate::metrics::DtlsMetrics;
@@ -69,6 +69,8 @@ struct Session {
     source: SourceKey,
     /// What the key resolver saw for this peer (identity, whether known, key fingerprint).
     claimed: Option<Claimed>,
+    /// SHA-256 (hex) of the client certificate, in a certificate handshake.
+    cert_fingerprint: Option<String>,
     /// Set once the handshake completed with a known identity.
     identity: Option<Identity>,
     last_seen: Instant,
@@ -87,6 +89,8 @@ struct Inner {
     pending: VecDeque<(Vec<u8>, SocketAddr)>,
     backlog: VecDeque<(Vec<u8>, SocketAddr)>,
     epochs: Epochs,
+    /// The listener's certificate, when it offers certificate suites.
+    certificate: Option<Arc<dimpl::DtlsCertificate>>,
     replays: Replays,
     limiter: HelloLimiter,
     generation: u64,
@@ -142,8 +146,27 @@ impl DtlsTransport {
         socket.bind(&addr.into()).map_err(bind_err)?;
         let socket = UdpSocket::from_std(socket.into()).map_err(bind_err)?;
         let resolver = Arc::new(KeyResolver::new(deps.credentials.clone()));
-        let first =
-            build_epoch(settings, &resolver).map_err(|e| DtlsError::Library(e.to_string()))?;
+        let certificate = settings
+            .certificate_file
+            .as_deref()
+            .zip(settings.private_key_file.as_deref())
+            .map(|(cert, key)| crate::pem::load_certificate(cert, key))
+            .transpose()?;
+        let first = build_epoch(settings, &resolver, certificate.is_some())
+            .map_err(|e| DtlsError::Library(e.to_string()))?;
+        if let Some(c) = &certificate {
+            // The library parses the key again per handshake and would panic on one it cannot
+            // use: refuse it here, at start-up, instead.
+            first
+                .config
+                .crypto_provider()
+                .key_provider
+                .load_private_key(&c.private_key)
+                .map_err(|_| DtlsError::Certificate {
+                    path: settings.private_key_file.clone().unwrap_or_default(),
+                    reason: "not an ECDSA P-256 or P-384 private key".into(),
+                })?;
+        }
         let now = Instant::now();
         let inner = Inner {
             settings: settings.clone(),
@@ -154,7 +177,8 @@ impl DtlsTransport {
             timers: BinaryHeap::new(),
             pending: VecDeque::new(),
             backlog: VecDeque::new(),
-            epochs: Epochs::new(first, now, settings.cookie_rotation),
+            epochs: Epochs::new(first, now, settings.cookie_rotation, certificate.is_some()),
+            certificate: certificate.map(Arc::new),
             replays: Replays::new(MAX_RANDOMS_PER_EPOCH),
             limiter: HelloLimiter::new(
                 settings.hello_rate_per_source,
@@ -215,6 +239,16 @@ impl Io<'_> {
     fn audit(&self, event: AuditEvent) {
         self.deps.audit.record(event);
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Why a session's library call failed, as a fixed label.
@@ -279,8 +313,28 @@ impl Inner {
             metrics.fail("rate_limited");
             return;
         }
+        // PSK whenever offered; a certificate handshake only when this listener has one.
+        let auth = if hello.offers(PSK_AES128_CCM_8) {
+            Auth::Psk
+        } else if let Some(cert) = self.certificate.as_ref().filter(|_| hello.offers_non_psk()) {
+            Auth::Certificate(cert.clone())
+        } else {
+            metrics.fail("no_shared_suite");
+            io.audit(
+                AuditEvent::new(AuditKind::AuthFailure, "no_shared_suite")
+                    .peer(addr, TransportKind::Dtls),
+            );
+            return;
+        };
         let hello0 = hello.without_cookie();
-        let dtls = match check_cookie(&self.epochs, &hello0, hello.cookie, now, &mut self.out) {
+        let dtls = match check_cookie(
+            &self.epochs,
+            &auth,
+            &hello0,
+            hello.cookie,
+            now,
+            &mut self.out,
+        ) {
             CookieCheck::Valid(dtls) if hello.message_seq == 1 => *dtls,
             CookieCheck::Valid(_) | CookieCheck::Refused => {
                 metrics.fail("protocol_error");
@@ -293,15 +347,6 @@ impl Inner {
             }
         };
         // The address is proven: from here on state may be kept, within the bounds.
-        if !hello.offers(PSK_AES128_CCM_8) {
-            // Certificates are not offered by this transport yet (see docs/protocols/coap.md).
-            metrics.fail("no_shared_suite");
-            io.audit(
-                AuditEvent::new(AuditKind::AuthFailure, "no_shared_suite")
-                    .peer(addr, TransportKind::Dtls),
-            );
-            return;
-        }
         let reason = match self.replays.admit(hello.random) {
             Admit::Replayed => Some("replayed_hello"),
             Admit::Full => Some("handshakes_full"),
@@ -336,6 +381,7 @@ impl Inner {
                 phase: Phase::Handshake { started: now },
                 source,
                 claimed: None,
+                cert_fingerprint: None,
                 identity: None,
                 last_seen: now,
                 deadline: None,
@@ -384,6 +430,7 @@ impl Inner {
                 // first request together, and the request may only pass once the session is
                 // established with a known identity.
                 Output::ApplicationData(d) => plaintext.push(d.to_vec()),
+                Output::PeerCert(der) => s.cert_fingerprint = Some(hex(&fingerprint(der))),
                 Output::CloseNotify => s.closing = true,
                 _ => {}
             }
@@ -427,34 +474,50 @@ impl Inner {
     }
 
     fn established(&mut self, io: &Io<'_>, now: Instant, addr: SocketAddr) {
+        let store = self.resolver.store().clone();
         let Some(s) = self.sessions.get_mut(&addr) else {
             return;
         };
-        let claimed = s.claimed.clone();
-        match claimed {
-            Some(c) if c.known && c.key_fingerprint.is_some() => {
-                s.phase = Phase::Established;
-                s.last_seen = now;
-                let identity = Identity::new(IdentityKind::PskIdentity, c.identity.as_str());
-                io.audit(
-                    AuditEvent::new(AuditKind::AuthSuccess, "dtls_psk")
-                        .actor(identity.to_string())
-                        .peer(addr, TransportKind::Dtls),
-                );
-                tracing::debug!(%addr, %identity, "DTLS session established");
-                s.identity = Some(identity);
-                let source = s.source;
-                self.handshake_done(source);
-                io.deps.metrics.handshakes.inc();
-                io.deps
-                    .metrics
-                    .handshakes_in_progress
-                    .set(self.handshakes as i64);
+        // The library checked the proof (a Finished under the PSK, or the certificate's
+        // signature over the handshake); whether the key or certificate belongs to a device is
+        // the registry's answer.
+        let identity = match (&s.cert_fingerprint, &s.claimed) {
+            (Some(fp), _) if store.knows_certificate(fp) => {
+                Ok(Identity::new(IdentityKind::CertificateSha256, fp.as_str()))
             }
-            // The library completed a handshake for an identity no device holds: impossible
-            // with a PSK suite (the keys cannot match), but never let it through.
-            _ => self.handshake_failed(io, addr, "unknown_identity"),
-        }
+            (Some(_), _) => Err("unknown_certificate"),
+            (None, Some(c)) if c.known && c.key_fingerprint.is_some() => Ok(Identity::new(
+                IdentityKind::PskIdentity,
+                c.identity.as_str(),
+            )),
+            // A completed PSK handshake for an identity no device holds is impossible (the keys
+            // cannot match), but never let it through.
+            (None, _) => Err("unknown_identity"),
+        };
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(reason) => return self.handshake_failed(io, addr, reason),
+        };
+        s.phase = Phase::Established;
+        s.last_seen = now;
+        let method = match identity.kind() {
+            IdentityKind::CertificateSha256 => "dtls_certificate",
+            _ => "dtls_psk",
+        };
+        io.audit(
+            AuditEvent::new(AuditKind::AuthSuccess, method)
+                .actor(identity.to_string())
+                .peer(addr, TransportKind::Dtls),
+        );
+        tracing::debug!(%addr, %identity, "DTLS session established");
+        s.identity = Some(identity);
+        let source = s.source;
+        self.handshake_done(source);
+        io.deps.metrics.handshakes.inc();
+        io.deps
+            .metrics
+            .handshakes_in_progress
+            .set(self.handshakes as i64);
     }
 
     fn handshake_done(&mut self, source: SourceKey) {
@@ -471,12 +534,18 @@ impl Inner {
         let claimed = self
             .sessions
             .get(&addr)
-            .and_then(|s| s.claimed.as_ref().map(|c| c.identity.clone()));
+            .and_then(|s| match &s.cert_fingerprint {
+                Some(fp) => Some(format!("claimed-x509-sha256:{fp}")),
+                None => s
+                    .claimed
+                    .as_ref()
+                    .map(|c| format!("claimed-psk:{}", c.identity)),
+            });
         io.deps.metrics.fail(reason);
         let mut event =
             AuditEvent::new(AuditKind::AuthFailure, reason).peer(addr, TransportKind::Dtls);
-        if let Some(id) = claimed {
-            event = event.actor(format!("claimed-psk:{id}"));
+        if let Some(actor) = claimed {
+            event = event.actor(actor);
         }
         io.audit(event);
         self.remove(io, addr, "handshake_failed");
@@ -523,9 +592,15 @@ impl Inner {
             .iter()
             .filter_map(|(addr, s)| {
                 let id = s.identity.as_ref()?;
-                let current = store.psk(id.value()).map(|k| fingerprint(k.expose()));
-                let proven = s.claimed.as_ref().and_then(|c| c.key_fingerprint);
-                (current.is_none() || current != proven).then(|| (*addr, id.to_string()))
+                let still_valid = match id.kind() {
+                    IdentityKind::CertificateSha256 => store.knows_certificate(id.value()),
+                    _ => {
+                        let current = store.psk(id.value()).map(|k| fingerprint(k.expose()));
+                        let proven = s.claimed.as_ref().and_then(|c| c.key_fingerprint);
+                        current.is_some() && current == proven
+                    }
+                };
+                (!still_valid).then(|| (*addr, id.to_string()))
             })
             .collect();
         for (addr, identity) in stale {

@@ -388,3 +388,132 @@ async fn no_key_appears_in_any_log_line_at_trace_level() {
         assert!(!text.contains(&secret), "a key appears in the logs");
     }
 }
+
+/// An ECDSA P-256 key and self-signed certificate made by the system's OpenSSL, and the
+/// SHA-256 (hex) of the certificate's DER.
+fn ec_certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    let ok = Command::new("/usr/bin/openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "2", "-subj", &format!("/CN={name}")])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let der = Command::new("/usr/bin/openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(der.status.success());
+    use sha2::Digest;
+    (cert, key, hex(&sha2::Sha256::digest(&der.stdout)))
+}
+
+fn s_client_cert(
+    gw: &Gateway,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    input: &[u8],
+) -> ChildGuard {
+    let mut child = Command::new("/usr/bin/openssl")
+        .args([
+            "s_client",
+            "-dtls1_2",
+            "-connect",
+            &gw.addr.to_string(),
+            "-cert",
+        ])
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .args([
+            "-cipher",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "-quiet",
+            "-ign_eof",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write");
+    std::mem::forget(stdin);
+    ChildGuard(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_the_registry_lists_posts_over_ecdhe_ecdsa_and_an_unlisted_one_is_refused()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_cert, server_key, _) = ec_certificate(dir.path(), "gateway");
+    let (client_cert, client_key, fingerprint) = ec_certificate(dir.path(), "bed-12");
+    let (other_cert, other_key, other_fp) = ec_certificate(dir.path(), "intruder");
+    let gw = Gateway::start(|c| {
+        c.certificate_file = Some(server_cert.clone());
+        c.private_key_file = Some(server_key.clone());
+    })
+    .await;
+    gw.keys.set_certificate(&fingerprint, "bed-12");
+
+    let _device = s_client_cert(
+        &gw,
+        &client_cert,
+        &client_key,
+        &coap_post("bed-12", 0x7001, 97.0),
+    );
+    let readings = gw.wait_for_readings(1).await;
+    assert_eq!(
+        readings.len(),
+        1,
+        "no reading over ECDHE_ECDSA: {}",
+        gw.metrics_text()
+    );
+    assert_eq!(readings[0].device, "bed-12");
+    let source = readings[0].source.as_ref().expect("source");
+    assert_eq!(
+        source.identity.as_deref(),
+        Some(format!("x509-sha256:{fingerprint}").as_str())
+    );
+
+    let _intruder = s_client_cert(
+        &gw,
+        &other_cert,
+        &other_key,
+        &coap_post("bed-12", 0x7002, 1.0),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let actor = format!("claimed-x509-sha256:{other_fp}");
+    while !gw
+        .audit
+        .events()
+        .iter()
+        .any(|e| e.reason == "unknown_certificate" && e.actor.as_deref() == Some(actor.as_str()))
+    {
+        assert!(Instant::now() < deadline, "{:?}", gw.audit.events());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.readings().len(), 1);
+    gw.stop().await;
+}

@@ -26,6 +26,8 @@ use wardgate_dtls::{DtlsConfig, DtlsDeps, DtlsMetrics, DtlsTransport};
 #[derive(Debug, Default)]
 pub struct Keys {
     keys: Mutex<HashMap<String, Vec<u8>>>,
+    /// Client certificate SHA-256 (hex) → device.
+    certs: Mutex<HashMap<String, String>>,
     generation: AtomicU64,
 }
 
@@ -35,6 +37,14 @@ impl Keys {
             .lock()
             .unwrap()
             .insert(identity.into(), key.to_vec());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn set_certificate(&self, sha256_hex: &str, device: &str) {
+        self.certs
+            .lock()
+            .unwrap()
+            .insert(sha256_hex.into(), device.into());
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -54,8 +64,8 @@ impl CredentialStore for Keys {
             .map(Secret::new)
     }
 
-    fn knows_certificate(&self, _sha256_hex: &str) -> bool {
-        false
+    fn knows_certificate(&self, sha256_hex: &str) -> bool {
+        self.certs.lock().unwrap().contains_key(sha256_hex)
     }
 
     fn generation(&self) -> u64 {
@@ -63,10 +73,11 @@ impl CredentialStore for Keys {
     }
 }
 
-/// A peer may write only as the device its proven identity names (what the registry does for
-/// a device whose `speaks_for` is itself).
+/// A peer may write only as the device its proven identity names: the PSK identity itself, or
+/// the device a certificate fingerprint belongs to (what the registry does for a device whose
+/// `speaks_for` is itself).
 #[derive(Debug)]
-pub struct IdentityIsDevice;
+pub struct IdentityIsDevice(pub Arc<Keys>);
 
 impl Authorizer for IdentityIsDevice {
     fn authorize(&self, req: &AuthRequest<'_>) -> Result<String, Denied> {
@@ -75,10 +86,15 @@ impl Authorizer for IdentityIsDevice {
             .identity
             .as_ref()
             .ok_or(Denied::Unauthenticated("no identity"))?;
-        if id.value() == req.claimed_device {
-            Ok(id.value().to_owned())
-        } else {
-            Err(Denied::Forbidden("not this device"))
+        let device = match id.kind() {
+            wardgate_core::IdentityKind::CertificateSha256 => {
+                self.0.certs.lock().unwrap().get(id.value()).cloned()
+            }
+            _ => Some(id.value().to_owned()),
+        };
+        match device {
+            Some(d) if d == req.claimed_device => Ok(d),
+            _ => Err(Denied::Forbidden("not this device")),
         }
     }
 
@@ -140,7 +156,7 @@ impl Gateway {
                 "ward-test",
                 bus,
                 Arc::new(SystemClock),
-                Arc::new(IdentityIsDevice),
+                Arc::new(IdentityIsDevice(keys.clone())),
                 Limits::default(),
             ),
             metrics: coap_metrics,
