@@ -36,6 +36,8 @@ pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
             cfg.registry.path.as_mut(),
             cfg.audit.path.as_mut(),
             cfg.audit.hmac_key_file.as_mut(),
+            cfg.coaps.certificate_file.as_mut(),
+            cfg.coaps.private_key_file.as_mut(),
         ];
         for file in named.into_iter().flatten() {
             if file.is_relative() {
