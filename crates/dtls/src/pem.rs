@@ -23,6 +23,7 @@ pub(crate) fn load_certificate(
         .next()
         .ok_or_else(|| bad(cert, "no CERTIFICATE block".into()))?
         .map_err(|e| bad(cert, format!("not a PEM certificate: {e}")))?;
+    warn_if_loose(key);
     // A failed key parse is reported without anything of the file's content.
     let private_key = rustls_pemfile::private_key(&mut open(key)?)
         .ok()
@@ -32,4 +33,19 @@ pub(crate) fn load_certificate(
         certificate: certificate.to_vec(),
         private_key: private_key.secret_der().to_vec(),
     })
+}
+
+/// A private key readable by group or others is worth a warning (not a refusal: the operator
+/// may have reasons, e.g. a key mounted by a secrets manager).
+fn warn_if_loose(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the DTLS private key is readable by group or others; chmod 600 it"
+        );
+    }
 }
