@@ -333,3 +333,103 @@ path = "-"
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The gateway as the DTLS client of a sensor: libcoap's example server with a PSK serves an
+/// observable `/time` over DTLS; the gateway observes it through `coaps://` with the PSK the
+/// registry holds for that device, and the notifications become readings under it.
+#[test]
+fn the_gateway_observes_a_sensor_over_coaps_with_the_psk_the_registry_holds() {
+    common::require_tool("/usr/bin/coap-server-openssl");
+    let dir = tempfile::tempdir().unwrap();
+    // libcoap's server listens for DTLS on its port + 1: find two free neighbours.
+    let (plain, _hold) = loop {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < 65535 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            break (p, a);
+        }
+    };
+    drop(_hold);
+    let key = "sensor-psk-3a-12";
+    let _sensor = common::ChildGuard(
+        Command::new("/usr/bin/coap-server-openssl")
+            .args(["-A", "127.0.0.1", "-p", &plain.to_string(), "-k", key])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        dir.path().join("devices.toml"),
+        format!(
+            "[[device]]\nid = \"wall-clock\"\nresources = [\"coaps://*\"]\n[device.psk]\nidentity = \"wardgate-3a\"\nkey = \"hex:{hex}\"\n"
+        ),
+    )
+    .unwrap();
+    let coaps = common::free_udp_port();
+    let http = common::free_tcp_port();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[gateway]
+id = "ward-observe"
+[registry]
+path = "devices.toml"
+[coap]
+enabled = false
+[[coap.observe]]
+uri = "coaps://127.0.0.1:{dtls}/time?ticks"
+device = "wall-clock"
+class = "telemetry"
+[coaps]
+enabled = true
+listen = ["127.0.0.1:{coaps}"]
+[http]
+listen = "127.0.0.1:{http}"
+[store]
+path = "{db}"
+[[uplinks]]
+type = "file"
+name = "out"
+path = "-"
+"#,
+            dtls = plain + 1,
+            db = dir.path().join("outbox.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = common::ChildGuard(
+        Command::new(WARDGATE)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let validator = schema();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    while seen < 2 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("observed readings over DTLS on stdout");
+        let v = valid_reading(&validator, &line);
+        assert_eq!(v["device"], "wall-clock");
+        assert_eq!(v["source"]["transport"], "dtls");
+        assert_eq!(v["source"]["identity"], "psk:wardgate-3a");
+        seen += 1;
+    }
+}

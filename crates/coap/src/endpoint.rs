@@ -244,6 +244,18 @@ impl<T: Transport> CoapEndpoint<T> {
         };
         let mut drivers = JoinSet::new();
         let mut requesters = Vec::new();
+        let transports: Vec<Arc<T>> = sockets.iter().map(|s| s.transport.clone()).collect();
+        let peer_of: crate::observe::PeerOf = Arc::new(move |addr| {
+            let mut first = None;
+            for t in &transports {
+                let p = t.peer(addr);
+                if p.identity.is_some() {
+                    return p;
+                }
+                first.get_or_insert(p);
+            }
+            first.unwrap_or_else(|| wardgate_core::PeerContext::udp(addr))
+        });
         for s in sockets {
             let mut router = Router::new(
                 router_settings,
@@ -284,6 +296,7 @@ impl<T: Transport> CoapEndpoint<T> {
             cancel_wait: Timing::new(&cfg.transmission)
                 .max_transmit_wait
                 .min(cfg.drain_timeout),
+            peer_of,
         };
         let mut observers = JoinSet::new();
         for (t, u) in targets {

@@ -44,7 +44,7 @@ pub fn is_fresh(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
 }
 
 /// Everything an observer needs besides its target.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ObserverDeps {
     pub(crate) pipeline: IngestPipeline,
     pub(crate) metrics: CoapMetrics,
@@ -52,7 +52,22 @@ pub(crate) struct ObserverDeps {
     pub(crate) sockets: Vec<(SocketAddr, Requester)>,
     /// Transmission's MAX_TRANSMIT_WAIT: the longest a registration can take.
     pub(crate) cancel_wait: Duration,
+    /// The peer context the sockets' transport gives a sensor's address (over DTLS, with the
+    /// identity the handshake proved), so its readings are attributed like a device's.
+    pub(crate) peer_of: PeerOf,
 }
+
+impl std::fmt::Debug for ObserverDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserverDeps")
+            .field("sockets", &self.sockets.len())
+            .field("cancel_wait", &self.cancel_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// See [`ObserverDeps::peer_of`].
+pub(crate) type PeerOf = std::sync::Arc<dyn Fn(SocketAddr) -> PeerContext + Send + Sync>;
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -190,7 +205,7 @@ impl Observer {
         shutdown: &CancellationToken,
     ) -> Ended {
         let m = &self.deps.metrics;
-        let peer = PeerContext::udp(peer);
+        let addr = peer;
         let mut last: Option<(u32, Instant)> = None;
         let mut established = false;
         loop {
@@ -237,6 +252,9 @@ impl Observer {
                     continue;
                 }
             }
+            // Asked per notification: over DTLS the identity exists only once the handshake that
+            // the registration started has finished.
+            let peer = (self.deps.peer_of)(addr);
             match self.ingest(&response, &peer).await {
                 Verdict::Accepted => {
                     if let Some(v) = seq {

@@ -1,13 +1,16 @@
-//! `coap://` URIs of the targets the gateway talks to (observe targets, later LwM2M servers).
+//! `coap://` and `coaps://` URIs of the targets the gateway talks to (observe targets, later
+//! LwM2M servers). A `coaps://` target is reached through the DTLS endpoint.
 
 use crate::error::CoapError;
 
-/// A parsed `coap://host[:port]/path?query` target.
+/// A parsed `coap[s]://host[:port]/path?query` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoapUri {
+    /// `coaps://`: over DTLS.
+    pub secure: bool,
     /// Host name or IP literal (without brackets).
     pub host: String,
-    /// Port (5683 by default).
+    /// Port (5683 by default, 5684 for `coaps://`).
     pub port: u16,
     /// Path segments, percent-decoded.
     pub path: Vec<String>,
@@ -39,15 +42,18 @@ fn percent_decode(s: &str, uri: &str) -> Result<String, CoapError> {
     String::from_utf8(out).map_err(|_| bad("path is not UTF-8"))
 }
 
-/// Parses a `coap://` URI (RFC 7252 §6.1).
+/// Parses a `coap://` or `coaps://` URI (RFC 7252 §6.1, §6.2).
 pub fn parse_uri(uri: &str) -> Result<CoapUri, CoapError> {
     let bad = |reason| CoapError::InvalidUri {
         uri: uri.to_owned(),
         reason,
     };
-    let rest = uri
-        .strip_prefix("coap://")
-        .ok_or(bad("scheme must be coap://"))?;
+    let (secure, rest) = match (uri.strip_prefix("coap://"), uri.strip_prefix("coaps://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err(bad("scheme must be coap:// or coaps://")),
+    };
+    let default_port = if secure { 5684 } else { 5683 };
     if rest.contains('#') {
         return Err(bad("fragments are not allowed"));
     }
@@ -59,14 +65,14 @@ pub fn parse_uri(uri: &str) -> Result<CoapUri, CoapError> {
         let after = &r[end + 1..];
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| bad("bad port"))?,
-            None if after.is_empty() => 5683,
+            None if after.is_empty() => default_port,
             None => return Err(bad("junk after IPv6 literal")),
         };
         (host, port)
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h, p.parse().map_err(|_| bad("bad port"))?),
-            None => (authority, 5683),
+            None => (authority, default_port),
         }
     };
     if host.is_empty() {
@@ -91,6 +97,7 @@ pub fn parse_uri(uri: &str) -> Result<CoapUri, CoapError> {
         .transpose()?
         .unwrap_or_default();
     Ok(CoapUri {
+        secure,
         host: host.to_owned(),
         port,
         path,
@@ -113,6 +120,10 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("sensor.local", 5683));
         assert!(parse_uri("http://x/").is_err());
         assert!(parse_uri("coap://:80/").is_err());
+        let s = parse_uri("coaps://sensor.local/temp").expect("parse");
+        assert!(s.secure && s.port == 5684);
+        assert!(!parse_uri("coap://sensor.local/temp").expect("parse").secure);
+        assert!(parse_uri("http://sensor.local/temp").is_err());
         assert!(parse_uri("coap://[::1/").is_err());
     }
 }

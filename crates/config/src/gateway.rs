@@ -248,6 +248,16 @@ impl GatewayConfig {
         }
         self.coap.validate("coap", p);
         self.coaps.validate("coaps", p);
+        for (i, t) in self.coap.observe.iter().enumerate() {
+            if t.uri.starts_with("coaps://")
+                && !(self.coaps.enabled && self.registry.path.is_some())
+            {
+                p.push(
+                    format!("coap.observe[{i}].uri"),
+                    "a coaps:// target needs [coaps] enabled and a [registry] holding the device's PSK",
+                );
+            }
+        }
         if self.coaps.enabled && self.registry.path.is_none() {
             p.push(
                 "coaps.enabled",

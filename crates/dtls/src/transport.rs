@@ -63,8 +63,37 @@ enum Phase {
     Established,
 }
 
+/// Who started the session: a device (we are the DTLS server) or the gateway's own CoAP client
+/// reaching a sensor (`coaps://` observe targets; we are the DTLS client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Client,
+}
+
+/// Most requests queued for a sensor while the gateway's handshake with it is in progress (the
+/// CoAP layer retransmits anyway).
+const MAX_CLIENT_QUEUE: usize = 16;
+
+/// What the gateway presents when it is the DTLS client of a sensor.
+struct ClientCredential {
+    config: Arc<dimpl::Config>,
+    identity: String,
+}
+
+struct FixedKey(wardgate_core::Secret);
+
+impl dimpl::PskResolver for FixedKey {
+    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+        Some(self.0.expose().to_vec())
+    }
+}
+
 struct Session {
     dtls: Dtls,
+    role: Role,
+    /// Plaintext for the peer, waiting for the handshake to finish (client sessions only).
+    outbox: Vec<Vec<u8>>,
     phase: Phase,
     source: SourceKey,
     /// What the key resolver saw for this peer (identity, whether known, key fingerprint).
@@ -89,6 +118,8 @@ struct Inner {
     pending: VecDeque<(Vec<u8>, SocketAddr)>,
     backlog: VecDeque<(Vec<u8>, SocketAddr)>,
     epochs: Epochs,
+    /// Sensors the gateway reaches over DTLS, by address.
+    clients: HashMap<SocketAddr, ClientCredential>,
     /// The listener's certificate, when it offers certificate suites.
     certificate: Option<Arc<dimpl::DtlsCertificate>>,
     replays: Replays,
@@ -179,6 +210,7 @@ impl DtlsTransport {
             backlog: VecDeque::new(),
             epochs: Epochs::new(first, now, settings.cookie_rotation, certificate.is_some()),
             certificate: certificate.map(Arc::new),
+            clients: HashMap::new(),
             replays: Replays::new(MAX_RANDOMS_PER_EPOCH),
             limiter: HelloLimiter::new(
                 settings.hello_rate_per_source,
@@ -200,6 +232,34 @@ impl DtlsTransport {
         // A panic while holding the lock would be a bug in this file; the state is still
         // consistent enough to keep serving (every table is bounded and self-cleaning).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets the gateway's own CoAP client reach the sensor at `server` over DTLS with a PSK:
+    /// the first request to it starts a handshake (`identity`, `key`), the requests wait for it
+    /// (up to 16), and the session's peer identity is `psk:<identity>` (the sensor proved it
+    /// holds the key). Call before the endpoint runs; builds a library config (milliseconds).
+    pub fn add_client(
+        &self,
+        server: SocketAddr,
+        identity: &str,
+        key: wardgate_core::Secret,
+    ) -> Result<(), DtlsError> {
+        let mut g = self.lock();
+        let config = dimpl::Config::builder()
+            .with_psk_client(identity.as_bytes().to_vec(), Arc::new(FixedKey(key)))
+            .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
+            .mtu(g.settings.mtu)
+            .handshake_timeout(g.settings.handshake_timeout)
+            .build()
+            .map_err(|e| DtlsError::Library(e.to_string()))?;
+        g.clients.insert(
+            server,
+            ClientCredential {
+                config: Arc::new(config),
+                identity: identity.to_owned(),
+            },
+        );
+        Ok(())
     }
 
     /// Sessions open now (established and in handshake).
@@ -378,6 +438,8 @@ impl Inner {
             addr,
             Session {
                 dtls,
+                role: Role::Server,
+                outbox: Vec::new(),
                 phase: Phase::Handshake { started: now },
                 source,
                 claimed: None,
@@ -452,6 +514,21 @@ impl Inner {
         let Some(s) = self.sessions.get_mut(&addr) else {
             return;
         };
+        if s.phase == Phase::Established && !s.outbox.is_empty() {
+            let queued = std::mem::take(&mut s.outbox);
+            for d in queued {
+                if s.dtls.send_application_data(&d).is_err() {
+                    break;
+                }
+            }
+            loop {
+                match s.dtls.poll_output(&mut self.out) {
+                    Output::Packet(p) => io.send(&mut self.backlog, p, addr),
+                    Output::BufferTooSmall { needed } => self.out.resize(needed.min(64 * 1024), 0),
+                    _ => break,
+                }
+            }
+        }
         if s.phase == Phase::Established {
             for d in plaintext {
                 if self.pending.len() < MAX_PENDING_PLAINTEXT {
@@ -481,7 +558,14 @@ impl Inner {
         // The library checked the proof (a Finished under the PSK, or the certificate's
         // signature over the handshake); whether the key or certificate belongs to a device is
         // the registry's answer.
+        let client_identity = match s.role {
+            Role::Client => self.clients.get(&addr).map(|c| c.identity.clone()),
+            Role::Server => None,
+        };
         let identity = match (&s.cert_fingerprint, &s.claimed) {
+            _ if s.role == Role::Client => client_identity
+                .map(|id| Identity::new(IdentityKind::PskIdentity, id))
+                .ok_or("unknown_identity"),
             (Some(fp), _) if store.knows_certificate(fp) => {
                 Ok(Identity::new(IdentityKind::CertificateSha256, fp.as_str()))
             }
@@ -500,8 +584,9 @@ impl Inner {
         };
         s.phase = Phase::Established;
         s.last_seen = now;
-        let method = match identity.kind() {
-            IdentityKind::CertificateSha256 => "dtls_certificate",
+        let method = match (s.role, identity.kind()) {
+            (Role::Client, _) => "dtls_psk_as_client",
+            (_, IdentityKind::CertificateSha256) => "dtls_certificate",
             _ => "dtls_psk",
         };
         io.audit(
@@ -511,8 +596,10 @@ impl Inner {
         );
         tracing::debug!(%addr, %identity, "DTLS session established");
         s.identity = Some(identity);
-        let source = s.source;
-        self.handshake_done(source);
+        let (source, role) = (s.source, s.role);
+        if role == Role::Server {
+            self.handshake_done(source);
+        }
         io.deps.metrics.handshakes.inc();
         io.deps
             .metrics
@@ -558,7 +645,9 @@ impl Inner {
         let mut s = self.sessions.remove(&addr)?;
         io.deps.metrics.sessions.set(self.sessions.len() as i64);
         if let Phase::Handshake { .. } = s.phase {
-            self.handshake_done(s.source);
+            if s.role == Role::Server {
+                self.handshake_done(s.source);
+            }
             io.deps
                 .metrics
                 .handshakes_in_progress
@@ -590,6 +679,7 @@ impl Inner {
         let stale: Vec<(SocketAddr, String)> = self
             .sessions
             .iter()
+            .filter(|(_, s)| s.role == Role::Server)
             .filter_map(|(addr, s)| {
                 let id = s.identity.as_ref()?;
                 let still_valid = match id.kind() {
@@ -737,21 +827,66 @@ impl DtlsTransport {
         let io = self.io();
         let mut g = self.lock();
         g.flush_backlog(&io);
-        g.check_generation(&io, Instant::now());
-        let Some(s) = g
-            .sessions
-            .get_mut(&peer)
-            .filter(|s| s.phase == Phase::Established)
-        else {
+        let now = Instant::now();
+        g.check_generation(&io, now);
+        if !g.sessions.contains_key(&peer) && g.clients.contains_key(&peer) {
+            g.connect(&io, now, peer);
+        }
+        let Some(s) = g.sessions.get_mut(&peer) else {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "no DTLS session with this peer",
             ));
         };
-        let r = s.dtls.send_application_data(buf);
-        let now = Instant::now();
-        g.after_call(&io, now, peer, r.map(|_| ()));
+        match (s.phase, s.role) {
+            (Phase::Established, _) => {
+                let r = s.dtls.send_application_data(buf);
+                g.after_call(&io, now, peer, r.map(|_| ()));
+            }
+            (Phase::Handshake { .. }, Role::Client) if s.outbox.len() < MAX_CLIENT_QUEUE => {
+                s.outbox.push(buf.to_vec());
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "DTLS handshake with this peer not finished",
+                ));
+            }
+        }
         Ok(buf.len())
+    }
+}
+
+impl Inner {
+    /// Starts the gateway's handshake with a sensor it has a credential for.
+    fn connect(&mut self, io: &Io<'_>, now: Instant, peer: SocketAddr) {
+        let Some(cred) = self.clients.get(&peer) else {
+            return;
+        };
+        let mut dtls = Dtls::new_12_psk(cred.config.clone(), now);
+        dtls.set_active(true);
+        self.sessions.insert(
+            peer,
+            Session {
+                dtls,
+                role: Role::Client,
+                outbox: Vec::new(),
+                phase: Phase::Handshake { started: now },
+                source: SourceKey::of(&peer),
+                claimed: None,
+                cert_fingerprint: None,
+                identity: None,
+                last_seen: now,
+                deadline: None,
+                closing: false,
+            },
+        );
+        io.deps.metrics.sessions.set(self.sessions.len() as i64);
+        let r = self
+            .sessions
+            .get_mut(&peer)
+            .map_or(Ok(()), |s| s.dtls.handle_timeout(now));
+        self.after_call(io, now, peer, r);
     }
 }
 

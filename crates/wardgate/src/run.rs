@@ -148,25 +148,24 @@ impl App {
                 Arc::new(NoAudit)
             }
         };
-        let (authorizer, credentials): (Arc<dyn Authorizer>, Arc<dyn CredentialStore>) =
-            match &cfg.registry.path {
-                Some(path) => {
-                    let metrics = wardgate_registry::RegistryMetrics::register(&mut registry);
-                    let reg = Arc::new(
-                        wardgate_registry::Registry::load(path.clone(), audit.clone(), metrics)
-                            .with_context(|| format!("device registry {}", path.display()))?,
-                    );
-                    (reg.clone(), reg)
-                }
-                None => {
-                    // Say so once, loudly.
-                    tracing::warn!(
-                        "devices are NOT authenticated: any host that can reach the ingest ports \
+        let (authorizer, credentials, device_registry): Devices = match &cfg.registry.path {
+            Some(path) => {
+                let metrics = wardgate_registry::RegistryMetrics::register(&mut registry);
+                let reg = Arc::new(
+                    wardgate_registry::Registry::load(path.clone(), audit.clone(), metrics)
+                        .with_context(|| format!("device registry {}", path.display()))?,
+                );
+                (reg.clone(), reg.clone(), Some(reg))
+            }
+            None => {
+                // Say so once, loudly.
+                tracing::warn!(
+                    "devices are NOT authenticated: any host that can reach the ingest ports \
                          may submit readings for any device id (no [registry] configured)"
-                    );
-                    (Arc::new(AllowAll), Arc::new(NoCredentials))
-                }
-            };
+                );
+                (Arc::new(AllowAll), Arc::new(NoCredentials), None)
+            }
+        };
         let pipeline = IngestPipeline::new(
             cfg.gateway.id.as_str(),
             bus.clone(),
@@ -180,10 +179,20 @@ impl App {
         // One set of CoAP metrics for plain and DTLS endpoints (same names, summed).
         let coap_metrics = (cfg.coap.enabled || cfg.coaps.enabled)
             .then(|| wardgate_coap::CoapMetrics::register(&mut registry));
+        // `coaps://` observe targets are reached through the DTLS endpoint, the rest over UDP.
+        let (secure_targets, plain_targets): (Vec<_>, Vec<_>) = cfg
+            .coap
+            .observe
+            .iter()
+            .cloned()
+            .partition(|t| t.uri.starts_with("coaps://"));
         let coap = match (&coap_metrics, cfg.coap.enabled) {
             (Some(metrics), true) => Some(
                 wardgate_coap::CoapEndpoint::bind(
-                    cfg.coap.clone(),
+                    wardgate_coap::CoapConfig {
+                        observe: plain_targets,
+                        ..cfg.coap.clone()
+                    },
                     wardgate_coap::EndpointDeps {
                         pipeline: pipeline.clone(),
                         metrics: metrics.clone(),
@@ -198,6 +207,8 @@ impl App {
         let coaps = match (&coap_metrics, cfg.coaps.enabled) {
             (Some(metrics), true) => Some(build_coaps(
                 &cfg,
+                secure_targets,
+                device_registry.as_deref(),
                 wardgate_coap::EndpointDeps {
                     pipeline,
                     metrics: metrics.clone(),
@@ -312,6 +323,8 @@ impl App {
 /// same resources as plain CoAP (observe targets stay with the plain endpoint).
 fn build_coaps(
     cfg: &GatewayConfig,
+    targets: Vec<wardgate_coap::ObserveTarget>,
+    devices: Option<&wardgate_registry::Registry>,
     deps: wardgate_coap::EndpointDeps,
     dtls: DtlsDeps,
 ) -> anyhow::Result<wardgate_coap::CoapEndpoint<DtlsTransport>> {
@@ -322,15 +335,49 @@ fn build_coaps(
         .map(|addr| DtlsTransport::bind(*addr, &cfg.coaps, dtls.clone()))
         .collect::<Result<Vec<_>, _>>()
         .context("CoAP over DTLS listener")?;
+    // The gateway is the DTLS client of each `coaps://` sensor, with the PSK the registry holds
+    // for the target's device.
+    for t in &targets {
+        let uri = wardgate_coap::uri::parse_uri(&t.uri)?;
+        let identity = devices
+            .and_then(|d| d.get(&t.device))
+            .and_then(|v| v.psk)
+            .map(|p| p.identity)
+            .with_context(|| {
+                format!(
+                    "observe target {}: the registry has no PSK for device {:?}",
+                    t.uri, t.device
+                )
+            })?;
+        let key = devices.and_then(|d| d.psk(&identity)).with_context(|| {
+            format!("observe target {}: device {:?} is revoked", t.uri, t.device)
+        })?;
+        let addrs: Vec<std::net::SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(&(uri.host.as_str(), uri.port))
+                .with_context(|| format!("observe target {}: cannot resolve the host", t.uri))?
+                .collect();
+        for transport in &transports {
+            for addr in &addrs {
+                transport.add_client(*addr, &identity, key.clone())?;
+            }
+        }
+    }
     let coap_cfg = wardgate_coap::CoapConfig {
         listen: cfg.coaps.listen.clone(),
-        observe: Vec::new(),
+        observe: targets,
         ..cfg.coap.clone()
     };
     Ok(wardgate_coap::CoapEndpoint::with_transports(
         coap_cfg, deps, transports,
     )?)
 }
+
+/// Who decides, where keys come from, and the registry itself when there is one.
+type Devices = (
+    Arc<dyn Authorizer>,
+    Arc<dyn CredentialStore>,
+    Option<Arc<wardgate_registry::Registry>>,
+);
 
 /// An uplink component with the outbox cursor it will drain.
 type BuiltUplink = (Box<dyn Uplink<Cursor>>, Cursor);
