@@ -322,14 +322,5 @@ path = "-"
         assert!(Instant::now() < deadline, "audit trail:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = Command::new(WARDGATE)
-        .args(["audit", "verify"])
-        .arg(&audit)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    common::assert_audit_verifies(&audit);
 }
