@@ -322,16 +322,7 @@ path = "-"
         assert!(Instant::now() < deadline, "audit trail:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = Command::new(WARDGATE)
-        .args(["audit", "verify"])
-        .arg(&audit)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    common::assert_audit_verifies(&audit);
 }
 
 /// The gateway as the DTLS client of a sensor: libcoap's example server with a PSK serves an

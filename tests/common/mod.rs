@@ -135,22 +135,7 @@ reconnect_max = "500ms"
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut g = self.child.take().expect("running");
-        let pid = g.0.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = g.0.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wardgate did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        terminate(&mut g.0)
     }
 
     pub fn log(&self) -> String {
@@ -166,6 +151,34 @@ reconnect_max = "500ms"
     pub fn coap_uri(&self, path: &str) -> String {
         format!("coap://{}/{path}", self.coap)
     }
+}
+
+/// SIGTERM to a running gateway; waits (at most 30 s) for its exit status.
+pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    wait_for(
+        "wardgate to exit after SIGTERM",
+        Duration::from_secs(30),
+        || child.try_wait().expect("wait"),
+    )
+}
+
+/// `wardgate audit verify FILE` must succeed.
+pub fn assert_audit_verifies(path: &Path) {
+    let out = Command::new(WARDGATE)
+        .args(["audit", "verify"])
+        .arg(path)
+        .output()
+        .expect("run wardgate audit verify");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Minimal HTTP/1.1 GET; returns status and body.

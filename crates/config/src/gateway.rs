@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use wardgate_coap::config::CoapConfig;
 use wardgate_core::validate::Problems;
 use wardgate_dtls::DtlsConfig;
-use wardgate_http::config::HttpConfig;
+use wardgate_http::config::{AdminConfig, HttpConfig};
 use wardgate_mqtt::config::MqttUplinkConfig;
 use wardgate_store::config::StoreConfig;
 
@@ -31,6 +31,8 @@ pub struct GatewayConfig {
     pub coaps: DtlsConfig,
     /// `[http]`: health, readiness, metrics.
     pub http: HttpConfig,
+    /// `[admin]`: the admin API (off by default), on its own listener.
+    pub admin: AdminConfig,
     /// `[store]`: the durable outbox.
     pub store: StoreConfig,
     /// `[[uplinks]]`: where readings go. Every reading is owed to every uplink.
@@ -147,8 +149,9 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 10] = [
-    "gateway", "log", "bus", "registry", "coap", "coaps", "http", "store", "uplinks", "audit",
+const SECTIONS: [&str; 11] = [
+    "gateway", "log", "bus", "registry", "coap", "coaps", "http", "admin", "store", "uplinks",
+    "audit",
 ];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
@@ -180,6 +183,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "coaps", p, &mut ok, &mut cfg.coaps);
     section(&table, "registry", p, &mut ok, &mut cfg.registry);
     section(&table, "http", p, &mut ok, &mut cfg.http);
+    section(&table, "admin", p, &mut ok, &mut cfg.admin);
     section(&table, "store", p, &mut ok, &mut cfg.store);
     section(&table, "audit", p, &mut ok, &mut cfg.audit);
     match table.get("uplinks") {
@@ -265,6 +269,16 @@ impl GatewayConfig {
             );
         }
         self.http.validate("http", p);
+        self.admin.validate("admin", p);
+        let (a, h) = (self.admin.listen, self.http.listen);
+        let overlap = a.port() == h.port()
+            && (a.ip() == h.ip() || a.ip().is_unspecified() || h.ip().is_unspecified());
+        if self.admin.enabled && self.http.enabled && overlap {
+            p.push(
+                "admin.listen",
+                "must differ from [http] listen: /healthz, /readyz and /metrics stay unauthenticated there",
+            );
+        }
         self.store.validate("store", p);
         self.audit.validate("audit", p);
         if self.uplinks.is_empty() {
@@ -462,5 +476,60 @@ path = "-"
             panic!("mqtt uplink expected")
         };
         assert_eq!(m.password.as_deref(), Some("s3cret"));
+    }
+
+    const UPLINK: &str = "[[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n";
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn an_enabled_admin_api_without_credentials_or_tls_off_loopback_reports_every_problem() {
+        let text = format!(
+            "[http]\nlisten = \"0.0.0.0:9000\"\n[admin]\nenabled = true\nlisten = \"0.0.0.0:9000\"\n\
+             client_certificates = [\"nope\"]\n[[admin.tokens]]\nid = \"ops 1\"\nsha256 = \"s3cret-token\"\n{UPLINK}"
+        );
+        let Err(ConfigError::Invalid(problems)) = parse(&text, &no_env) else {
+            panic!("expected problems");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "admin.tokens[0].id",
+            "admin.tokens[0].sha256",
+            "admin.client_certificates[0]",
+            "admin.client_certificates",
+            "admin.listen",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "missing {expected} in {problems:?}"
+            );
+        }
+        let all = format!("{problems:?}");
+        assert!(all.contains("must use TLS"), "{all}");
+        assert!(all.contains("must differ from [http] listen"), "{all}");
+        assert!(!all.contains("s3cret-token"), "a token echoed: {all}");
+    }
+
+    #[test]
+    fn an_enabled_admin_api_needs_a_token_or_a_client_certificate() {
+        let text = format!("[admin]\nenabled = true\n{UPLINK}");
+        let Err(ConfigError::Invalid(problems)) = parse(&text, &no_env) else {
+            panic!("expected problems");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "admin.tokens");
+    }
+
+    #[test]
+    fn a_plain_admin_api_on_loopback_and_a_tls_one_anywhere_are_accepted() {
+        let plain = format!(
+            "[admin]\nenabled = true\n[[admin.tokens]]\nid = \"ops-1\"\nsha256 = \"{HASH}\"\n{UPLINK}"
+        );
+        let cfg = parse(&plain, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.admin.listen, "127.0.0.1:8443".parse().unwrap());
+        let tls = format!(
+            "[admin]\nenabled = true\nlisten = \"0.0.0.0:8443\"\nclient_certificates = [\"{HASH}\"]\n\
+             [admin.tls]\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\nclient_ca_file = \"ca.pem\"\n{UPLINK}"
+        );
+        parse(&tls, &no_env).unwrap_or_else(|e| panic!("{e}"));
     }
 }

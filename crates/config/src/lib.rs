@@ -32,12 +32,24 @@ pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
     let mut cfg = parse(&text, &|name| std::env::var(name).ok())?;
     // Files the configuration names are relative to the configuration's own directory.
     if let Some(dir) = path.parent() {
+        let admin_tls = cfg.admin.tls.as_mut();
+        let (cert, key, client_ca) = match admin_tls {
+            Some(t) => (
+                Some(&mut t.cert_file),
+                Some(&mut t.key_file),
+                t.client_ca_file.as_mut(),
+            ),
+            None => (None, None, None),
+        };
         let named = [
             cfg.registry.path.as_mut(),
             cfg.audit.path.as_mut(),
             cfg.audit.hmac_key_file.as_mut(),
             cfg.coaps.certificate_file.as_mut(),
             cfg.coaps.private_key_file.as_mut(),
+            cert,
+            key,
+            client_ca,
         ];
         for file in named.into_iter().flatten() {
             if file.is_relative() {
@@ -63,5 +75,28 @@ pub fn parse(
     match cfg {
         Some(cfg) if problems.is_empty() => Ok(cfg),
         _ => Err(ConfigError::Invalid(problems.into_vec())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_tls_files_are_relative_to_the_configs_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            "[admin]\n[admin.tls]\ncert_file = \"admin.pem\"\nkey_file = \"/etc/admin.key\"\n\
+             client_ca_file = \"ca/admin-ca.pem\"\n\
+             [[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n",
+        )
+        .unwrap();
+        let cfg = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let tls = cfg.admin.tls.unwrap();
+        assert_eq!(tls.cert_file, dir.path().join("admin.pem"));
+        assert_eq!(tls.key_file, Path::new("/etc/admin.key"));
+        assert_eq!(tls.client_ca_file, Some(dir.path().join("ca/admin-ca.pem")));
     }
 }

@@ -53,13 +53,7 @@ impl HttpServer {
         deps: HttpDeps,
         reporter: HealthReporter,
     ) -> Result<HttpServer, HttpError> {
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| HttpError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(HttpError::Serve)?;
+        let (listener, addr) = bind_tcp(cfg.listen).await?;
         reporter.ready(format!("http {addr}"));
         Ok(HttpServer {
             listener,
@@ -83,6 +77,15 @@ impl HttpServer {
         self.reporter.not_ready("stopped");
         result
     }
+}
+
+/// Binds `addr`; the bound address (with port 0 resolved).
+pub(crate) async fn bind_tcp(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), HttpError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(HttpError::Serve)?;
+    Ok((listener, bound))
 }
 
 fn router(deps: HttpDeps) -> Router {

@@ -311,8 +311,9 @@ impl<'a> From<&'a DeviceSpec> for DeviceOut<'a> {
 
 /// serde echoes the offending value in type errors (`invalid type: string "…"`,
 /// ``integer `…` ``): a mistyped key would end up in the error. Those values are replaced by
-/// `…`; field and variant names (which are not values) are kept.
-pub(crate) fn redact_parser_message(msg: &str) -> String {
+/// `…`; field and variant names (which are not values) are kept. Public for the admin API,
+/// which parses device specs from JSON with the same types.
+pub fn redact_parser_message(msg: &str) -> String {
     const VALUE_MARKERS: [(&str, char); 6] = [
         ("string \"", '"'),
         ("integer `", '`'),

@@ -46,6 +46,7 @@ mod view;
 pub use error::RegistryError;
 pub use file::{
     CertificateSpec, DeviceSpec, KeyText, PskSpec, RegistryFile, TokenSpec, UnknownPolicy,
+    redact_parser_message,
 };
 pub use metrics::{DenyReason, RegistryMetrics};
 pub use pending::PendingView;

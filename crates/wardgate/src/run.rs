@@ -4,6 +4,7 @@
 //! ([`Running::shutdown`]).
 //!
 //! Shutdown order (each phase bounded by a deadline):
+//! 0. the admin API stops (no registry edits while the gateway drains);
 //! 1. ingest stops: the CoAP endpoint stops accepting and answers its in-flight requests
 //!    (their readings are already queued to the store, so their acknowledgements stay truthful);
 //! 2. uplinks stop: they stop taking from the outbox, wait briefly for outstanding peer
@@ -93,6 +94,7 @@ struct App {
     coap: Option<wardgate_coap::CoapEndpoint>,
     coaps: Option<wardgate_coap::CoapEndpoint<DtlsTransport>>,
     http: Option<wardgate_http::HttpServer>,
+    admin: Option<wardgate_http::AdminServer>,
     demo: bool,
 }
 
@@ -223,6 +225,22 @@ impl App {
             _ => None,
         };
 
+        let admin = if cfg.admin.enabled {
+            let deps = wardgate_http::AdminDeps {
+                registry: device_registry.clone(),
+                audit: audit.clone(),
+                metrics: wardgate_http::AdminMetrics::register(&mut registry),
+            };
+            let reporter = health.reporter("admin", ComponentKind::Listener);
+            Some(
+                wardgate_http::AdminServer::bind(&cfg.admin, deps, reporter)
+                    .await
+                    .context("admin API")?,
+            )
+        } else {
+            None
+        };
+
         // HTTP binds last: the registry is complete now.
         let http = if cfg.http.enabled {
             let deps = wardgate_http::HttpDeps {
@@ -251,11 +269,13 @@ impl App {
             coap,
             coaps,
             http,
+            admin,
             demo,
         })
     }
 
-    /// Starts everything: the store writer, the uplinks, ingest, HTTP (and the demo sensors).
+    /// Starts everything: the store writer, the uplinks, ingest, HTTP, the admin API (and the
+    /// demo sensors).
     fn spawn(self) -> Running {
         let stops = Stops::default();
         let store_health = self.health.reporter("store", ComponentKind::Store);
@@ -300,6 +320,12 @@ impl App {
             }
             tokio::spawn(server.run(stops.http.clone()))
         });
+        let admin = self.admin.map(|server| {
+            if let Some(a) = server.local_addr() {
+                tracing::info!(addr = %a, "admin API listening");
+            }
+            tokio::spawn(server.run(stops.admin.clone()))
+        });
         if self.demo {
             match demo::target(&coap_addrs) {
                 Some(target) => {
@@ -315,6 +341,7 @@ impl App {
             uplinks,
             writer,
             http,
+            admin,
         }
     }
 }
@@ -415,6 +442,7 @@ fn build_uplinks(
 /// One cancellation per shutdown phase.
 #[derive(Default)]
 struct Stops {
+    admin: Shutdown,
     ingest: Shutdown,
     uplinks: Shutdown,
     store: Shutdown,
@@ -428,11 +456,16 @@ struct Running {
     uplinks: JoinSet<()>,
     writer: tokio::task::JoinHandle<Result<(), wardgate_store::StoreError>>,
     http: Option<tokio::task::JoinHandle<Result<(), wardgate_http::HttpError>>>,
+    admin: Option<tokio::task::JoinHandle<Result<(), wardgate_http::HttpError>>>,
 }
 
 impl Running {
     /// Stops in dependency order, each phase bounded by [`PHASE_DEADLINE`] (see the module doc).
     async fn shutdown(mut self) {
+        self.stops.admin.cancel();
+        if let Some(t) = self.admin.take() {
+            let _ = tokio::time::timeout(PHASE_DEADLINE, t).await;
+        }
         tracing::info!("shutting down: closing ingest");
         self.stops.ingest.cancel();
         drain(&mut self.ingest, "ingest").await;

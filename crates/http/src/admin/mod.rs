@@ -1,0 +1,241 @@
+//! The admin API: device registry management over HTTP(S), on its own listener.
+//!
+//! - **Listener**: `[admin] listen`, never the `[http]` one (which keeps `/healthz`, `/readyz`
+//!   and `/metrics` unauthenticated for probes). TLS when `[admin.tls]` is set; plain HTTP is
+//!   allowed on loopback only (configuration validation refuses anything else).
+//! - **Authentication** ([`auth`]): a listed client certificate or a bearer token matched by
+//!   its SHA-256; failures are 401, audited, and rate limited per source IP (429).
+//! - **Endpoints** ([`routes`]): devices (list, get, put, delete, revoke, restore), the
+//!   quarantine list, registry reload. JSON in and out; errors are `{"error": "..."}`.
+//! - **Bounds**: bodies up to [`MAX_BODY`] (413 past it), [`REQUEST_TIMEOUT`] per request,
+//!   and the listener's connection, handshake and idle bounds.
+//! - **Secrets**: no response, log line, metric or audit event carries a key, a token or a
+//!   token hash. Device views come from [`wardgate_registry::DeviceView`], which has none.
+
+mod auth;
+mod listener;
+mod metrics;
+mod routes;
+mod tls;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tokio::time::Instant;
+use wardgate_core::{AuditEvent, AuditKind, AuditSink, HealthReporter, Shutdown, TransportKind};
+use wardgate_registry::Registry;
+
+use crate::config::AdminConfig;
+use crate::error::HttpError;
+use auth::{Credentials, FailureLimit};
+use listener::{AdminListener, PeerInfo};
+use routes::ApiError;
+
+pub use metrics::AdminMetrics;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Longest a request may take (including a registry edit's fsyncs).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the admin API needs from the rest of the gateway.
+#[derive(Clone)]
+pub struct AdminDeps {
+    /// The device registry it edits; without one, device endpoints answer 503.
+    pub registry: Option<Arc<Registry>>,
+    /// Where admin actions and authentication failures are recorded.
+    pub audit: Arc<dyn AuditSink>,
+    /// Its counters.
+    pub metrics: AdminMetrics,
+}
+
+impl fmt::Debug for AdminDeps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminDeps")
+            .field("registry", &self.registry.as_ref().map(|r| r.path()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shared by every request.
+pub(crate) struct AdminState {
+    registry: Option<Arc<Registry>>,
+    audit: Arc<dyn AuditSink>,
+    metrics: AdminMetrics,
+    credentials: Credentials,
+    limit: FailureLimit,
+}
+
+/// A bound, not yet serving, admin API server.
+#[derive(Debug)]
+pub struct AdminServer {
+    listener: AdminListener,
+    state: Arc<AdminState>,
+    reporter: HealthReporter,
+}
+
+impl fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminState")
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminServer {
+    /// Reads the TLS files (if any) and binds the listener. `reporter` is marked ready once
+    /// bound. `cfg` must have passed validation.
+    pub async fn bind(
+        cfg: &AdminConfig,
+        deps: AdminDeps,
+        reporter: HealthReporter,
+    ) -> Result<AdminServer, HttpError> {
+        let tls = match &cfg.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(t)?)),
+            None => None,
+        };
+        let (tcp, addr) = crate::server::bind_tcp(cfg.listen).await?;
+        let listener = AdminListener::new(tcp, tls, deps.metrics.clone());
+        reporter.ready(format!("admin {addr}"));
+        let state = AdminState {
+            registry: deps.registry,
+            audit: deps.audit,
+            metrics: deps.metrics,
+            credentials: Credentials::from_config(cfg),
+            limit: FailureLimit::default(),
+        };
+        Ok(AdminServer {
+            listener,
+            state: Arc::new(state),
+            reporter,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes in-flight requests and returns.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), HttpError> {
+        let app = router(self.state).into_make_service_with_connect_info::<PeerInfo>();
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(HttpError::Serve);
+        self.reporter.not_ready("stopped");
+        result
+    }
+}
+
+fn router(state: Arc<AdminState>) -> Router {
+    let devices = "/admin/v1/devices/{id}";
+    Router::new()
+        .route("/admin/v1/devices", get(routes::list_devices))
+        .route(
+            devices,
+            get(routes::get_device)
+                .put(routes::put_device)
+                .delete(routes::delete_device),
+        )
+        .route("/admin/v1/devices/{id}/revoke", post(routes::revoke_device))
+        .route(
+            "/admin/v1/devices/{id}/restore",
+            post(routes::restore_device),
+        )
+        .route("/admin/v1/pending", get(routes::list_pending))
+        .route(
+            "/admin/v1/pending/{identity}",
+            delete(routes::dismiss_pending),
+        )
+        .route("/admin/v1/registry/reload", post(routes::reload_registry))
+        .fallback(routes::not_found)
+        // Outermost first: the deadline covers authentication too.
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(deadline))
+        .with_state(state)
+}
+
+fn transport(peer: &PeerInfo) -> TransportKind {
+    if peer.tls {
+        TransportKind::Https
+    } else {
+        TransportKind::Http
+    }
+}
+
+async fn deadline(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request timed out").into_response()
+        }
+    }
+}
+
+/// Lets a request through with its [`auth::Principal`] in the extensions, or answers 401/429.
+async fn authenticate(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let ip = peer.addr.ip();
+    let now = Instant::now();
+    if st.limit.blocked(ip, now) {
+        st.metrics.auth_failed("admin_rate_limited");
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed authentication attempts; try again later",
+        )
+        .into_response();
+    }
+    let failure = match st
+        .credentials
+        .authenticate(peer.client_cert.as_ref(), req.headers())
+    {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            return next.run(req).await;
+        }
+        Err(failure) => failure,
+    };
+    st.metrics.auth_failed(failure.as_str());
+    tracing::warn!(peer = %peer.addr, reason = failure.as_str(), "admin API request refused");
+    let mut ev =
+        AuditEvent::new(AuditKind::AuthFailure, failure.as_str()).peer(peer.addr, transport(&peer));
+    if let Some(fp) = &peer.client_cert {
+        ev = ev.actor(format!("claimed-x509-sha256:{}", auth_hex(fp)));
+    }
+    st.audit.record(ev);
+    if st.limit.fail(ip, now) {
+        tracing::warn!(peer = %peer.addr, "admin API: source rate limited after repeated failures");
+        st.audit.record(
+            AuditEvent::new(AuditKind::AuthFailure, "admin_rate_limited")
+                .peer(peer.addr, transport(&peer)),
+        );
+    }
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "authentication required").into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(match failure {
+            auth::Failure::BadToken => "Bearer error=\"invalid_token\"",
+            _ => "Bearer",
+        }),
+    );
+    response
+}
+
+fn auth_hex(fp: &[u8; 32]) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect()
+}
