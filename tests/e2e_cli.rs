@@ -424,3 +424,103 @@ path = "-"
         seen += 1;
     }
 }
+
+/// `kill -HUP` re-reads `devices.toml`: a device added by hand can post over DTLS without a
+/// restart, and the reload is in the audit trail.
+#[test]
+fn sighup_reloads_the_device_registry_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_udp_port();
+    let http = common::free_tcp_port();
+    let devices = dir.path().join("devices.toml");
+    let entry = |id: &str| {
+        format!(
+            "[[device]]\nid = \"{id}\"\n[device.psk]\nidentity = \"{id}\"\nkey = \"hex:000102030405060708090a0b0c0d0e0f\"\n"
+        )
+    };
+    std::fs::write(&devices, entry("bed-12")).unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"ward-hup\"\n[registry]\npath = \"devices.toml\"\n[audit]\npath = \"audit.log\"\n[coap]\nenabled = false\n[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{port}\"]\n[http]\nlisten = \"127.0.0.1:{http}\"\n[store]\npath = \"{}\"\n[[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n",
+            dir.path().join("outbox.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = common::ChildGuard(
+        Command::new(WARDGATE)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/readyz")
+        .is_none_or(|(code, _)| code != 200)
+    {
+        assert!(Instant::now() < deadline, "gateway not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // bed-13 is added by hand, then the gateway is told.
+    std::fs::write(&devices, entry("bed-12") + &entry("bed-13")).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let audit = dir.path().join("audit.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .contains(r#""kind":"config_reload""#)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no config_reload in the audit trail"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut post = vec![0x40, 0x02, 0x12, 0x35, 0xB2, b'v', b'1', 0x08];
+    post.extend_from_slice(b"readings");
+    post.push(0x06);
+    post.extend_from_slice(b"bed-13");
+    post.extend_from_slice(&[0x11, 110, 0xFF]);
+    post.extend_from_slice(br#"[{"n":"spo2","u":"%","v":95}]"#);
+    let mut c = Command::new("/usr/bin/openssl")
+        .args(["s_client", "-dtls1_2", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "-psk_identity",
+            "bed-13",
+            "-psk",
+            "000102030405060708090a0b0c0d0e0f",
+        ])
+        .args(["-cipher", "PSK-AES128-CCM8", "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &post).unwrap();
+    let _client = common::ChildGuard(c);
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("bed-13's reading after the reload");
+    let v = valid_reading(&schema(), &line);
+    assert_eq!(v["device"], "bed-13");
+    drop(stdin);
+}

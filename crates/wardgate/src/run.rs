@@ -95,6 +95,8 @@ struct App {
     coaps: Option<wardgate_coap::CoapEndpoint<DtlsTransport>>,
     http: Option<wardgate_http::HttpServer>,
     admin: Option<wardgate_http::AdminServer>,
+    /// The device registry, reloaded from its file on SIGHUP.
+    devices: Option<Arc<wardgate_registry::Registry>>,
     demo: bool,
 }
 
@@ -270,6 +272,7 @@ impl App {
             coaps,
             http,
             admin,
+            devices: device_registry,
             demo,
         })
     }
@@ -320,6 +323,9 @@ impl App {
             }
             tokio::spawn(server.run(stops.http.clone()))
         });
+        if let Some(devices) = self.devices {
+            ingest.spawn(reload_on_sighup(devices, stops.ingest.clone()));
+        }
         let admin = self.admin.map(|server| {
             if let Some(a) = server.local_addr() {
                 tracing::info!(addr = %a, "admin API listening");
@@ -499,6 +505,40 @@ async fn drain(set: &mut JoinSet<()>, what: &str) {
     if tokio::time::timeout(PHASE_DEADLINE, all).await.is_err() {
         tracing::warn!("{what} did not stop within {PHASE_DEADLINE:?}; abandoning them");
         set.abort_all();
+    }
+}
+
+/// `kill -HUP` re-reads `devices.toml` (hand edits take effect without a restart). A file that
+/// does not validate keeps the current registry; either way the registry audits the reload.
+async fn reload_on_sighup(devices: Arc<wardgate_registry::Registry>, stop: Shutdown) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; reload the registry through the admin API");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            let reg = devices.clone();
+            match tokio::task::spawn_blocking(move || reg.reload()).await {
+                Ok(Ok(())) => tracing::info!("SIGHUP: device registry reloaded"),
+                Ok(Err(e)) => tracing::error!(
+                    "SIGHUP: device registry not reloaded, keeping the current one: {e}"
+                ),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: registry reload task failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (devices, stop);
     }
 }
 
