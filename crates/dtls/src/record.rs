@@ -88,7 +88,11 @@ impl<'a> ClientHello<'a> {
     /// including a fragmented one (RFC 7925 devices send theirs whole; the front refuses the
     /// rest rather than keep fragments for an unproven address).
     pub fn parse(datagram: &'a [u8]) -> Option<Self> {
-        if datagram.len() < RECORD_HEADER || datagram[0] != CONTENT_HANDSHAKE {
+        // DTLS records carry version {254, x} (RFC 6347 §4.1); anything else is not ours.
+        if datagram.len() < RECORD_HEADER
+            || datagram[0] != CONTENT_HANDSHAKE
+            || datagram[1] != 0xfe
+        {
             return None;
         }
         if u16_at(datagram, 3)? != 0 {
@@ -259,6 +263,11 @@ mod tests {
             let _ = ClientHello::parse(&e).map(|c| c.without_cookie());
         }
         assert_eq!(first_record(b"\x40\x01\x00\x01"), FirstRecord::Garbage);
+        // Found by the fuzzer: a TLS-versioned record is no DTLS ClientHello either.
+        let mut tls = client_hello(&[], 0);
+        tls[1] = 0x03;
+        assert_eq!(first_record(&tls), FirstRecord::Garbage);
+        assert!(ClientHello::parse(&tls).is_none());
     }
 
     #[test]
