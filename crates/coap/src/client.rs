@@ -263,6 +263,7 @@ impl CoapClient {
                 transmission: tx,
                 piggyback_budget: Duration::from_millis(500),
                 dedup_max_entries: 4096,
+                dedup_max_entries_per_source: 4096,
             },
             max_datagram,
             None,

@@ -60,6 +60,8 @@ pub struct CoapConfig {
     pub dedup: DedupConfig,
     /// Block-wise transfer bounds.
     pub block: BlockConfig,
+    /// Request rate limits per source and per claimed device.
+    pub rate_limit: RateLimitConfig,
     /// Resources on CoAP-server sensors that wardgate observes (RFC 7641).
     pub observe: Vec<ObserveTarget>,
 }
@@ -84,6 +86,7 @@ impl Default for CoapConfig {
             transmission: TransmissionConfig::default(),
             dedup: DedupConfig::default(),
             block: BlockConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             observe: Vec::new(),
         }
     }
@@ -124,15 +127,59 @@ impl Default for TransmissionConfig {
 pub struct DedupConfig {
     /// Maximum remembered exchanges across all peers.
     pub max_entries: usize,
+    /// Maximum remembered exchanges of one source (IPv4 address or IPv6 /64), so one host cannot
+    /// fill the table and push out everybody else's entries. A source at its share still has its
+    /// new messages processed, but they are not remembered (their duplicates would be processed
+    /// again), counted in `wardgate_coap_dedup_over_share_total`. The default allows a sustained
+    /// 66 messages a second from one host for EXCHANGE_LIFETIME.
+    pub max_entries_per_source: usize,
 }
 
 impl Default for DedupConfig {
     fn default() -> Self {
         DedupConfig {
             max_entries: 262_144,
+            max_entries_per_source: 16_384,
         }
     }
 }
+
+/// Token-bucket limits on requests reaching the resources (`[coap.rate_limit]`). A rate of 0
+/// turns that limit off (the default: the right numbers depend on the devices, and a load
+/// generator or an aggregating device legitimately sends thousands a second from one address).
+/// Over a limit a Confirmable request gets 5.03 with Max-Age (the seconds until its bucket has a
+/// token again) and a Non-confirmable one gets nothing; counted in
+/// `wardgate_coap_rate_limited_total{scope}` and logged at most once a minute per scope. Buckets
+/// sit in fixed arrays indexed by a keyed hash (4,096 per socket and scope), so memory does not
+/// grow with the number of (spoofed) sources or device ids.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests a second from one source (IPv4 address, IPv6 /64, or proven identity), every
+    /// request counted (each Block1 block too). 0 = unlimited.
+    pub per_source_rate: f64,
+    /// Requests one source may send at once before `per_source_rate` applies.
+    pub per_source_burst: u32,
+    /// Readings requests a second for one device id (as claimed in the readings path, checked
+    /// before authorization and decoding; a whole Block1 upload counts once). 0 = unlimited.
+    pub per_device_rate: f64,
+    /// Readings requests one device id may send at once before `per_device_rate` applies.
+    pub per_device_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_source_rate: 0.0,
+            per_source_burst: 200,
+            per_device_rate: 0.0,
+            per_device_burst: 20,
+        }
+    }
+}
+
+/// Largest rate accepted by the validation (requests a second).
+pub const MAX_RATE: f64 = 1_000_000.0;
 
 /// Block-wise (RFC 7959) bounds.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
@@ -140,8 +187,15 @@ impl Default for DedupConfig {
 pub struct BlockConfig {
     /// Largest body reassembled from Block1 uploads (4.13 with Size1 beyond).
     pub max_body_bytes: usize,
-    /// Concurrent Block1 reassemblies across all peers (5.03 beyond).
+    /// Concurrent Block1 reassemblies across all peers. When the table is full, a new transfer
+    /// takes the place of the least recently active transfer of the source holding the most
+    /// (counted in `wardgate_coap_evictions_total{table="block1",reason="table_full"}`).
     pub max_open_transfers: usize,
+    /// Concurrent Block1 reassemblies of one source (IPv4 address, IPv6 /64, or proven
+    /// identity); beyond it that source's new transfers get 5.03 with Max-Age while other sources
+    /// are still served. Also the most block-wise responses kept for one source's Block2 fetches
+    /// (its oldest is dropped beyond that).
+    pub max_transfers_per_source: usize,
     /// An idle reassembly is discarded after this long.
     #[serde(with = "humantime_serde")]
     pub transfer_timeout: Duration,
@@ -154,6 +208,7 @@ impl Default for BlockConfig {
         BlockConfig {
             max_body_bytes: 64 * 1024,
             max_open_transfers: 256,
+            max_transfers_per_source: 8,
             transfer_timeout: Duration::from_secs(60),
             preferred_block_size: 1024,
         }
@@ -265,6 +320,36 @@ impl CoapConfig {
                 "must be at least 1",
             );
         }
+        if self.block.max_transfers_per_source == 0 {
+            p.push(
+                format!("{at}.block.max_transfers_per_source"),
+                "must be at least 1",
+            );
+        }
+        if self.dedup.max_entries_per_source == 0 {
+            p.push(
+                format!("{at}.dedup.max_entries_per_source"),
+                "must be at least 1",
+            );
+        }
+        let r = &self.rate_limit;
+        for (name, rate, burst) in [
+            ("per_source", r.per_source_rate, r.per_source_burst),
+            ("per_device", r.per_device_rate, r.per_device_burst),
+        ] {
+            if !(0.0..=MAX_RATE).contains(&rate) {
+                p.push(
+                    format!("{at}.rate_limit.{name}_rate"),
+                    "must be a number from 0 (unlimited) to 1000000",
+                );
+            }
+            if rate > 0.0 && burst == 0 {
+                p.push(
+                    format!("{at}.rate_limit.{name}_burst"),
+                    "must be at least 1 when the rate is set",
+                );
+            }
+        }
         for (i, o) in self.observe.iter().enumerate() {
             if let Err(e) = crate::uri::parse_uri(&o.uri) {
                 p.push(format!("{at}.observe[{i}].uri"), e.to_string());
@@ -323,6 +408,31 @@ mod tests {
             problems(&c)
                 .iter()
                 .any(|x| x == "coap.transmission.ack_random_factor")
+        );
+    }
+
+    #[test]
+    fn shares_and_rate_limits_are_checked() {
+        let mut c = CoapConfig::default();
+        c.block.max_transfers_per_source = 0;
+        c.dedup.max_entries_per_source = 0;
+        c.rate_limit.per_source_rate = f64::NAN;
+        c.rate_limit.per_device_rate = 5.0;
+        c.rate_limit.per_device_burst = 0;
+        assert_eq!(
+            problems(&c),
+            [
+                "coap.block.max_transfers_per_source",
+                "coap.dedup.max_entries_per_source",
+                "coap.rate_limit.per_source_rate",
+                "coap.rate_limit.per_device_burst",
+            ]
+        );
+        c.rate_limit.per_source_rate = -1.0;
+        assert!(
+            problems(&c)
+                .iter()
+                .any(|x| x == "coap.rate_limit.per_source_rate")
         );
     }
 

@@ -3,6 +3,16 @@
 //! Entries live EXCHANGE_LIFETIME (CON) or NON_LIFETIME (NON). The table is bounded by
 //! `max_entries`: when full, the oldest entry (by arrival) is evicted early and counted.
 //!
+//! One source (IPv4 address or IPv6 /64: the table sees addresses, not identities) holds at most
+//! `max_entries_per_source` entries ([`DedupTable::with_source_share`]), so one host sending from
+//! many ports cannot fill the table and push out everybody else's entries. A source at its share
+//! keeps its older entries; its new messages are processed but not remembered (counted in
+//! [`DedupStats::over_share`]). Evicting the source's own oldest entry instead would mean taking an
+//! entry out of the middle of a ring (tombstones, then compaction to keep them from filling the
+//! table); not remembering is O(1) and costs only that source, whose rate is already abnormal.
+//! Only a flood from more than `max_entries / max_entries_per_source` sources can still fill the
+//! table; then the total bound holds and the oldest entries go first, as before.
+//!
 //! Layout: the entries themselves sit in two rings (CON and NON), each in arrival order and so in
 //! expiry order; a hash index holds only the position of each live entry (8 bytes a bucket). So
 //! expiry and eviction are pops from a ring's front, amortized O(1), and the index never stores a
@@ -18,19 +28,24 @@
 //!   token and options (a 2.01 with Location-Path `v1/readings/<device>/<ulid>` is 50-70 bytes,
 //!   an error with diagnostic payload up to ~90), plus allocator overhead (~16 bytes).
 //!
+//! - the per-source counts: one map entry (about 40 bytes with its hash slot) per source holding
+//!   entries, so at most `max_entries` of them under a flood from that many spoofed sources;
+//!   not kept at all when the share is no smaller than the table.
+//!
 //! So about 75 bytes per remembered exchange plus the cached response (~150 bytes in all for an
 //! ingest 2.01); the default 262 144 entries cost about 40 MB at the bound. A ring that emptied
 //! gives memory back (it shrinks when a quarter full). Safe-method (GET) responses are not cached:
 //! a duplicate GET is processed again (RFC 7252 §4.5 allows it for idempotent requests), which
 //! keeps large Block2 responses out of the table.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hashbrown::HashTable;
 use tokio::time::Instant;
+use wardgate_core::SourceKey;
 
 /// EXCHANGE_LIFETIME with the default transmission parameters (RFC 7252 §4.8.2).
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
@@ -67,6 +82,11 @@ impl DedupKey {
     /// The peer's IP (for logs).
     pub fn ip(&self) -> IpAddr {
         std::net::Ipv6Addr::from(self.ip).to_canonical()
+    }
+
+    /// Who the peer counts as for its share of the table.
+    pub fn source(&self) -> SourceKey {
+        SourceKey::of_ip(self.ip())
     }
 }
 
@@ -114,6 +134,8 @@ pub struct DedupStats {
     pub evictions: u64,
     /// Duplicates detected.
     pub hits: u64,
+    /// New messages not remembered because their source held its share.
+    pub over_share: u64,
 }
 
 /// Entries of one lifetime, in arrival order. Positions are absolute (`base` is the position of
@@ -162,6 +184,9 @@ pub struct DedupTable {
     con: Ring,
     non: Ring,
     stats: DedupStats,
+    /// Most entries of one source; `per_source` is kept only when this is below `max_entries`.
+    max_per_source: usize,
+    per_source: HashMap<SourceKey, u32>,
 }
 
 fn entry<'a>(con: &'a Ring, non: &'a Ring, slot: u64) -> Option<&'a Entry> {
@@ -191,7 +216,24 @@ impl DedupTable {
             con: Ring::default(),
             non: Ring::default(),
             stats: DedupStats::default(),
+            max_per_source: usize::MAX,
+            per_source: HashMap::new(),
         }
+    }
+
+    /// Limits one source to `max` entries (see the module documentation).
+    pub fn with_source_share(mut self, max: usize) -> Self {
+        self.max_per_source = max.max(1);
+        self
+    }
+
+    fn shared(&self) -> bool {
+        self.max_per_source < self.max_entries
+    }
+
+    /// Entries held by `source` (0 when shares are not kept).
+    pub fn held_by(&self, source: SourceKey) -> usize {
+        self.per_source.get(&source).map_or(0, |n| *n as usize)
     }
 
     fn ms(&self, now: Instant) -> u64 {
@@ -245,6 +287,15 @@ impl DedupTable {
             return false;
         };
         let slot = if non { pos | NON_BIT } else { pos };
+        if self.shared() {
+            let source = e.key.source();
+            if let Some(n) = self.per_source.get_mut(&source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_source.remove(&source);
+                }
+            }
+        }
         let hash = self.hasher.hash_one(e.key);
         if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
             found.remove();
@@ -296,8 +347,18 @@ impl DedupTable {
             };
             return Seen::Duplicate(action);
         }
+        let source = self.shared().then(|| key.source());
+        if let Some(source) = source {
+            if self.held_by(source) >= self.max_per_source {
+                self.stats.over_share += 1;
+                return Seen::New;
+            }
+        }
         if self.len() >= self.max_entries {
             self.evict_oldest();
+        }
+        if let Some(source) = source {
+            *self.per_source.entry(source).or_insert(0) += 1;
         }
         let now_ms = self.ms(now);
         let (expires_ms, state) = if con {
@@ -375,8 +436,9 @@ impl DedupTable {
 mod tests {
     use super::*;
 
+    /// Odd and even ports come from two hosts (two sources).
     fn peer(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+        SocketAddr::from(([127, 0, 0, 1 + (port % 2) as u8], port))
     }
 
     #[test]
@@ -435,6 +497,30 @@ mod tests {
         assert_eq!(t.stats().evictions, 1);
         assert!(matches!(t.observe(now, b, false), Seen::Duplicate(_)));
         assert_eq!(t.observe(now, a, true), Seen::New);
+    }
+
+    #[test]
+    fn a_source_at_its_share_is_not_remembered_and_cannot_push_out_others() {
+        let now = Instant::now();
+        let mut t = DedupTable::new(now, 4, EXCHANGE_LIFETIME, NON_LIFETIME).with_source_share(2);
+        let device = DedupKey::new(SocketAddr::from(([10, 0, 0, 9], 5683)), 1);
+        t.observe(now, device, true);
+        for port in 1..100 {
+            let k = DedupKey::new(SocketAddr::from(([10, 0, 0, 1], port)), 7);
+            assert_eq!(t.observe(now, k, true), Seen::New);
+        }
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.stats().over_share, 97);
+        assert_eq!(t.stats().evictions, 0);
+        assert_eq!(
+            t.observe(now, device, true),
+            Seen::Duplicate(DupAction::Ignore),
+            "the device's entry is still there"
+        );
+        assert_eq!(t.held_by(SourceKey::V4(0x0a00_0001)), 2);
+        t.expire(now + EXCHANGE_LIFETIME);
+        assert!(t.is_empty());
+        assert_eq!(t.held_by(SourceKey::V4(0x0a00_0001)), 0);
     }
 
     #[test]
@@ -505,10 +591,16 @@ mod tests {
 
         proptest! {
             #[test]
-            fn table_matches_the_model(max in 1usize..8, ops in proptest::collection::vec(op(), 1..200)) {
+            fn table_matches_the_model(
+                max in 1usize..8,
+                share in 1usize..9,
+                ops in proptest::collection::vec(op(), 1..200),
+            ) {
                 let t0 = Instant::now();
                 let mut t = DedupTable::new(
-                    t0, max, Duration::from_millis(CON_MS), Duration::from_millis(NON_MS));
+                    t0, max, Duration::from_millis(CON_MS), Duration::from_millis(NON_MS))
+                    .with_source_share(share);
+                let mut over_share = 0u64;
                 let mut m: Vec<M> = Vec::new();
                 let mut now = 0u64;
                 let mut evictions = 0u64;
@@ -528,6 +620,11 @@ mod tests {
                                     }
                                     _ => DupAction::Resend(&[]),
                                 })
+                            } else if share < max
+                                && m.iter().filter(|e| e.key.source() == key.source()).count() >= share
+                            {
+                                over_share += 1;
+                                Seen::New
                             } else {
                                 if m.len() >= max {
                                     let oldest = (0..m.len())
@@ -573,6 +670,7 @@ mod tests {
                     m.retain(|e| e.expires > now);
                     prop_assert_eq!(t.len(), m.len());
                     prop_assert_eq!(t.stats().evictions, evictions);
+                    prop_assert_eq!(t.stats().over_share, over_share);
                     let next = m.iter().map(|e| e.expires).min();
                     prop_assert_eq!(t.next_expiry(), next.map(|ms| t0 + Duration::from_millis(ms)));
                 }

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wardgate_core::payload::Limits;
-use wardgate_core::{HealthReporter, IngestPipeline, Shutdown};
+use wardgate_core::{HealthReporter, IngestPipeline, Rate, Shutdown};
 
 use crate::block::{BlockLimits, Reassembly};
 use crate::client::{COMMAND_QUEUE, Requester};
@@ -201,6 +201,10 @@ impl<T: Transport> CoapEndpoint<T> {
                 .collect(),
             default_class: c.default_class,
             busy_max_age: u32::try_from(c.busy_max_age.as_secs()).unwrap_or(u32::MAX),
+            per_device: Rate {
+                rate: c.rate_limit.per_device_rate,
+                burst: c.rate_limit.per_device_burst,
+            },
         }
     }
 
@@ -229,10 +233,16 @@ impl<T: Transport> CoapEndpoint<T> {
             busy_max_age: settings.busy_max_age,
             max_body_bytes: cfg.block.max_body_bytes,
             preferred_szx: BlockOpt::szx_for(usize::from(cfg.block.preferred_block_size)),
+            max_responses_per_source: cfg.block.max_transfers_per_source,
+            per_source: Rate {
+                rate: cfg.rate_limit.per_source_rate,
+                burst: cfg.rate_limit.per_source_burst,
+            },
         };
         let block_limits = BlockLimits {
             max_body_bytes: cfg.block.max_body_bytes,
             max_open_transfers: cfg.block.max_open_transfers,
+            max_transfers_per_source: cfg.block.max_transfers_per_source,
             transfer_timeout: cfg.block.transfer_timeout,
             preferred_szx: router_settings.preferred_szx,
             busy_max_age: settings.busy_max_age,
@@ -241,6 +251,7 @@ impl<T: Transport> CoapEndpoint<T> {
             transmission: cfg.transmission,
             piggyback_budget: cfg.piggyback_budget,
             dedup_max_entries: cfg.dedup.max_entries,
+            dedup_max_entries_per_source: cfg.dedup.max_entries_per_source,
         };
         let mut drivers = JoinSet::new();
         let mut requesters = Vec::new();

@@ -170,10 +170,19 @@ impl Engine {
     /// from `peer`, as the transport identified it.
     pub fn handle_datagram(&mut self, now: Instant, peer: &PeerContext, datagram: &[u8]) {
         if datagram.len() > self.max_datagram {
-            self.oversized(now, peer.addr, datagram);
+            let budget = peer.identity.is_none().then(|| {
+                datagram
+                    .len()
+                    .saturating_mul(crate::layer::AMPLIFICATION_FACTOR)
+            });
+            self.oversized(now, peer.addr, datagram, budget);
             return;
         }
-        match self.layer.handle_datagram(now, peer.addr, datagram) {
+        let authenticated = peer.identity.is_some();
+        match self
+            .layer
+            .handle_datagram_as(now, peer.addr, datagram, authenticated)
+        {
             Inbound::Nothing => {}
             Inbound::Request(req) => {
                 let routed = match &mut self.resources {
@@ -182,6 +191,10 @@ impl Engine {
                 };
                 match routed {
                     Routed::Now(resp) => self.layer.respond(now, req.id, &resp),
+                    Routed::Silent => {
+                        self.layer
+                            .discard(now, req.id, &Response::new(Code::INTERNAL_SERVER_ERROR))
+                    }
                     Routed::Later(Later {
                         fut,
                         block1,
@@ -205,7 +218,13 @@ impl Engine {
 
     /// RFC 7252 §4.6 / RFC 7959 §2.9.3: a request too large for one datagram is answered 4.13
     /// (CON) with Size1; anything else oversized is dropped.
-    fn oversized(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
+    fn oversized(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        datagram: &[u8],
+        budget: Option<usize>,
+    ) {
         MalformedMessage {
             peer,
             reason: "oversized",
@@ -218,7 +237,7 @@ impl Engine {
             return;
         }
         self.layer
-            .reject_oversized(now, peer, h.mid, token, self.max_body());
+            .reject_oversized(now, peer, (h.mid, token), self.max_body(), budget);
     }
 
     fn max_body(&self) -> u32 {

@@ -8,8 +8,10 @@
 //!
 //! It is a thin protocol shell over the ingest pipeline of `wardgate-core`: it parses the URI
 //! and options into a [`Submission`] and maps the pipeline's [`Refused`] to CoAP codes
-//! (4.01, 4.03, 4.00, 4.13, 4.15, 5.03 + Max-Age, 5.00). Routing, block-wise transfer and the
-//! shutdown 5.03 are the router's.
+//! (4.01, 4.03, 4.00, 4.13, 4.15, 5.03 + Max-Age, 5.00). Routing, block-wise transfer, the
+//! per-source rate limit and the shutdown 5.03 are the router's; the per-device rate limit
+//! (`[coap.rate_limit] per_device_*`, keyed by the device id the path claims, checked before
+//! authorization and decoding) is here: over it a CON gets 5.03 with Max-Age, a NON nothing.
 //!
 //! Invariant: a 2.xx is produced only from a [`wardgate_core::Pending`] that resolved `Ok`,
 //! i.e. after the store made the reading durable.
@@ -19,13 +21,15 @@ use std::sync::Arc;
 use wardgate_core::payload::ContentFormat;
 use wardgate_core::reading::valid_device_id;
 use wardgate_core::{
-    Denied, IngestError, IngestPipeline, MessageClass, Protocol, Refused, Submission,
+    Denied, IngestError, IngestPipeline, MessageClass, Protocol, Rate, Refused, Submission, Take,
+    TokenBuckets,
 };
 
-use crate::codec::{Code, opt};
+use crate::codec::{Code, MsgType, opt};
 use crate::layer::Response;
-use crate::metrics::{CoapMetrics, IngestRejected, PayloadRejected};
+use crate::metrics::{CoapMetrics, IngestRejected, LogGate, PayloadRejected, RateLimited};
 use crate::resource::{Registration, Reply, Request, Resource};
+use crate::router::RATE_BUCKETS;
 
 /// Longest `{name}` path segment.
 const MAX_NAME: usize = 64;
@@ -46,6 +50,8 @@ pub struct IngestSettings {
     pub default_class: MessageClass,
     /// Max-Age of 5.03 answers, seconds.
     pub busy_max_age: u32,
+    /// Readings requests per claimed device id (unlimited when its rate is 0).
+    pub per_device: Rate,
 }
 
 /// The readings resource.
@@ -58,6 +64,8 @@ pub struct IngestResource {
     path_prefix: Arc<str>,
     /// `/` + `path_prefix`: the resource named to the authorizer.
     resource_path: String,
+    device_limit: TokenBuckets,
+    device_log: LogGate,
 }
 
 impl IngestResource {
@@ -80,6 +88,8 @@ impl IngestResource {
         let r = IngestResource {
             resource_path: format!("/{path}"),
             path_prefix: Arc::from(path),
+            device_limit: TokenBuckets::new(s.per_device, RATE_BUCKETS),
+            device_log: LogGate::default(),
             s,
             pipeline,
             metrics,
@@ -163,6 +173,20 @@ impl Resource for IngestResource {
                 );
             }
         };
+        if let Take::Limited { retry_after_secs } = self.device_limit.take(device, req.now) {
+            RateLimited {
+                peer: req.peer.addr,
+                scope: "device",
+                retry_after_secs,
+            }
+            .emit(&self.metrics, &mut self.device_log, req.now);
+            if req.msg.mtype != MsgType::Con {
+                return Reply::Silent;
+            }
+            let mut r = Response::diagnostic(Code::SERVICE_UNAVAILABLE, "rate limited");
+            r.max_age = Some(retry_after_secs);
+            return Reply::Now(r);
+        }
         let name = match name {
             None => None,
             Some(n) => match std::str::from_utf8(n) {

@@ -24,7 +24,15 @@
 //!   requests 4.13 with Size1; each counts a metric.
 //! - **Memory is bounded by configuration**: deduplication entries (`dedup.max_entries`, oldest
 //!   evicted first), block transfers (`block.max_open_transfers` × `block.max_body_bytes`),
-//!   pending commits (by the bus capacity), command and notification queues.
+//!   pending commits (by the bus capacity), command and notification queues, rate buckets (a
+//!   fixed array per socket).
+//! - **One peer cannot starve the others**: one source (proven identity, else IPv4 address or
+//!   IPv6 /64) holds at most its share of the block tables (`block.max_transfers_per_source`)
+//!   and of the dedup table (`dedup.max_entries_per_source`); a full block table evicts from the
+//!   source holding the most instead of refusing everybody; requests are rate-limited per
+//!   source and per claimed device id when `[coap.rate_limit]` sets rates.
+//! - **No amplification**: nothing the endpoint sends an unauthenticated peer, message-layer
+//!   answers included, is more than 3× the bytes of the datagram it answers (RFC 7252 §11.3).
 //! - One task per socket owns its state: no lock, no task per datagram.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

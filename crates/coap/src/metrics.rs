@@ -42,6 +42,22 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// `table` and `reason` labels of evictions.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// `block1` (reassemblies) or `block2` (kept block-wise responses).
+    pub table: &'static str,
+    /// `table_full` or `source_share`.
+    pub reason: &'static str,
+}
+
+/// `scope` label of rate limiting: `source` or `device`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    /// What the limit is per.
+    pub scope: &'static str,
+}
+
 /// `source` label: `request` (devices posting) or `observe` (notifications), and the reading's
 /// message class (a closed set).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +117,16 @@ pub struct CoapMetrics {
     pub block_transfers_open: Gauge,
     /// Block1 reassemblies by outcome.
     pub block_transfers: Family<OutcomeLabel, Counter>,
+    /// Block-wise responses kept for Block2 fetches.
+    pub block2_cached: Gauge,
+    /// Entries dropped early from the block tables, by table and reason.
+    pub evictions: Family<EvictionLabels, Counter>,
+    /// Messages not remembered for deduplication because their source held its share.
+    pub dedup_over_share: Counter,
+    /// Requests refused by a rate limit, by scope.
+    pub rate_limited: Family<ScopeLabel, Counter>,
+    /// Answers to unauthenticated peers cut or withheld by the amplification limit, by reason.
+    pub amplification_limited: Family<ReasonLabel, Counter>,
     hot: Hot,
 }
 
@@ -144,6 +170,11 @@ impl Default for CoapMetrics {
             observe_registrations: Family::default(),
             block_transfers_open: Gauge::default(),
             block_transfers: Family::default(),
+            block2_cached: Gauge::default(),
+            evictions: Family::default(),
+            dedup_over_share: Counter::default(),
+            rate_limited: Family::default(),
+            amplification_limited: Family::default(),
             hot,
         }
     }
@@ -244,6 +275,31 @@ impl CoapMetrics {
             "Block1 reassemblies, by outcome",
             m.block_transfers.clone(),
         );
+        r.register(
+            "wardgate_coap_block2_cached_responses",
+            "Block-wise responses kept for clients fetching their remaining Block2 blocks",
+            m.block2_cached.clone(),
+        );
+        r.register(
+            "wardgate_coap_evictions",
+            "Block transfers and kept block-wise responses dropped early, by table and reason",
+            m.evictions.clone(),
+        );
+        r.register(
+            "wardgate_coap_dedup_over_share",
+            "Messages processed but not remembered for deduplication because their source held its share of the table",
+            m.dedup_over_share.clone(),
+        );
+        r.register(
+            "wardgate_coap_rate_limited",
+            "Requests refused by a rate limit, by scope (source or device)",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "wardgate_coap_amplification_limited",
+            "Answers to unauthenticated peers shortened or withheld to stay within 3x the request's bytes, by reason",
+            m.amplification_limited.clone(),
+        );
         m
     }
 
@@ -280,6 +336,18 @@ impl CoapMetrics {
     pub(crate) fn block_outcome(&self, outcome: &'static str) {
         self.block_transfers
             .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub(crate) fn eviction(&self, table: &'static str, reason: &'static str) {
+        self.evictions
+            .get_or_create(&EvictionLabels { table, reason })
+            .inc();
+    }
+
+    pub(crate) fn amplification(&self, reason: &'static str) {
+        self.amplification_limited
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
@@ -394,5 +462,73 @@ impl SendFailed<'_> {
     pub(crate) fn emit(&self, m: &CoapMetrics) {
         tracing::debug!(peer = %self.peer, error = %self.error, "CoAP send failed");
         m.send_errors.inc();
+    }
+}
+
+/// Coalesces a log line to at most one a minute, carrying how many occurrences it stands for.
+#[derive(Debug, Default)]
+pub(crate) struct LogGate {
+    last: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+/// How often a coalesced log line may appear.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl LogGate {
+    /// Counts one occurrence; `Some(n)` when a line should be logged now for `n` occurrences.
+    fn hit(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// A request refused by a rate limit: counted every time, logged at most once a minute per
+/// scope (and socket) with the number of refusals since the last line.
+#[derive(Debug)]
+pub(crate) struct RateLimited {
+    pub(crate) peer: SocketAddr,
+    /// `source` or `device`.
+    pub(crate) scope: &'static str,
+    pub(crate) retry_after_secs: u32,
+}
+
+impl RateLimited {
+    pub(crate) fn emit(&self, m: &CoapMetrics, gate: &mut LogGate, now: tokio::time::Instant) {
+        m.rate_limited
+            .get_or_create(&ScopeLabel { scope: self.scope })
+            .inc();
+        if let Some(count) = gate.hit(now) {
+            tracing::warn!(
+                peer = %self.peer,
+                scope = self.scope,
+                retry_after_secs = self.retry_after_secs,
+                refused_since_last_line = count,
+                "CoAP requests over the rate limit refused (logged at most once a minute)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_gate_lets_one_line_a_minute_through_with_the_count() {
+        let t0 = tokio::time::Instant::now();
+        let mut g = LogGate::default();
+        assert_eq!(g.hit(t0), Some(1));
+        for _ in 0..5 {
+            assert_eq!(g.hit(t0 + std::time::Duration::from_secs(30)), None);
+        }
+        assert_eq!(g.hit(t0 + LOG_EVERY), Some(6));
     }
 }

@@ -30,6 +30,9 @@ pub enum Reply {
     /// Answer when the future resolves; the message layer sends an empty ACK first if it takes
     /// longer than the piggyback budget.
     Later(Deferred),
+    /// No answer at all: only for a Non-confirmable request (RFC 7252 §5.2.3), e.g. one over a
+    /// rate limit. A Confirmable request answered so gets 5.00.
+    Silent,
 }
 
 impl fmt::Debug for Reply {
@@ -37,6 +40,7 @@ impl fmt::Debug for Reply {
         match self {
             Reply::Now(r) => f.debug_tuple("Now").field(r).finish(),
             Reply::Later(_) => f.write_str("Later(..)"),
+            Reply::Silent => f.write_str("Silent"),
         }
     }
 }

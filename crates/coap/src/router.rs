@@ -2,6 +2,9 @@
 //! block-wise layer (RFC 7959) below them and the answers every resource would otherwise repeat.
 //!
 //! In order, for each request the message layer hands up:
+//! 0. the per-source rate limit (`[coap.rate_limit]`; a source is the proven identity, else the
+//!    IPv4 address or IPv6 /64): over it a CON gets 5.03 with Max-Age (seconds until the
+//!    source's bucket has a token again) and a NON nothing;
 //! 1. Proxy-Uri/Proxy-Scheme → 5.05 (not a proxy); not accepting (shutdown) → 5.03 + Max-Age;
 //! 2. routing: `/.well-known/core` is served from the registrations (RFC 6690, with `rt`, `if`,
 //!    `ct`, `obs`, `title`); a path no registration covers → 4.04; a method it does not serve
@@ -13,7 +16,9 @@
 //! 4. the resource answers, now or later;
 //! 5. Block2 (§2.4): a success response larger than the block size, or one the client asked in
 //!    blocks, is sliced (Size2 on the first block). The whole response is kept for the
-//!    client's later block requests (keyed by peer and request URI, bounded in count and age):
+//!    client's later block requests (keyed by peer and request URI, bounded in count and age,
+//!    at most `max_transfers_per_source` per source; a full cache drops the oldest response of
+//!    the source holding the most):
 //!    a client fetches the rest of a POST/PUT response by repeating the request with Block2
 //!    (RFC 7959 §2.7, Figure 14), which must not run a non-idempotent resource again. A block
 //!    request with nothing cached runs the resource (fine for GET).
@@ -29,12 +34,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
-use wardgate_core::PeerContext;
+use wardgate_core::{PeerContext, Rate, SourceKey, Take, TokenBuckets};
 
 use crate::block::{self, Reassembly, Step};
-use crate::codec::{BlockOpt, Code, Message, opt};
+use crate::codec::{BlockOpt, Code, Message, MsgType, opt};
+pub use crate::layer::AMPLIFICATION_FACTOR;
 use crate::layer::Response;
-use crate::metrics::{CoapMetrics, IngestRejected};
+use crate::metrics::{CoapMetrics, IngestRejected, LogGate, RateLimited};
 use crate::resource::{Deferred, Registration, Reply, Request, Resource};
 
 /// Link-format Content-Format.
@@ -52,24 +58,43 @@ pub struct RouterSettings {
     pub max_body_bytes: usize,
     /// SZX of our Block2 responses.
     pub preferred_szx: u8,
+    /// Most block-wise responses kept for one source.
+    pub max_responses_per_source: usize,
+    /// Requests per source (unlimited when its rate is 0).
+    pub per_source: Rate,
 }
 
 /// Most block-wise responses kept for clients fetching their remaining blocks.
 const BLOCK2_CACHE_ENTRIES: usize = 64;
 
+/// Token buckets per socket for the per-source (and, in the readings resource, per-device)
+/// rate limits: a fixed array, so spoofed sources cannot grow it (24 bytes each: 96 KiB).
+pub const RATE_BUCKETS: usize = 4096;
+
 /// How long a block-wise response is kept after it was made.
 const BLOCK2_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Whole responses whose Block2 blocks clients are still fetching, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Block2Cache {
-    entries: VecDeque<(Instant, SocketAddr, u64, Response)>,
+    entries: VecDeque<(Instant, SocketAddr, SourceKey, u64, Response)>,
+    per_source: usize,
+    metrics: CoapMetrics,
 }
 
 impl Block2Cache {
+    fn new(per_source: usize, metrics: CoapMetrics) -> Self {
+        Block2Cache {
+            entries: VecDeque::new(),
+            per_source: per_source.max(1),
+            metrics,
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
         while self.entries.front().is_some_and(|(t, ..)| *t <= now) {
             self.entries.pop_front();
+            self.metrics.block2_cached.dec();
         }
     }
 
@@ -77,22 +102,57 @@ impl Block2Cache {
         self.expire(now);
         self.entries
             .iter()
-            .find(|(_, p, k, _)| *p == peer && *k == key)
+            .find(|(_, p, _, k, _)| *p == peer && *k == key)
             .map(|(.., r)| r.clone())
     }
 
-    fn put(&mut self, now: Instant, peer: SocketAddr, key: u64, r: Response) {
+    fn put(&mut self, now: Instant, peer: SocketAddr, source: SourceKey, key: u64, r: Response) {
         self.remove(peer, key);
-        if self.entries.len() == BLOCK2_CACHE_ENTRIES {
-            self.entries.pop_front();
+        let held = |s: SourceKey, e: &VecDeque<(Instant, SocketAddr, SourceKey, u64, Response)>| {
+            e.iter().filter(|(_, _, x, ..)| *x == s).count()
+        };
+        if held(source, &self.entries) >= self.per_source {
+            // This source's oldest makes room: it cannot push out anybody else's.
+            self.drop_oldest_of(source);
+            self.metrics.eviction("block2", "source_share");
+        } else if self.entries.len() >= BLOCK2_CACHE_ENTRIES {
+            // The oldest response of the source holding the most (a scan of 64 entries).
+            let most = self
+                .entries
+                .iter()
+                .map(|(_, _, s, ..)| (held(*s, &self.entries), *s))
+                .max_by_key(|(n, _)| *n)
+                .map(|(_, s)| s);
+            if let Some(s) = most {
+                self.drop_oldest_of(s);
+                self.metrics.eviction("block2", "table_full");
+            }
         }
         self.entries
-            .push_back((now + BLOCK2_CACHE_TTL, peer, key, r));
+            .push_back((now + BLOCK2_CACHE_TTL, peer, source, key, r));
+        self.metrics.block2_cached.inc();
+    }
+
+    fn drop_oldest_of(&mut self, source: SourceKey) {
+        if let Some(i) = self.entries.iter().position(|(_, _, s, ..)| *s == source) {
+            self.entries.remove(i);
+            self.metrics.block2_cached.dec();
+        }
     }
 
     fn remove(&mut self, peer: SocketAddr, key: u64) {
+        let before = self.entries.len();
         self.entries
-            .retain(|(_, p, k, _)| !(*p == peer && *k == key));
+            .retain(|(_, p, _, k, _)| !(*p == peer && *k == key));
+        self.metrics
+            .block2_cached
+            .dec_by((before - self.entries.len()) as i64);
+    }
+}
+
+impl Drop for Block2Cache {
+    fn drop(&mut self) {
+        self.metrics.block2_cached.dec_by(self.entries.len() as i64);
     }
 }
 
@@ -102,6 +162,7 @@ impl Block2Cache {
 #[derive(Debug, Clone, Copy)]
 pub struct BlockKey {
     peer: SocketAddr,
+    source: SourceKey,
     uri: u64,
     /// RFC 7252 §11.3: at most [`AMPLIFICATION_FACTOR`] × the request's bytes go back to a peer
     /// nothing authenticated (its address may be spoofed: we would be flooding a victim).
@@ -110,11 +171,8 @@ pub struct BlockKey {
     token_len: usize,
 }
 
-/// How many times its request's size an unauthenticated peer may receive (RFC 7252 §11.3).
-pub const AMPLIFICATION_FACTOR: usize = 3;
-
 impl BlockKey {
-    fn of(peer: &PeerContext, msg: &Message<'_>, request_len: usize) -> Self {
+    fn of(peer: &PeerContext, source: SourceKey, msg: &Message<'_>, request_len: usize) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         msg.code.hash(&mut h);
         for p in msg.values(opt::URI_PATH) {
@@ -126,6 +184,7 @@ impl BlockKey {
         }
         BlockKey {
             peer: peer.addr,
+            source,
             uri: h.finish(),
             budget: peer
                 .identity
@@ -181,6 +240,9 @@ pub enum Routed {
     /// Answer when `fut` resolves, then pass the response through [`Router::finish`] with
     /// these block options.
     Later(Later),
+    /// Send nothing (a Non-confirmable request over a rate limit, RFC 7252 §5.2.3). Never for a
+    /// Confirmable request.
+    Silent,
 }
 
 /// A deferred answer and the block options its final response needs.
@@ -212,6 +274,8 @@ pub struct Router {
     well_known: Bytes,
     reassembly: Reassembly,
     block2_cache: Block2Cache,
+    source_limit: TokenBuckets,
+    source_log: LogGate,
     metrics: CoapMetrics,
     accepting: bool,
 }
@@ -224,7 +288,9 @@ impl Router {
             entries: Vec::new(),
             well_known: Bytes::new(),
             reassembly,
-            block2_cache: Block2Cache::default(),
+            block2_cache: Block2Cache::new(s.max_responses_per_source, metrics.clone()),
+            source_limit: TokenBuckets::new(s.per_source, RATE_BUCKETS),
+            source_log: LogGate::default(),
             metrics,
             accepting: true,
         }
@@ -299,10 +365,26 @@ impl Router {
         msg: &Message<'_>,
         request_len: usize,
     ) -> Routed {
-        let key = BlockKey::of(peer, msg, request_len);
+        let source = SourceKey::of(peer);
+        if let Take::Limited { retry_after_secs } = self.source_limit.take(source, now) {
+            RateLimited {
+                peer: peer.addr,
+                scope: "source",
+                retry_after_secs,
+            }
+            .emit(&self.metrics, &mut self.source_log, now);
+            if msg.mtype != MsgType::Con {
+                return Routed::Silent;
+            }
+            let mut r = Response::diagnostic(Code::SERVICE_UNAVAILABLE, "rate limited");
+            r.max_age = Some(retry_after_secs);
+            let key = BlockKey::of(peer, source, msg, request_len);
+            return Routed::Now(self.limit(r, key));
+        }
+        let key = BlockKey::of(peer, source, msg, request_len);
         match self.route(now, peer, msg, key) {
             Routed::Now(r) => Routed::Now(self.limit(r, key)),
-            later => later,
+            other => other,
         }
     }
 
@@ -369,6 +451,7 @@ impl Router {
                 match self.reassembly.on_block(
                     now,
                     peer.addr,
+                    key.source,
                     &uri,
                     b,
                     msg.payload,
@@ -407,6 +490,7 @@ impl Router {
                 block2,
                 key,
             }),
+            Reply::Silent => Routed::Silent,
         }
     }
 
@@ -434,7 +518,8 @@ impl Router {
             Ok(None) => self.limit(r, key),
             Ok(Some((b, range))) => {
                 if b.more {
-                    self.block2_cache.put(now, key.peer, key.uri, r.clone());
+                    self.block2_cache
+                        .put(now, key.peer, key.source, key.uri, r.clone());
                 } else {
                     self.block2_cache.remove(key.peer, key.uri);
                 }
@@ -474,6 +559,7 @@ impl Router {
         if let Some(budget) = key.budget {
             if !r.payload.is_empty() && encoded_upper_bound(&r, key.token_len) > budget {
                 tracing::debug!(peer = %key.peer, code = %r.code, "response payload withheld: over the unauthenticated amplification budget");
+                self.metrics.amplification("payload_withheld");
                 r.payload = Bytes::new();
             }
         }

@@ -1,7 +1,7 @@
 //! RFC 7252 §11.3: a peer nothing authenticated never gets back more than 3× the bytes it sent
 //! (its address may be spoofed, and we would be flooding someone else), measured from a second
-//! loopback address for every kind of answer the router and the readings resource give. An
-//! authenticated peer gets the whole answer.
+//! loopback address for every kind of answer the router, the readings resource and the message
+//! layer give. An authenticated peer gets the whole answer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -108,5 +108,88 @@ async fn an_authenticated_peer_gets_the_whole_answer() {
     assert!(got > sent);
     let (_, _, resp) = exchange(&h, &get(2, ".well-known/core")).await;
     assert!(resp.payload.starts_with(b"</v1/readings>"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_layer_4_02_to_an_unauthenticated_peer_leaves_out_its_diagnostic() {
+    let h = Harness::start(StoreMode::Ok).await;
+    // A GET with If-Match (1): critical, and not processed here. 5 bytes.
+    let mut req = get(1, "");
+    req.options.push((1, Vec::new()));
+    let (sent, got, resp) = exchange(&h, &req).await;
+    assert_eq!(resp.header.get_code(), "4.02");
+    assert!(
+        got <= 3 * sent,
+        "{got} bytes back for {sent} sent: {resp:?}"
+    );
+    assert!(resp.payload.is_empty());
+    assert_eq!(
+        h.metric("wardgate_coap_amplification_limited_total{reason=\"diagnostic_withheld\"}"),
+        1.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_layer_4_02_to_an_authenticated_peer_keeps_its_diagnostic() {
+    let opts = Options {
+        identity: Some(Identity::new(IdentityKind::PskIdentity, "bed-1")),
+        ..Options::default()
+    };
+    let h = Harness::start_opts(StoreMode::Ok, |_| {}, opts).await;
+    let mut req = get(1, "");
+    req.options.push((1, Vec::new()));
+    let (_, _, resp) = exchange(&h, &req).await;
+    assert_eq!(resp.header.get_code(), "4.02");
+    assert_eq!(resp.payload, b"unrecognized critical option");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_short_datagram_reusing_a_requests_message_id_does_not_get_its_cached_answer() {
+    // Piggybacked answers only, so the cached answer is the 2.01 itself.
+    let h = Harness::start_with(StoreMode::Ok, |c| {
+        c.piggyback_budget = wardgate_testkit::PATIENCE
+    })
+    .await;
+    let sock = UdpSocket::bind("127.0.0.2:0")
+        .await
+        .expect("bind 127.0.0.2");
+    let ask = |bytes: Vec<u8>| {
+        let sock = &sock;
+        async move {
+            sock.send_to(&bytes, h.addr).await.expect("send");
+            let mut buf = vec![0u8; 2048];
+            let (n, _) = tokio::time::timeout(wardgate_testkit::PATIENCE, sock.recv_from(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("recv");
+            buf.truncate(n);
+            buf
+        }
+    };
+    let post = Req::post(9, "v1/readings/bed-1/t", Some(0), b"1").bytes();
+    let created = ask(post.clone()).await;
+    assert_eq!(parse(&created).header.get_code(), "2.01");
+    assert!(created.len() > 12, "the answer is larger than 3 × 4 bytes");
+    // The same Message ID in a bare 4-byte CON POST: a duplicate by (peer, Message ID), but its
+    // cached answer is more than 3× its size. Nothing may come back; the ping's RST comes first.
+    sock.send_to(&[0x40, 0x02, 0x00, 0x09], h.addr)
+        .await
+        .expect("send");
+    let rst = ask(vec![0x40, 0x00, 0x12, 0x34]).await;
+    assert_eq!(
+        rst,
+        [0x70, 0x00, 0x12, 0x34],
+        "nothing before the ping's RST"
+    );
+    assert_eq!(
+        h.metric("wardgate_coap_amplification_limited_total{reason=\"duplicate_not_resent\"}"),
+        1.0
+    );
+    // The real retransmission, as large as the original, gets the cached answer.
+    assert_eq!(ask(post).await, created);
+    assert_eq!(h.readings().len(), 1);
     h.stop().await;
 }

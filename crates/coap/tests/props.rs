@@ -40,11 +40,17 @@ fn engine(now: Instant, dedup_max: usize) -> (Engine, BusReceiver) {
             busy_max_age: 5,
             max_body_bytes: 2048,
             preferred_szx: 6,
+            max_responses_per_source: 8,
+            per_source: wardgate_core::Rate {
+                rate: 0.0,
+                burst: 1,
+            },
         },
         Reassembly::new(
             BlockLimits {
                 max_body_bytes: 2048,
                 max_open_transfers: 4,
+                max_transfers_per_source: 4,
                 transfer_timeout: Duration::from_secs(60),
                 preferred_szx: 6,
                 busy_max_age: 5,
@@ -58,6 +64,10 @@ fn engine(now: Instant, dedup_max: usize) -> (Engine, BusReceiver) {
             ingest_path: vec!["v1".into(), "readings".into()],
             default_class: MessageClass::Vital,
             busy_max_age: 5,
+            per_device: wardgate_core::Rate {
+                rate: 0.0,
+                burst: 1,
+            },
         },
         pipeline,
         metrics.clone(),
@@ -69,6 +79,7 @@ fn engine(now: Instant, dedup_max: usize) -> (Engine, BusReceiver) {
             transmission: TransmissionConfig::default(),
             piggyback_budget: Duration::from_millis(500),
             dedup_max_entries: dedup_max,
+            dedup_max_entries_per_source: dedup_max,
         },
         1280,
         Some(router),

@@ -20,6 +20,7 @@ fn layer(now: Instant, metrics: CoapMetrics) -> MessageLayer {
             transmission: TransmissionConfig::default(),
             piggyback_budget: Duration::from_millis(500),
             dedup_max_entries: 1024,
+            dedup_max_entries_per_source: 1024,
         },
         metrics,
     )

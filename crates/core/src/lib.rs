@@ -18,6 +18,8 @@
 //! - [`credentials`] and [`audit`]: the seams to the device registry (keys per handshake,
 //!   never logged) and to the audit trail (security events, never blocking);
 //! - [`health`]: readiness reporting shared by every component;
+//! - [`limit`]: who a peer counts as for per-source shares and rate limits ([`SourceKey`]), and
+//!   token buckets in constant memory ([`TokenBuckets`]);
 //! - [`clock`]: an injectable wall clock; [`backoff`]: the one retry backoff (full jitter).
 //!
 //! Invariant carried by these types: a reading is acknowledged to a device only after the
@@ -35,6 +37,7 @@ pub mod clock;
 pub mod credentials;
 mod decode;
 pub mod health;
+pub mod limit;
 pub mod outcome;
 pub mod payload;
 pub mod peer;
@@ -52,6 +55,7 @@ pub use bus::{Bus, BusReceiver, IngestError, IngestRequest};
 pub use clock::{Clock, SystemClock};
 pub use credentials::{CredentialStore, NoCredentials, Secret};
 pub use health::{Health, HealthReporter};
+pub use limit::{Rate, SourceKey, Take, TokenBuckets};
 pub use outcome::{DeliveryOutcome, NackReason, OutcomeKind, OutcomeReceiver, OutcomeSender};
 pub use peer::{Identity, IdentityKind, PeerContext, TransportKind};
 pub use pipeline::{Accepted, IngestPipeline, Pending, Refused, Submission};

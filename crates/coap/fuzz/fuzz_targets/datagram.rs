@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = BlockLimits {
         max_body_bytes: 2048,
         max_open_transfers: 4,
+        max_transfers_per_source: 2,
         transfer_timeout: Duration::from_secs(60),
         preferred_szx: 6,
         busy_max_age: 5,
@@ -40,6 +41,9 @@ fuzz_target!(|data: &[u8]| {
             busy_max_age: 5,
             max_body_bytes: 2048,
             preferred_szx: 6,
+            max_responses_per_source: 8,
+            // Limited, so the fuzzer reaches the refusals too.
+            per_source: wardgate_core::Rate { rate: 50.0, burst: 16 },
         },
         Reassembly::new(limits, metrics.clone()),
         metrics.clone(),
@@ -49,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
             ingest_path: vec!["v1".into(), "readings".into()],
             default_class: MessageClass::Vital,
             busy_max_age: 5,
+            per_device: wardgate_core::Rate { rate: 5.0, burst: 4 },
         },
         pipeline,
         metrics.clone(),
@@ -61,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
             transmission: TransmissionConfig::default(),
             piggyback_budget: Duration::from_millis(500),
             dedup_max_entries: 32,
+            dedup_max_entries_per_source: 8,
         },
         1280,
         Some(router),

@@ -47,6 +47,7 @@ impl MessageLayer {
         peer: SocketAddr,
         msg: Message<'a>,
         key: DedupKey,
+        budget: Option<usize>,
     ) -> Inbound<'a> {
         let con = msg.mtype == MsgType::Con;
         if let Some(n) = msg.unknown_critical(KNOWN_REQUEST_CRITICAL) {
@@ -58,7 +59,7 @@ impl MessageLayer {
             tracing::debug!(%peer, option = n, "unrecognized critical option");
             if con {
                 let resp = Response::diagnostic(Code::BAD_OPTION, "unrecognized critical option");
-                self.respond_now(peer, msg.mid, msg.token, &resp, key, true);
+                self.respond_now(peer, msg.mid, msg.token, &resp, key, budget);
             }
             return Inbound::Nothing;
         }
@@ -82,14 +83,15 @@ impl MessageLayer {
         })
     }
 
-    /// Answers an oversized CON request 4.13 with Size1, deduplicated like any CON.
+    /// Answers an oversized CON request 4.13 with Size1, deduplicated like any CON (`budget`:
+    /// the amplification budget of an unauthenticated peer).
     pub(crate) fn reject_oversized(
         &mut self,
         now: Instant,
         peer: SocketAddr,
-        mid: u16,
-        token: Token,
+        (mid, token): (u16, Token),
         size1: u32,
+        budget: Option<usize>,
     ) {
         let key = DedupKey::new(peer, mid);
         match self.dedup.observe(now, key, true) {
@@ -106,11 +108,14 @@ impl MessageLayer {
         }
         let mut r = Response::diagnostic(Code::REQUEST_ENTITY_TOO_LARGE, "datagram too large");
         r.size1 = Some(size1);
-        self.respond_now(peer, mid, token, &r, key, true);
+        self.respond_now(peer, mid, token, &r, key, budget);
         self.sync_dedup_metrics();
     }
 
-    /// Sends a piggybacked response to a CON that was never handed to the application.
+    /// Sends a piggybacked response to a CON that was never handed to the application (and
+    /// caches it for duplicates). Within `budget` (an unauthenticated peer's amplification
+    /// budget) when there is one: the diagnostic payload is left out if it would not fit (RFC
+    /// 7252 §5.5.2 makes it optional), and an answer that still would not is not sent.
     fn respond_now(
         &mut self,
         peer: SocketAddr,
@@ -118,14 +123,37 @@ impl MessageLayer {
         token: Token,
         resp: &Response,
         key: DedupKey,
-        cache: bool,
+        budget: Option<usize>,
     ) {
-        if self.encode_response(resp, MsgType::Ack, mid, token) {
-            self.tx.push(peer, &self.scratch);
-            if cache {
-                self.dedup.set_response(key, &self.scratch);
+        if !self.encode_response(resp, MsgType::Ack, mid, token) {
+            return;
+        }
+        if let Some(b) = budget.filter(|b| self.scratch.len() > *b) {
+            let bare = Response {
+                payload: bytes::Bytes::new(),
+                ..resp.clone()
+            };
+            if !self.encode_response(&bare, MsgType::Ack, mid, token) || self.scratch.len() > b {
+                self.metrics.amplification("answer_not_sent");
+                return;
             }
-            self.metrics.response_sent(resp.code);
+            self.metrics.amplification("diagnostic_withheld");
+        }
+        self.tx.push(peer, &self.scratch);
+        self.dedup.set_response(key, &self.scratch);
+        self.metrics.response_sent(resp.code);
+    }
+
+    /// Forgets request `id` without answering it (a Non-confirmable request the application
+    /// chose not to answer, RFC 7252 §5.2.3). A Confirmable one cannot go unanswered: it gets
+    /// `fallback`.
+    pub fn discard(&mut self, now: Instant, id: RequestId, fallback: &Response) {
+        match self.inbound.get(&id.0) {
+            Some(ex) if ex.con => self.respond(now, id, fallback),
+            Some(_) => {
+                self.inbound.remove(&id.0);
+            }
+            None => {}
         }
     }
 

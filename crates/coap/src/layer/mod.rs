@@ -58,7 +58,13 @@ pub struct LayerConfig {
     pub piggyback_budget: Duration,
     /// Bound of the deduplication table.
     pub dedup_max_entries: usize,
+    /// Most deduplication entries of one source (IPv4 address or IPv6 /64).
+    pub dedup_max_entries_per_source: usize,
 }
+
+/// How many times its request's size an unauthenticated peer may receive (RFC 7252 §11.3): its
+/// address may be spoofed, and we would be flooding whoever owns it.
+pub const AMPLIFICATION_FACTOR: usize = 3;
 
 /// Datagrams to send, in one reusable buffer.
 #[derive(Debug, Default)]
@@ -141,7 +147,7 @@ pub struct MessageLayer {
     budget: Duration,
     max_peers: usize,
     dedup: DedupTable,
-    dedup_reported: (usize, u64),
+    dedup_reported: (usize, u64, u64),
     metrics: CoapMetrics,
     next_request: u64,
     inbound: HashMap<u64, InboundExchange>,
@@ -172,8 +178,9 @@ impl MessageLayer {
                 cfg.dedup_max_entries,
                 timing.exchange_lifetime,
                 timing.non_lifetime,
-            ),
-            dedup_reported: (0, 0),
+            )
+            .with_source_share(cfg.dedup_max_entries_per_source),
+            dedup_reported: (0, 0, 0),
             metrics,
             next_request: 0,
             inbound: HashMap::new(),
@@ -219,8 +226,9 @@ impl MessageLayer {
 
     fn sync_dedup_metrics(&mut self) {
         let len = self.dedup.len();
-        let ev = self.dedup.stats().evictions;
-        let (last_len, last_ev) = self.dedup_reported;
+        let stats = self.dedup.stats();
+        let (ev, over) = (stats.evictions, stats.over_share);
+        let (last_len, last_ev, last_over) = self.dedup_reported;
         if len > last_len {
             self.metrics.dedup_entries.inc_by((len - last_len) as i64);
         } else if len < last_len {
@@ -229,7 +237,10 @@ impl MessageLayer {
         if ev > last_ev {
             self.metrics.dedup_evictions.inc_by(ev - last_ev);
         }
-        self.dedup_reported = (len, ev);
+        if over > last_over {
+            self.metrics.dedup_over_share.inc_by(over - last_over);
+        }
+        self.dedup_reported = (len, ev, over);
     }
 
     fn send_empty(&mut self, peer: SocketAddr, mtype: MsgType, mid: u16) {
@@ -237,14 +248,28 @@ impl MessageLayer {
         self.tx.push(peer, &self.scratch);
     }
 
-    /// Handles one received datagram.
+    /// Handles one received datagram from a peer nothing authenticated.
     pub fn handle_datagram<'a>(
         &mut self,
         now: Instant,
         peer: SocketAddr,
         datagram: &'a [u8],
     ) -> Inbound<'a> {
-        let r = self.handle_inner(now, peer, datagram);
+        self.handle_datagram_as(now, peer, datagram, false)
+    }
+
+    /// Handles one received datagram; `authenticated` when the transport proved the peer's
+    /// identity. To anybody else the layer's own answers (RST, empty ACK, 4.02, a duplicate's
+    /// cached response) are never more than [`AMPLIFICATION_FACTOR`] × the datagram's bytes.
+    pub fn handle_datagram_as<'a>(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        datagram: &'a [u8],
+        authenticated: bool,
+    ) -> Inbound<'a> {
+        let budget = (!authenticated).then(|| datagram.len().saturating_mul(AMPLIFICATION_FACTOR));
+        let r = self.handle_inner(now, peer, datagram, budget);
         self.sync_dedup_metrics();
         r
     }
@@ -254,6 +279,7 @@ impl MessageLayer {
         now: Instant,
         peer: SocketAddr,
         datagram: &'a [u8],
+        budget: Option<usize>,
     ) -> Inbound<'a> {
         let msg = match Message::parse(datagram) {
             Ok(m) => m,
@@ -305,7 +331,13 @@ impl MessageLayer {
                                 return Inbound::Nothing;
                             }
                             DupAction::Resend(bytes) => {
-                                self.tx.push(peer, bytes);
+                                // The first copy's answer fitted the first copy's size; a
+                                // smaller "duplicate" (same Message ID, spoofed) gets nothing.
+                                if budget.is_some_and(|b| bytes.len() > b) {
+                                    self.metrics.amplification("duplicate_not_resent");
+                                } else {
+                                    self.tx.push(peer, bytes);
+                                }
                                 return Inbound::Nothing;
                             }
                             DupAction::Reprocess => {}
@@ -313,7 +345,7 @@ impl MessageLayer {
                     }
                 }
                 if msg.code.is_request() {
-                    self.on_request(peer, msg, key)
+                    self.on_request(peer, msg, key, budget)
                 } else {
                     self.on_separate_response(now, peer, &msg, key);
                     Inbound::Nothing
@@ -375,7 +407,7 @@ impl MessageLayer {
 
 impl Drop for MessageLayer {
     fn drop(&mut self) {
-        let (len, _) = self.dedup_reported;
+        let (len, ..) = self.dedup_reported;
         self.metrics.dedup_entries.dec_by(len as i64);
     }
 }
