@@ -29,8 +29,6 @@
 //! ownership against spoofing), not used for anything secret.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash};
-use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -318,83 +316,6 @@ impl Replays {
     }
 }
 
-/// Where a source address's handshake allowance is counted: IPv4 per address, IPv6 per /64
-/// (one host usually owns a /64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct SourceKey(u128);
-
-impl SourceKey {
-    pub(crate) fn of(addr: &SocketAddr) -> Self {
-        match addr.ip() {
-            IpAddr::V4(v4) => SourceKey(u32::from(v4) as u128),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => SourceKey(u32::from(v4) as u128),
-                None => SourceKey((u128::from(v6) >> 64) | (1u128 << 127)),
-            },
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f32,
-    last: Option<Instant>,
-}
-
-/// ClientHello rate per source, in a fixed array of token buckets indexed by a keyed hash of
-/// the source: memory is constant however many addresses a flood spoofs (a flood shares buckets
-/// with whoever hashes alike, which only ever makes the limit stricter).
-#[derive(Debug)]
-pub(crate) struct HelloLimiter {
-    buckets: Box<[Bucket]>,
-    hasher: std::collections::hash_map::RandomState,
-    rate: f32,
-    burst: f32,
-}
-
-/// Buckets in the limiter.
-const BUCKETS: usize = 4096;
-
-impl HelloLimiter {
-    pub(crate) fn new(rate: f64, burst: u32) -> Self {
-        HelloLimiter {
-            buckets: vec![
-                Bucket {
-                    tokens: 0.0,
-                    last: None,
-                };
-                BUCKETS
-            ]
-            .into_boxed_slice(),
-            hasher: std::collections::hash_map::RandomState::new(),
-            rate: rate as f32,
-            burst: burst as f32,
-        }
-    }
-
-    /// Takes one token for `source`; false when its bucket is empty.
-    pub(crate) fn take(&mut self, source: SourceKey, now: Instant) -> bool {
-        let mut h = self.hasher.build_hasher();
-        source.hash(&mut h);
-        let i = (std::hash::Hasher::finish(&h) as usize) % BUCKETS;
-        let Some(b) = self.buckets.get_mut(i) else {
-            return false;
-        };
-        let refill = match b.last {
-            None => self.burst,
-            Some(last) => now.saturating_duration_since(last).as_secs_f32() * self.rate,
-        };
-        b.tokens = (b.tokens + refill).min(self.burst);
-        b.last = Some(now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Result of checking a ClientHello's cookie against the live epochs.
 pub(crate) enum CookieCheck {
     /// The cookie is valid: this instance has replayed the cookie exchange and expects the
@@ -476,29 +397,6 @@ fn cookie_matches(hvr: &[u8], cookie: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_source_gets_its_burst_then_its_rate() {
-        let mut l = HelloLimiter::new(2.0, 3);
-        let s = SourceKey::of(&"127.0.0.9:1".parse().unwrap());
-        let t0 = Instant::now();
-        assert!((0..3).all(|_| l.take(s, t0)));
-        assert!(!l.take(s, t0));
-        assert!(l.take(s, t0 + Duration::from_millis(600)));
-        assert!(!l.take(s, t0 + Duration::from_millis(600)));
-    }
-
-    #[test]
-    fn ipv6_sources_are_counted_per_64_and_mapped_v4_as_v4() {
-        let a = SourceKey::of(&"[2001:db8::1]:1".parse().unwrap());
-        let b = SourceKey::of(&"[2001:db8::ffff]:2".parse().unwrap());
-        let c = SourceKey::of(&"[2001:db8:0:1::1]:2".parse().unwrap());
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        let v4 = SourceKey::of(&"192.0.2.1:1".parse().unwrap());
-        let mapped = SourceKey::of(&"[::ffff:192.0.2.1]:1".parse().unwrap());
-        assert_eq!(v4, mapped);
-    }
 
     #[test]
     fn a_client_random_is_admitted_once_across_a_rotation() {

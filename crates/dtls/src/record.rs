@@ -89,9 +89,7 @@ impl<'a> ClientHello<'a> {
     /// rest rather than keep fragments for an unproven address).
     pub fn parse(datagram: &'a [u8]) -> Option<Self> {
         // DTLS records carry version {254, x} (RFC 6347 §4.1); anything else is not ours.
-        if datagram.len() < RECORD_HEADER
-            || datagram[0] != CONTENT_HANDSHAKE
-            || datagram[1] != 0xfe
+        if datagram.len() < RECORD_HEADER || datagram[0] != CONTENT_HANDSHAKE || datagram[1] != 0xfe
         {
             return None;
         }

@@ -25,11 +25,12 @@ use wardgate_core::{
 use crate::config::DtlsConfig;
 use crate::error::DtlsError;
 use crate::front::{
-    Admit, Auth, Claimed, CookieCheck, Epochs, HelloLimiter, KeyResolver, Replays, SourceKey,
-    build_epoch, check_cookie, fingerprint,
+    Admit, Auth, Claimed, CookieCheck, Epochs, KeyResolver, Replays, build_epoch, check_cookie,
+    fingerprint,
 };
 use crate::metrics::DtlsMetrics;
 use crate::record::{self, ClientHello, FirstRecord, PSK_AES128_CCM_8};
+use wardgate_core::limit::{Rate, SourceKey, Take, TokenBuckets};
 
 /// Largest datagram read from the socket (a DTLS record carries at most 2^14 bytes).
 const MAX_WIRE_DATAGRAM: usize = 17 * 1024;
@@ -43,6 +44,8 @@ const MAX_SEND_BACKLOG: usize = 1024;
 const RECV_BUDGET: usize = 64;
 /// How often idle sessions, stale handshakes, revocations and the cookie epoch are looked at.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Buckets of the per-source ClientHello limit.
+const HELLO_BUCKETS: usize = 4096;
 /// Client randoms remembered per epoch (replay protection, see `front.rs`).
 const MAX_RANDOMS_PER_EPOCH: usize = 65_536;
 
@@ -123,7 +126,8 @@ struct Inner {
     /// The listener's certificate, when it offers certificate suites.
     certificate: Option<Arc<dimpl::DtlsCertificate>>,
     replays: Replays,
-    limiter: HelloLimiter,
+    /// ClientHellos per source (a fixed array of hashed buckets).
+    limiter: TokenBuckets,
     generation: u64,
     next_sweep: Instant,
     out: Vec<u8>,
@@ -212,9 +216,12 @@ impl DtlsTransport {
             certificate: certificate.map(Arc::new),
             clients: HashMap::new(),
             replays: Replays::new(MAX_RANDOMS_PER_EPOCH),
-            limiter: HelloLimiter::new(
-                settings.hello_rate_per_source,
-                settings.hello_burst_per_source,
+            limiter: TokenBuckets::new(
+                Rate {
+                    rate: settings.hello_rate_per_source,
+                    burst: settings.hello_burst_per_source,
+                },
+                HELLO_BUCKETS,
             ),
             generation: deps.credentials.generation(),
             next_sweep: now + SWEEP_EVERY,
@@ -368,8 +375,12 @@ impl Inner {
         hello: &ClientHello<'_>,
     ) {
         let metrics = &io.deps.metrics;
-        let source = SourceKey::of(&addr);
-        if !self.limiter.take(source, now) {
+        let source = SourceKey::of_addr(&addr);
+        if self
+            .limiter
+            .take(source, tokio::time::Instant::from_std(now))
+            != Take::Allowed
+        {
             metrics.fail("rate_limited");
             return;
         }
@@ -872,7 +883,7 @@ impl Inner {
                 role: Role::Client,
                 outbox: Vec::new(),
                 phase: Phase::Handshake { started: now },
-                source: SourceKey::of(&peer),
+                source: SourceKey::of_addr(&peer),
                 claimed: None,
                 cert_fingerprint: None,
                 identity: None,
