@@ -12,7 +12,7 @@
 //! - [`block`]: block-wise transfer (RFC 7959), Block1 reassembly and Block2 slicing;
 //! - [`ingest`]: the readings resource, a thin shell over `wardgate-core`'s ingest pipeline;
 //! - [`observe`]: the gateway observing sensors (RFC 7641);
-//! - [`transport`]: the datagram seam, UDP now, DTLS later as a second implementation;
+//! - [`transport`]: the datagram seam: UDP here, DTLS in `wardgate-dtls`;
 //! - [`CoapEndpoint`] and [`CoapClient`], which run the above on sockets.
 //!
 //! Promises:

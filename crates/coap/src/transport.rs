@@ -1,7 +1,7 @@
 //! The transport seam under the message layer: datagrams in and out, addressed by peer.
 //!
-//! UDP is [`UdpTransport`]. DTLS (RFC 7925 profile) will be a second implementation of
-//! [`Transport`] that owns the handshakes and records per peer and hands the message layer
+//! UDP is [`UdpTransport`]. DTLS (RFC 7925 profile) is the second implementation, in the
+//! `wardgate-dtls` crate: it owns the handshakes and records per peer and hands the message layer
 //! plaintext CoAP datagrams; the message layer, the endpoint and the client stay as they are.
 //! A transport names each datagram's sender as a [`PeerContext`] (a DTLS transport adds the
 //! PSK identity or certificate fingerprint its handshake proved), and may ask the socket task
