@@ -384,23 +384,22 @@ impl Inner {
             metrics.fail("rate_limited");
             return;
         }
-        // PSK whenever offered; a certificate handshake only when this listener has one.
+        // PSK whenever offered; a certificate handshake only when this listener has one. Without
+        // a shared suite the cookie exchange still runs (it does not depend on the suites), so
+        // the refusal is audited only for a proven address: spoofed ClientHellos cannot write
+        // to the audit trail.
         let auth = if hello.offers(PSK_AES128_CCM_8) {
-            Auth::Psk
-        } else if let Some(cert) = self.certificate.as_ref().filter(|_| hello.offers_non_psk()) {
-            Auth::Certificate(cert.clone())
+            Some(Auth::Psk)
         } else {
-            metrics.fail("no_shared_suite");
-            io.audit(
-                AuditEvent::new(AuditKind::AuthFailure, "no_shared_suite")
-                    .peer(addr, TransportKind::Dtls),
-            );
-            return;
+            self.certificate
+                .as_ref()
+                .filter(|_| hello.offers_non_psk())
+                .map(|cert| Auth::Certificate(cert.clone()))
         };
         let hello0 = hello.without_cookie();
         let dtls = match check_cookie(
             &self.epochs,
-            &auth,
+            auth.as_ref().unwrap_or(&Auth::Psk),
             &hello0,
             hello.cookie,
             now,
@@ -418,6 +417,14 @@ impl Inner {
             }
         };
         // The address is proven: from here on state may be kept, within the bounds.
+        if auth.is_none() {
+            metrics.fail("no_shared_suite");
+            io.audit(
+                AuditEvent::new(AuditKind::AuthFailure, "no_shared_suite")
+                    .peer(addr, TransportKind::Dtls),
+            );
+            return;
+        }
         let reason = match self.replays.admit(hello.random) {
             Admit::Replayed => Some("replayed_hello"),
             Admit::Full => Some("handshakes_full"),

@@ -151,18 +151,63 @@ async fn a_wrong_key_fails_the_handshake_is_audited_and_stores_nothing() {
 
 /// A DTLS 1.2 ClientHello without a cookie, as a flood would send it.
 fn bare_client_hello(n: u32) -> Vec<u8> {
+    client_hello_with(n, 0xC0A8, &[], 0)
+}
+
+/// A DTLS 1.2 ClientHello offering one `suite`, with `cookie` and `message_seq`.
+fn client_hello_with(n: u32, suite: u16, cookie: &[u8], seq: u16) -> Vec<u8> {
     let mut body = vec![0xfe, 0xfd];
     body.extend_from_slice(&n.to_be_bytes());
     body.extend((0..28u8).map(|i| i ^ (n as u8)));
-    body.extend_from_slice(&[0, 0]); // session id, cookie
-    body.extend_from_slice(&[0, 2, 0xC0, 0xA8, 1, 0, 0, 0]);
+    body.push(0); // session id
+    body.push(cookie.len() as u8);
+    body.extend_from_slice(cookie);
+    body.extend_from_slice(&[0, 2]);
+    body.extend_from_slice(&suite.to_be_bytes());
+    // null compression; extended_master_secret
+    body.extend_from_slice(&[1, 0, 0, 4, 0, 0x17, 0, 0]);
     let l = (body.len() as u32).to_be_bytes();
-    let mut hs = vec![1, l[1], l[2], l[3], 0, 0, 0, 0, 0, l[1], l[2], l[3]];
+    let s = seq.to_be_bytes();
+    let mut hs = vec![1, l[1], l[2], l[3], s[0], s[1], 0, 0, 0, l[1], l[2], l[3]];
     hs.extend_from_slice(&body);
-    let mut rec = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut rec = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, seq as u8];
     rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
     rec.extend_from_slice(&hs);
     rec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_without_a_shared_suite_is_audited_only_once_its_address_is_proven() {
+    let gw = Gateway::start(|_| {}).await;
+    let peer = tokio::net::UdpSocket::bind("127.0.0.7:0").await.unwrap();
+    let mut buf = [0u8; 2048];
+    // ECDHE_ECDSA only, to a PSK-only listener, without a cookie: a HelloVerifyRequest, no audit.
+    peer.send_to(&client_hello_with(1, 0xC02B, &[], 0), gw.addr)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(PATIENCE, peer.recv_from(&mut buf))
+        .await
+        .expect("a HelloVerifyRequest")
+        .unwrap();
+    let cookie = buf[13 + 12 + 3..n].to_vec();
+    assert_eq!(cookie.len(), buf[13 + 12 + 2] as usize);
+    assert!(gw.audit.events().is_empty(), "{:?}", gw.audit.events());
+    // With the cookie (the address is proven): refused, counted and audited.
+    peer.send_to(&client_hello_with(1, 0xC02B, &cookie, 1), gw.addr)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !gw
+        .audit
+        .events()
+        .iter()
+        .any(|e| e.reason == "no_shared_suite")
+    {
+        assert!(Instant::now() < deadline, "{}", gw.metrics_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.metric("wardgate_dtls_sessions"), 0.0);
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
