@@ -59,6 +59,9 @@ pub struct DtlsLoadReport {
     pub gateway_rss_kib: Option<(u64, u64)>,
     /// (after - before) / devices, bytes.
     pub bytes_per_session: Option<f64>,
+    /// Gateway CPU time (user + system) per 1,000 readings during the reading phase, ms: the
+    /// gateway's cost per reading, which the latency-bound rate above does not show.
+    pub gateway_cpu_ms_per_1k: Option<f64>,
 }
 
 struct Key(Vec<u8>);
@@ -267,6 +270,7 @@ pub fn run(args: &DtlsLoadArgs) -> Result<DtlsLoadReport, BenchError> {
     let connected: u32 = groups.iter().map(|g| g.len() as u32).sum();
     let after = rss(args.gateway_pid);
 
+    let cpu_before = args.gateway_pid.and_then(|p| procfs::cpu_ticks(p).ok());
     let rd_start = Instant::now();
     let results: Vec<(u64, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = groups
@@ -294,6 +298,7 @@ pub fn run(args: &DtlsLoadArgs) -> Result<DtlsLoadReport, BenchError> {
             .collect()
     });
     let rd_elapsed = rd_start.elapsed().as_secs_f64();
+    let cpu_after = args.gateway_pid.and_then(|p| procfs::cpu_ticks(p).ok());
     let readings_ok: u64 = results.iter().map(|r| r.0).sum();
     let readings_failed: u64 = results.iter().map(|r| r.1).sum();
     let gateway_rss_kib = before.zip(after);
@@ -308,5 +313,12 @@ pub fn run(args: &DtlsLoadArgs) -> Result<DtlsLoadReport, BenchError> {
         bytes_per_session: gateway_rss_kib
             .filter(|_| !args.plain && connected > 0)
             .map(|(b, a)| (a.saturating_sub(b) as f64 * 1024.0) / f64::from(connected)),
+        gateway_cpu_ms_per_1k: cpu_before
+            .zip(cpu_after)
+            .filter(|_| readings_ok > 0)
+            .map(|(b, a)| {
+                let ms = a.saturating_sub(b) as f64 * 1000.0 / procfs::clk_tck() as f64;
+                ms * 1000.0 / readings_ok as f64
+            }),
     })
 }
