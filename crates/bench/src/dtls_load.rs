@@ -313,12 +313,11 @@ pub fn run(args: &DtlsLoadArgs) -> Result<DtlsLoadReport, BenchError> {
         bytes_per_session: gateway_rss_kib
             .filter(|_| !args.plain && connected > 0)
             .map(|(b, a)| (a.saturating_sub(b) as f64 * 1024.0) / f64::from(connected)),
-        gateway_cpu_ms_per_1k: cpu_before
-            .zip(cpu_after)
-            .filter(|_| readings_ok > 0)
-            .map(|(b, a)| {
+        gateway_cpu_ms_per_1k: cpu_before.zip(cpu_after).filter(|_| readings_ok > 0).map(
+            |(b, a)| {
                 let ms = a.saturating_sub(b) as f64 * 1000.0 / procfs::clk_tck() as f64;
                 ms * 1000.0 / readings_ok as f64
-            }),
+            },
+        ),
     })
 }
