@@ -225,32 +225,9 @@ path = "-"
         ),
     )
     .unwrap();
-    let mut child = common::ChildGuard(
-        Command::new(WARDGATE)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (_gateway, rx) = run_with_stdout_lines(&cfg);
     // Ready once /readyz answers 200 (the DTLS listener is bound by then).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/readyz")
-        .is_none_or(|(code, _)| code != 200)
-    {
-        assert!(Instant::now() < deadline, "gateway not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(http);
     // A CoAP CON POST of one SenML record to /v1/readings/bed-12.
     let mut post = vec![0x40, 0x02, 0x12, 0x34, 0xB2, b'v', b'1', 0x08];
     post.extend_from_slice(b"readings");
@@ -392,24 +369,7 @@ path = "-"
         ),
     )
     .unwrap();
-    let mut child = common::ChildGuard(
-        Command::new(WARDGATE)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (_gateway, rx) = run_with_stdout_lines(&cfg);
     let validator = schema();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = 0;
@@ -448,32 +408,9 @@ fn sighup_reloads_the_device_registry_without_a_restart() {
         ),
     )
     .unwrap();
-    let mut child = common::ChildGuard(
-        Command::new(WARDGATE)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (child, rx) = run_with_stdout_lines(&cfg);
     let pid = child.0.id();
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/readyz")
-        .is_none_or(|(code, _)| code != 200)
-    {
-        assert!(Instant::now() < deadline, "gateway not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(http);
     // bed-13 is added by hand, then the gateway is told.
     std::fs::write(&devices, entry("bed-12") + &entry("bed-13")).unwrap();
     let hup = Command::new("kill")
@@ -523,4 +460,41 @@ fn sighup_reloads_the_device_registry_without_a_restart() {
     let v = valid_reading(&schema(), &line);
     assert_eq!(v["device"], "bed-13");
     drop(stdin);
+}
+
+/// `wardgate run --config cfg`, its stdout as a channel of lines (read on a thread, so the test
+/// can wait with a timeout), stderr discarded.
+fn run_with_stdout_lines(
+    cfg: &std::path::Path,
+) -> (common::ChildGuard, std::sync::mpsc::Receiver<String>) {
+    let mut child = common::ChildGuard(
+        Command::new(WARDGATE)
+            .args(["run", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits until the gateway's `/readyz` on `127.0.0.1:{http}` answers 200.
+fn wait_ready(http: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/readyz")
+        .is_none_or(|(code, _)| code != 200)
+    {
+        assert!(Instant::now() < deadline, "gateway not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

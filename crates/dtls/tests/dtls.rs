@@ -19,25 +19,15 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Runs `openssl s_client -dtls1_2` with a PSK, writes `input` once connected, keeps stdin
-/// open (`-ign_eof`) and returns the child so the test decides when it has seen enough.
-fn s_client(gw: &Gateway, identity: &str, key: &[u8], input: &[u8]) -> ChildGuard {
+/// Runs `openssl s_client -dtls1_2` against the gateway with `auth` (the credential and cipher
+/// arguments), writes `input` once connected, keeps stdin open (`-ign_eof`) and returns the
+/// child so the test decides when it has seen enough.
+fn s_client_with(gw: &Gateway, auth: &[&std::ffi::OsStr], input: &[u8]) -> ChildGuard {
     require_tool("/usr/bin/openssl");
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-dtls1_2",
-            "-connect",
-            &gw.addr.to_string(),
-            "-psk_identity",
-            identity,
-            "-psk",
-            &hex(key),
-            "-cipher",
-            "PSK-AES128-CCM8",
-            "-quiet",
-            "-ign_eof",
-        ])
+    let mut child = Command::new("/usr/bin/openssl")
+        .args(["s_client", "-dtls1_2", "-connect", &gw.addr.to_string()])
+        .args(auth)
+        .args(["-quiet", "-ign_eof"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -48,6 +38,21 @@ fn s_client(gw: &Gateway, identity: &str, key: &[u8], input: &[u8]) -> ChildGuar
     // Keep stdin open for the life of the child: s_client sends it once the handshake is done.
     std::mem::forget(stdin);
     ChildGuard(child)
+}
+
+/// `s_client_with` a PSK over PSK-AES128-CCM8.
+fn s_client(gw: &Gateway, identity: &str, key: &[u8], input: &[u8]) -> ChildGuard {
+    let key = hex(key);
+    let args = [
+        "-psk_identity",
+        identity,
+        "-psk",
+        &key,
+        "-cipher",
+        "PSK-AES128-CCM8",
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    s_client_with(gw, &args, input)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,38 +505,22 @@ fn ec_certificate(
     (cert, key, hex(&sha2::Sha256::digest(&der.stdout)))
 }
 
+/// `s_client_with` a client certificate over ECDHE-ECDSA-AES128-GCM-SHA256.
 fn s_client_cert(
     gw: &Gateway,
     cert: &std::path::Path,
     key: &std::path::Path,
     input: &[u8],
 ) -> ChildGuard {
-    let mut child = Command::new("/usr/bin/openssl")
-        .args([
-            "s_client",
-            "-dtls1_2",
-            "-connect",
-            &gw.addr.to_string(),
-            "-cert",
-        ])
-        .arg(cert)
-        .arg("-key")
-        .arg(key)
-        .args([
-            "-cipher",
-            "ECDHE-ECDSA-AES128-GCM-SHA256",
-            "-quiet",
-            "-ign_eof",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input).expect("write");
-    std::mem::forget(stdin);
-    ChildGuard(child)
+    let args = [
+        std::ffi::OsStr::new("-cert"),
+        cert.as_os_str(),
+        std::ffi::OsStr::new("-key"),
+        key.as_os_str(),
+        std::ffi::OsStr::new("-cipher"),
+        std::ffi::OsStr::new("ECDHE-ECDSA-AES128-GCM-SHA256"),
+    ];
+    s_client_with(gw, &args, input)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
