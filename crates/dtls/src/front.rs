@@ -337,9 +337,15 @@ fn replay_hello(
     now: Instant,
     out: &mut Vec<u8>,
 ) -> Option<(Dtls, Vec<u8>)> {
-    let mut dtls = instance(epoch, auth, now);
-    dtls.handle_timeout(now).ok()?;
-    dtls.handle_packet(hello0).ok()?;
+    // A panic in the library on a hostile ClientHello costs this datagram, not the listener.
+    let mut dtls = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut dtls = instance(epoch, auth, now);
+        dtls.handle_timeout(now).ok()?;
+        dtls.handle_packet(hello0).ok()?;
+        Some(dtls)
+    }))
+    .ok()
+    .flatten()?;
     let mut hvr = None;
     loop {
         match dtls.poll_output(out) {

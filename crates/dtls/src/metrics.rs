@@ -20,7 +20,8 @@ pub struct DtlsMetrics {
     /// Handshakes completed.
     pub handshakes: Counter,
     /// Handshakes that failed or were refused, by reason (`unknown_identity`, `bad_key`,
-    /// `timeout`, `rate_limited`, `sessions_full`, `handshakes_full`, `source_full`,
+    /// `unknown_certificate`, `timeout`, `rate_limited`, `sessions_full`, `handshakes_full`,
+    /// `source_full`, `library_panic` (caught; the session is dropped),
     /// `replayed_hello`, `no_shared_suite`, `protocol_error`).
     pub handshake_failures: Family<ReasonLabel, Counter>,
     /// HelloVerifyRequests sent (each for a ClientHello without a valid cookie).

@@ -318,9 +318,41 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Runs one library call on a session, turning a panic inside the library into an error for
+/// that session only: the library is young and has `unwrap`s on internal invariants, and one
+/// peer's datagram must never take the listener down. (The session is dropped afterwards, so
+/// no state from the interrupted call is used again.)
+fn guarded<T>(call: impl FnOnce() -> Result<T, dimpl::Error>) -> Result<T, Guarded> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Guarded::Error(e)),
+        Err(_) => Err(Guarded::Panic),
+    }
+}
+
+/// A library call that failed, or panicked.
+#[derive(Debug)]
+enum Guarded {
+    Error(dimpl::Error),
+    Panic,
+}
+
+impl std::fmt::Display for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Guarded::Error(e) => write!(f, "{e}"),
+            Guarded::Panic => f.write_str("the DTLS library panicked"),
+        }
+    }
+}
+
 /// Why a session's library call failed, as a fixed label.
-fn failure_reason(error: &dimpl::Error, claimed: Option<&Claimed>) -> &'static str {
+fn failure_reason(error: &Guarded, claimed: Option<&Claimed>) -> &'static str {
     use dimpl::Error as E;
+    let error = match error {
+        Guarded::Panic => return "library_panic",
+        Guarded::Error(e) => e,
+    };
     match (error, claimed) {
         (_, Some(c)) if !c.known => "unknown_identity",
         (E::SecurityError(dimpl::SecurityError::NoMutuallyAcceptableCipherSuite), _) => {
@@ -479,7 +511,7 @@ impl Inner {
         };
         s.last_seen = now;
         let _ = self.resolver.take();
-        let r = s.dtls.handle_packet(data);
+        let r = guarded(|| s.dtls.handle_packet(data));
         if let Some(c) = self.resolver.take() {
             s.claimed = Some(c);
         }
@@ -488,13 +520,7 @@ impl Inner {
 
     /// Drains a session's output after a library call, then closes it if the call failed or
     /// the peer closed.
-    fn after_call(
-        &mut self,
-        io: &Io<'_>,
-        now: Instant,
-        addr: SocketAddr,
-        r: Result<(), dimpl::Error>,
-    ) {
+    fn after_call(&mut self, io: &Io<'_>, now: Instant, addr: SocketAddr, r: Result<(), Guarded>) {
         let Some(s) = self.sessions.get_mut(&addr) else {
             return;
         };
@@ -535,7 +561,7 @@ impl Inner {
         if s.phase == Phase::Established && !s.outbox.is_empty() {
             let queued = std::mem::take(&mut s.outbox);
             for d in queued {
-                if s.dtls.send_application_data(&d).is_err() {
+                if guarded(|| s.dtls.send_application_data(&d)).is_err() {
                     break;
                 }
             }
@@ -735,7 +761,7 @@ impl Inner {
                 .filter(|s| s.deadline == Some(t));
             let Some(s) = due else { continue };
             s.deadline = None;
-            let r = s.dtls.handle_timeout(now);
+            let r = guarded(|| s.dtls.handle_timeout(now));
             self.after_call(io, now, addr, r);
         }
         if now >= self.next_sweep {
@@ -858,7 +884,7 @@ impl DtlsTransport {
         };
         match (s.phase, s.role) {
             (Phase::Established, _) => {
-                let r = s.dtls.send_application_data(buf);
+                let r = guarded(|| s.dtls.send_application_data(buf));
                 g.after_call(&io, now, peer, r.map(|_| ()));
             }
             (Phase::Handshake { .. }, Role::Client) if s.outbox.len() < MAX_CLIENT_QUEUE => {
@@ -903,7 +929,7 @@ impl Inner {
         let r = self
             .sessions
             .get_mut(&peer)
-            .map_or(Ok(()), |s| s.dtls.handle_timeout(now));
+            .map_or(Ok(()), |s| guarded(|| s.dtls.handle_timeout(now)));
         self.after_call(io, now, peer, r);
     }
 }
