@@ -80,8 +80,27 @@ const MAX_CLIENT_QUEUE: usize = 16;
 
 /// What the gateway presents when it is the DTLS client of a sensor.
 struct ClientCredential {
-    config: Arc<dimpl::Config>,
+    /// None while the registry has no key for `identity` (revoked): the sensor is not reached.
+    config: Option<Arc<dimpl::Config>>,
     identity: String,
+    /// SHA-256 of the key `config` holds, to notice a re-key in the registry.
+    key_fingerprint: Option<[u8; 32]>,
+}
+
+/// The library config of the gateway's client side for one sensor (builds in milliseconds).
+fn client_config(
+    settings: &DtlsConfig,
+    identity: &str,
+    key: wardgate_core::Secret,
+) -> Result<Arc<dimpl::Config>, DtlsError> {
+    dimpl::Config::builder()
+        .with_psk_client(identity.as_bytes().to_vec(), Arc::new(FixedKey(key)))
+        .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
+        .mtu(settings.mtu)
+        .handshake_timeout(settings.handshake_timeout)
+        .build()
+        .map(Arc::new)
+        .map_err(|e| DtlsError::Library(e.to_string()))
 }
 
 struct FixedKey(wardgate_core::Secret);
@@ -252,18 +271,14 @@ impl DtlsTransport {
         key: wardgate_core::Secret,
     ) -> Result<(), DtlsError> {
         let mut g = self.lock();
-        let config = dimpl::Config::builder()
-            .with_psk_client(identity.as_bytes().to_vec(), Arc::new(FixedKey(key)))
-            .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
-            .mtu(g.settings.mtu)
-            .handshake_timeout(g.settings.handshake_timeout)
-            .build()
-            .map_err(|e| DtlsError::Library(e.to_string()))?;
+        let key_fingerprint = Some(fingerprint(key.expose()));
+        let config = Some(client_config(&g.settings, identity, key)?);
         g.clients.insert(
             server,
             ClientCredential {
-                config: Arc::new(config),
+                config,
                 identity: identity.to_owned(),
+                key_fingerprint,
             },
         );
         Ok(())
@@ -737,6 +752,7 @@ impl Inner {
                 (!still_valid).then(|| (*addr, id.to_string()))
             })
             .collect();
+        self.refresh_clients(io, &store);
         for (addr, identity) in stale {
             tracing::info!(%addr, %identity, "DTLS session closed: its credentials were revoked or changed");
             io.audit(
@@ -745,6 +761,48 @@ impl Inner {
                     .peer(addr, TransportKind::Dtls),
             );
             self.remove(io, addr, "revoked");
+        }
+    }
+
+    /// The gateway's own credentials for sensors follow the registry too: a revoked one is
+    /// dropped (the sensor is no longer reached), a re-keyed one is rebuilt, and either way the
+    /// open session that used the old key is closed, so the next request handshakes afresh.
+    fn refresh_clients(&mut self, io: &Io<'_>, store: &Arc<dyn CredentialStore>) {
+        let settings = &self.settings;
+        let mut closed = Vec::new();
+        for (addr, cred) in self.clients.iter_mut() {
+            let key = store.psk(&cred.identity);
+            let fp = key.as_ref().map(|k| fingerprint(k.expose()));
+            if fp == cred.key_fingerprint {
+                continue;
+            }
+            cred.key_fingerprint = fp;
+            cred.config = match key.map(|k| client_config(settings, &cred.identity, k)) {
+                Some(Ok(config)) => Some(config),
+                Some(Err(error)) => {
+                    tracing::error!(%addr, %error, "cannot rebuild the DTLS client credential; the sensor is not reached");
+                    None
+                }
+                None => {
+                    tracing::info!(%addr, identity = %cred.identity, "the registry has no key for the gateway's credential to this sensor; not reaching it");
+                    None
+                }
+            };
+            closed.push((*addr, cred.identity.clone()));
+        }
+        for (addr, identity) in closed {
+            if self
+                .sessions
+                .get(&addr)
+                .is_some_and(|s| s.role == Role::Client)
+            {
+                io.audit(
+                    AuditEvent::new(AuditKind::SessionRevoked, "credentials_changed")
+                        .actor(format!("psk:{identity}"))
+                        .peer(addr, TransportKind::Dtls),
+                );
+                self.remove(io, addr, "revoked");
+            }
         }
     }
 
@@ -873,7 +931,7 @@ impl DtlsTransport {
         g.flush_backlog(&io);
         let now = Instant::now();
         g.check_generation(&io, now);
-        if !g.sessions.contains_key(&peer) && g.clients.contains_key(&peer) {
+        if !g.sessions.contains_key(&peer) {
             g.connect(&io, now, peer);
         }
         let Some(s) = g.sessions.get_mut(&peer) else {
@@ -904,10 +962,10 @@ impl DtlsTransport {
 impl Inner {
     /// Starts the gateway's handshake with a sensor it has a credential for.
     fn connect(&mut self, io: &Io<'_>, now: Instant, peer: SocketAddr) {
-        let Some(cred) = self.clients.get(&peer) else {
+        let Some(config) = self.clients.get(&peer).and_then(|c| c.config.clone()) else {
             return;
         };
-        let mut dtls = Dtls::new_12_psk(cred.config.clone(), now);
+        let mut dtls = Dtls::new_12_psk(config, now);
         dtls.set_active(true);
         self.sessions.insert(
             peer,

@@ -577,3 +577,111 @@ async fn a_client_certificate_the_registry_lists_posts_over_ecdhe_ecdsa_and_an_u
     assert_eq!(gw.readings().len(), 1);
     gw.stop().await;
 }
+
+/// Runs a bare transport's receive loop and timers, sending what it decrypts to a channel.
+fn pump(
+    t: std::sync::Arc<wardgate_dtls::DtlsTransport>,
+) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
+    use wardgate_coap::Transport;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let deadline = t
+                .next_deadline()
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                r = t.recv_from(&mut buf) => match r {
+                    Ok((n, _)) => { let _ = tx.send(buf[..n].to_vec()); }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                },
+                () = tokio::time::sleep_until(deadline) => t.poll_timers(tokio::time::Instant::now()),
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_dtls_credential_follows_the_registry_revoked_and_rekeyed() {
+    use std::sync::Arc;
+    use wardgate_coap::Transport;
+    use wardgate_core::MemoryAudit;
+    use wardgate_dtls::{DtlsConfig, DtlsDeps, DtlsMetrics, DtlsTransport};
+    let settings = DtlsConfig {
+        enabled: true,
+        recv_buffer_bytes: 0,
+        send_buffer_bytes: 0,
+        ..DtlsConfig::default()
+    };
+    let deps = |credentials: Arc<dyn wardgate_core::CredentialStore>| DtlsDeps {
+        credentials,
+        audit: Arc::new(MemoryAudit::default()),
+        metrics: DtlsMetrics::default(),
+    };
+    // The sensor: a DTLS server that knows the gateway as "gw".
+    let sensor_keys = Arc::new(common::Keys::default());
+    sensor_keys.set("gw", KEY);
+    let sensor = Arc::new(
+        DtlsTransport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &settings,
+            deps(sensor_keys.clone()),
+        )
+        .unwrap(),
+    );
+    let sensor_addr = sensor.local_addr().unwrap();
+    let mut at_sensor = pump(sensor.clone());
+    // The gateway: its registry holds the same key for "gw".
+    let registry = Arc::new(common::Keys::default());
+    registry.set("gw", KEY);
+    let gateway = Arc::new(
+        DtlsTransport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &settings,
+            deps(registry.clone()),
+        )
+        .unwrap(),
+    );
+    gateway
+        .add_client(sensor_addr, "gw", wardgate_core::Secret::new(KEY.to_vec()))
+        .unwrap();
+    let _at_gateway = pump(gateway.clone());
+
+    gateway.try_send_to(b"first", sensor_addr).unwrap();
+    let got = tokio::time::timeout(PATIENCE, at_sensor.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(&b"first"[..]));
+    assert_eq!(sensor.session_count(), 1);
+
+    // Revoked in the gateway's registry: the session is closed and the sensor is not reached.
+    registry.revoke("gw");
+    let deadline = Instant::now() + PATIENCE;
+    while sensor.session_count() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sensor still has the session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gateway.try_send_to(b"nope", sensor_addr).is_err());
+
+    // Re-keyed on both sides: the next request handshakes with the new key.
+    let new_key = b"a-brand-new-key!";
+    sensor_keys.set("gw", new_key);
+    registry.set("gw", new_key);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // The gateway notices the registry change on its next call or its 1 s sweep.
+        if gateway.try_send_to(b"second", sensor_addr).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the credential was not rebuilt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = tokio::time::timeout(PATIENCE, at_sensor.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(&b"second"[..]));
+}
