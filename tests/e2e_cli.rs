@@ -228,36 +228,9 @@ path = "-"
     let (_gateway, rx) = run_with_stdout_lines(&cfg);
     // Ready once /readyz answers 200 (the DTLS listener is bound by then).
     wait_ready(http);
-    // A CoAP CON POST of one SenML record to /v1/readings/bed-12.
-    let mut post = vec![0x40, 0x02, 0x12, 0x34, 0xB2, b'v', b'1', 0x08];
-    post.extend_from_slice(b"readings");
-    post.push(0x06);
-    post.extend_from_slice(b"bed-12");
-    post.extend_from_slice(&[0x11, 110, 0xFF]);
-    post.extend_from_slice(br#"[{"n":"spo2","u":"%","v":97}]"#);
-    let openssl = |identity: &str| {
-        let mut c = Command::new("/usr/bin/openssl")
-            .args(["s_client", "-dtls1_2", "-connect"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args([
-                "-psk_identity",
-                identity,
-                "-psk",
-                "000102030405060708090a0b0c0d0e0f",
-            ])
-            .args(["-cipher", "PSK-AES128-CCM8", "-quiet", "-ign_eof"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = c.stdin.take().unwrap();
-        std::io::Write::write_all(&mut stdin, &post).unwrap();
-        std::mem::forget(stdin);
-        common::ChildGuard(c)
-    };
-    let stranger = openssl("bed-99");
-    let device = openssl("bed-12");
+    // The stranger claims bed-12's readings path with an identity no device holds.
+    let stranger = openssl_psk_post(port, "bed-99", "bed-12", 97);
+    let device = openssl_psk_post(port, "bed-12", "bed-12", 97);
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("a reading on stdout");
@@ -430,36 +403,12 @@ fn sighup_reloads_the_device_registry_without_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut post = vec![0x40, 0x02, 0x12, 0x35, 0xB2, b'v', b'1', 0x08];
-    post.extend_from_slice(b"readings");
-    post.push(0x06);
-    post.extend_from_slice(b"bed-13");
-    post.extend_from_slice(&[0x11, 110, 0xFF]);
-    post.extend_from_slice(br#"[{"n":"spo2","u":"%","v":95}]"#);
-    let mut c = Command::new("/usr/bin/openssl")
-        .args(["s_client", "-dtls1_2", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args([
-            "-psk_identity",
-            "bed-13",
-            "-psk",
-            "000102030405060708090a0b0c0d0e0f",
-        ])
-        .args(["-cipher", "PSK-AES128-CCM8", "-quiet", "-ign_eof"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = c.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, &post).unwrap();
-    let _client = common::ChildGuard(c);
+    let _client = openssl_psk_post(port, "bed-13", "bed-13", 95);
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("bed-13's reading after the reload");
     let v = valid_reading(&schema(), &line);
     assert_eq!(v["device"], "bed-13");
-    drop(stdin);
 }
 
 /// `wardgate run --config cfg`, its stdout as a channel of lines (read on a thread, so the test
@@ -497,4 +446,31 @@ fn wait_ready(http: u16) {
         assert!(Instant::now() < deadline, "gateway not ready");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// OpenSSL's DTLS client with PSK `identity` (the tests' key) posting one SenML reading of
+/// `value` as a CoAP CON POST to `/v1/readings/{device}` on `127.0.0.1:{port}`. Its stdin stays
+/// open (`-ign_eof`) so it keeps the session until the guard kills it.
+fn openssl_psk_post(port: u16, identity: &str, device: &str, value: u32) -> common::ChildGuard {
+    let mut post = vec![0x40, 0x02, 0x12, 0x34, 0xB2, b'v', b'1', 0x08];
+    post.extend_from_slice(b"readings");
+    post.push(device.len() as u8);
+    post.extend_from_slice(device.as_bytes());
+    post.extend_from_slice(&[0x11, 110, 0xFF]);
+    post.extend_from_slice(format!(r#"[{{"n":"spo2","u":"%","v":{value}}}]"#).as_bytes());
+    let mut c = Command::new("/usr/bin/openssl")
+        .args(["s_client", "-dtls1_2", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-psk_identity", identity])
+        .args(["-psk", "000102030405060708090a0b0c0d0e0f"])
+        .args(["-cipher", "PSK-AES128-CCM8", "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &post).unwrap();
+    std::mem::forget(stdin);
+    common::ChildGuard(c)
 }
