@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the real peers the tests talk to
-# (Mosquitto, libcoap's tools, curl for the admin API over TLS), then runs every test in the workspace.
+# (Mosquitto, libcoap's tools, curl for the admin API over TLS, aiocoap), then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,13 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# aiocoap: an independent CoAP stack as the LwM2M client peer (crates/lwm2m/tests/peers).
+if ! python3 -c 'import aiocoap' >/dev/null 2>&1; then
+  echo "installing test peer: aiocoap (PyPI)"
+  python3 -m pip install --quiet "aiocoap==0.4.17" \
+    || python3 -m pip install --quiet --break-system-packages "aiocoap==0.4.17"
 fi
 
 # A package install may start a system-wide Mosquitto on 1883; the tests never use it (each test

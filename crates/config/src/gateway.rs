@@ -9,6 +9,7 @@ use wardgate_coap::config::CoapConfig;
 use wardgate_core::validate::Problems;
 use wardgate_dtls::DtlsConfig;
 use wardgate_http::config::{AdminConfig, HttpConfig};
+use wardgate_lwm2m::Lwm2mConfig;
 use wardgate_mqtt::config::MqttUplinkConfig;
 use wardgate_store::config::StoreConfig;
 
@@ -39,6 +40,8 @@ pub struct GatewayConfig {
     pub uplinks: Vec<UplinkConfig>,
     /// `[audit]`: the security audit trail (off unless `path` is set).
     pub audit: AuditConfig,
+    /// `[lwm2m]`: the LwM2M server on the CoAP endpoints.
+    pub lwm2m: Lwm2mConfig,
 }
 
 /// `[registry]`: where the device registry lives.
@@ -149,9 +152,9 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 11] = [
-    "gateway", "log", "bus", "registry", "coap", "coaps", "http", "admin", "store", "uplinks",
-    "audit",
+const SECTIONS: [&str; 12] = [
+    "gateway", "log", "bus", "registry", "coap", "coaps", "lwm2m", "http", "admin", "store",
+    "uplinks", "audit",
 ];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
@@ -186,6 +189,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "admin", p, &mut ok, &mut cfg.admin);
     section(&table, "store", p, &mut ok, &mut cfg.store);
     section(&table, "audit", p, &mut ok, &mut cfg.audit);
+    section(&table, "lwm2m", p, &mut ok, &mut cfg.lwm2m);
     match table.get("uplinks") {
         None => {}
         Some(toml::Value::Array(items)) => {
@@ -252,6 +256,7 @@ impl GatewayConfig {
         }
         self.coap.validate("coap", p);
         self.coaps.validate("coaps", p);
+        self.lwm2m.validate("lwm2m", p);
         for (i, t) in self.coap.observe.iter().enumerate() {
             if t.uri.starts_with("coaps://")
                 && !(self.coaps.enabled && self.registry.path.is_some())

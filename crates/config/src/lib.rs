@@ -47,6 +47,7 @@ pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
             cfg.audit.hmac_key_file.as_mut(),
             cfg.coaps.certificate_file.as_mut(),
             cfg.coaps.private_key_file.as_mut(),
+            cfg.lwm2m.objects_dir.as_mut(),
             cert,
             key,
             client_ca,

@@ -35,7 +35,7 @@ use crate::bus::{Bus, IngestError};
 use crate::clock::Clock;
 use crate::payload::{self, ContentFormat, DecodeContext, DecodeError, Limits};
 use crate::peer::PeerContext;
-use crate::reading::{MessageClass, Protocol, Reading};
+use crate::reading::{MessageClass, Protocol, Reading, Record};
 
 /// One message's readings, as an adapter hands them to the pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -235,6 +235,100 @@ impl IngestPipeline {
             accepted: Some(accepted),
         })
     }
+}
+
+/// Readings an adapter decoded itself (LwM2M values, named from its object model), as it hands
+/// them to the pipeline: the same authorization and enqueue as a [`Submission`], without the
+/// pipeline's payload decoders.
+#[derive(Debug, Clone)]
+pub struct RecordSubmission<'a> {
+    /// Who sent it.
+    pub peer: &'a PeerContext,
+    /// Over which protocol.
+    pub protocol: Protocol,
+    /// The device the message claims to be from.
+    pub device: &'a str,
+    /// Its message class.
+    pub class: MessageClass,
+    /// The resource it targets, for the authorizer and logs (`/dp`, `/3303/0/5700`).
+    pub resource: &'a str,
+    /// The resolved records.
+    pub records: Vec<Record>,
+}
+
+impl IngestPipeline {
+    /// Authorizes and enqueues records an adapter decoded itself. The records get the checks the
+    /// payload decoders apply (at least one, at most the record limit, SenML names within the
+    /// name limit, exactly one finite value each), so every reading obeys the published schema
+    /// whichever path made it.
+    pub fn submit_records(&self, s: RecordSubmission<'_>) -> Result<Pending, Refused> {
+        let device = self.authorizer.authorize(&AuthRequest {
+            peer: s.peer,
+            protocol: s.protocol,
+            claimed_device: s.device,
+            class: s.class,
+            resource: s.resource,
+            action: Action::Write,
+        })?;
+        check_records(&s.records, &self.limits)?;
+        let mut reading = Reading::new(
+            self.gateway.as_ref(),
+            device,
+            s.protocol,
+            s.class,
+            self.clock.now(),
+            s.records,
+        );
+        if s.peer.identity.is_some() {
+            reading = reading.with_source(s.peer);
+        }
+        let accepted = Accepted {
+            id: reading.id,
+            device: reading.device.clone(),
+            class: reading.class,
+        };
+        let rx = self.bus.enqueue(vec![reading.into_encoded()])?;
+        Ok(Pending {
+            rx,
+            accepted: Some(accepted),
+        })
+    }
+}
+
+fn check_records(records: &[Record], limits: &Limits) -> Result<(), DecodeError> {
+    if records.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if records.len() > limits.max_records {
+        return Err(DecodeError::TooManyRecords(limits.max_records));
+    }
+    for (i, r) in records.iter().enumerate() {
+        crate::senml::check_name(&r.n, limits, &format_args!("record {i}"))?;
+        let values = [
+            r.v.is_some(),
+            r.vs.is_some(),
+            r.vb.is_some(),
+            r.vd.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if values != 1 {
+            return Err(DecodeError::Invalid(format!(
+                "record {i}: needs exactly one value"
+            )));
+        }
+        if r.v.is_some_and(|v| !v.is_finite()) || !r.t.is_finite() {
+            return Err(DecodeError::Invalid(format!(
+                "record {i}: a number is not finite"
+            )));
+        }
+        let long = |x: &Option<String>| x.as_ref().is_some_and(|x| x.len() > limits.max_value_len);
+        if long(&r.vs) || long(&r.vd) {
+            return Err(DecodeError::TooLong("value"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

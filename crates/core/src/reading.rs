@@ -134,6 +134,10 @@ pub struct Record {
     /// Update time: the maximum seconds before the next reading is expected.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ut: Option<f64>,
+    /// Where the value lives on the device, for protocols that address values by path (the
+    /// LwM2M path `/3303/0/5700`); the name `n` is then the object model's name for it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path: Option<String>,
 }
 
 /// Longest device id (`docs/readings.schema.json` says the same).
@@ -707,16 +711,21 @@ mod tests {
                 proptest::option::of(number()),
             ),
         )
-            .prop_map(|(n, u, v, vs, vb, vd, (s, t, ut))| Record {
-                n,
-                u,
-                v,
-                vs,
-                vb,
-                vd,
-                s,
-                t,
-                ut,
+            .prop_map(|(n, u, v, vs, vb, vd, (s, t, ut))| {
+                // Some records carry a device path, as LwM2M ones do.
+                let path = (n.len() % 3 == 0).then(|| format!("/{}/0/5700", n.len()));
+                Record {
+                    n,
+                    u,
+                    v,
+                    vs,
+                    vb,
+                    vd,
+                    s,
+                    t,
+                    ut,
+                    path,
+                }
             })
     }
 

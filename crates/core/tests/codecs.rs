@@ -247,6 +247,9 @@ fn record() -> impl Strategy<Value = Record> {
                 s,
                 t,
                 ut,
+                // SenML carries no device path: only adapters that address values by path
+                // (LwM2M) set it.
+                path: None,
             }
         })
 }

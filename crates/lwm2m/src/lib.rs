@@ -2,10 +2,23 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod config;
 pub mod format;
 pub mod link;
+pub mod metrics;
 pub mod model;
 pub mod node;
+mod observe;
+mod ops;
+pub mod persist;
+pub mod registration;
+pub mod resource;
+mod server;
 
+pub use config::Lwm2mConfig;
 pub use format::{Format, FormatError};
+pub use metrics::Lwm2mMetrics;
 pub use node::{Entry, Path, PathError, ResourceType, TypeLookup, Value};
+pub use observe::ObserveRule;
+pub use ops::{Attributes, WriteMode};
+pub use server::{ClientInfo, OpError, Refusal, Registered, Server, Settings};

@@ -3,3 +3,22 @@
 //! (`</3/0/7>;dim=2,</3303/0/5700>;pmin=10`).
 //!
 //! OWNED BY THE CODEC WORK (see the brief).
+
+// PLACEHOLDER until the codec branch lands (it replaces this file).
+/// Objects a client registered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectList {
+    /// Alternate root path.
+    pub root: String,
+    /// Content formats from the root link's `ct`.
+    pub content_formats: Vec<u16>,
+    /// Objects.
+    pub objects: Vec<(u16, Option<u16>, Option<String>)>,
+}
+
+impl ObjectList {
+    /// Placeholder parser.
+    pub fn parse(_s: &str) -> Result<ObjectList, String> {
+        Ok(ObjectList::default())
+    }
+}

@@ -25,7 +25,7 @@ use wardgate_config::{GatewayConfig, UplinkConfig};
 use wardgate_core::health::ComponentKind;
 use wardgate_core::{
     AllowAll, AuditSink, Authorizer, Bus, BusReceiver, Clock, CredentialStore, Health,
-    IngestPipeline, NoAudit, NoCredentials, Shutdown, SystemClock, Uplink,
+    IngestPipeline, NoAudit, NoCredentials, Shutdown, SystemClock, TransportKind, Uplink,
 };
 use wardgate_dtls::{DtlsDeps, DtlsMetrics, DtlsTransport};
 use wardgate_store::{Cursor, Outbox};
@@ -97,6 +97,8 @@ struct App {
     admin: Option<wardgate_http::AdminServer>,
     /// The device registry, reloaded from its file on SIGHUP.
     devices: Option<Arc<wardgate_registry::Registry>>,
+    /// The LwM2M server (its resources are on the CoAP endpoints).
+    lwm2m: Option<wardgate_lwm2m::Server>,
     demo: bool,
 }
 
@@ -179,6 +181,11 @@ impl App {
         );
 
         let uplinks = build_uplinks(&cfg, &outbox, &mut registry, &health)?;
+        let lwm2m = if cfg.lwm2m.enabled && (cfg.coap.enabled || cfg.coaps.enabled) {
+            Some(build_lwm2m(&cfg, pipeline.clone(), &mut registry).await?)
+        } else {
+            None
+        };
 
         // One set of CoAP metrics for plain and DTLS endpoints (same names, summed).
         let coap_metrics = (cfg.coap.enabled || cfg.coaps.enabled)
@@ -190,7 +197,7 @@ impl App {
             .iter()
             .cloned()
             .partition(|t| t.uri.starts_with("coaps://"));
-        let coap = match (&coap_metrics, cfg.coap.enabled) {
+        let mut coap = match (&coap_metrics, cfg.coap.enabled) {
             (Some(metrics), true) => Some(
                 wardgate_coap::CoapEndpoint::bind(
                     wardgate_coap::CoapConfig {
@@ -208,6 +215,9 @@ impl App {
             ),
             _ => None,
         };
+        if let (Some(endpoint), Some(server)) = (coap.as_mut(), &lwm2m) {
+            wardgate_lwm2m::resource::install(endpoint, server, TransportKind::Udp);
+        }
         let coaps = match (&coap_metrics, cfg.coaps.enabled) {
             (Some(metrics), true) => Some(build_coaps(
                 &cfg,
@@ -226,6 +236,11 @@ impl App {
             )?),
             _ => None,
         };
+
+        let mut coaps = coaps;
+        if let (Some(endpoint), Some(server)) = (coaps.as_mut(), &lwm2m) {
+            wardgate_lwm2m::resource::install(endpoint, server, TransportKind::Dtls);
+        }
 
         let admin = if cfg.admin.enabled {
             let deps = wardgate_http::AdminDeps {
@@ -273,6 +288,7 @@ impl App {
             http,
             admin,
             devices: device_registry,
+            lwm2m,
             demo,
         })
     }
@@ -323,6 +339,9 @@ impl App {
             }
             tokio::spawn(server.run(stops.http.clone()))
         });
+        if let Some(server) = self.lwm2m {
+            ingest.spawn(server.run(stops.ingest.clone()));
+        }
         if let Some(devices) = self.devices {
             ingest.spawn(reload_on_sighup(devices, stops.ingest.clone()));
         }
@@ -350,6 +369,47 @@ impl App {
             admin,
         }
     }
+}
+
+/// The LwM2M server: its object model, its registrations restored from disk, its metrics.
+async fn build_lwm2m(
+    cfg: &GatewayConfig,
+    pipeline: IngestPipeline,
+    registry: &mut Registry,
+) -> anyhow::Result<wardgate_lwm2m::Server> {
+    let path = cfg.lwm2m.registrations_path.clone().unwrap_or_else(|| {
+        cfg.store
+            .path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("lwm2m.db")
+    });
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("LwM2M registrations directory {}", dir.display()))?;
+    }
+    let p = path.clone();
+    let (store, loaded) =
+        tokio::task::spawn_blocking(move || wardgate_lwm2m::persist::RegistrationStore::open(&p))
+            .await
+            .context("LwM2M registration store open task")??;
+    let model = Arc::new(wardgate_lwm2m::model::ObjectModel::builtin());
+    if !pipeline.authorizer().authenticates() {
+        tracing::warn!(
+            "LwM2M registrations are NOT authenticated: any host that can reach the CoAP ports \
+             may register as any endpoint (no [registry] configured)"
+        );
+    }
+    let server = wardgate_lwm2m::Server::new(
+        cfg.lwm2m.settings(),
+        pipeline,
+        model,
+        store,
+        loaded,
+        wardgate_lwm2m::Lwm2mMetrics::register(registry),
+    );
+    tracing::info!(registrations = %path.display(), "LwM2M server enabled on the CoAP endpoints (/rd, /dp)");
+    Ok(server)
 }
 
 /// The CoAP-over-DTLS endpoint: one DTLS transport per `[coaps] listen` address, serving the

@@ -147,6 +147,7 @@ impl<'a> Resolver<'a> {
             s,
             t: resolve_time(t, self.now),
             ut: raw.ut,
+            path: None,
         });
         Ok(())
     }

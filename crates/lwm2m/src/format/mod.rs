@@ -123,3 +123,10 @@ pub fn encode(
     let _ = (base, entries, types);
     Err(FormatError::Unsupported(format))
 }
+
+// PLACEHOLDER (the codec branch replaces this file).
+/// The body of a composite Read/Observe: the paths as a SenML list without values.
+pub fn encode_paths(format: Format, paths: &[Path]) -> Result<Vec<u8>, FormatError> {
+    let _ = paths;
+    Err(FormatError::Unsupported(format))
+}

@@ -1,0 +1,605 @@
+//! Observations the server holds on clients, and the readings their notifications become.
+//!
+//! Two sources: rules in `gateway.toml` (`[[lwm2m.observe]]`: an endpoint pattern, paths,
+//! notification attributes, the readings' class), and observations an operator starts through
+//! the admin API. Both are *wanted* observations of a client; the server keeps them established:
+//! - after every Register and Update, and the first message of a client restored after a gateway
+//!   restart, every wanted observation that is not running is (re)started ([`ensure`]); a
+//!   re-registration (a rebooted device) starts them all again, since the client forgot them
+//!   (TS Core §6.2.1: observations end with the registration). Observations an operator started
+//!   are carried over to the new registration of the same endpoint.
+//! - an observation with a `pmax` that stays silent for 2 × pmax + 30 s is re-established (a
+//!   client that lost it without telling, e.g. after a new DTLS session);
+//! - an observation the client ends (an error notification, a RST) is retried with backoff
+//!   while the client is awake.
+//!
+//! A notification becomes one reading through the ingest pipeline; a Confirmable notification is
+//! acknowledged only once that reading is durable (refused by a full store: not acknowledged, so
+//! the client retransmits — the same rule as the CoAP observer). An undecodable notification is
+//! acknowledged (retransmitting would not help), counted and logged.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wardgate_coap::{ClientRequest, Code, Notification, Token};
+use wardgate_core::{Backoff, MessageClass};
+
+use crate::format;
+use crate::node::{Entry, Path};
+use crate::ops::Attributes;
+use crate::server::{OpError, Server, decode_answer};
+
+/// `[[lwm2m.observe]]`: what to observe on which clients.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveRule {
+    /// Endpoint names it applies to: exact, or with `*` wildcards (`bed-*`, `*`).
+    pub endpoint: String,
+    /// Paths to observe (`/3303/0/5700`, `/3303`, ...).
+    pub paths: Vec<Path>,
+    /// Observe all `paths` in one Observe-Composite (LwM2M 1.1+) instead of one observation
+    /// each. Clients registered with 1.0 get one observation per path.
+    #[serde(default)]
+    pub composite: bool,
+    /// Notification attributes written before observing (Write-Attributes on each path).
+    #[serde(default)]
+    pub attributes: Option<Attributes>,
+    /// The class of the readings.
+    #[serde(default = "vital")]
+    pub class: MessageClass,
+}
+
+fn vital() -> MessageClass {
+    MessageClass::Vital
+}
+
+impl ObserveRule {
+    /// Whether the rule applies to `endpoint`.
+    pub fn matches(&self, endpoint: &str) -> bool {
+        glob(self.endpoint.as_bytes(), endpoint.as_bytes())
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while i < s.len() {
+        if p < pattern.len() && pattern[p] != b'*' && pattern[p] == s[i] {
+            p += 1;
+            i += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = i;
+            p += 1;
+        } else if let Some(sp) = star {
+            p = sp + 1;
+            mark += 1;
+            i = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == b'*')
+}
+
+/// One wanted observation of a client.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Wanted {
+    pub(crate) paths: Vec<Path>,
+    pub(crate) composite: bool,
+    pub(crate) attributes: Option<Attributes>,
+    pub(crate) class: MessageClass,
+    /// Started by an operator (carried over to a new registration).
+    pub(crate) manual: bool,
+}
+
+impl Wanted {
+    fn key(&self) -> String {
+        let p: Vec<String> = self.paths.iter().map(ToString::to_string).collect();
+        if self.composite {
+            format!("composite:{}", p.join(","))
+        } else {
+            p.join(",")
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: CancellationToken,
+    /// Token of the current observation, once established.
+    token: Option<Token>,
+}
+
+/// A client's observations: the manual ones wanted, and those running.
+#[derive(Debug, Default)]
+pub(crate) struct Observations {
+    manual: Vec<Wanted>,
+    running: HashMap<String, Running>,
+}
+
+impl Observations {
+    pub(crate) fn paths(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.token.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The operator-started observations, for a new registration of the same endpoint.
+    pub(crate) fn manual(&self) -> Vec<Wanted> {
+        self.manual.clone()
+    }
+
+    pub(crate) fn with_manual(manual: Vec<Wanted>) -> Observations {
+        Observations {
+            manual,
+            running: HashMap::new(),
+        }
+    }
+}
+
+fn wanted_for(
+    server: &Server,
+    endpoint: &str,
+    composite_ok: bool,
+    manual: &[Wanted],
+) -> Vec<Wanted> {
+    let mut out = Vec::new();
+    for rule in server
+        .settings()
+        .observe
+        .iter()
+        .filter(|r| r.matches(endpoint))
+    {
+        let one = |paths: Vec<Path>, composite| Wanted {
+            paths,
+            composite,
+            attributes: rule.attributes.clone(),
+            class: rule.class,
+            manual: false,
+        };
+        if rule.composite && composite_ok && rule.paths.len() > 1 {
+            out.push(one(rule.paths.clone(), true));
+        } else {
+            out.extend(rule.paths.iter().map(|p| one(vec![*p], false)));
+        }
+    }
+    out.extend(manual.iter().cloned());
+    out
+}
+
+/// Starts every wanted observation of registration `id` that is not running.
+pub(crate) fn ensure(server: &Server, id: &str) {
+    let Some((endpoint, ended, to_start)) = server.with_client(id, |c| {
+        let composite_ok = c.reg.version != crate::registration::Version::V1_0;
+        let wanted = wanted_for(
+            server,
+            &c.reg.endpoint,
+            composite_ok,
+            &c.observations.manual,
+        );
+        let mut start = Vec::new();
+        for w in wanted {
+            let key = w.key();
+            if c.observations.running.contains_key(&key) {
+                continue;
+            }
+            let stop = c.ended.child_token();
+            c.observations.running.insert(
+                key.clone(),
+                Running {
+                    stop: stop.clone(),
+                    token: None,
+                },
+            );
+            start.push((key, w, stop));
+        }
+        (c.reg.endpoint.clone(), c.ended.clone(), start)
+    }) else {
+        return;
+    };
+    if ended.is_cancelled() {
+        return;
+    }
+    for (key, w, stop) in to_start {
+        let s = server.clone();
+        let id = id.to_owned();
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            observe_loop(&s, &id, &endpoint, &key, &w, &stop).await;
+            s.with_client(&id, |c| {
+                if c.observations
+                    .running
+                    .get(&key)
+                    .is_some_and(|r| r.stop == stop)
+                {
+                    c.observations.running.remove(&key);
+                }
+            });
+        });
+    }
+}
+
+enum Ended {
+    /// The registration ended or the observation was cancelled.
+    Stopped,
+    /// Nothing arrived for the silence limit.
+    Silent,
+    /// The client ended it (error, RST, response without Observe).
+    ByClient,
+    /// It could not be established (error answer, no route, timeout).
+    Failed(OpError),
+}
+
+async fn observe_loop(
+    server: &Server,
+    id: &str,
+    endpoint: &str,
+    key: &str,
+    w: &Wanted,
+    stop: &CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut reason = "ok";
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let ended = observe_once(server, id, endpoint, key, w, stop, reason).await;
+        let delay = match ended {
+            Ended::Stopped => return,
+            Ended::Silent => {
+                tracing::info!(
+                    endpoint,
+                    observation = key,
+                    "LwM2M observation went silent past 2 × pmax; re-establishing it"
+                );
+                reason = "silent";
+                Duration::ZERO
+            }
+            Ended::ByClient => {
+                reason = "restarted";
+                backoff.next_delay()
+            }
+            Ended::Failed(e) => {
+                server.metrics().observation("failed");
+                tracing::warn!(endpoint, observation = key, error = %e, "could not observe on the LwM2M client; retrying when it next updates its registration");
+                return;
+            }
+        };
+        // Only while the client is awake: a sleeping client gets its observations back when it
+        // next talks (ensure runs on every Update).
+        let awake = server
+            .client(endpoint)
+            .is_some_and(|c| c.awake && c.registration.id == id);
+        if !awake {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn observe_once(
+    server: &Server,
+    id: &str,
+    endpoint: &str,
+    key: &str,
+    w: &Wanted,
+    stop: &CancellationToken,
+    reason: &'static str,
+) -> Ended {
+    if let Some(a) = &w.attributes {
+        for p in &w.paths {
+            if let Err(e) = server.write_attributes(endpoint, *p, a).await {
+                // Clients may refuse attributes they do not support; the observation still
+                // works with the client's defaults.
+                tracing::warn!(endpoint, path = %p, error = %e, "Write-Attributes before observing failed; observing with the client's defaults");
+            }
+        }
+    }
+    let (requester, addr, reg) = match server.route(endpoint) {
+        Ok(r) => r,
+        Err(e) => return Ended::Failed(e),
+    };
+    let fmt = server.format_for(endpoint).unwrap_or(format::Format::Tlv);
+    let (req, base) = if w.composite {
+        let f = match server.composite_format(endpoint, None) {
+            Ok(f) => f,
+            Err(e) => return Ended::Failed(e),
+        };
+        let body = match format::encode_paths(f, &w.paths) {
+            Ok(b) => b,
+            Err(e) => return Ended::Failed(e.into()),
+        };
+        (
+            ClientRequest::new(Code::FETCH, "")
+                .content_format(f.coap_number())
+                .accept(f.coap_number())
+                .payload(body),
+            Path::ROOT,
+        )
+    } else {
+        let p = w.paths.first().copied().unwrap_or(Path::ROOT);
+        (
+            ClientRequest::get(p.to_string()).accept(fmt.coap_number()),
+            p,
+        )
+    };
+    let mut req = req;
+    prefix(&mut req, &reg.objects.root);
+    let started = tokio::select! {
+        _ = stop.cancelled() => return Ended::Stopped,
+        r = tokio::time::timeout(server.settings().request_timeout, requester.observe(addr, req.clone())) => r,
+    };
+    let mut obs = match started {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return Ended::Failed(e.into()),
+        Err(_) => return Ended::Failed(OpError::Timeout),
+    };
+    let silence = w
+        .attributes
+        .as_ref()
+        .and_then(|a| a.pmax)
+        .map(|p| Duration::from_secs(u64::from(p) * 2 + 30));
+    let mut established = false;
+    let token = obs.token;
+    loop {
+        let deadline = silence.map(|s| Instant::now() + s);
+        let next = tokio::select! {
+            _ = stop.cancelled() => {
+                requester.forget(token).await;
+                finish(server, established);
+                return Ended::Stopped;
+            }
+            _ = sleep_until(deadline) => {
+                requester.forget(token).await;
+                finish(server, established);
+                server.metrics().observation("silent");
+                return Ended::Silent;
+            }
+            n = obs.notifications.recv() => n,
+        };
+        let Some(n) = next else {
+            finish(server, established);
+            return if established {
+                Ended::ByClient
+            } else {
+                Ended::Failed(OpError::Timeout)
+            };
+        };
+        let code = n.response.code();
+        if !code.is_success() {
+            if let Some(a) = n.ack {
+                a.accept();
+            }
+            finish(server, established);
+            if established {
+                return Ended::ByClient;
+            }
+            return Ended::Failed(OpError::Client {
+                code: code.to_string(),
+                diagnostic: None,
+            });
+        }
+        if !established {
+            established = true;
+            server.metrics().observation(reason);
+            server.metrics().active_observations.inc();
+            server.with_client(id, |c| {
+                if let Some(r) = c.observations.running.get_mut(key) {
+                    r.token = Some(token);
+                }
+            });
+            tracing::debug!(endpoint, observation = key, "LwM2M observation established");
+        }
+        server.touch(id);
+        notification(server, endpoint, &base, w.class, n).await;
+    }
+}
+
+fn finish(server: &Server, established: bool) {
+    if established {
+        server.metrics().active_observations.dec();
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn prefix(req: &mut ClientRequest, root: &str) {
+    let root: Vec<String> = root
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !root.is_empty() {
+        let mut p = root;
+        p.append(&mut req.path);
+        req.path = p;
+    }
+}
+
+/// One notification (or the observation's first answer) to a reading.
+async fn notification(
+    server: &Server,
+    endpoint: &str,
+    base: &Path,
+    class: MessageClass,
+    n: Notification,
+) {
+    let Some((peer, reg)) = server.peer_of(endpoint) else {
+        return;
+    };
+    let entries: Vec<Entry> = match decode_answer(server, base, &n.response) {
+        Ok(e) if !e.is_empty() => e,
+        Ok(_) => {
+            server.metrics().notification("empty");
+            if let Some(a) = n.ack {
+                a.accept();
+            }
+            return;
+        }
+        Err(e) => {
+            server.metrics().notification("undecodable");
+            tracing::warn!(endpoint, path = %base, error = %e, "LwM2M notification could not be decoded; acknowledged and dropped");
+            if let Some(a) = n.ack {
+                a.accept();
+            }
+            return;
+        }
+    };
+    let pending = server.submit(&peer, &reg, &base.to_string(), class, &entries);
+    let verdict = match pending {
+        Ok(p) => p.await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match verdict {
+        Ok(()) => {
+            server.metrics().notification("accepted");
+            if let Some(a) = n.ack {
+                a.accept();
+            }
+        }
+        Err(e) if e.is_retryable() => {
+            server.metrics().notification("busy");
+            if let Some(a) = n.ack {
+                a.reject();
+            }
+        }
+        Err(e) => {
+            server.metrics().notification(e.reason());
+            tracing::warn!(endpoint, path = %base, error = %e, "LwM2M notification refused by the ingest pipeline");
+            if let Some(a) = n.ack {
+                a.accept();
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Starts observing `paths` on `endpoint` (one observation, composite when several paths),
+    /// its notifications becoming readings of `class`. It is kept established like the
+    /// configured ones, and carried over when the client re-registers.
+    pub fn observe(
+        &self,
+        endpoint: &str,
+        paths: Vec<Path>,
+        attributes: Option<Attributes>,
+        class: MessageClass,
+    ) -> Result<(), OpError> {
+        if paths.is_empty() || paths.iter().any(Path::is_empty) {
+            return Err(OpError::Invalid(
+                "observe needs at least one non-root path".into(),
+            ));
+        }
+        let composite = paths.len() > 1;
+        if composite {
+            self.composite_format(endpoint, None)?;
+        }
+        let w = Wanted {
+            paths,
+            composite,
+            attributes,
+            class,
+            manual: true,
+        };
+        let id = self
+            .with_endpoint(endpoint, |c| {
+                if !c.observations.manual.contains(&w) {
+                    c.observations.manual.push(w.clone());
+                }
+                c.reg.id.clone()
+            })
+            .ok_or_else(|| OpError::UnknownClient(endpoint.to_owned()))?;
+        ensure(self, &id);
+        Ok(())
+    }
+
+    /// Stops the observation of `paths` on `endpoint` (manual or configured) and cancels it on
+    /// the client (GET with Observe=1). Configured observations come back on the next Update.
+    pub async fn cancel_observation(
+        &self,
+        endpoint: &str,
+        paths: &[Path],
+    ) -> Result<bool, OpError> {
+        let key = Wanted {
+            paths: paths.to_vec(),
+            composite: paths.len() > 1,
+            attributes: None,
+            class: MessageClass::Vital,
+            manual: true,
+        }
+        .key();
+        let running = self
+            .with_endpoint(endpoint, |c| {
+                c.observations.manual.retain(|w| w.key() != key);
+                c.observations.running.remove(&key)
+            })
+            .ok_or_else(|| OpError::UnknownClient(endpoint.to_owned()))?;
+        let Some(r) = running else {
+            return Ok(false);
+        };
+        r.stop.cancel();
+        if let (Some(token), Ok((requester, addr, reg))) = (r.token, self.route(endpoint)) {
+            if paths.len() == 1 {
+                let mut req = ClientRequest::get(paths[0].to_string());
+                prefix(&mut req, &reg.objects.root);
+                let _ = requester.cancel_observation(addr, req, token).await;
+            }
+            requester.forget(token).await;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_patterns_match_with_wildcards() {
+        let m = |p: &str, s: &str| glob(p.as_bytes(), s.as_bytes());
+        assert!(m("*", "bed-12"));
+        assert!(m("bed-*", "bed-12"));
+        assert!(m("bed-12", "bed-12"));
+        assert!(m("*-12", "bed-12"));
+        assert!(m("b*d*2", "bed-12"));
+        assert!(!m("bed-*", "pump-1"));
+        assert!(!m("bed-1", "bed-12"));
+        assert!(m("", ""));
+        assert!(!m("", "x"));
+    }
+
+    #[test]
+    fn wanted_keys_tell_composite_from_single() {
+        let w = Wanted {
+            paths: vec![Path::resource(3303, 0, 5700), Path::resource(3304, 0, 5700)],
+            composite: true,
+            attributes: None,
+            class: MessageClass::Vital,
+            manual: false,
+        };
+        assert_eq!(w.key(), "composite:/3303/0/5700,/3304/0/5700");
+        let single = Wanted {
+            composite: false,
+            ..w
+        };
+        assert_eq!(single.key(), "/3303/0/5700,/3304/0/5700");
+    }
+}
