@@ -391,6 +391,10 @@ impl Reading {
                 out.extend_from_slice(b",\"ut\":");
                 json::number(&mut out, ut);
             }
+            if let Some(p) = &r.path {
+                out.extend_from_slice(b",\"path\":");
+                json::string(&mut out, p);
+            }
             out.push(b'}');
         }
         out.extend_from_slice(b"]}");
@@ -404,10 +408,10 @@ impl Reading {
         // class and timestamp at their longest.
         const ENVELOPE: usize = 200;
         // Every key, quote, comma and brace a record can carry.
-        const RECORD: usize = 64;
+        const RECORD: usize = 72;
         let records = self.records.iter().fold(0usize, |sum, r| {
             let numbers = 1 + [r.v, r.s, r.ut].iter().filter(|x| x.is_some()).count();
-            let text = [&r.u, &r.vs, &r.vd]
+            let text = [&r.u, &r.vs, &r.vd, &r.path]
                 .iter()
                 .map(|x| x.as_ref().map_or(0, String::len))
                 .sum::<usize>();
