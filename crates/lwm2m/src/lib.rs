@@ -7,5 +7,6 @@ pub mod link;
 pub mod model;
 pub mod node;
 
-pub use format::{Format, FormatError};
+pub use format::{Format, FormatError, Limits, decode_paths, encode_paths};
+pub use link::{DiscoverLink, Link, LinkError, ObjectLink, ObjectList, Version};
 pub use node::{Entry, Path, PathError, ResourceType, TypeLookup, Value};
