@@ -28,15 +28,16 @@ fn tlv_device_instance_wrapped_in_an_object_instance_tlv_also_decodes() {
     // A wrapper for another instance is not the requested one.
     let mut other = hex("08 01 79");
     other.extend_from_slice(&inner);
-    assert!(matches!(dec(Format::Tlv, "/3/0", &other), Err(FormatError::Invalid(_))));
+    assert!(matches!(
+        dec(Format::Tlv, "/3/0", &other),
+        Err(FormatError::Invalid(_))
+    ));
 }
 
 #[test]
 fn tlv_access_control_multiple_instance_example_round_trips() {
-    let bytes = hex(
-        "08 00 0E C1 00 01 C1 01 00 83 02 41 7F 07 C1 03 7F
-         08 02 12 C1 00 03 C1 01 00 87 02 41 7F 07 61 01 36 01 C1 03 7F",
-    );
+    let bytes = hex("08 00 0E C1 00 01 C1 01 00 83 02 41 7F 07 C1 03 7F
+         08 02 12 C1 00 03 C1 01 00 87 02 41 7F 07 61 01 36 01 C1 03 7F");
     use Value::Integer;
     let want = vec![
         e("/2/0/0", Integer(1)),
@@ -55,10 +56,16 @@ fn tlv_access_control_multiple_instance_example_round_trips() {
 
 #[test]
 fn tlv_multiple_resource_reads_as_a_multiple_tlv_or_bare_instances() {
-    let want = vec![e("/3/0/6/0", Value::Integer(1)), e("/3/0/6/1", Value::Integer(5))];
+    let want = vec![
+        e("/3/0/6/0", Value::Integer(1)),
+        e("/3/0/6/1", Value::Integer(5)),
+    ];
     let multiple = hex("86 06 41 00 01 41 01 05");
     assert_eq!(dec(Format::Tlv, "/3/0/6", &multiple).unwrap(), want);
-    assert_eq!(dec(Format::Tlv, "/3/0/6", &hex("41 00 01 41 01 05")).unwrap(), want);
+    assert_eq!(
+        dec(Format::Tlv, "/3/0/6", &hex("41 00 01 41 01 05")).unwrap(),
+        want
+    );
     assert_eq!(enc(Format::Tlv, "/3/0/6", &want).unwrap(), multiple);
     // One resource instance.
     let one = hex("41 01 05");
@@ -66,8 +73,14 @@ fn tlv_multiple_resource_reads_as_a_multiple_tlv_or_bare_instances() {
     assert_eq!(enc(Format::Tlv, "/3/0/6/1", &want[1..]).unwrap(), one);
     // A single resource.
     let battery = vec![e("/3/0/9", Value::Integer(100))];
-    assert_eq!(dec(Format::Tlv, "/3/0/9", &hex("C1 09 64")).unwrap(), battery);
-    assert_eq!(enc(Format::Tlv, "/3/0/9", &battery).unwrap(), hex("C1 09 64"));
+    assert_eq!(
+        dec(Format::Tlv, "/3/0/9", &hex("C1 09 64")).unwrap(),
+        battery
+    );
+    assert_eq!(
+        enc(Format::Tlv, "/3/0/9", &battery).unwrap(),
+        hex("C1 09 64")
+    );
 }
 
 #[test]
@@ -136,7 +149,10 @@ fn device_json() -> String {
 #[test]
 fn oma_json_device_example_decodes_and_encodes_exactly() {
     let pretty = device_json().replace(",{", ",\n  {").replace("[", "[\n  ");
-    assert_eq!(dec(Format::OmaJson, "/3/0", pretty.as_bytes()).unwrap(), device());
+    assert_eq!(
+        dec(Format::OmaJson, "/3/0", pretty.as_bytes()).unwrap(),
+        device()
+    );
     assert_eq!(
         String::from_utf8(enc(Format::OmaJson, "/3/0", &device()).unwrap()).unwrap(),
         device_json()
@@ -161,7 +177,11 @@ fn oma_json_booleans_object_links_opaque_and_times() {
         ]
     );
     // A time without bt, below 2^28, is relative to now.
-    let rel = dec(Format::OmaJson, "/3303/0", br#"{"e":[{"n":"5700","v":1,"t":-10}]}"#);
+    let rel = dec(
+        Format::OmaJson,
+        "/3303/0",
+        br#"{"e":[{"n":"5700","v":1,"t":-10}]}"#,
+    );
     assert_eq!(
         rel.unwrap(),
         vec![et("/3303/0/5700", Value::Float(1.0), 1_767_225_590.0)]
@@ -169,7 +189,10 @@ fn oma_json_booleans_object_links_opaque_and_times() {
     // A single resource: bn is the resource, no n.
     let one = vec![e("/3/0/0", s("Open Mobile Alliance"))];
     let body = enc(Format::OmaJson, "/3/0/0", &one).unwrap();
-    assert_eq!(body, br#"{"bn":"/3/0/0","e":[{"sv":"Open Mobile Alliance"}]}"#);
+    assert_eq!(
+        body,
+        br#"{"bn":"/3/0/0","e":[{"sv":"Open Mobile Alliance"}]}"#
+    );
     assert_eq!(dec(Format::OmaJson, "/3/0/0", &body).unwrap(), one);
 }
 
@@ -180,8 +203,14 @@ fn senml_json_read_of_an_instance_decodes_and_encodes_exactly() {
         e("/3303/0/5700", Value::Float(21.5)),
         e("/3303/0/5701", s("Cel")),
     ];
-    assert_eq!(dec(Format::SenmlJson, "/3303/0", body.as_bytes()).unwrap(), want);
-    assert_eq!(enc(Format::SenmlJson, "/3303/0", &want).unwrap(), body.as_bytes());
+    assert_eq!(
+        dec(Format::SenmlJson, "/3303/0", body.as_bytes()).unwrap(),
+        want
+    );
+    assert_eq!(
+        enc(Format::SenmlJson, "/3303/0", &want).unwrap(),
+        body.as_bytes()
+    );
 }
 
 #[test]
@@ -240,10 +269,16 @@ fn composite_request_bodies_are_senml_names_without_values() {
     let paths = vec![p("/3/0/0"), p("/3303/0"), p("/1")];
     let json = format::encode_paths(Format::SenmlJson, &paths).unwrap();
     assert_eq!(json, br#"[{"n":"/3/0/0"},{"n":"/3303/0"},{"n":"/1"}]"#);
-    assert_eq!(format::decode_paths(Format::SenmlJson, &json).unwrap(), paths);
+    assert_eq!(
+        format::decode_paths(Format::SenmlJson, &json).unwrap(),
+        paths
+    );
     let cbor = format::encode_paths(Format::SenmlCbor, &paths).unwrap();
     assert_eq!(&cbor[..4], &hex("83 a1 00 66"));
-    assert_eq!(format::decode_paths(Format::SenmlCbor, &cbor).unwrap(), paths);
+    assert_eq!(
+        format::decode_paths(Format::SenmlCbor, &cbor).unwrap(),
+        paths
+    );
     // bn applies to the names after it.
     let with_bn = br#"[{"bn":"/3/0/","n":"1"},{"n":"2"}]"#;
     assert_eq!(
@@ -309,7 +344,11 @@ fn lwm2m_cbor_carries_every_value_type() {
 fn single_value_formats_read_by_the_model() {
     use Value::*;
     let cases: Vec<(&str, &[u8], Value)> = vec![
-        ("/9999/0/0", b"Open Mobile Alliance", s("Open Mobile Alliance")),
+        (
+            "/9999/0/0",
+            b"Open Mobile Alliance",
+            s("Open Mobile Alliance"),
+        ),
         ("/9999/0/1", b"-42", Integer(-42)),
         ("/9999/0/2", b"18446744073709551615", Unsigned(u64::MAX)),
         ("/9999/0/3", b"21.5", Float(21.5)),
@@ -328,14 +367,29 @@ fn single_value_formats_read_by_the_model() {
         assert_eq!(dec(Format::Cbor, path, &cbor).unwrap(), want, "{path}");
     }
     // CBOR bytes for a few: 21.5 as a half, a time as tag 1, an object link as text.
-    assert_eq!(enc(Format::Cbor, "/9999/0/3", &[e("/9999/0/3", Float(21.5))]).unwrap(), hex("f9 4d 60"));
-    assert_eq!(enc(Format::Cbor, "/9999/0/6", &[e("/9999/0/6", Time(1))]).unwrap(), hex("c1 01"));
-    assert_eq!(dec(Format::Cbor, "/9999/0/6", &hex("01")).unwrap(), vec![e("/9999/0/6", Time(1))]);
+    assert_eq!(
+        enc(Format::Cbor, "/9999/0/3", &[e("/9999/0/3", Float(21.5))]).unwrap(),
+        hex("f9 4d 60")
+    );
+    assert_eq!(
+        enc(Format::Cbor, "/9999/0/6", &[e("/9999/0/6", Time(1))]).unwrap(),
+        hex("c1 01")
+    );
+    assert_eq!(
+        dec(Format::Cbor, "/9999/0/6", &hex("01")).unwrap(),
+        vec![e("/9999/0/6", Time(1))]
+    );
     // Opaque: the bytes themselves, only for opaque resources.
     let blob = vec![e("/9999/0/5", Opaque(vec![0, 0xff]))];
     assert_eq!(dec(Format::Opaque, "/9999/0/5", &[0, 0xff]).unwrap(), blob);
-    assert_eq!(enc(Format::Opaque, "/9999/0/5", &blob).unwrap(), vec![0, 0xff]);
-    assert!(matches!(dec(Format::Opaque, "/9999/0/0", b"x"), Err(FormatError::Invalid(_))));
+    assert_eq!(
+        enc(Format::Opaque, "/9999/0/5", &blob).unwrap(),
+        vec![0, 0xff]
+    );
+    assert!(matches!(
+        dec(Format::Opaque, "/9999/0/0", b"x"),
+        Err(FormatError::Invalid(_))
+    ));
     assert_eq!(
         enc(Format::Opaque, "/9999/0/0", &[e("/9999/0/0", s("x"))]),
         Err(FormatError::Unsupported(Format::Opaque))
@@ -346,25 +400,49 @@ fn single_value_formats_read_by_the_model() {
 fn single_value_formats_need_a_single_resource_path() {
     for f in [Format::Text, Format::Opaque, Format::Cbor] {
         for base in ["/3/0", "/3", "/", "/3/0/7"] {
-            assert!(matches!(dec(f, base, b"1"), Err(FormatError::Invalid(_))), "{f:?} {base}");
+            assert!(
+                matches!(dec(f, base, b"1"), Err(FormatError::Invalid(_))),
+                "{f:?} {base}"
+            );
         }
-        let two = [e("/3/0/9", Value::Integer(1)), e("/3/0/10", Value::Integer(1))];
-        assert!(matches!(enc(f, "/3/0", &two), Err(FormatError::Invalid(_))), "{f:?}");
+        let two = [
+            e("/3/0/9", Value::Integer(1)),
+            e("/3/0/10", Value::Integer(1)),
+        ];
+        assert!(
+            matches!(enc(f, "/3/0", &two), Err(FormatError::Invalid(_))),
+            "{f:?}"
+        );
     }
 }
 
 #[test]
 fn link_format_is_not_a_value_format() {
-    assert_eq!(dec(Format::LinkFormat, "/3", b"</3/0>"), Err(FormatError::Unsupported(Format::LinkFormat)));
-    assert_eq!(enc(Format::LinkFormat, "/3", &[]), Err(FormatError::Unsupported(Format::LinkFormat)));
+    assert_eq!(
+        dec(Format::LinkFormat, "/3", b"</3/0>"),
+        Err(FormatError::Unsupported(Format::LinkFormat))
+    );
+    assert_eq!(
+        enc(Format::LinkFormat, "/3", &[]),
+        Err(FormatError::Unsupported(Format::LinkFormat))
+    );
 }
 
 #[test]
 fn legacy_content_format_numbers_map_to_the_current_formats() {
     assert_eq!(Format::from_coap(1542), Some(Format::Tlv));
     assert_eq!(Format::from_coap(1543), Some(Format::OmaJson));
-    for f in [Format::Text, Format::LinkFormat, Format::Opaque, Format::Cbor, Format::SenmlJson,
-              Format::SenmlCbor, Format::Tlv, Format::OmaJson, Format::Lwm2mCbor] {
+    for f in [
+        Format::Text,
+        Format::LinkFormat,
+        Format::Opaque,
+        Format::Cbor,
+        Format::SenmlJson,
+        Format::SenmlCbor,
+        Format::Tlv,
+        Format::OmaJson,
+        Format::Lwm2mCbor,
+    ] {
         assert_eq!(Format::from_coap(f.coap_number()), Some(f));
     }
     assert_eq!(Format::from_coap(50), None);
