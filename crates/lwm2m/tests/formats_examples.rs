@@ -1,5 +1,6 @@
 //! Every format against the OMA specification's examples (and hand-checked bytes where the
 //! specification prints none): decode to exact entries, encode to exact bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod formats_support;
 

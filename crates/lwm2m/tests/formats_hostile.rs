@@ -1,4 +1,5 @@
 //! Malformed, out-of-bounds and contradictory payloads: each refused with the right error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod formats_support;
 

@@ -1,5 +1,6 @@
 //! Property tests: arbitrary entries of every type, at every depth, encode and decode back to
 //! themselves in every format that can carry them; arbitrary bytes never panic any decoder.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod formats_support;
 
@@ -20,9 +21,13 @@ fn value_for(kind: usize) -> BoxedStrategy<Value> {
             .prop_map(Value::Float)
             .boxed(),
         4 => any::<bool>().prop_map(Value::Boolean).boxed(),
-        5 => proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Opaque).boxed(),
+        5 => proptest::collection::vec(any::<u8>(), 0..40)
+            .prop_map(Value::Opaque)
+            .boxed(),
         6 => any::<i64>().prop_map(Value::Time).boxed(),
-        7 => (any::<u16>(), any::<u16>()).prop_map(|(o, i)| Value::Objlnk(o, i)).boxed(),
+        7 => (any::<u16>(), any::<u16>())
+            .prop_map(|(o, i)| Value::Objlnk(o, i))
+            .boxed(),
         _ => "<[a-z/0-9]{0,8}>".prop_map(Value::Corelnk).boxed(),
     }
 }
@@ -30,17 +35,22 @@ fn value_for(kind: usize) -> BoxedStrategy<Value> {
 /// Up to 12 entries in object 9999: instance 0..3, single rids 0..=8 and multiple rids 10..=18
 /// with resource instances, unique paths, each with the model's type.
 fn entries() -> impl Strategy<Value = Vec<Entry>> {
-    let one = (0u16..3, 0usize..9, any::<bool>(), 0u16..300)
-        .prop_flat_map(|(iid, kind, multiple, riid)| {
+    let one = (0u16..3, 0usize..9, any::<bool>(), 0u16..300).prop_flat_map(
+        |(iid, kind, multiple, riid)| {
             value_for(kind).prop_map(move |v| {
                 let path = if multiple {
                     Path::resource_instance(9999, iid, 10 + kind as u16, riid)
                 } else {
                     Path::resource(9999, iid, kind as u16)
                 };
-                Entry { path, value: v, time: None }
+                Entry {
+                    path,
+                    value: v,
+                    time: None,
+                }
             })
-        });
+        },
+    );
     proptest::collection::vec(one, 0..12).prop_map(|mut v| {
         let mut seen = std::collections::HashSet::new();
         v.retain(|e| seen.insert(e.path));
@@ -55,7 +65,10 @@ fn base_of(entries: &[Entry], depth: usize) -> Path {
         return Path::new(&[9999, 0, 0][..depth.min(3)]).unwrap();
     };
     let mut n = entries.iter().map(|e| e.path.len()).fold(depth, usize::min);
-    while !entries.iter().all(|e| e.path.ids()[..n] == first.path.ids()[..n]) {
+    while !entries
+        .iter()
+        .all(|e| e.path.ids()[..n] == first.path.ids()[..n])
+    {
         n -= 1;
     }
     Path::new(&first.path.ids()[..n]).unwrap()

@@ -1,4 +1,5 @@
 //! RFC 6690 link-format parsing and the LwM2M Register/Update and Discover readings of it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use wardgate_lwm2m::Path;
 use wardgate_lwm2m::link::{

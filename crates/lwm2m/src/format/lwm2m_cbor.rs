@@ -60,7 +60,7 @@ fn map(
                 let raw = r.value(vh)?;
                 let ids = path.ids();
                 let value = value::typed(raw, ctx.types.resource_type(ids[0], ids[2]))
-                    .map_err(|e| in_path(e, &path))?;
+                    .map_err(value::at(&path))?;
                 out.push(Entry {
                     path,
                     value,
@@ -69,13 +69,6 @@ fn map(
             }
         }
         i += 1;
-    }
-}
-
-fn in_path(e: FormatError, path: &Path) -> FormatError {
-    match e {
-        FormatError::Invalid(d) => invalid(format!("{path}: {d}")),
-        e => e,
     }
 }
 

@@ -146,17 +146,8 @@ pub(super) fn decode(ctx: &Ctx<'_>, body: &[u8]) -> Result<Vec<Entry>, FormatErr
         let ty = ctx.types.resource_type(ids[0], ids[2]);
         let (label, v) =
             raw.ok_or_else(|| invalid(format!("the element for {path} has no value")))?;
-        let value = element_value(label, v, ty, ctx).map_err(|e| match e {
-            FormatError::Invalid(d) => invalid(format!("{path}: {d}")),
-            e => e,
-        })?;
-        let time = match (bt, t) {
-            (None, None) => None,
-            (b, t) => Some(value::resolve_time(
-                b.unwrap_or(0.0) + t.unwrap_or(0.0),
-                ctx.now,
-            )?),
-        };
+        let value = element_value(label, v, ty, ctx).map_err(value::at(&path))?;
+        let time = value::record_time(bt, t, ctx.now)?;
         out.push(Entry { path, value, time });
     }
     Ok(out)

@@ -292,17 +292,8 @@ fn resolve(ctx: &Ctx<'_>, recs: Vec<Rec<'_>>) -> Result<Vec<Entry>, FormatError>
         ctx.room(&out)?;
         let ids = path.ids();
         let value =
-            value::typed(raw, ctx.types.resource_type(ids[0], ids[2])).map_err(|e| match e {
-                FormatError::Invalid(d) => invalid(format!("{path}: {d}")),
-                e => e,
-            })?;
-        let time = match (bt, rec.t) {
-            (None, None) => None,
-            (b, t) => Some(value::resolve_time(
-                b.unwrap_or(0.0) + t.unwrap_or(0.0),
-                ctx.now,
-            )?),
-        };
+            value::typed(raw, ctx.types.resource_type(ids[0], ids[2])).map_err(value::at(&path))?;
+        let time = value::record_time(bt, rec.t, ctx.now)?;
         out.push(Entry { path, value, time });
     }
     Ok(out)

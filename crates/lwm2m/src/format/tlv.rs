@@ -214,10 +214,7 @@ fn leaf(ctx: &Ctx<'_>, out: &mut Vec<Entry>, path: Path, b: &[u8]) -> Result<(),
     ctx.check_value_len(b.len())?;
     let ids = path.ids();
     let ty = ctx.types.resource_type(ids[0], ids[2]);
-    let value = decode_value(b, ty).map_err(|e| match e {
-        FormatError::Invalid(d) => invalid(format!("{path}: {d}")),
-        e => e,
-    })?;
+    let value = decode_value(b, ty).map_err(value::at(&path))?;
     out.push(Entry {
         path,
         value,

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use super::{FormatError, invalid};
-use crate::node::{Entry, ResourceType, TypeLookup, Value};
+use crate::node::{Entry, Path, ResourceType, TypeLookup, Value};
 
 /// A number as a format carried it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,6 +154,27 @@ pub(crate) fn check_against_model(e: &Entry, types: &dyn TypeLookup) -> Result<(
         ))),
         _ => Ok(()),
     }
+}
+
+/// Names `path` in an invalid-value error.
+pub(crate) fn at(path: &Path) -> impl Fn(FormatError) -> FormatError + '_ {
+    move |e| match e {
+        FormatError::Invalid(d) => invalid(format!("{path}: {d}")),
+        e => e,
+    }
+}
+
+/// A record's time: base time plus time, resolved; `None` when the record and its bases carry
+/// neither.
+pub(crate) fn record_time(
+    bt: Option<f64>,
+    t: Option<f64>,
+    now: f64,
+) -> Result<Option<f64>, FormatError> {
+    if bt.is_none() && t.is_none() {
+        return Ok(None);
+    }
+    resolve_time(bt.unwrap_or(0.0) + t.unwrap_or(0.0), now).map(Some)
 }
 
 /// SenML and OMA JSON times below 2^28 are relative to now (RFC 8428 §4.5.3).

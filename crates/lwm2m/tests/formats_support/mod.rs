@@ -1,5 +1,5 @@
 //! Shared by the `formats_*` tests: a model of the objects the OMA examples use, and helpers.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, SystemTime};
 
