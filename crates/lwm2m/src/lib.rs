@@ -16,7 +16,8 @@ pub mod resource;
 mod server;
 
 pub use config::Lwm2mConfig;
-pub use format::{Format, FormatError};
+pub use format::{Format, FormatError, Limits, decode_paths, encode_paths};
+pub use link::{DiscoverLink, Link, LinkError, ObjectLink, ObjectList};
 pub use metrics::Lwm2mMetrics;
 pub use node::{Entry, Path, PathError, ResourceType, TypeLookup, Value};
 pub use observe::ObserveRule;

@@ -40,6 +40,43 @@ async fn register_update_deregister_with_the_answers_the_specification_asks_for(
     assert_eq!(c.registration.version, Version::V1_1);
     assert_eq!(c.registration.lifetime, Duration::from_secs(60));
     assert!(!c.registration.queue_mode);
+    let objects: Vec<String> = c
+        .registration
+        .objects
+        .objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{:?}/{:?}",
+                o.oid,
+                o.iid,
+                o.version.map(|v| v.to_string())
+            )
+        })
+        .collect();
+    assert_eq!(
+        objects,
+        [
+            "1/Some(0)/None",
+            "3/Some(0)/None",
+            "3303/Some(0)/Some(\"1.1\")"
+        ]
+    );
+
+    // An Update with a new object list replaces it.
+    let r = peer.request(
+        "POST",
+        &format!("rd/{id}"),
+        &[],
+        Some(40),
+        b"</1/0>,</3/0>,</3304/0>",
+    );
+    assert_eq!(r["code"], "2.04", "{r}");
+    let c = gw.server.client("bed-1").expect("still registered");
+    assert_eq!(
+        c.registration.objects.objects.last().map(|o| o.oid),
+        Some(3304)
+    );
 
     let r = peer.request("POST", &format!("rd/{id}"), &["lt=120"], None, b"");
     assert_eq!(r["code"], "2.04", "{r}");
@@ -63,13 +100,26 @@ async fn defaults_apply_and_a_register_without_content_format_is_accepted() {
     let gw = Gateway::start().await;
     let mut peer = AioPeer::start(gw.addr);
     // Some 1.0 clients send the object list without a Content-Format.
-    let r = peer.request("POST", "rd", &["ep=old-pump", "b=UQ"], None, OBJECTS);
+    // And an alternate root path.
+    let r = peer.request(
+        "POST",
+        "rd",
+        &["ep=old-pump", "b=UQ"],
+        None,
+        b"</lwm2m>;rt=\"oma.lwm2m\";ct=11543,</lwm2m/1/0>,</lwm2m/3/0>",
+    );
     assert_eq!(r["code"], "2.01", "{r}");
     let c = gw.server.client("old-pump").expect("registered");
     assert_eq!(c.registration.lifetime, Duration::from_secs(86_400));
     assert_eq!(c.registration.version, Version::V1_0);
     assert!(c.registration.queue_mode);
     assert_eq!(c.registration.binding, "U");
+    assert_eq!(c.registration.objects.root, "/lwm2m");
+    assert_eq!(c.registration.objects.content_formats, [11543]);
+    assert_eq!(
+        c.registration.preferred_format(),
+        wardgate_lwm2m::Format::OmaJson
+    );
     gw.stop().await;
 }
 
