@@ -281,6 +281,14 @@ impl AioPeer {
         self.expect_event("served", Duration::from_secs(10));
     }
 
+    /// Makes the peer answer 4.06 to a request on `path` whose Accept is not in `accepts`.
+    pub fn accept_only(&mut self, path: &str, accepts: &[u16]) {
+        self.send(serde_json::json!({
+            "op": "serve", "path": path, "method": "__none__", "accepts": accepts,
+        }));
+        self.expect_event("served", Duration::from_secs(10));
+    }
+
     /// Sends a notification to the observers of `path`.
     pub fn notify(&mut self, path: &str, cf: u16, payload: &[u8]) {
         self.send(serde_json::json!({

@@ -8,8 +8,10 @@ against a CoAP stack that is not ours. Driven over stdin/stdout with one JSON ob
     {"op": "request", "method": "POST", "path": "rd", "query": ["ep=x"], "cf": 40,
      "payload_hex": "...", "id": 1}        -> {"event": "response", "id": 1, "code": "2.01",
                                                "location": ["rd", "abc"], "payload_hex": "..."}
-    {"op": "serve", "path": "3/0", "cf": 11542, "payload_hex": "...", "code": "2.05"}
-        (answer GET/PUT/POST/DELETE on that path; an observable path answers Observe)
+    {"op": "serve", "path": "3/0", "cf": 11542, "payload_hex": "...", "code": "2.05",
+     "method": "GET", "accepts": [11542]}
+        (answer that method, or "*" any, on that path; an Accept not in `accepts` gets 4.06;
+        every path is observable)
     {"op": "notify", "path": "3303/0/5700", "cf": 110, "payload_hex": "..."}
         (send a notification to every observer of the path)
     {"op": "quit"}
@@ -38,6 +40,7 @@ class Canned(resource.ObservableResource):
         super().__init__()
         self.path = path
         self.answers = {}  # method -> (code, cf, payload)
+        self.accepts = None  # Accept values answered; others get 4.06
         self.latest = None  # (cf, payload) of the last notification
 
     def answer(self, method, code, cf, payload):
@@ -55,6 +58,8 @@ class Canned(resource.ObservableResource):
             "cf": int(opts.content_format) if opts.content_format is not None else None,
             "payload_hex": request.payload.hex(),
         })
+        if self.accepts is not None and opts.accept is not None and int(opts.accept) not in self.accepts:
+            return aiocoap.Message(code=Code.NOT_ACCEPTABLE)
         if request.code == Code.GET and self.latest is not None and opts.observe is not None:
             cf, payload = self.latest
             return aiocoap.Message(code=Code.CONTENT, payload=payload, content_format=cf)
@@ -119,6 +124,8 @@ async def main():
                 site.add_resource(path.split("/"), canned[path])
             canned[path].answer(cmd.get("method", "*"), cmd.get("code", "2.05"), cmd.get("cf"),
                                 bytes.fromhex(cmd.get("payload_hex", "")))
+            if "accepts" in cmd:
+                canned[path].accepts = cmd["accepts"]
             emit({"event": "served", "path": path})
         elif op == "notify":
             canned[cmd["path"]].notify(cmd.get("cf"), bytes.fromhex(cmd["payload_hex"]))
