@@ -8,4 +8,7 @@ pub mod model;
 pub mod node;
 
 pub use format::{Format, FormatError};
+pub use model::{
+    DdfError, LoadError, ObjectDef, ObjectModel, Operations, ReadingName, ResourceDef, parse_ddf,
+};
 pub use node::{Entry, Path, PathError, ResourceType, TypeLookup, Value};
