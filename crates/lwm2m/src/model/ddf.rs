@@ -224,7 +224,9 @@ fn parse_object(node: Node<'_, '_>, index: usize) -> Result<ObjectDef, DdfError>
     let description = f.optional("Description1")?.unwrap_or_default();
 
     let mut res_nodes = elements(node, "Resources");
-    let res_node = res_nodes.next().ok_or_else(|| f.err("Resources", "is missing"))?;
+    let res_node = res_nodes
+        .next()
+        .ok_or_else(|| f.err("Resources", "is missing"))?;
     if res_nodes.next().is_some() {
         return Err(f.err("Resources", "appears more than once"));
     }
@@ -300,14 +302,19 @@ fn parse_item(node: Node<'_, '_>, object: &str) -> Result<ResourceDef, DdfError>
     let name = f.required("Name")?;
     let operations = match f.optional("Operations")? {
         None => Operations::None,
-        Some(op) => Operations::from_keyword(&op)
-            .ok_or_else(|| f.err("Operations", format!("is {op:?}, expected R, W, RW, E or empty")))?,
+        Some(op) => Operations::from_keyword(&op).ok_or_else(|| {
+            f.err(
+                "Operations",
+                format!("is {op:?}, expected R, W, RW, E or empty"),
+            )
+        })?,
     };
     let multiple = f.choice("MultipleInstances", "Multiple", "Single")?;
     let mandatory = f.choice("Mandatory", "Mandatory", "Optional")?;
     let rtype = match f.optional("Type")? {
         // Executables have no type; a few registry files also leave it empty on readable
-        // resources, whose values then keep the type their content format carries.
+        // resources, whose values then keep the type their content format carries (and one
+        // gives an executable a type, which is kept: execute arguments are not decoded by it).
         None => ResourceType::None,
         Some(t) => type_from_keyword(&t).ok_or_else(|| {
             f.err(
@@ -319,9 +326,6 @@ fn parse_item(node: Node<'_, '_>, object: &str) -> Result<ResourceDef, DdfError>
             )
         })?,
     };
-    if operations == Operations::E && rtype != ResourceType::None {
-        return Err(f.err("Type", "must be empty for an executable (E) resource"));
-    }
     Ok(ResourceDef {
         id,
         name,

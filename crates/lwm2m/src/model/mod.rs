@@ -274,11 +274,7 @@ impl ObjectModel {
 
     /// Every known version of object `oid`, oldest first.
     pub fn versions(&self, oid: u16) -> impl Iterator<Item = &ObjectDef> {
-        self.objects
-            .get(&oid)
-            .into_iter()
-            .flatten()
-            .map(|d| &**d)
+        self.objects.get(&oid).into_iter().flatten().map(|d| &**d)
     }
 
     /// The latest version of every known object, by id.

@@ -2,8 +2,8 @@
 //! notification or a Send becomes readings (SenML `n` and `u`).
 //!
 //! Rules ([`ObjectModel::reading_name`]):
-//! - The object part is the object's name in snake case (`Temperature` → `temperature`,
-//!   `On/Off switch` → `on_off_switch`), followed by `/{iid}` when the instance id is not 0
+//! - The object part is the object's name in snake case ([`snake_case`]: `Temperature` →
+//!   `temperature`, `On/Off switch` → `on_off_switch`), followed by `/{iid}` when the instance id is not 0
 //!   (most devices have one instance 0, so the common name stays stable: `/3303/0/5700` →
 //!   `temperature`, `/3303/1/5700` → `temperature/1`).
 //! - IPSO sensor objects (every object with a Sensor Value resource 5700): the sensor value is
@@ -145,11 +145,12 @@ fn name_or_id(name: &str, id: u16) -> String {
     if s.is_empty() { id.to_string() } else { s }
 }
 
-/// `Battery Level` → `battery_level`, `On/Off switch` → `on_off_switch`, `PkgName` → `pkg_name`,
-/// `SignalSNR` → `signal_snr`, `LwM2M Server URI` → `lwm2m_server_uri`. Only ASCII letters and
-/// digits survive; every other character separates words.
+/// `Battery Level` → `battery_level`, `On/Off switch` → `on_off_switch`, `LwM2M Server URI` →
+/// `lwm2m_server_uri`: ASCII letters lowercased, digits kept, every other character separates
+/// words. CamelCase is not split (`PkgName` → `pkgname`): splitting mangles the registry's
+/// acronyms (`IoT`, `CoAP`, `QoS`, `pH`) and a predictable rule matters more for stored names.
 pub fn snake_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
+    let mut out = String::with_capacity(name.len());
     for word in name
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -157,26 +158,7 @@ pub fn snake_case(name: &str) -> String {
         if !out.is_empty() {
             out.push('_');
         }
-        if word.eq_ignore_ascii_case("lwm2m") {
-            out.push_str("lwm2m");
-            continue;
-        }
-        let chars: Vec<char> = word.chars().collect();
-        for (i, &c) in chars.iter().enumerate() {
-            if i > 0 && c.is_ascii_uppercase() {
-                let prev = chars[i - 1];
-                let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
-                // camelCase boundary (`kgName`), or the last capital of an acronym before a word
-                // (`SNRValue` → `snr_value`).
-                if prev.is_ascii_lowercase()
-                    || prev.is_ascii_digit()
-                    || (prev.is_ascii_uppercase() && next_lower)
-                {
-                    out.push('_');
-                }
-            }
-            out.push(c.to_ascii_lowercase());
-        }
+        out.push_str(&word.to_ascii_lowercase());
     }
     out
 }
@@ -288,10 +270,16 @@ mod tests {
             ("Generic Sensor", "generic_sensor"),
             ("LWM2M  Server URI", "lwm2m_server_uri"),
             ("LwM2M Server", "lwm2m_server"),
-            ("PkgName", "pkg_name"),
-            ("ExtDevInfo", "ext_dev_info"),
-            ("SignalSNR", "signal_snr"),
+            ("PkgName", "pkgname"),
+            ("ExtDevInfo", "extdevinfo"),
+            ("SignalSNR", "signalsnr"),
             ("SMCC", "smcc"),
+            (
+                "Supported NB-IoT Band Information",
+                "supported_nb_iot_band_information",
+            ),
+            ("CoAP Config", "coap_config"),
+            ("pH", "ph"),
             ("IP Addresses", "ip_addresses"),
             ("SMS Binding Secret Key(s)", "sms_binding_secret_key_s"),
             ("DTLS/TLS Ciphersuite", "dtls_tls_ciphersuite"),
@@ -299,6 +287,8 @@ mod tests {
             ("Multi-state Output", "multi_state_output"),
             ("X Coordinate", "x_coordinate"),
             ("TLS 1.3 Features", "tls_1_3_features"),
+            ("SpO2 Level", "spo2_level"),
+            ("CO2", "co2"),
             ("Température", "temp_rature"),
             ("√∞", ""),
         ] {
