@@ -8,11 +8,16 @@ use wardgate_lwm2m::model::{
 };
 use wardgate_lwm2m::{DdfError, Operations, ResourceType, parse_ddf};
 
-/// A minimal DDF document with one object whose body is `items`.
-fn doc(object_fields: &str, items: &str) -> String {
+/// One `<Object>` element with `object_fields` and `items` as its resources.
+fn object(object_fields: &str, items: &str) -> String {
     format!(
-        "<LWM2M><Object ObjectType=\"MODefinition\">{object_fields}<Resources>{items}</Resources></Object></LWM2M>"
+        "<Object ObjectType=\"MODefinition\">{object_fields}<Resources>{items}</Resources></Object>"
     )
+}
+
+/// A minimal DDF document with one object.
+fn doc(object_fields: &str, items: &str) -> String {
+    format!("<LWM2M>{}</LWM2M>", object(object_fields, items))
 }
 
 const FIELDS: &str = "<Name>Temperature</Name><ObjectID>3303</ObjectID>\
@@ -136,9 +141,7 @@ fn a_minimal_file_without_declaration_gets_default_versions_and_urn() {
 fn default_and_prefixed_namespaces_are_ignored() {
     let default_ns = format!(
         "<LWM2M xmlns=\"urn:example:ddf\">{}</LWM2M>",
-        doc(FIELDS, &item("1", "String"))
-            .trim_start_matches("<LWM2M>")
-            .trim_end_matches("</LWM2M>")
+        object(FIELDS, &item("1", "String"))
     );
     assert_eq!(parse_ddf(&default_ns).unwrap()[0].id, 3303);
     let prefixed = "<o:LWM2M xmlns:o=\"urn:x\"><o:Object><o:Name>T</o:Name><o:ObjectID>3303</o:ObjectID>\
@@ -154,12 +157,8 @@ fn default_and_prefixed_namespaces_are_ignored() {
 fn several_objects_in_one_file_load_and_a_repeated_one_is_refused() {
     let two = format!(
         "<LWM2M>{}{}</LWM2M>",
-        doc(FIELDS, &item("1", "Float"))
-            .trim_start_matches("<LWM2M>")
-            .trim_end_matches("</LWM2M>"),
-        doc(&FIELDS.replace("3303", "3304"), &item("1", "Float"))
-            .trim_start_matches("<LWM2M>")
-            .trim_end_matches("</LWM2M>"),
+        object(FIELDS, &item("1", "Float")),
+        object(&FIELDS.replace("3303", "3304"), &item("1", "Float")),
     );
     let ids: Vec<u16> = parse_ddf(&two).unwrap().iter().map(|o| o.id).collect();
     assert_eq!(ids, [3303, 3304]);
@@ -378,10 +377,7 @@ fn oversized_and_non_utf8_input_is_refused() {
 
 #[test]
 fn object_and_resource_counts_are_bounded() {
-    let one = doc(FIELDS, "")
-        .trim_start_matches("<LWM2M>")
-        .trim_end_matches("</LWM2M>")
-        .to_owned();
+    let one = object(FIELDS, "");
     let mut many = String::from("<LWM2M>");
     for i in 0..=MAX_OBJECTS_PER_FILE {
         many.push_str(&one.replace(">3303<", &format!(">{}<", 20000 + i)));
@@ -399,6 +395,24 @@ fn object_and_resource_counts_are_bounded() {
         .collect();
     let e = parse_ddf(&doc(FIELDS, &items)).unwrap_err();
     assert!(matches!(e, DdfError::TooManyResources { .. }), "{e:?}");
+}
+
+#[test]
+fn deeply_nested_elements_do_not_overflow_the_stack() {
+    let depth = 100_000;
+    let deep = format!("{}x{}", "<b>".repeat(depth), "</b>".repeat(depth));
+    let d = doc(&FIELDS.replace("Temperature", &deep), "");
+    assert!(d.len() < MAX_DDF_BYTES);
+    // Accepted (text inside markup in <Name> is still text) or refused; never a crash.
+    if let Ok(defs) = parse_ddf(&d) {
+        assert_eq!(defs[0].name, "x");
+    }
+    let mut over = String::from("<LWM2M>");
+    over.push_str(&"<a>".repeat(250_000));
+    assert!(matches!(
+        parse_ddf(&over),
+        Err(DdfError::TooManyNodes(_)) | Err(DdfError::Xml(_))
+    ));
 }
 
 fn valid_doc() -> String {

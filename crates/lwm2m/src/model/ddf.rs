@@ -8,7 +8,8 @@
 //! `Operations`, `Type`, `RangeEnumeration`, `Units`, `Description` (optional). Other elements
 //! are ignored. Keywords compare case-insensitively; text is trimmed; CDATA is text.
 //!
-//! Refused, with an error naming the object and field: any DTD or entity declaration, more than
+//! Refused, with an error naming the object and field: any DTD or entity declaration (the text
+//! `<!DOCTYPE` or `<!ENTITY` anywhere, even in a comment: simplest to audit), more than
 //! [`MAX_DDF_BYTES`] / [`MAX_XML_NODES`] / [`MAX_OBJECTS_PER_FILE`] /
 //! [`MAX_RESOURCES_PER_OBJECT`], ids above 65534, an unknown type or operation keyword, a
 //! repeated field, a duplicate resource id, an `ObjectURN` naming another object id.
