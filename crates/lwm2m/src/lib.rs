@@ -19,6 +19,9 @@ pub use config::Lwm2mConfig;
 pub use format::{Format, FormatError, Limits, decode_paths, encode_paths};
 pub use link::{DiscoverLink, Link, LinkError, ObjectLink, ObjectList};
 pub use metrics::Lwm2mMetrics;
+pub use model::{
+    DdfError, LoadError, ObjectDef, ObjectModel, Operations, ReadingName, ResourceDef, parse_ddf,
+};
 pub use node::{Entry, Path, PathError, ResourceType, TypeLookup, Value};
 pub use observe::ObserveRule;
 pub use ops::{Attributes, WriteMode};

@@ -393,7 +393,16 @@ async fn build_lwm2m(
         tokio::task::spawn_blocking(move || wardgate_lwm2m::persist::RegistrationStore::open(&p))
             .await
             .context("LwM2M registration store open task")??;
-    let model = Arc::new(wardgate_lwm2m::model::ObjectModel::builtin());
+    let model = match &cfg.lwm2m.objects_dir {
+        None => wardgate_lwm2m::ObjectModel::builtin(),
+        Some(dir) => {
+            let m = wardgate_lwm2m::ObjectModel::load_dir(dir)
+                .with_context(|| format!("LwM2M object definitions in {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), objects = m.len(), "LwM2M object definitions loaded");
+            m
+        }
+    };
+    let model = Arc::new(model);
     if !pipeline.authorizer().authenticates() {
         tracing::warn!(
             "LwM2M registrations are NOT authenticated: any host that can reach the CoAP ports \
