@@ -66,6 +66,7 @@ impl Admin {
             registry: reg.clone(),
             audit: audit.clone(),
             metrics: AdminMetrics::default(),
+            lwm2m: None,
         };
         let health = Health::new();
         let server = AdminServer::bind(

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 pub mod config;
 pub mod format;
 pub mod link;
@@ -15,6 +16,7 @@ pub mod registration;
 pub mod resource;
 mod server;
 
+pub use api::{JsonValue, Operation};
 pub use config::Lwm2mConfig;
 pub use format::{Format, FormatError, Limits, decode_paths, encode_paths};
 pub use link::{DiscoverLink, Link, LinkError, ObjectLink, ObjectList};

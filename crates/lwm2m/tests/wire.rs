@@ -202,7 +202,10 @@ async fn a_configured_observation_starts_on_registration_and_notifications_becom
     assert_eq!(r[0].device, "bed-9");
     assert_eq!(r[0].records[0].v, Some(36.5));
     assert_eq!(r[0].records[0].path.as_deref(), Some("/3303/0/5700"));
-    assert_eq!(r[0].records[0].n, "temperature", "named from the object model");
+    assert_eq!(
+        r[0].records[0].n, "temperature",
+        "named from the object model"
+    );
     assert_eq!(r[0].records[0].u.as_deref(), Some("Cel"));
     peer.notify("3303/0/5700", 110, &senml(37.25));
     let r = gw.wait_readings(2, Duration::from_secs(10)).await;

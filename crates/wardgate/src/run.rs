@@ -247,6 +247,7 @@ impl App {
                 registry: device_registry.clone(),
                 audit: audit.clone(),
                 metrics: wardgate_http::AdminMetrics::register(&mut registry),
+                lwm2m: lwm2m.clone(),
             };
             let reporter = health.reporter("admin", ComponentKind::Listener);
             Some(

@@ -6,7 +6,8 @@
 //! - **Authentication** ([`auth`]): a listed client certificate or a bearer token matched by
 //!   its SHA-256; failures are 401, audited, and rate limited per source IP (429).
 //! - **Endpoints** ([`routes`]): devices (list, get, put, delete, revoke, restore), the
-//!   quarantine list, registry reload. JSON in and out; errors are `{"error": "..."}`.
+//!   quarantine list, registry reload; LwM2M clients and operations on them ([`lwm2m`]).
+//!   JSON in and out; errors are `{"error": "..."}`.
 //! - **Bounds**: bodies up to [`MAX_BODY`] (413 past it), [`REQUEST_TIMEOUT`] per request,
 //!   and the listener's connection, handshake and idle bounds.
 //! - **Secrets**: no response, log line, metric or audit event carries a key, a token or a
@@ -14,6 +15,7 @@
 
 mod auth;
 mod listener;
+mod lwm2m;
 mod metrics;
 mod routes;
 mod tls;
@@ -55,6 +57,9 @@ pub struct AdminDeps {
     pub audit: Arc<dyn AuditSink>,
     /// Its counters.
     pub metrics: AdminMetrics,
+    /// The LwM2M server whose clients it lists and operates; without one, LwM2M endpoints
+    /// answer 503.
+    pub lwm2m: Option<wardgate_lwm2m::Server>,
 }
 
 impl fmt::Debug for AdminDeps {
@@ -68,6 +73,7 @@ impl fmt::Debug for AdminDeps {
 /// Shared by every request.
 pub(crate) struct AdminState {
     registry: Option<Arc<Registry>>,
+    lwm2m: Option<wardgate_lwm2m::Server>,
     audit: Arc<dyn AuditSink>,
     metrics: AdminMetrics,
     credentials: Credentials,
@@ -107,6 +113,7 @@ impl AdminServer {
         reporter.ready(format!("admin {addr}"));
         let state = AdminState {
             registry: deps.registry,
+            lwm2m: deps.lwm2m,
             audit: deps.audit,
             metrics: deps.metrics,
             credentials: Credentials::from_config(cfg),
@@ -157,6 +164,12 @@ fn router(state: Arc<AdminState>) -> Router {
             delete(routes::dismiss_pending),
         )
         .route("/admin/v1/registry/reload", post(routes::reload_registry))
+        .route("/admin/v1/lwm2m/clients", get(lwm2m::list_clients))
+        .route("/admin/v1/lwm2m/clients/{endpoint}", get(lwm2m::get_client))
+        .route(
+            "/admin/v1/lwm2m/clients/{endpoint}/operations",
+            post(lwm2m::run_operation),
+        )
         .fallback(routes::not_found)
         // Outermost first: the deadline covers authentication too.
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))

@@ -34,7 +34,7 @@
 //! The flat entry model cannot carry an empty object instance or an empty multiple resource; the
 //! decoders accept them (TLV `00 00`, LwM2M CBOR `{3: {0: {}}}`) and yield no entry for them.
 
-mod base64;
+pub(crate) mod base64;
 mod cbor;
 mod cbor_io;
 mod json_io;
