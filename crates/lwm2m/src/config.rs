@@ -7,6 +7,7 @@ use serde::Deserialize;
 use wardgate_core::MessageClass;
 use wardgate_core::validate::Problems;
 
+use crate::bootstrap::BootstrapConfig;
 use crate::observe::ObserveRule;
 use crate::server::Settings;
 
@@ -40,6 +41,9 @@ pub struct Lwm2mConfig {
     pub objects_dir: Option<PathBuf>,
     /// `[[lwm2m.observe]]`: observations established on every registration.
     pub observe: Vec<ObserveRule>,
+    /// `[[lwm2m.bootstrap]]`: what the bootstrap server (`/bs`) provisions, first match wins
+    /// (configurations added through the admin API are tried first).
+    pub bootstrap: Vec<BootstrapConfig>,
 }
 
 impl Default for Lwm2mConfig {
@@ -56,6 +60,7 @@ impl Default for Lwm2mConfig {
             send_class: s.send_class,
             objects_dir: None,
             observe: Vec::new(),
+            bootstrap: Vec::new(),
         }
     }
 }
@@ -101,6 +106,11 @@ impl Lwm2mConfig {
                 }
             }
         }
+        for (i, b) in self.bootstrap.iter().enumerate() {
+            for (field, msg) in b.problems() {
+                p.push(format!("{at}.bootstrap[{i}].{field}"), msg);
+            }
+        }
     }
 
     /// The server settings it describes.
@@ -113,6 +123,7 @@ impl Lwm2mConfig {
             max_clients: self.max_clients,
             observe: self.observe.clone(),
             send_class: self.send_class,
+            bootstrap: self.bootstrap.clone(),
         }
     }
 }

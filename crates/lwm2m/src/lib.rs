@@ -3,6 +3,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod bootstrap;
 pub mod config;
 pub mod format;
 pub mod link;
@@ -17,6 +18,7 @@ pub mod resource;
 mod server;
 
 pub use api::{JsonValue, Operation};
+pub use bootstrap::{BootstrapConfig, SecurityMode};
 pub use config::Lwm2mConfig;
 pub use format::{Format, FormatError, Limits, decode_paths, encode_paths};
 pub use link::{DiscoverLink, Link, LinkError, ObjectLink, ObjectList};

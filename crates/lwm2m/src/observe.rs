@@ -63,7 +63,7 @@ impl ObserveRule {
 }
 
 /// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &[u8], s: &[u8]) -> bool {
+pub(crate) fn glob(pattern: &[u8], s: &[u8]) -> bool {
     let (mut p, mut i) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while i < s.len() {

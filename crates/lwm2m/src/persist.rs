@@ -25,6 +25,7 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, params};
 
+use crate::bootstrap::BootstrapConfig;
 use crate::registration::Registration;
 
 /// Why the registration file cannot be used.
@@ -44,6 +45,8 @@ pub enum PersistError {
 struct Pending {
     /// Registration id → its newest state (`None`: removed).
     changes: HashMap<String, Option<Registration>>,
+    /// The admin-managed bootstrap configurations, when they changed.
+    bootstrap: Option<Vec<BootstrapConfig>>,
     /// Batches committed (for `flush`).
     committed: u64,
     /// Batches taken by the writer.
@@ -63,6 +66,7 @@ struct Shared {
 pub struct RegistrationStore {
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
+    bootstrap: Vec<BootstrapConfig>,
 }
 
 impl RegistrationStore {
@@ -71,6 +75,7 @@ impl RegistrationStore {
         RegistrationStore {
             shared: Arc::new(Shared::default()),
             writer: None,
+            bootstrap: Vec::new(),
         }
     }
 
@@ -84,10 +89,13 @@ impl RegistrationStore {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS registrations (
-                 id TEXT PRIMARY KEY, endpoint TEXT NOT NULL, data TEXT NOT NULL);",
+                 id TEXT PRIMARY KEY, endpoint TEXT NOT NULL, data TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS bootstrap (
+                 id INTEGER PRIMARY KEY CHECK (id = 1), data TEXT NOT NULL);",
         )
         .map_err(err)?;
         let loaded = load(&conn).map_err(err)?;
+        let bootstrap = load_bootstrap(&conn).map_err(err)?;
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
         let shown = path.display().to_string();
@@ -99,6 +107,7 @@ impl RegistrationStore {
             RegistrationStore {
                 shared,
                 writer: Some(writer),
+                bootstrap,
             },
             loaded,
         ))
@@ -107,6 +116,22 @@ impl RegistrationStore {
     /// Records a registration's new state.
     pub fn put(&self, r: &Registration) {
         self.change(r.id.clone(), Some(r.clone()));
+    }
+
+    /// The admin-managed bootstrap configurations the file held when opened.
+    pub fn bootstrap_configs(&self) -> Vec<BootstrapConfig> {
+        self.bootstrap.clone()
+    }
+
+    /// Records the admin-managed bootstrap configurations.
+    pub fn put_bootstrap(&self, configs: &[BootstrapConfig]) {
+        if self.writer.is_none() {
+            return;
+        }
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.bootstrap = Some(configs.to_vec());
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Records that a registration ended.
@@ -176,22 +201,40 @@ fn load(conn: &Connection) -> rusqlite::Result<Vec<Registration>> {
     Ok(out)
 }
 
+fn load_bootstrap(conn: &Connection) -> rusqlite::Result<Vec<BootstrapConfig>> {
+    let data: Option<String> = conn
+        .query_row("SELECT data FROM bootstrap WHERE id = 1", [], |r| r.get(0))
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    Ok(match data.map(|d| serde_json::from_str(&d)) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "ignoring stored LwM2M bootstrap configurations that do not parse");
+            Vec::new()
+        }
+        None => Vec::new(),
+    })
+}
+
 fn write_loop(mut conn: Connection, shared: &Shared, path: &str) {
     loop {
         let (batch, stop) = {
             let Ok(mut p) = shared.pending.lock() else {
                 return;
             };
-            while p.changes.is_empty() && !p.stop {
+            while p.changes.is_empty() && p.bootstrap.is_none() && !p.stop {
                 match shared.wake.wait(p) {
                     Ok(g) => p = g,
                     Err(_) => return,
                 }
             }
             p.taken += 1;
-            (std::mem::take(&mut p.changes), p.stop)
+            ((std::mem::take(&mut p.changes), p.bootstrap.take()), p.stop)
         };
-        if !batch.is_empty() {
+        if !batch.0.is_empty() || batch.1.is_some() {
             if let Err(e) = commit(&mut conn, batch) {
                 tracing::error!(path, error = %e, "could not persist LwM2M registrations; they will be lost on restart unless the next write succeeds");
             }
@@ -206,11 +249,22 @@ fn write_loop(mut conn: Connection, shared: &Shared, path: &str) {
     }
 }
 
-fn commit(
-    conn: &mut Connection,
-    batch: HashMap<String, Option<Registration>>,
-) -> rusqlite::Result<()> {
+type Batch = (
+    HashMap<String, Option<Registration>>,
+    Option<Vec<BootstrapConfig>>,
+);
+
+fn commit(conn: &mut Connection, (batch, bootstrap): Batch) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    if let Some(b) = bootstrap {
+        let data = serde_json::to_string(&b)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        tx.execute(
+            "INSERT INTO bootstrap (id, data) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+            params![data],
+        )?;
+    }
     {
         let mut put = tx.prepare_cached(
             "INSERT INTO registrations (id, endpoint, data) VALUES (?1, ?2, ?3)

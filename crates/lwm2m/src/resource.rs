@@ -21,7 +21,7 @@ use crate::node::Path;
 use crate::registration::{RegisterParams, UpdateParams};
 use crate::server::{Refusal, Server};
 
-/// Adds `/rd` and `/dp` to every socket of `endpoint` and lets `server` send requests over its
+/// Adds `/rd`, `/bs` and `/dp` to every socket of `endpoint` and lets `server` send requests over its
 /// sockets (as `kind`: plain UDP or DTLS).
 pub fn install<T: Transport>(endpoint: &mut CoapEndpoint<T>, server: &Server, kind: TransportKind) {
     for local in endpoint.local_addrs() {
@@ -37,6 +37,11 @@ pub fn install<T: Transport>(endpoint: &mut CoapEndpoint<T>, server: &Server, ki
             .content_formats(&[40])
             .title("LwM2M registration interface"),
         move || Box::new(RdResource { server: s.clone() }),
+    );
+    let s = server.clone();
+    endpoint.add_resource(
+        wardgate_coap::Registration::new("bs", &[Code::POST]).title("LwM2M bootstrap server"),
+        move || Box::new(crate::bootstrap::BootstrapResource { server: s.clone() }),
     );
     let s = server.clone();
     endpoint.add_resource(

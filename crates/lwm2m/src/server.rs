@@ -27,10 +27,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wardgate_coap::{ClientRequest, ClientResponse, CoapError, Code, Requester};
 use wardgate_core::{
-    IngestPipeline, MessageClass, PeerContext, Protocol, Record, RecordSubmission, Refused,
-    TransportKind,
+    Authorizer, CredentialStore, IngestPipeline, MessageClass, NoCredentials, PeerContext,
+    Protocol, Record, RecordSubmission, Refused, TransportKind,
 };
 
+use crate::bootstrap::BootstrapConfig;
 use crate::format::{self, Format, FormatError};
 use crate::link::ObjectList;
 use crate::metrics::Lwm2mMetrics;
@@ -59,6 +60,8 @@ pub struct Settings {
     pub observe: Vec<ObserveRule>,
     /// Class of readings a client Sends (`/dp`).
     pub send_class: MessageClass,
+    /// Bootstrap configurations from `gateway.toml` (the admin API adds its own in front).
+    pub bootstrap: Vec<BootstrapConfig>,
 }
 
 impl Default for Settings {
@@ -71,6 +74,7 @@ impl Default for Settings {
             max_clients: 100_000,
             observe: Vec::new(),
             send_class: MessageClass::Vital,
+            bootstrap: Vec::new(),
         }
     }
 }
@@ -155,6 +159,9 @@ struct Inner {
     pub(crate) model: Arc<ObjectModel>,
     pipeline: IngestPipeline,
     metrics: Lwm2mMetrics,
+    credentials: Mutex<Arc<dyn CredentialStore>>,
+    /// Bootstrap configurations added through the admin API (persisted), before the file's.
+    bootstrap: Mutex<Vec<BootstrapConfig>>,
 }
 
 /// The LwM2M server. Cheap to clone.
@@ -255,10 +262,13 @@ impl Server {
                 "restored LwM2M registrations; their observations are re-established when each client next talks"
             );
         }
+        let bootstrap = store.bootstrap_configs();
         Server {
             inner: Arc::new(Inner {
                 settings,
                 state: Mutex::new(state),
+                credentials: Mutex::new(Arc::new(NoCredentials)),
+                bootstrap: Mutex::new(bootstrap),
                 store,
                 requesters: Mutex::new(Vec::new()),
                 model,
@@ -286,6 +296,97 @@ impl Server {
 
     pub(crate) fn model(&self) -> &ObjectModel {
         &self.inner.model
+    }
+
+    pub(crate) fn pipeline_authorizer(&self) -> &Arc<dyn Authorizer> {
+        self.inner.pipeline.authorizer()
+    }
+
+    pub(crate) fn credentials(&self) -> Arc<dyn CredentialStore> {
+        self.inner
+            .credentials
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|_| Arc::new(NoCredentials))
+    }
+
+    pub(crate) fn replace_credentials(&self, c: Arc<dyn CredentialStore>) {
+        if let Ok(mut g) = self.inner.credentials.lock() {
+            *g = c;
+        }
+    }
+
+    /// Every bootstrap configuration in the order they are tried: the admin API's, then the
+    /// file's.
+    pub fn bootstrap_configs(&self) -> Vec<BootstrapConfig> {
+        let mut v = self
+            .inner
+            .bootstrap
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        v.extend(self.inner.settings.bootstrap.iter().cloned());
+        v
+    }
+
+    /// The bootstrap configurations managed through the admin API.
+    pub fn managed_bootstrap_configs(&self) -> Vec<BootstrapConfig> {
+        self.inner
+            .bootstrap
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default()
+    }
+
+    /// Adds or replaces (same endpoint pattern) a managed bootstrap configuration; persisted.
+    /// Returns whether it replaced one.
+    pub fn put_bootstrap_config(&self, cfg: BootstrapConfig) -> Result<bool, OpError> {
+        if let Some((field, msg)) = cfg.problems().into_iter().next() {
+            return Err(OpError::Invalid(format!("{field} {msg}")));
+        }
+        let mut b = self
+            .inner
+            .bootstrap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let replaced = match b.iter_mut().find(|c| c.endpoint == cfg.endpoint) {
+            Some(c) => {
+                *c = cfg;
+                true
+            }
+            None => {
+                b.push(cfg);
+                false
+            }
+        };
+        self.inner.store.put_bootstrap(&b);
+        Ok(replaced)
+    }
+
+    /// Removes the managed bootstrap configuration for `endpoint_pattern`; persisted.
+    pub fn remove_bootstrap_config(&self, endpoint_pattern: &str) -> bool {
+        let mut b = self
+            .inner
+            .bootstrap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = b.len();
+        b.retain(|c| c.endpoint != endpoint_pattern);
+        let removed = b.len() != before;
+        if removed {
+            self.inner.store.put_bootstrap(&b);
+        }
+        removed
+    }
+
+    /// Sends `req` to `addr` over `kind` at once (bootstrap: the client is not registered).
+    pub(crate) async fn send_direct(
+        &self,
+        kind: TransportKind,
+        addr: SocketAddr,
+        req: ClientRequest,
+    ) -> Result<ClientResponse, OpError> {
+        self.send_now(kind, addr, req).await
     }
 
     fn requester(&self, kind: TransportKind, addr: SocketAddr) -> Option<Requester> {

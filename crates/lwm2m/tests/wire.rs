@@ -303,3 +303,100 @@ async fn an_operation_for_a_sleeping_queue_mode_client_waits_for_its_next_update
     let _ = hex(b"");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_deletes_writes_security_and_server_then_finishes_in_order() {
+    let cfg = |endpoint: &str, mode: &str| -> wardgate_lwm2m::BootstrapConfig {
+        serde_json::from_value(serde_json::json!({
+            "endpoint": endpoint,
+            "server_uri": if mode == "psk" { "coaps://127.0.0.1:5684" } else { "coap://127.0.0.1:5683" },
+            "security_mode": mode,
+            "psk_identity": "{endpoint}",
+            "lifetime": 120,
+        }))
+        .unwrap()
+    };
+    let gw = Gateway::start_with(Options {
+        settings: Settings {
+            bootstrap: vec![cfg("fresh-*", "nosec"), cfg("secure-*", "psk")],
+            ..Settings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut peer = AioPeer::start(gw.addr);
+    for (path, method, code) in [
+        ("0", "DELETE", "2.02"),
+        ("1", "DELETE", "2.02"),
+        ("0/1", "PUT", "2.04"),
+        ("1/0", "PUT", "2.04"),
+        ("bs", "POST", "2.04"),
+    ] {
+        peer.serve(path, method, code, None, b"");
+    }
+    let r = peer.request("POST", "bs", &["ep=fresh-1"], None, b"");
+    assert_eq!(r["code"], "2.04", "{r}");
+    let seen: Vec<serde_json::Value> = (0..5)
+        .map(|_| peer.next_request(Duration::from_secs(10)))
+        .collect();
+    let order: Vec<String> = seen
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap(),
+                r["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        ["DELETE 0", "DELETE 1", "PUT 0/1", "PUT 1/0", "POST bs"]
+    );
+    assert_eq!(seen[2]["cf"], 11542, "TLV without a preferred format");
+    let model = wardgate_lwm2m::ObjectModel::builtin();
+    let security = wardgate_lwm2m::format::decode(
+        Format::Tlv,
+        &"/0/1".parse().unwrap(),
+        &unhex(seen[2]["payload_hex"].as_str().unwrap()),
+        &model,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(
+        value(&security, "/0/1/0"),
+        Value::String("coap://127.0.0.1:5683".into())
+    );
+    assert_eq!(value(&security, "/0/1/1"), Value::Boolean(false));
+    assert_eq!(value(&security, "/0/1/2"), Value::Integer(3), "NoSec");
+    let server = wardgate_lwm2m::format::decode(
+        Format::Tlv,
+        &"/1/0".parse().unwrap(),
+        &unhex(seen[3]["payload_hex"].as_str().unwrap()),
+        &model,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(value(&server, "/1/0/1"), Value::Integer(120));
+    assert_eq!(value(&server, "/1/0/7"), Value::String("U".into()));
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gw.metric(r#"wardgate_lwm2m_client_requests_total{interface="bootstrap",outcome="ok"}"#)
+        < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "bootstrap not counted as done"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Keys never go over plain CoAP; an endpoint nothing matches is unknown.
+    let r = peer.request("POST", "bs", &["ep=secure-1"], None, b"");
+    assert_eq!(r["code"], "4.03", "{r}");
+    let r = peer.request("POST", "bs", &["ep=stranger"], None, b"");
+    assert_eq!(r["code"], "4.00", "{r}");
+    let r = peer.request("POST", "bs", &[], None, b"");
+    assert_eq!(r["code"], "4.00", "{r}");
+    let _ = hex(b"");
+    gw.stop().await;
+}

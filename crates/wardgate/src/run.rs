@@ -182,7 +182,7 @@ impl App {
 
         let uplinks = build_uplinks(&cfg, &outbox, &mut registry, &health)?;
         let lwm2m = if cfg.lwm2m.enabled && (cfg.coap.enabled || cfg.coaps.enabled) {
-            Some(build_lwm2m(&cfg, pipeline.clone(), &mut registry).await?)
+            Some(build_lwm2m(&cfg, pipeline.clone(), credentials.clone(), &mut registry).await?)
         } else {
             None
         };
@@ -376,6 +376,7 @@ impl App {
 async fn build_lwm2m(
     cfg: &GatewayConfig,
     pipeline: IngestPipeline,
+    credentials: Arc<dyn CredentialStore>,
     registry: &mut Registry,
 ) -> anyhow::Result<wardgate_lwm2m::Server> {
     let path = cfg.lwm2m.registrations_path.clone().unwrap_or_else(|| {
@@ -418,7 +419,9 @@ async fn build_lwm2m(
         loaded,
         wardgate_lwm2m::Lwm2mMetrics::register(registry),
     );
-    tracing::info!(registrations = %path.display(), "LwM2M server enabled on the CoAP endpoints (/rd, /dp)");
+    // Bootstrap provisions PSKs from the device registry.
+    server.set_credentials(credentials);
+    tracing::info!(registrations = %path.display(), "LwM2M server enabled on the CoAP endpoints (/rd, /dp, /bs)");
     Ok(server)
 }
 

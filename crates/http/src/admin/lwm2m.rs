@@ -129,3 +129,141 @@ pub(crate) async fn run_operation(
         Err(e) => Err(op_error(&e)),
     }
 }
+
+/// A bootstrap configuration as the API lists it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct BootstrapView {
+    /// `admin` (managed here, persisted with the registrations) or `file` (`gateway.toml`).
+    source: &'static str,
+    #[serde(flatten)]
+    config: wardgate_lwm2m::BootstrapConfig,
+}
+
+pub(crate) async fn list_bootstrap(
+    State(st): State<Arc<AdminState>>,
+) -> Result<Json<Vec<BootstrapView>>, ApiError> {
+    let server = server(&st)?;
+    let managed = server.managed_bootstrap_configs();
+    let n = managed.len();
+    Ok(Json(
+        server
+            .bootstrap_configs()
+            .into_iter()
+            .enumerate()
+            .map(|(i, config)| BootstrapView {
+                source: if i < n { "admin" } else { "file" },
+                config,
+            })
+            .collect(),
+    ))
+}
+
+fn audit_bootstrap(
+    st: &AdminState,
+    peer: &PeerInfo,
+    who: &Principal,
+    reason: &'static str,
+    ok: bool,
+    pattern: &str,
+) {
+    st.metrics.action(reason, ok);
+    st.audit.record(
+        AuditEvent::new(
+            AuditKind::AdminAction,
+            if ok {
+                reason
+            } else {
+                "lwm2m_bootstrap_refused"
+            },
+        )
+        .actor(who.actor())
+        .peer(peer.addr, super::transport(peer))
+        .subject(format!("lwm2m-bootstrap:{}", pattern.escape_default())),
+    );
+}
+
+pub(crate) async fn put_bootstrap(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    Extension(who): Extension<Principal>,
+    Path(pattern): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let server = server(&st)?;
+    let result = (|| {
+        let body = body.map_err(|_| {
+            ApiError::new(StatusCode::BAD_REQUEST, "request body could not be read")
+        })?;
+        let mut v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}"))
+        })?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body must be a JSON object",
+            ));
+        };
+        match obj.get("endpoint") {
+            None => {
+                obj.insert(
+                    "endpoint".into(),
+                    serde_json::Value::String(pattern.clone()),
+                );
+            }
+            Some(serde_json::Value::String(e)) if *e == pattern => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "\"endpoint\" in the body must match the path",
+                ));
+            }
+        }
+        let cfg: wardgate_lwm2m::BootstrapConfig = serde_json::from_value(v).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("not a bootstrap configuration: {e}"),
+            )
+        })?;
+        let replaced = server.put_bootstrap_config(cfg).map_err(|e| op_error(&e))?;
+        Ok(if replaced {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        })
+    })();
+    audit_bootstrap(
+        &st,
+        &peer,
+        &who,
+        "lwm2m_bootstrap_put",
+        result.is_ok(),
+        &pattern,
+    );
+    result.map(|s| (s, Json(serde_json::json!({ "endpoint": pattern }))).into_response())
+}
+
+pub(crate) async fn delete_bootstrap(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    Extension(who): Extension<Principal>,
+    Path(pattern): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let server = server(&st)?;
+    let result = if server.remove_bootstrap_config(&pattern) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no bootstrap configuration managed through the API for this pattern (file ones are edited in gateway.toml)",
+        ))
+    };
+    audit_bootstrap(
+        &st,
+        &peer,
+        &who,
+        "lwm2m_bootstrap_delete",
+        result.is_ok(),
+        &pattern,
+    );
+    result
+}

@@ -170,6 +170,11 @@ fn router(state: Arc<AdminState>) -> Router {
             "/admin/v1/lwm2m/clients/{endpoint}/operations",
             post(lwm2m::run_operation),
         )
+        .route("/admin/v1/lwm2m/bootstrap", get(lwm2m::list_bootstrap))
+        .route(
+            "/admin/v1/lwm2m/bootstrap/{pattern}",
+            axum::routing::put(lwm2m::put_bootstrap).delete(lwm2m::delete_bootstrap),
+        )
         .fallback(routes::not_found)
         // Outermost first: the deadline covers authentication too.
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
