@@ -275,9 +275,11 @@ pub struct Registration {
     /// The identity the transport proved (`psk:bed-12`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
-    /// When it registered.
+    /// When it registered (RFC 3339 in JSON).
+    #[serde(with = "rfc3339")]
     pub registered_at: SystemTime,
     /// When it last registered or updated (the lifetime runs from here).
+    #[serde(with = "rfc3339")]
     pub updated_at: SystemTime,
 }
 
@@ -323,6 +325,21 @@ impl Registration {
                 Format::OmaJson,
             ],
         }
+    }
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
     }
 }
 
