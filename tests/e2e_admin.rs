@@ -6,51 +6,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::WARDGATE;
+use common::{WARDGATE, admin_request as request};
 
 const TOKEN: &str = "e2e-admin-token-5b1c9d";
 /// `printf %s "$TOKEN" | sha256sum`
 const TOKEN_SHA256: &str = "171af1420a6b96d677b85fe0e59f95055a264ba254305abf807e17a7cee758f6";
 const NEW_KEY_HEX: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
-
-/// One HTTP/1.1 request over plain TCP; status and body.
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{auth}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 #[test]
 fn a_device_added_through_the_admin_api_is_in_devices_toml_and_the_audit_trail_without_secrets() {

@@ -464,7 +464,9 @@ async fn notification(
             return;
         }
     };
-    let pending = server.submit(&peer, &reg, &base.to_string(), class, &entries);
+    // The registry names LwM2M notifications `lwm2m/<path>` (its default ACL allows `lwm2m/*`).
+    let resource = format!("/lwm2m{base}");
+    let pending = server.submit(&peer, &reg, &resource, class, &entries);
     let verdict = match pending {
         Ok(p) => p.await.map(|_| ()),
         Err(e) => Err(e),

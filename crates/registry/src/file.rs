@@ -64,8 +64,8 @@ pub struct DeviceSpec {
     /// The message classes it may write: `alarm` `vital` `telemetry` `bulk`. Default: all.
     pub classes: Option<Vec<String>>,
     /// The resources it may write, as the adapter names them (`v1/readings`), leading `/`
-    /// ignored; one `*` matches any run of characters. Default:
-    /// `["v1/readings", "v1/readings/*"]`.
+    /// ignored; one `*` matches any run of characters. Default: the CoAP readings resource and
+    /// the LwM2M interfaces, `["v1/readings", "v1/readings/*", "rd", "dp", "bs", "lwm2m/*"]`.
     pub resources: Option<Vec<String>>,
     /// The device ids it may submit readings as; one `*` matches any run of characters
     /// (`bed-12-*`). Default: its own id only.

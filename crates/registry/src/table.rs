@@ -311,9 +311,15 @@ fn compile_device(spec: &DeviceSpec, at: &str, cx: &mut Cx<'_>) -> Device {
         }
     }
     let resources = match &spec.resources {
+        // The CoAP readings resource and the LwM2M interfaces: register (`rd`), Send (`dp`),
+        // bootstrap (`bs`) and notifications (`lwm2m/<path>`).
         None => vec![
             Pattern::exact("v1/readings"),
             Pattern::prefix("v1/readings/"),
+            Pattern::exact("rd"),
+            Pattern::exact("dp"),
+            Pattern::exact("bs"),
+            Pattern::prefix("lwm2m/"),
         ],
         Some(list) => {
             non_empty(list, &format!("{at}.resources"), problems);

@@ -32,7 +32,10 @@ fn the_standard_fixture_loads_with_defaults_applied() {
     let bed = f.reg.get("bed-12").unwrap();
     assert_eq!(bed.protocols, ["coaps", "lwm2ms", "mqtts", "https"]);
     assert_eq!(bed.classes, ["alarm", "vital"]);
-    assert_eq!(bed.resources, ["v1/readings", "v1/readings/*"]);
+    assert_eq!(
+        bed.resources,
+        ["v1/readings", "v1/readings/*", "rd", "dp", "bs", "lwm2m/*"]
+    );
     let old = f.reg.get("old-7").unwrap();
     assert_eq!(old.speaks_for, ["old-7"]);
     assert_eq!(old.protocols, ["coaps", "lwm2ms", "mqtts", "https"]);
