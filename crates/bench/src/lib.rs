@@ -20,6 +20,7 @@ pub mod coap_load;
 pub mod coap_msg;
 pub mod dtls_load;
 pub mod error;
+pub mod lwm2m_storm;
 pub mod mqtt_sink;
 pub mod payload;
 pub mod procfs;

@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wardgate_bench::{BenchError, broker_limit, coap_load, dtls_load, sample, udp_echo};
+use wardgate_bench::{
+    BenchError, broker_limit, coap_load, dtls_load, lwm2m_storm, sample, udp_echo,
+};
 
 /// wardgate's benchmark harness (loopback targets only).
 #[derive(Debug, Parser)]
@@ -22,6 +24,8 @@ enum Command {
     /// Devices handshaking DTLS (PSK) and posting readings over their sessions, or the same
     /// readings over plain CoAP (`--plain`).
     DtlsLoad(dtls_load::DtlsLoadArgs),
+    /// LwM2M clients registering as fast as the server takes them, then observed and notifying.
+    Lwm2mStorm(lwm2m_storm::StormArgs),
     /// Stateless CoAP 2.01 answerer: the loopback UDP ceiling.
     UdpEcho(udp_echo::UdpEchoArgs),
     /// QoS 1 publish → Mosquitto → subscribe in one process: the broker ceiling.
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::CoapLoad(a) => coap_load::run(a).and_then(|r| print(&r)),
         Command::DtlsLoad(a) => dtls_load::run(a).and_then(|r| print(&r)),
+        Command::Lwm2mStorm(a) => lwm2m_storm::run(a).and_then(|r| print(&r)),
         Command::UdpEcho(a) => udp_echo::run(a),
         Command::BrokerLimit(a) => broker_limit::run(a).and_then(|r| print(&r)),
         Command::Sample(a) => sample::run(a).and_then(|r| print(&r)),

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use wardgate_coap::{ClientRequest, Code, Notification, Token};
 use wardgate_core::{Backoff, MessageClass};
 
-use crate::format;
+use crate::format::{self, Format};
 use crate::node::{Entry, Path};
 use crate::ops::Attributes;
 use crate::server::{OpError, Server, decode_answer};
@@ -179,7 +179,7 @@ fn wanted_for(
 /// Starts every wanted observation of registration `id` that is not running.
 pub(crate) fn ensure(server: &Server, id: &str) {
     let Some((endpoint, ended, to_start)) = server.with_client(id, |c| {
-        let composite_ok = c.reg.version != crate::registration::Version::V1_0;
+        let composite_ok = c.reg.version != crate::registration::Version::V1_0 && !c.no_composite;
         let wanted = wanted_for(
             server,
             &c.reg.endpoint,
@@ -214,7 +214,7 @@ pub(crate) fn ensure(server: &Server, id: &str) {
         let id = id.to_owned();
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
-            observe_loop(&s, &id, &endpoint, &key, &w, &stop).await;
+            let composite_failed = observe_loop(&s, &id, &endpoint, &key, &w, &stop).await;
             s.with_client(&id, |c| {
                 if c.observations
                     .running
@@ -223,7 +223,18 @@ pub(crate) fn ensure(server: &Server, id: &str) {
                 {
                     c.observations.running.remove(&key);
                 }
+                if composite_failed {
+                    c.no_composite = true;
+                }
             });
+            if composite_failed && !stop.is_cancelled() {
+                tracing::warn!(
+                    endpoint,
+                    observation = key,
+                    "the LwM2M client did not establish an Observe-Composite; observing its paths one by one"
+                );
+                ensure(&s, &id);
+            }
         });
     }
 }
@@ -239,6 +250,8 @@ enum Ended {
     Failed(OpError),
 }
 
+/// Keeps one observation established until it is stopped. Returns true when a composite
+/// observation could not be established (the caller falls back to one per path).
 async fn observe_loop(
     server: &Server,
     id: &str,
@@ -246,16 +259,16 @@ async fn observe_loop(
     key: &str,
     w: &Wanted,
     stop: &CancellationToken,
-) {
+) -> bool {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut reason = "ok";
     loop {
         if stop.is_cancelled() {
-            return;
+            return false;
         }
         let ended = observe_once(server, id, endpoint, key, w, stop, reason).await;
         let delay = match ended {
-            Ended::Stopped => return,
+            Ended::Stopped => return false,
             Ended::Silent => {
                 tracing::info!(
                     endpoint,
@@ -271,8 +284,11 @@ async fn observe_loop(
             }
             Ended::Failed(e) => {
                 server.metrics().observation("failed");
+                if w.composite && !w.manual {
+                    return true;
+                }
                 tracing::warn!(endpoint, observation = key, error = %e, "could not observe on the LwM2M client; retrying when it next updates its registration");
-                return;
+                return false;
             }
         };
         // Only while the client is awake: a sleeping client gets its observations back when it
@@ -281,10 +297,10 @@ async fn observe_loop(
             .client(endpoint)
             .is_some_and(|c| c.awake && c.registration.id == id);
         if !awake {
-            return;
+            return false;
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return false,
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -313,106 +329,164 @@ async fn observe_once(
         Ok(r) => r,
         Err(e) => return Ended::Failed(e),
     };
-    let fmt = server.format_for(endpoint).unwrap_or(format::Format::Tlv);
-    let (req, base) = if w.composite {
-        let f = match server.composite_format(endpoint, None) {
-            Ok(f) => f,
+    // The formats to try: a composite observation has one; a single one starts with the
+    // client's (negotiated) format and falls back like a Read when the client answers 4.06.
+    let formats: Vec<Format> = if w.composite {
+        match server.composite_format(endpoint, None) {
+            Ok(f) => vec![f],
             Err(e) => return Ended::Failed(e),
-        };
-        let body = match format::encode_paths(f, &w.paths) {
-            Ok(b) => b,
-            Err(e) => return Ended::Failed(e.into()),
-        };
-        (
-            ClientRequest::new(Code::FETCH, "")
-                .content_format(f.coap_number())
-                .accept(f.coap_number())
-                .payload(body),
-            Path::ROOT,
-        )
+        }
     } else {
-        let p = w.paths.first().copied().unwrap_or(Path::ROOT);
-        (
-            ClientRequest::get(p.to_string()).accept(fmt.coap_number()),
-            p,
-        )
+        let first = server.format_for(endpoint).unwrap_or(Format::Tlv);
+        std::iter::once(first)
+            .chain(
+                reg.fallback_formats()
+                    .iter()
+                    .copied()
+                    .filter(|f| *f != first),
+            )
+            .collect()
     };
-    let mut req = req;
-    prefix(&mut req, &reg.objects.root);
-    let started = tokio::select! {
-        _ = stop.cancelled() => return Ended::Stopped,
-        r = tokio::time::timeout(server.settings().request_timeout, requester.observe(addr, req.clone())) => r,
+    let base = if w.composite {
+        Path::ROOT
+    } else {
+        w.paths.first().copied().unwrap_or(Path::ROOT)
     };
-    let mut obs = match started {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Ended::Failed(e.into()),
-        Err(_) => return Ended::Failed(OpError::Timeout),
+    let mut established = None;
+    let mut last_refusal = None;
+    for (i, fmt) in formats.iter().enumerate() {
+        let mut req = if w.composite {
+            let body = match format::encode_paths(*fmt, &w.paths) {
+                Ok(b) => b,
+                Err(e) => return Ended::Failed(e.into()),
+            };
+            ClientRequest::new(Code::FETCH, "")
+                .content_format(fmt.coap_number())
+                .accept(fmt.coap_number())
+                .payload(body)
+        } else {
+            ClientRequest::get(base.to_string()).accept(fmt.coap_number())
+        };
+        prefix(&mut req, &reg.objects.root);
+        // Bounded: the registration and its first answer (a client that never answers a FETCH,
+        // as one without composite support may do, fails here instead of hanging).
+        let first = tokio::select! {
+            _ = stop.cancelled() => return Ended::Stopped,
+            r = tokio::time::timeout(server.settings().request_timeout, async {
+                let mut obs = requester.observe(addr, req.clone()).await?;
+                let first = obs.notifications.recv().await;
+                Ok::<_, wardgate_coap::CoapError>((obs, first))
+            }) => r,
+        };
+        let (obs, first) = match first {
+            Ok(Ok((obs, Some(first)))) => (obs, first),
+            Ok(Ok((obs, None))) => {
+                requester.forget(obs.token).await;
+                return Ended::Failed(OpError::Timeout);
+            }
+            Ok(Err(e)) => return Ended::Failed(e.into()),
+            Err(_) => return Ended::Failed(OpError::Timeout),
+        };
+        let code = first.response.code();
+        if code.is_success() {
+            if i > 0 {
+                tracing::info!(endpoint, format = ?fmt, "LwM2M client refused its preferred format for an observation; using this one from now on");
+                server.remember_format(endpoint, *fmt);
+            }
+            established = Some((obs, first, req));
+            break;
+        }
+        if let Some(a) = first.ack {
+            a.accept();
+        }
+        requester.forget(obs.token).await;
+        if code != Code::NOT_ACCEPTABLE {
+            return Ended::Failed(OpError::Client {
+                code: code.to_string(),
+                diagnostic: None,
+            });
+        }
+        last_refusal = Some(code);
+    }
+    let Some((mut obs, first, req)) = established else {
+        return Ended::Failed(OpError::Client {
+            code: last_refusal.unwrap_or(Code::NOT_ACCEPTABLE).to_string(),
+            diagnostic: Some("no content format the client accepts".into()),
+        });
     };
     let silence = w
         .attributes
         .as_ref()
         .and_then(|a| a.pmax)
         .map(|p| Duration::from_secs(u64::from(p) * 2 + 30));
-    let mut established = false;
     let token = obs.token;
+    server.metrics().observation(reason);
+    server.metrics().active_observations.inc();
+    server.with_client(id, |c| {
+        if let Some(r) = c.observations.running.get_mut(key) {
+            r.token = Some(token);
+        }
+    });
+    tracing::debug!(endpoint, observation = key, "LwM2M observation established");
+    let fetch = Refetch {
+        requester: &requester,
+        addr,
+        req: &req,
+    };
+    server.touch(id);
+    notification(server, endpoint, &base, w.class, first, &fetch).await;
     loop {
         let deadline = silence.map(|s| Instant::now() + s);
         let next = tokio::select! {
             _ = stop.cancelled() => {
                 requester.forget(token).await;
-                finish(server, established);
+                finish(server);
                 return Ended::Stopped;
             }
             _ = sleep_until(deadline) => {
                 requester.forget(token).await;
-                finish(server, established);
+                finish(server);
                 server.metrics().observation("silent");
                 return Ended::Silent;
             }
             n = obs.notifications.recv() => n,
         };
         let Some(n) = next else {
-            finish(server, established);
-            return if established {
-                Ended::ByClient
-            } else {
-                Ended::Failed(OpError::Timeout)
-            };
+            finish(server);
+            return Ended::ByClient;
         };
-        let code = n.response.code();
-        if !code.is_success() {
+        if !n.response.code().is_success() {
             if let Some(a) = n.ack {
                 a.accept();
             }
-            finish(server, established);
-            if established {
-                return Ended::ByClient;
-            }
-            return Ended::Failed(OpError::Client {
-                code: code.to_string(),
-                diagnostic: None,
-            });
-        }
-        if !established {
-            established = true;
-            server.metrics().observation(reason);
-            server.metrics().active_observations.inc();
-            server.with_client(id, |c| {
-                if let Some(r) = c.observations.running.get_mut(key) {
-                    r.token = Some(token);
-                }
-            });
-            tracing::debug!(endpoint, observation = key, "LwM2M observation established");
+            finish(server);
+            return Ended::ByClient;
         }
         server.touch(id);
-        notification(server, endpoint, &base, w.class, n).await;
+        notification(server, endpoint, &base, w.class, n, &fetch).await;
     }
 }
 
-fn finish(server: &Server, established: bool) {
-    if established {
-        server.metrics().active_observations.dec();
+/// How to fetch a whole representation when a notification carries only its first Block2
+/// block (RFC 7959 §3.4: the client asks for the rest; a fresh request without Observe gets
+/// the whole current representation, block-wise through the CoAP client).
+struct Refetch<'a> {
+    requester: &'a wardgate_coap::Requester,
+    addr: std::net::SocketAddr,
+    req: &'a ClientRequest,
+}
+
+impl Refetch<'_> {
+    async fn whole(&self) -> Result<wardgate_coap::ClientResponse, OpError> {
+        let mut req = self.req.clone();
+        req.observe = None;
+        req.token = None;
+        Ok(self.requester.request(self.addr, req).await?)
     }
+}
+
+fn finish(server: &Server) {
+    server.metrics().active_observations.dec();
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -442,11 +516,39 @@ async fn notification(
     base: &Path,
     class: MessageClass,
     n: Notification,
+    fetch: &Refetch<'_>,
 ) {
     let Some((peer, reg)) = server.peer_of(endpoint) else {
         return;
     };
-    let entries: Vec<Entry> = match decode_answer(server, base, &n.response) {
+    let whole;
+    let response = if n.response.block2().is_some_and(|b| b.more) {
+        match fetch.whole().await {
+            Ok(r) if r.is_success() => {
+                whole = r;
+                &whole
+            }
+            Ok(r) => {
+                server.metrics().notification("block2_failed");
+                tracing::warn!(endpoint, path = %base, code = %r.code(), "could not fetch the rest of a block-wise notification; acknowledged and dropped");
+                if let Some(a) = n.ack {
+                    a.accept();
+                }
+                return;
+            }
+            Err(e) => {
+                server.metrics().notification("block2_failed");
+                tracing::warn!(endpoint, path = %base, error = %e, "could not fetch the rest of a block-wise notification; not acknowledged");
+                if let Some(a) = n.ack {
+                    a.reject();
+                }
+                return;
+            }
+        }
+    } else {
+        &n.response
+    };
+    let entries: Vec<Entry> = match decode_answer(server, base, response) {
         Ok(e) if !e.is_empty() => e,
         Ok(_) => {
             server.metrics().notification("empty");

@@ -337,9 +337,27 @@ mod rfc3339 {
         s.collect_str(&humantime::format_rfc3339_millis(*t))
     }
 
+    /// Also reads serde's default form of a `SystemTime` (`{"secs_since_epoch", ...}`), which
+    /// registrations stored by earlier development builds carry.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Text(String),
+        Epoch {
+            secs_since_epoch: u64,
+            nanos_since_epoch: u32,
+        },
+    }
+
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+        match Stored::deserialize(d)? {
+            Stored::Text(s) => humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom),
+            Stored::Epoch {
+                secs_since_epoch,
+                nanos_since_epoch,
+            } => Ok(SystemTime::UNIX_EPOCH
+                + std::time::Duration::new(secs_since_epoch, nanos_since_epoch)),
+        }
     }
 }
 
@@ -424,6 +442,22 @@ mod tests {
         );
         assert_eq!(reg(&["ep=x", "lwm2m=2.0"]), Err(ParamError::BadVersion));
         assert_eq!(reg(&["ep=x", "b=X"]), Err(ParamError::BadBinding));
+    }
+
+    #[test]
+    fn stored_times_read_both_rfc3339_and_the_earlier_epoch_form() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(with = "super::rfc3339")]
+            t: SystemTime,
+        }
+        let a: T = serde_json::from_str(r#"{"t":"2026-11-30T12:00:00.250Z"}"#).unwrap();
+        let b: T = serde_json::from_str(
+            r#"{"t":{"secs_since_epoch":1796040000,"nanos_since_epoch":250000000}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.t, b.t);
+        assert!(serde_json::from_str::<T>(r#"{"t":"yesterday"}"#).is_err());
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub(crate) struct Client {
     queue: VecDeque<Queued>,
     /// Whether a task is sending the queue.
     flushing: bool,
+    /// The client did not establish an Observe-Composite: composite rules are observed path
+    /// by path.
+    pub(crate) no_composite: bool,
     /// The format that worked (after a 4.06 fallback).
     pub(crate) format: Option<Format>,
     /// Cancelled when the registration ends (stops its observations and queued operations).
@@ -246,6 +249,7 @@ impl Server {
                     seen: false,
                     queue: VecDeque::new(),
                     flushing: false,
+                    no_composite: false,
                     format: None,
                     ended: CancellationToken::new(),
                     observations: Observations::default(),
@@ -487,6 +491,7 @@ impl Server {
                 seen: true,
                 queue: VecDeque::new(),
                 flushing: false,
+                no_composite: false,
                 format: None,
                 ended: CancellationToken::new(),
                 observations: Observations::with_manual(manual),
@@ -546,6 +551,7 @@ impl Server {
         c.last_seen = Instant::now();
         c.seen = true;
         self.inner.store.put(&c.reg);
+        tracing::debug!(registration = %id, endpoint = %c.reg.endpoint, lifetime_s = c.reg.lifetime.as_secs(), "LwM2M registration updated");
         if old_addr != peer.addr {
             tracing::info!(registration = %id, from = %old_addr, to = %peer.addr, "LwM2M client changed address");
             st.by_addr.remove(&old_addr);
@@ -617,7 +623,21 @@ impl Server {
     }
 
     /// Runs the expiry timer until `shutdown`, then writes what is pending.
+    ///
+    /// First, the clients restored from disk that are always reachable (not in queue mode) get
+    /// their observations back at once: after a restart their notifications carry tokens the
+    /// new process does not know (answered RST), so waiting for their next Update could leave
+    /// a sensor unread for hours.
     pub async fn run(self, shutdown: CancellationToken) {
+        let restored: Vec<String> = lock(&self.inner.state)
+            .by_id
+            .values()
+            .filter(|c| !c.seen && !c.reg.queue_mode)
+            .map(|c| c.reg.id.clone())
+            .collect();
+        for id in &restored {
+            crate::observe::ensure(&self, id);
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -400,3 +400,122 @@ async fn bootstrap_deletes_writes_security_and_server_then_finishes_in_order() {
     let _ = hex(b"");
     gw.stop().await;
 }
+
+fn observing(rules: Vec<ObserveRule>) -> Options {
+    Options {
+        settings: Settings {
+            observe: rules,
+            ..Settings::default()
+        },
+        ..Options::default()
+    }
+}
+
+fn rule(paths: &[&str], composite: bool) -> ObserveRule {
+    ObserveRule {
+        endpoint: "*".into(),
+        paths: paths.iter().map(|p| p.parse().unwrap()).collect(),
+        composite,
+        attributes: None,
+        class: wardgate_core::MessageClass::Telemetry,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observation_falls_back_to_a_format_the_client_accepts() {
+    let gw = Gateway::start_with(observing(vec![rule(&["/3/0/9"], false)])).await;
+    let mut peer = AioPeer::start(gw.addr);
+    peer.serve("3/0/9", "GET", "2.05", Some(11542), &unhex("c10964"));
+    peer.accept_only("3/0/9", &[11542]);
+    register(&mut peer, "tlv-only", "1.1", &[]);
+    let accepts: Vec<u64> = (0..3)
+        .map(|_| {
+            peer.next_request(Duration::from_secs(10))["accept"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(accepts, [112, 110, 11542]);
+    let r = gw.wait_readings(1, Duration::from_secs(10)).await;
+    assert_eq!(r[0].records[0].n, "device/battery_level");
+    assert_eq!(r[0].records[0].v, Some(100.0));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_wise_notification_is_fetched_whole() {
+    let gw = Gateway::start_with(observing(vec![rule(&["/3303/0/5750"], false)])).await;
+    let mut peer = AioPeer::start(gw.addr);
+    let long = "x".repeat(1500);
+    let body = format!(r#"[{{"bn":"/3303/0/5750","vs":"{long}"}}]"#);
+    // The first answer (and each notification) carries Block2 #0 of two (RFC 7959).
+    peer.serve("3303/0/5750", "GET", "2.05", Some(110), body.as_bytes());
+    peer.block_wise("3303/0/5750");
+    register(&mut peer, "big", "1.1", &[]);
+    let r = gw.wait_readings(1, Duration::from_secs(10)).await;
+    assert_eq!(r[0].records[0].vs.as_deref(), Some(long.as_str()));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composite_rule_falls_back_to_one_observation_per_path() {
+    let gw = Gateway::start_with(observing(vec![rule(&["/3/0/9", "/3303/0/5700"], true)])).await;
+    let mut peer = AioPeer::start(gw.addr);
+    peer.serve("3/0/9", "GET", "2.05", Some(11542), &unhex("c10964"));
+    peer.serve(
+        "3303/0/5700",
+        "GET",
+        "2.05",
+        Some(110),
+        br#"[{"bn":"/3303/0/5700","v":36.6}]"#,
+    );
+    // aiocoap serves nothing at "/": the FETCH gets 4.04 or 4.05.
+    register(&mut peer, "no-fetch", "1.1", &[]);
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let obs = gw.server.client("no-fetch").unwrap().observations;
+        if obs.len() == 2 {
+            assert_eq!(obs, ["/3/0/9", "/3303/0/5700"]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "observations: {obs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.wait_readings(2, Duration::from_secs(10)).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_gateway_restart_an_always_reachable_client_is_observed_again_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = wardgate_testkit::free_udp_port();
+    let opts = || Options {
+        db: Some(dir.path().join("lwm2m.db")),
+        port,
+        ..observing(vec![rule(&["/3303/0/5700"], false)])
+    };
+    let gw = Gateway::start_with(opts()).await;
+    let mut peer = AioPeer::start(gw.addr);
+    peer.serve(
+        "3303/0/5700",
+        "GET",
+        "2.05",
+        Some(110),
+        br#"[{"bn":"/3303/0/5700","v":36.6}]"#,
+    );
+    register(&mut peer, "steady", "1.1", &[]);
+    assert_eq!(peer.next_request(Duration::from_secs(10))["observe"], 0);
+    gw.wait_readings(1, Duration::from_secs(10)).await;
+    gw.server.flush();
+    gw.stop().await;
+
+    let gw = Gateway::start_with(opts()).await;
+    // Without any message from the client, the restored registration is observed again.
+    let req = peer.next_request(Duration::from_secs(10));
+    assert_eq!(
+        (req["observe"].as_u64(), req["path"].as_str()),
+        (Some(0), Some("3303/0/5700"))
+    );
+    gw.wait_readings(1, Duration::from_secs(10)).await;
+    gw.stop().await;
+}

@@ -289,6 +289,14 @@ impl AioPeer {
         self.expect_event("served", Duration::from_secs(10));
     }
 
+    /// Makes the peer answer requests on `path` block-wise (1024-byte Block2 blocks).
+    pub fn block_wise(&mut self, path: &str) {
+        self.send(serde_json::json!({
+            "op": "serve", "path": path, "method": "__none__", "block": true,
+        }));
+        self.expect_event("served", Duration::from_secs(10));
+    }
+
     /// Sends a notification to the observers of `path`.
     pub fn notify(&mut self, path: &str, cf: u16, payload: &[u8]) {
         self.send(serde_json::json!({

@@ -36,11 +36,17 @@ def emit(obj):
 class Canned(resource.ObservableResource):
     """Answers every method with the canned answer the test set, and records the request."""
 
+    async def needs_blockwise_assembly(self, request):
+        # This peer slices its answers itself (see `block`), so aiocoap must not.
+        return False
+
     def __init__(self, path):
         super().__init__()
         self.path = path
         self.answers = {}  # method -> (code, cf, payload)
         self.accepts = None  # Accept values answered; others get 4.06
+        # Answer block-wise in 1024-byte blocks (RFC 7959), as a device with a small MTU does.
+        self.block = False
         self.latest = None  # (cf, payload) of the last notification
 
     def answer(self, method, code, cf, payload):
@@ -62,12 +68,19 @@ class Canned(resource.ObservableResource):
             return aiocoap.Message(code=Code.NOT_ACCEPTABLE)
         if request.code == Code.GET and self.latest is not None and opts.observe is not None:
             cf, payload = self.latest
-            return aiocoap.Message(code=Code.CONTENT, payload=payload, content_format=cf)
+            return self.sliced(request, aiocoap.Message(code=Code.CONTENT, payload=payload, content_format=cf))
         code, cf, payload = self.answers.get(request.code.name, self.answers.get("*", ("4.05", None, b"")))
         msg = aiocoap.Message(code=Code[code_name(code)], payload=payload)
         if cf is not None:
             msg.opt.content_format = cf
-        return msg
+        return self.sliced(request, msg)
+
+    def sliced(self, request, msg):
+        if not self.block or len(msg.payload) <= 1024:
+            return msg
+        b = request.opt.block2
+        number, szx = (b.block_number, b.size_exponent) if b is not None else (0, 6)
+        return msg._extract_block(number, szx, 1024)
 
     async def render_get(self, request):
         return await self.render(request)
@@ -126,6 +139,8 @@ async def main():
                                 bytes.fromhex(cmd.get("payload_hex", "")))
             if "accepts" in cmd:
                 canned[path].accepts = cmd["accepts"]
+            if "block" in cmd:
+                canned[path].block = cmd["block"]
             emit({"event": "served", "path": path})
         elif op == "notify":
             canned[cmd["path"]].notify(cmd.get("cf"), bytes.fromhex(cmd["payload_hex"]))
