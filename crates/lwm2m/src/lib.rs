@@ -14,6 +14,7 @@ pub mod persist;
 pub mod registration;
 pub mod resource;
 mod server;
+pub mod sim;
 
 pub use config::Lwm2mConfig;
 pub use format::{Format, FormatError, Limits, decode_paths, encode_paths};
