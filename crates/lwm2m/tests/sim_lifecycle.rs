@@ -12,22 +12,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, Options, eventually, records};
+use common::{Gateway, Options, client, entry, eventually, p, records};
 use wardgate_core::MessageClass;
 use wardgate_lwm2m::sim::{SimClient, SimConfig, Tree, run_many};
-use wardgate_lwm2m::{Attributes, Entry, Format, ObserveRule, OpError, Path, Settings, Value};
+use wardgate_lwm2m::{Attributes, Format, ObserveRule, OpError, Settings, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn p(s: &str) -> Path {
-    s.parse().unwrap()
-}
-
-async fn client(gw: &Gateway, cfg: SimConfig) -> SimClient {
-    let c = SimClient::start(cfg, gw.addr).await.unwrap();
-    c.register().await.unwrap();
-    c
-}
 
 /// The numeric values stored for `path`, in order.
 fn values_at(gw: &Gateway, path: &str) -> Vec<f64> {
@@ -151,9 +141,10 @@ async fn pmin_and_pmax_pace_the_notifications() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_composite_observation_reports_every_path_in_one_notification() {
+async fn a_composite_observation_reports_every_path_in_one_non_confirmable_notification() {
     let gw = Gateway::start().await;
-    let cfg = SimConfig::new("obs-3").tree(Tree::device("obs-3", 300).with_voltage());
+    let mut cfg = SimConfig::new("obs-3").tree(Tree::device("obs-3", 300).with_voltage());
+    cfg.confirmable_notifications = false;
     let c = client(&gw, cfg).await;
     gw.server
         .observe(
@@ -185,16 +176,8 @@ async fn send_is_acknowledged_once_durable_and_refused_while_the_store_is_full()
     let gw = Gateway::start().await;
     let c = client(&gw, SimConfig::new("send-1")).await;
     let entries = [
-        Entry {
-            path: p("/3303/0/5700"),
-            value: Value::Float(36.6),
-            time: None,
-        },
-        Entry {
-            path: p("/3/0/9"),
-            value: Value::Integer(80),
-            time: None,
-        },
+        entry("/3303/0/5700", Value::Float(36.6)),
+        entry("/3/0/9", Value::Integer(80)),
     ];
     let r = c.send(&entries, Format::SenmlCbor).await.unwrap();
     assert_eq!(r.code, wardgate_coap::Code::CHANGED);

@@ -11,14 +11,10 @@
 
 mod common;
 
-use common::Gateway;
+use common::{Gateway, client, entry, p};
 use wardgate_lwm2m::registration::Version;
 use wardgate_lwm2m::sim::{SimClient, SimConfig, Tree};
-use wardgate_lwm2m::{Entry, Format, OpError, Path, Value, WriteMode};
-
-fn p(s: &str) -> Path {
-    s.parse().unwrap()
-}
+use wardgate_lwm2m::{Entry, Format, OpError, Value, WriteMode};
 
 /// A number however the server's model typed it (TLV without a model: big-endian bytes).
 fn number(v: &Value) -> f64 {
@@ -53,12 +49,6 @@ fn at<'a>(entries: &'a [Entry], path: &str) -> &'a Value {
         .find(|e| e.path == path)
         .unwrap_or_else(|| panic!("{path} not in {entries:?}"))
         .value
-}
-
-async fn client(gw: &Gateway, cfg: SimConfig) -> SimClient {
-    let c = SimClient::start(cfg, gw.addr).await.unwrap();
-    c.register().await.unwrap();
-    c
 }
 
 fn accepts(c: &SimClient) -> Vec<Option<u16>> {
@@ -182,11 +172,7 @@ async fn a_client_refusing_senml_gets_tlv_after_4_06_and_the_server_remembers() 
             "waka-1",
             p("/3303/0/5701"),
             WriteMode::Replace,
-            &[Entry {
-                path: p("/3303/0/5701"),
-                value: Value::String("K".into()),
-                time: None,
-            }],
+            &[entry("/3303/0/5701", Value::String("K".into()))],
             None,
         )
         .await
@@ -206,11 +192,7 @@ async fn a_write_in_a_format_the_client_lacks_falls_back_after_4_15() {
             "waka-2",
             p("/3303/0"),
             WriteMode::Update,
-            &[Entry {
-                path: p("/3303/0/5701"),
-                value: Value::String("Far".into()),
-                time: None,
-            }],
+            &[entry("/3303/0/5701", Value::String("Far".into()))],
             None,
         )
         .await
@@ -261,18 +243,13 @@ async fn discover_lists_objects_instances_resources_and_written_attributes() {
 async fn write_replace_and_partial_update_change_the_clients_values() {
     let gw = Gateway::start().await;
     let c = client(&gw, SimConfig::new("write-1")).await;
-    let e = |path: &str, value: Value| Entry {
-        path: p(path),
-        value,
-        time: None,
-    };
     // Update (POST) adds a resource instance, the others stay.
     gw.server
         .write(
             "write-1",
             p("/3/0"),
             WriteMode::Update,
-            &[e("/3/0/11/1", Value::Integer(7))],
+            &[entry("/3/0/11/1", Value::Integer(7))],
             None,
         )
         .await
@@ -290,7 +267,7 @@ async fn write_replace_and_partial_update_change_the_clients_values() {
             "write-1",
             p("/3/0/11"),
             WriteMode::Replace,
-            &[e("/3/0/11/5", Value::Integer(3))],
+            &[entry("/3/0/11/5", Value::Integer(3))],
             Some(Format::SenmlJson),
         )
         .await
@@ -309,8 +286,8 @@ async fn write_replace_and_partial_update_change_the_clients_values() {
             p("/3303/0"),
             WriteMode::Replace,
             &[
-                e("/3303/0/5700", Value::Float(19.25)),
-                e("/3303/0/5701", Value::String("Cel".into())),
+                entry("/3303/0/5700", Value::Float(19.25)),
+                entry("/3303/0/5701", Value::String("Cel".into())),
             ],
             Some(Format::Tlv),
         )
@@ -357,16 +334,8 @@ async fn create_and_delete_an_object_instance() {
     let gw = Gateway::start().await;
     let c = client(&gw, SimConfig::new("create-1")).await;
     let entries = [
-        Entry {
-            path: p("/3303/1/5700"),
-            value: Value::Float(18.0),
-            time: None,
-        },
-        Entry {
-            path: p("/3303/1/5701"),
-            value: Value::String("Cel".into()),
-            time: None,
-        },
+        entry("/3303/1/5700", Value::Float(18.0)),
+        entry("/3303/1/5701", Value::String("Cel".into())),
     ];
     let created = gw
         .server
@@ -438,16 +407,8 @@ async fn composite_read_and_write_span_objects() {
         .write_composite(
             "comp-1",
             &[
-                Entry {
-                    path: p("/3303/0/5701"),
-                    value: Value::String("K".into()),
-                    time: None,
-                },
-                Entry {
-                    path: p("/3304/0/5700"),
-                    value: Value::Float(50.5),
-                    time: None,
-                },
+                entry("/3303/0/5701", Value::String("K".into())),
+                entry("/3304/0/5700", Value::Float(50.5)),
             ],
             None,
         )

@@ -606,18 +606,15 @@ impl Inner {
         .uint(opt::CONTENT_FORMAT, u32::from(n.content_format))
         .payload(n.payload)
         .encode();
-        if !con {
-            self.send_to(&bytes, n.peer);
-            return;
-        }
         let (tx, rx) = oneshot::channel();
         guard(&self.state).acks.insert(mid, tx);
-        tokio::spawn(confirm(
+        tokio::spawn(deliver_notification(
             Arc::downgrade(self),
             bytes,
             n.peer,
             mid,
             n.token,
+            con,
             rx,
         ));
     }
@@ -644,20 +641,29 @@ fn encode_reply(r: &Reply, mtype: MsgType, mid: u16, token: Token) -> Vec<u8> {
 }
 
 /// Retransmits a Confirmable notification until ACKed; a RST or no ACK at all ends the
-/// observation (RFC 7641 §3.6, §4.5).
-async fn confirm(
+/// observation (RFC 7641 §3.6, §4.5). A Non-confirmable one is sent once; a RST within the
+/// first timeout ends the observation too.
+async fn deliver_notification(
     weak: Weak<Inner>,
     bytes: Vec<u8>,
     peer: SocketAddr,
     mid: u16,
     token: Token,
+    confirmable: bool,
     mut rx: oneshot::Receiver<Answer>,
 ) {
     let Some(timing) = weak.upgrade().map(|i| i.cfg.timing) else {
         return;
     };
     let mut wait = timing.initial();
-    for _ in 0..=timing.max_retransmit {
+    let sends = if confirmable {
+        timing.max_retransmit + 1
+    } else {
+        1
+    };
+    // Unanswered: a CON notification is lost for good, a NON one just was not reset.
+    let mut ended = confirmable;
+    for _ in 0..sends {
         let Some(inner) = weak.upgrade() else { return };
         if !guard(&inner.state).asleep {
             inner.send_to(&bytes, peer);
@@ -665,9 +671,7 @@ async fn confirm(
         drop(inner);
         tokio::select! {
             a = &mut rx => {
-                if matches!(a, Ok(Answer::Ack(_))) {
-                    return;
-                }
+                ended = !matches!(a, Ok(Answer::Ack(_)));
                 break;
             }
             () = tokio::time::sleep(wait) => wait *= 2,
@@ -676,7 +680,9 @@ async fn confirm(
     if let Some(inner) = weak.upgrade() {
         let mut st = guard(&inner.state);
         st.acks.remove(&mid);
-        st.device.observations.retain(|o| o.token != token);
+        if ended {
+            st.device.observations.retain(|o| o.token != token);
+        }
     }
 }
 

@@ -339,3 +339,29 @@ pub fn records(gw: &Gateway) -> Vec<(String, Option<f64>, String)> {
         .map(|r| (r.path.clone().unwrap_or_default(), r.v, r.n.clone()))
         .collect()
 }
+
+/// An LwM2M path from text (tests only: panics on a bad one).
+pub fn p(s: &str) -> wardgate_lwm2m::Path {
+    s.parse().expect("path")
+}
+
+/// A value at a path, without time.
+pub fn entry(path: &str, value: wardgate_lwm2m::Value) -> wardgate_lwm2m::Entry {
+    wardgate_lwm2m::Entry {
+        path: p(path),
+        value,
+        time: None,
+    }
+}
+
+/// A simulated client of `gw`, registered.
+pub async fn client(
+    gw: &Gateway,
+    cfg: wardgate_lwm2m::sim::SimConfig,
+) -> wardgate_lwm2m::sim::SimClient {
+    let c = wardgate_lwm2m::sim::SimClient::start(cfg, gw.addr)
+        .await
+        .expect("start the simulated client");
+    c.register().await.expect("register the simulated client");
+    c
+}
