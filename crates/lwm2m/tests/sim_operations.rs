@@ -488,3 +488,86 @@ async fn an_alternate_root_path_prefixes_every_request() {
     }
     gw.stop().await;
 }
+
+/// Server gap: LwM2M CBOR cannot carry the list of paths of a Read-Composite request, and the
+/// server uses the same format for the request body and Accept, so asking for LwM2M CBOR
+/// fails before anything is sent (`FormatError::Unsupported`). A body in SenML CBOR with
+/// Accept 11544 would do.
+#[ignore = "server gap: Read-Composite with Accept LwM2M CBOR encodes its request body in LwM2M CBOR (see the doc comment)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composite_read_can_ask_for_lwm2m_cbor() {
+    let gw = Gateway::start().await;
+    let _c = client(&gw, SimConfig::new("comp-12").version(Version::V1_2)).await;
+    let e = gw
+        .server
+        .read_composite(
+            "comp-12",
+            &[p("/3303/0/5700"), p("/3/0/9")],
+            Some(Format::Lwm2mCbor),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.len(), 2);
+    gw.stop().await;
+}
+
+/// The simulator's own message layer, seen from a bare socket: a duplicate Confirmable
+/// request gets the very same answer and is handled once; a response nobody asked for gets
+/// a RST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_answers_duplicates_once_and_resets_strangers() {
+    use wardgate_coap::codec::{Encoder, Message, MsgType, Token, opt};
+    let gw = Gateway::start().await;
+    let c = client(&gw, SimConfig::new("dup-1")).await;
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut get = Vec::new();
+    let mut e = Encoder::new(
+        &mut get,
+        MsgType::Con,
+        wardgate_coap::Code::GET,
+        0x4242,
+        Token::new(&[9]).unwrap(),
+    );
+    for s in ["3303", "0", "5700"] {
+        e.option(opt::URI_PATH, s.as_bytes()).unwrap();
+    }
+    e.uint_option(opt::ACCEPT, 110).unwrap();
+    e.finish();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        peer.send_to(&get, c.local_addr()).await.unwrap();
+        let mut buf = vec![0; 1500];
+        let (n, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), peer.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+        answers.push(buf[..n].to_vec());
+    }
+    assert_eq!(answers[0], answers[1]);
+    let m = Message::parse(&answers[0]).unwrap();
+    assert_eq!(
+        (m.mtype, m.mid, m.code),
+        (MsgType::Ack, 0x4242, wardgate_coap::Code::CONTENT)
+    );
+    assert_eq!(c.received().len(), 1, "the duplicate was not handled again");
+
+    let mut resp = Vec::new();
+    Encoder::new(
+        &mut resp,
+        MsgType::Con,
+        wardgate_coap::Code::CONTENT,
+        0x77,
+        Token::new(&[1, 2, 3]).unwrap(),
+    )
+    .finish();
+    peer.send_to(&resp, c.local_addr()).await.unwrap();
+    let mut buf = vec![0; 64];
+    let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(10), peer.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let m = Message::parse(&buf[..n]).unwrap();
+    assert_eq!((m.mtype, m.mid), (MsgType::Rst, 0x77));
+    gw.stop().await;
+}
