@@ -530,6 +530,7 @@ impl Inner {
             content_format: msg.content_format(),
             observe: msg.observe(),
             block2: msg.block2().and_then(Result::ok),
+            block1: msg.block1().and_then(Result::ok),
             payload: msg.payload.to_vec(),
         };
         let reply = st.device.handle(&self.cfg, &req, Instant::now());

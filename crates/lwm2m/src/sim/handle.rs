@@ -133,6 +133,14 @@ impl Device {
 
     /// Answers `req` (duplicates are the message layer's business).
     pub(crate) fn handle(&mut self, cfg: &SimConfig, req: &Received, now: Instant) -> Reply {
+        if req.block1.is_some() {
+            // Large writes are out of scope for this peer: say so rather than take one block
+            // for the whole body.
+            return Reply::diagnostic(
+                Code::REQUEST_ENTITY_TOO_LARGE,
+                "the simulator does not reassemble Block1 bodies",
+            );
+        }
         let Some(path) = req.path else {
             return Reply::diagnostic(Code::NOT_FOUND, "not an LwM2M path of this client");
         };

@@ -238,6 +238,8 @@ pub struct Received {
     pub observe: Option<u32>,
     /// Block2 (a follow-up block request).
     pub block2: Option<BlockOpt>,
+    /// Block1 (a block of a large request body; the simulator refuses these with 4.13).
+    pub block1: Option<BlockOpt>,
     /// Body.
     pub payload: Vec<u8>,
 }
