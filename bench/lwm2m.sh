@@ -5,12 +5,16 @@
 # Prints one JSON line per round: the generator's figures plus the gateway's RSS before, after
 # registration+observation (idle), and per registered client.
 #
-#   bench/lwm2m.sh [CLIENTS] [NOTIFY] [ROUNDS]      (defaults 10000 5 3)
+#   bench/lwm2m.sh [CLIENTS] [NOTIFY] [ROUNDS] [OBSERVE]   (defaults 10000 5 3 1)
+#
+# OBSERVE=0 leaves out the observe rule: the clients only register, and the RSS per client is
+# that of an idle registration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-10000}
 NOTIFY=${2:-5}
 ROUNDS=${3:-3}
+OBSERVE=${4:-1}
 cargo build --release --locked -q -p wardgate -p wardgate-bench
 BIN=$PWD/target/release
 WORK=$(mktemp -d)
@@ -41,9 +45,7 @@ listen = "127.0.0.1:$HTTP"
 path = "$dir/outbox.db"
 [lwm2m]
 max_clients = $((CLIENTS + 100))
-[[lwm2m.observe]]
-endpoint = "storm-*"
-paths = ["/3303/0/5700"]
+$( [ "$OBSERVE" = 1 ] && printf '[[lwm2m.observe]]\nendpoint = "storm-*"\npaths = ["/3303/0/5700"]\n' )
 [[uplinks]]
 type = "file"
 name = "null"
@@ -62,8 +64,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     start_gateway
     sleep 1
     before=$(rss_kb "$GW")
+    wait_s=30; [ "$OBSERVE" = 1 ] || wait_s=0
     report=$("$BIN/wardgate-bench" lwm2m-storm --target "$TARGET" --clients "$CLIENTS" \
-        --notifications "$NOTIFY")
+        --notifications "$NOTIFY" --observe-wait "$wait_s")
     sleep 2
     after=$(rss_kb "$GW")
     clients=$(metric wardgate_lwm2m_clients)
@@ -78,6 +81,7 @@ r["gateway_clients"] = float(sys.argv[4])
 r["gateway_active_observations"] = float(sys.argv[5])
 n = max(1, r["registered"])
 r["rss_bytes_per_client"] = round((after - before) * 1024 / n)
+r["observed_rule"] = r["observed"] > 0
 print(json.dumps(r))
 PY
     kill -TERM "$GW"; wait "$GW" 2>/dev/null || true; GW=

@@ -46,8 +46,9 @@ pub struct Observation {
     /// The token of the registration; notifications carry it.
     pub token: Token,
     /// The registration response first, then each notification. Ends when the observation ends
-    /// (error response, response without Observe, registration timeout or reset).
-    pub notifications: mpsc::Receiver<Notification>,
+    /// (error response, response without Observe, registration timeout or reset). Boxed to keep
+    /// the channel small.
+    pub notifications: mpsc::Receiver<Box<Notification>>,
 }
 
 impl Requester {

@@ -37,7 +37,7 @@ pub(crate) enum Command {
     Observe {
         peer: SocketAddr,
         req: ClientRequest,
-        sink: mpsc::Sender<Notification>,
+        sink: mpsc::Sender<Box<Notification>>,
         reply: oneshot::Sender<Result<Token, CoapError>>,
     },
     Forget {

@@ -224,7 +224,7 @@ impl Observer {
                 }
                 Ok(Some(n)) => n,
             };
-            let Notification { response, ack } = n;
+            let Notification { response, ack } = *n;
             if !response.is_success() {
                 tracing::warn!(uri = %self.target.uri, code = %response.code(), "observe target answered with an error");
                 m.observe_registration("refused");

@@ -16,6 +16,7 @@ pub mod persist;
 pub mod registration;
 pub mod resource;
 mod server;
+pub mod sim;
 
 pub use api::{JsonValue, Operation};
 pub use bootstrap::{BootstrapConfig, SecurityMode};

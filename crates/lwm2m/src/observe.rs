@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use wardgate_coap::{ClientRequest, Code, Notification, Token};
 use wardgate_core::{Backoff, MessageClass};
 
-use crate::format::{self, Format};
+use crate::format::Format;
 use crate::node::{Entry, Path};
 use crate::ops::Attributes;
 use crate::server::{OpError, Server, decode_answer};
@@ -138,6 +138,14 @@ impl Observations {
         self.manual.clone()
     }
 
+    /// Stops every running observation so that `ensure` makes them again (the client moved to
+    /// another address).
+    pub(crate) fn restart(&mut self) {
+        for (_, r) in self.running.drain() {
+            r.stop.cancel();
+        }
+    }
+
     pub(crate) fn with_manual(manual: Vec<Wanted>) -> Observations {
         Observations {
             manual,
@@ -178,7 +186,7 @@ fn wanted_for(
 
 /// Starts every wanted observation of registration `id` that is not running.
 pub(crate) fn ensure(server: &Server, id: &str) {
-    let Some((endpoint, ended, to_start)) = server.with_client(id, |c| {
+    let Some((endpoint, to_start)) = server.with_client(id, |c| {
         let composite_ok = c.reg.version != crate::registration::Version::V1_0 && !c.no_composite;
         let wanted = wanted_for(
             server,
@@ -192,7 +200,7 @@ pub(crate) fn ensure(server: &Server, id: &str) {
             if c.observations.running.contains_key(&key) {
                 continue;
             }
-            let stop = c.ended.child_token();
+            let stop = CancellationToken::new();
             c.observations.running.insert(
                 key.clone(),
                 Running {
@@ -202,13 +210,10 @@ pub(crate) fn ensure(server: &Server, id: &str) {
             );
             start.push((key, w, stop));
         }
-        (c.reg.endpoint.clone(), c.ended.clone(), start)
+        (c.reg.endpoint.clone(), start)
     }) else {
         return;
     };
-    if ended.is_cancelled() {
-        return;
-    }
     for (key, w, stop) in to_start {
         let s = server.clone();
         let id = id.to_owned();
@@ -325,8 +330,9 @@ async fn observe_once(
             }
         }
     }
-    let (requester, addr, reg) = match server.route(endpoint) {
-        Ok(r) => r,
+    // Only what the observation needs of the registration is kept for its lifetime.
+    let (requester, addr, fallbacks, root) = match server.route(endpoint) {
+        Ok((r, a, reg)) => (r, a, reg.fallback_formats(), reg.objects.root),
         Err(e) => return Ended::Failed(e),
     };
     // The formats to try: a composite observation has one; a single one starts with the
@@ -339,12 +345,7 @@ async fn observe_once(
     } else {
         let first = server.format_for(endpoint).unwrap_or(Format::Tlv);
         std::iter::once(first)
-            .chain(
-                reg.fallback_formats()
-                    .iter()
-                    .copied()
-                    .filter(|f| *f != first),
-            )
+            .chain(fallbacks.iter().copied().filter(|f| *f != first))
             .collect()
     };
     let base = if w.composite {
@@ -356,18 +357,18 @@ async fn observe_once(
     let mut last_refusal = None;
     for (i, fmt) in formats.iter().enumerate() {
         let mut req = if w.composite {
-            let body = match format::encode_paths(*fmt, &w.paths) {
+            let (body_format, body) = match crate::ops::paths_body(*fmt, &w.paths) {
                 Ok(b) => b,
-                Err(e) => return Ended::Failed(e.into()),
+                Err(e) => return Ended::Failed(e),
             };
             ClientRequest::new(Code::FETCH, "")
-                .content_format(fmt.coap_number())
+                .content_format(body_format.coap_number())
                 .accept(fmt.coap_number())
                 .payload(body)
         } else {
             ClientRequest::get(base.to_string()).accept(fmt.coap_number())
         };
-        prefix(&mut req, &reg.objects.root);
+        prefix(&mut req, &root);
         // Bounded: the registration and its first answer (a client that never answers a FETCH,
         // as one without composite support may do, fails here instead of hanging).
         let first = tokio::select! {
@@ -515,7 +516,7 @@ async fn notification(
     endpoint: &str,
     base: &Path,
     class: MessageClass,
-    n: Notification,
+    n: Box<Notification>,
     fetch: &Refetch<'_>,
 ) {
     let Some((peer, reg)) = server.peer_of(endpoint) else {

@@ -15,6 +15,17 @@ use crate::format::{self, Format};
 use crate::node::{Entry, Path};
 use crate::server::{OpError, Server, decode_answer};
 
+/// The body of a composite Read/Observe asking for answers in `answer`: the paths in the same
+/// format when it can list them (SenML), else in SenML CBOR (LwM2M CBOR carries values, not a
+/// list of paths: TS Core §7.4.7).
+pub(crate) fn paths_body(answer: Format, paths: &[Path]) -> Result<(Format, Vec<u8>), OpError> {
+    let f = match answer {
+        Format::SenmlJson | Format::SenmlCbor => answer,
+        _ => Format::SenmlCbor,
+    };
+    Ok((f, format::encode_paths(f, paths)?))
+}
+
 /// iPATCH (RFC 8132).
 pub(crate) const IPATCH: Code = Code::new(0, 7);
 
@@ -350,9 +361,9 @@ impl Server {
         format: Option<Format>,
     ) -> Result<Vec<Entry>, OpError> {
         let f = self.composite_format(endpoint, format)?;
-        let body = format::encode_paths(f, paths)?;
+        let (body_format, body) = paths_body(f, paths)?;
         let req = ClientRequest::new(Code::FETCH, "")
-            .content_format(f.coap_number())
+            .content_format(body_format.coap_number())
             .accept(f.coap_number())
             .payload(body);
         let resp = expect(self.send(endpoint, req).await?, &[Code::CONTENT])?;

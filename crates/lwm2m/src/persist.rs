@@ -86,8 +86,9 @@ impl RegistrationStore {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
+        // A small page cache: the file is read once at start and then only written.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-256;
              CREATE TABLE IF NOT EXISTS registrations (
                  id TEXT PRIMARY KEY, endpoint TEXT NOT NULL, data TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS bootstrap (

@@ -135,8 +135,6 @@ pub(crate) struct Client {
     pub(crate) no_composite: bool,
     /// The format that worked (after a 4.06 fallback).
     pub(crate) format: Option<Format>,
-    /// Cancelled when the registration ends (stops its observations and queued operations).
-    pub(crate) ended: CancellationToken,
     pub(crate) observations: Observations,
 }
 
@@ -148,7 +146,9 @@ struct Queued {
 
 #[derive(Debug, Default)]
 struct State {
-    by_id: HashMap<String, Client>,
+    /// Boxed: the table's slots stay small (a few hundred bytes per client otherwise, times the
+    /// table's spare capacity).
+    by_id: HashMap<String, Box<Client>>,
     by_endpoint: HashMap<String, String>,
     by_addr: HashMap<SocketAddr, String>,
 }
@@ -243,7 +243,7 @@ impl Server {
             state.by_addr.insert(reg.addr, reg.id.clone());
             state.by_id.insert(
                 reg.id.clone(),
-                Client {
+                Box::new(Client {
                     peer,
                     last_seen: now,
                     seen: false,
@@ -251,10 +251,9 @@ impl Server {
                     flushing: false,
                     no_composite: false,
                     format: None,
-                    ended: CancellationToken::new(),
                     observations: Observations::default(),
                     reg,
-                },
+                }),
             );
         }
         metrics
@@ -484,7 +483,7 @@ impl Server {
         );
         st.by_id.insert(
             id.clone(),
-            Client {
+            Box::new(Client {
                 reg,
                 peer: peer.clone(),
                 last_seen: Instant::now(),
@@ -493,9 +492,8 @@ impl Server {
                 flushing: false,
                 no_composite: false,
                 format: None,
-                ended: CancellationToken::new(),
                 observations: Observations::with_manual(manual),
-            },
+            }),
         );
         self.inner
             .metrics
@@ -553,7 +551,10 @@ impl Server {
         self.inner.store.put(&c.reg);
         tracing::debug!(registration = %id, endpoint = %c.reg.endpoint, lifetime_s = c.reg.lifetime.as_secs(), "LwM2M registration updated");
         if old_addr != peer.addr {
-            tracing::info!(registration = %id, from = %old_addr, to = %peer.addr, "LwM2M client changed address");
+            // An observation is bound to the address it was made with (its notifications from
+            // the new one would be answered RST): make them again from the new address.
+            c.observations.restart();
+            tracing::info!(registration = %id, from = %old_addr, to = %peer.addr, "LwM2M client changed address; its observations are made again");
             st.by_addr.remove(&old_addr);
             st.by_addr.insert(peer.addr, id.to_owned());
         }
@@ -585,7 +586,8 @@ impl Server {
 
     fn remove_locked(&self, st: &mut State, id: &str) {
         if let Some(c) = st.by_id.remove(id) {
-            c.ended.cancel();
+            let mut c = c;
+            c.observations.restart();
             if st.by_endpoint.get(&c.reg.endpoint).map(String::as_str) == Some(id) {
                 st.by_endpoint.remove(&c.reg.endpoint);
             }
@@ -646,13 +648,8 @@ impl Server {
                 _ = tick.tick() => { self.expire(SystemTime::now()); }
             }
         }
-        let ended: Vec<CancellationToken> = lock(&self.inner.state)
-            .by_id
-            .values()
-            .map(|c| c.ended.clone())
-            .collect();
-        for e in ended {
-            e.cancel();
+        for c in lock(&self.inner.state).by_id.values_mut() {
+            c.observations.restart();
         }
         let inner = self.inner.clone();
         let _ = tokio::task::spawn_blocking(move || inner.store.flush()).await;
@@ -690,7 +687,7 @@ impl Server {
     /// Called after the client with registration `id` talked to the server (its request was
     /// answered): sends what waited for it and makes sure its observations exist.
     pub(crate) fn woke(&self, id: &str) {
-        let (flush, observe) = {
+        let flush = {
             let mut st = lock(&self.inner.state);
             let Some(c) = st.by_id.get_mut(id) else {
                 return;
@@ -701,16 +698,14 @@ impl Server {
             if flush {
                 c.flushing = true;
             }
-            (flush, c.ended.clone())
+            flush
         };
         if flush {
             let s = self.clone();
             let id = id.to_owned();
             tokio::spawn(async move { s.flush_queue(&id).await });
         }
-        if !observe.is_cancelled() {
-            crate::observe::ensure(self, id);
-        }
+        crate::observe::ensure(self, id);
     }
 
     async fn flush_queue(&self, id: &str) {
@@ -870,7 +865,7 @@ impl Server {
     /// Runs `f` on the client with registration `id` under the state lock.
     pub(crate) fn with_client<R>(&self, id: &str, f: impl FnOnce(&mut Client) -> R) -> Option<R> {
         let mut st = lock(&self.inner.state);
-        st.by_id.get_mut(id).map(f)
+        st.by_id.get_mut(id).map(|c| f(c))
     }
 
     /// Runs `f` on the client registered as `endpoint` under the state lock.
@@ -881,7 +876,7 @@ impl Server {
     ) -> Option<R> {
         let mut st = lock(&self.inner.state);
         let id = st.by_endpoint.get(endpoint)?.clone();
-        st.by_id.get_mut(&id).map(f)
+        st.by_id.get_mut(&id).map(|c| f(c))
     }
 
     /// The format to ask `endpoint` for (the one that worked last, else its preference).

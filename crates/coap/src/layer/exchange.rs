@@ -31,7 +31,7 @@ const MAX_QUEUED_PER_PEER: usize = 64;
 #[derive(Debug)]
 pub(crate) enum Sink {
     Once(oneshot::Sender<Result<ClientResponse, CoapError>>),
-    Observe(mpsc::Sender<Notification>),
+    Observe(mpsc::Sender<Box<Notification>>),
 }
 
 #[derive(Debug)]
@@ -345,10 +345,12 @@ impl MessageLayer {
                     self.ack_waits.push(AckWait { peer, mid, rx });
                     AckHandle(tx)
                 });
-                let n = Notification {
+                // Boxed: the channel's slots are then a pointer each (an observation's channel
+                // holds 32 slots whatever its bound; at 10k observations that is 20 MB unboxed).
+                let n = Box::new(Notification {
                     response: ClientResponse::from_message(msg),
                     ack: handle,
-                };
+                });
                 if let Some(ex) = self.exchanges.get_mut(&token) {
                     if let Sink::Observe(tx) = &ex.sink {
                         if tx.try_send(n).is_err() {

@@ -327,3 +327,57 @@ pub fn unhex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
         .collect()
 }
+
+/// Polls `check` until it gives `Some`, at most `timeout`; panics naming `what` otherwise.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every record of every stored reading as (path, numeric value, name).
+pub fn records(gw: &Gateway) -> Vec<(String, Option<f64>, String)> {
+    gw.readings()
+        .iter()
+        .flat_map(|r| r.records.iter())
+        .map(|r| (r.path.clone().unwrap_or_default(), r.v, r.n.clone()))
+        .collect()
+}
+
+/// An LwM2M path from text (tests only: panics on a bad one).
+pub fn p(s: &str) -> wardgate_lwm2m::Path {
+    s.parse().expect("path")
+}
+
+/// A value at a path, without time.
+pub fn entry(path: &str, value: wardgate_lwm2m::Value) -> wardgate_lwm2m::Entry {
+    wardgate_lwm2m::Entry {
+        path: p(path),
+        value,
+        time: None,
+    }
+}
+
+/// A simulated client of `gw`, registered.
+pub async fn client(
+    gw: &Gateway,
+    cfg: wardgate_lwm2m::sim::SimConfig,
+) -> wardgate_lwm2m::sim::SimClient {
+    let c = wardgate_lwm2m::sim::SimClient::start(cfg, gw.addr)
+        .await
+        .expect("start the simulated client");
+    c.register().await.expect("register the simulated client");
+    c
+}
