@@ -15,8 +15,13 @@ CLIENTS=${1:-10000}
 NOTIFY=${2:-5}
 ROUNDS=${3:-3}
 OBSERVE=${4:-1}
-cargo build --release --locked -q -p wardgate -p wardgate-bench
-BIN=$PWD/target/release
+# bench.py passes its binaries; run alone, this builds them.
+if [ -n "${WARDGATE_BIN:-}" ] && [ -n "${BENCH_BIN:-}" ]; then
+    GATEWAY=$WARDGATE_BIN; GENERATOR=$BENCH_BIN
+else
+    cargo build --release --locked -q -p wardgate -p wardgate-bench
+    GATEWAY=$PWD/target/release/wardgate; GENERATOR=$PWD/target/release/wardgate-bench
+fi
 WORK=$(mktemp -d)
 trap '[ -n "${GW:-}" ] && kill "$GW" 2>/dev/null; rm -rf "$WORK"' EXIT
 # One socket per simulated client.
@@ -51,7 +56,7 @@ type = "file"
 name = "null"
 path = "/dev/null"
 TOML
-    "$BIN/wardgate" run --config "$dir/gateway.toml" 2>"$dir/gateway.log" &
+    "$GATEWAY" run --config "$dir/gateway.toml" 2>"$dir/gateway.log" &
     GW=$!
     for _ in $(seq 100); do
         curl -sf "http://127.0.0.1:$HTTP/readyz" >/dev/null 2>&1 && break
@@ -65,7 +70,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     sleep 1
     before=$(rss_kb "$GW")
     wait_s=30; [ "$OBSERVE" = 1 ] || wait_s=0
-    report=$("$BIN/wardgate-bench" lwm2m-storm --target "$TARGET" --clients "$CLIENTS" \
+    report=$("$GENERATOR" lwm2m-storm --target "$TARGET" --clients "$CLIENTS" \
         --notifications "$NOTIFY" --observe-wait "$wait_s")
     sleep 2
     after=$(rss_kb "$GW")
