@@ -522,8 +522,16 @@ async fn notification(
     let Some((peer, reg)) = server.peer_of(endpoint) else {
         return;
     };
+    let Notification { response, ack } = *n;
+    // Acknowledges a Confirmable notification (`true`) or leaves it unacknowledged so the
+    // client retransmits it (`false`).
+    let settle = |accept: bool| {
+        if let Some(a) = ack {
+            if accept { a.accept() } else { a.reject() }
+        }
+    };
     let whole;
-    let response = if n.response.block2().is_some_and(|b| b.more) {
+    let response = if response.block2().is_some_and(|b| b.more) {
         match fetch.whole().await {
             Ok(r) if r.is_success() => {
                 whole = r;
@@ -532,38 +540,30 @@ async fn notification(
             Ok(r) => {
                 server.metrics().notification("block2_failed");
                 tracing::warn!(endpoint, path = %base, code = %r.code(), "could not fetch the rest of a block-wise notification; acknowledged and dropped");
-                if let Some(a) = n.ack {
-                    a.accept();
-                }
+                settle(true);
                 return;
             }
             Err(e) => {
                 server.metrics().notification("block2_failed");
                 tracing::warn!(endpoint, path = %base, error = %e, "could not fetch the rest of a block-wise notification; not acknowledged");
-                if let Some(a) = n.ack {
-                    a.reject();
-                }
+                settle(false);
                 return;
             }
         }
     } else {
-        &n.response
+        &response
     };
     let entries: Vec<Entry> = match decode_answer(server, base, response) {
         Ok(e) if !e.is_empty() => e,
         Ok(_) => {
             server.metrics().notification("empty");
-            if let Some(a) = n.ack {
-                a.accept();
-            }
+            settle(true);
             return;
         }
         Err(e) => {
             server.metrics().notification("undecodable");
             tracing::warn!(endpoint, path = %base, error = %e, "LwM2M notification could not be decoded; acknowledged and dropped");
-            if let Some(a) = n.ack {
-                a.accept();
-            }
+            settle(true);
             return;
         }
     };
@@ -577,22 +577,16 @@ async fn notification(
     match verdict {
         Ok(()) => {
             server.metrics().notification("accepted");
-            if let Some(a) = n.ack {
-                a.accept();
-            }
+            settle(true);
         }
         Err(e) if e.is_retryable() => {
             server.metrics().notification("busy");
-            if let Some(a) = n.ack {
-                a.reject();
-            }
+            settle(false);
         }
         Err(e) => {
             server.metrics().notification(e.reason());
             tracing::warn!(endpoint, path = %base, error = %e, "LwM2M notification refused by the ingest pipeline");
-            if let Some(a) = n.ack {
-                a.accept();
-            }
+            settle(true);
         }
     }
 }

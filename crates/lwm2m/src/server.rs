@@ -518,14 +518,7 @@ impl Server {
                 "no such registration",
             ));
         };
-        let identity = peer.identity.as_ref().map(ToString::to_string);
-        if c.reg.identity.is_some() && c.reg.identity != identity {
-            return Err(Refusal::new(
-                Code::FORBIDDEN,
-                "identity_mismatch",
-                "the registration belongs to another identity",
-            ));
-        }
+        same_identity(&c.reg, peer)?;
         if let Some(lt) = params.lifetime {
             c.reg.lifetime = lt;
         }
@@ -571,14 +564,7 @@ impl Server {
                 "no such registration",
             ));
         };
-        let identity = peer.identity.as_ref().map(ToString::to_string);
-        if c.reg.identity.is_some() && c.reg.identity != identity {
-            return Err(Refusal::new(
-                Code::FORBIDDEN,
-                "identity_mismatch",
-                "the registration belongs to another identity",
-            ));
-        }
+        same_identity(&c.reg, peer)?;
         tracing::info!(registration = %id, endpoint = %c.reg.endpoint, "LwM2M client deregistered");
         self.remove_locked(&mut st, id);
         Ok(())
@@ -914,6 +900,19 @@ impl Server {
             records,
         })
     }
+}
+
+/// A registration made under a proven identity answers only to that identity (4.03).
+fn same_identity(reg: &Registration, peer: &PeerContext) -> Result<(), Refusal> {
+    let identity = peer.identity.as_ref().map(ToString::to_string);
+    if reg.identity.is_some() && reg.identity != identity {
+        return Err(Refusal::new(
+            Code::FORBIDDEN,
+            "identity_mismatch",
+            "the registration belongs to another identity",
+        ));
+    }
+    Ok(())
 }
 
 /// Every request to a client whose objects live under an alternate root path (`</lwm2m>;
