@@ -2,13 +2,16 @@
 //! `POST /bs?ep={name}[&pct={format}]`; the server answers 2.04 and provisions it from the first
 //! `[[lwm2m.bootstrap]]` configuration whose endpoint pattern matches:
 //!
-//! 1. Bootstrap-Delete of `/0` and `/1` (when `delete_first`, the default): the client keeps
+//! 1. Bootstrap-Discover of `/0` (`GET /0`, Accept 40): the instance without `ssid` is the
+//!    client's bootstrap account, and the Security instance is written elsewhere if the
+//!    configured id is that one (a client that does not answer is written as configured);
+//! 2. Bootstrap-Delete of `/0` and `/1` (when `delete_first`, the default): the client keeps
 //!    only its bootstrap-server account;
-//! 2. Bootstrap-Write of a Security (0) instance: the LwM2M server URI, the security mode and,
+//! 3. Bootstrap-Write of a Security (0) instance: the LwM2M server URI, the security mode and,
 //!    for PSK, the identity and key — the key taken from the device registry, never from
 //!    `gateway.toml`;
-//! 3. Bootstrap-Write of a Server (1) instance: short server id, lifetime, binding;
-//! 4. Bootstrap-Finish (`POST /bs`).
+//! 4. Bootstrap-Write of a Server (1) instance: short server id, lifetime, binding;
+//! 5. Bootstrap-Finish (`POST /bs`).
 //!
 //! Decisions:
 //! - Writes use the client's preferred format (`pct`, 1.1+) when it is one that carries
@@ -304,6 +307,43 @@ async fn provision(
         _ => Format::Tlv,
     };
     let send = |req: ClientRequest| send_to(server, kind, addr, req);
+    // Bootstrap-Discover of the Security object: which instance is the client's bootstrap
+    // account (the one without `ssid`), so the write does not land on it.
+    let mut security_instance = cfg.security_instance;
+    match send(ClientRequest::get("0").accept(40)).await {
+        Ok(r) if r.code() == Code::CONTENT => {
+            let text = String::from_utf8_lossy(r.payload()).into_owned();
+            let (used, bootstrap) = security_instances(&text);
+            tracing::debug!(endpoint, discovered = %text, "Bootstrap-Discover of /0");
+            if bootstrap.contains(&security_instance)
+                || (!cfg.delete_first && used.contains(&security_instance))
+            {
+                let taken: Vec<u16> = if cfg.delete_first { bootstrap } else { used };
+                security_instance = (0..u16::MAX)
+                    .find(|i| !taken.contains(i))
+                    .unwrap_or(security_instance);
+                tracing::info!(
+                    endpoint,
+                    instance = security_instance,
+                    "the configured Security instance is taken on the client (its bootstrap account); writing another"
+                );
+            }
+        }
+        // 1.0 clients and simple ones may not answer Bootstrap-Discover: the configuration decides.
+        Ok(r) => {
+            tracing::debug!(endpoint, code = %r.code(), "Bootstrap-Discover not answered; writing the configured instances")
+        }
+        Err(e) => return Err(e),
+    }
+    let security: Vec<Entry> = security
+        .into_iter()
+        .map(|mut e| {
+            if let Some(rid) = e.path.resource_id() {
+                e.path = Path::resource(0, security_instance, rid);
+            }
+            e
+        })
+        .collect();
     if cfg.delete_first {
         for obj in ["0", "1"] {
             let r = send(ClientRequest::new(Code::DELETE, obj)).await?;
@@ -314,7 +354,7 @@ async fn provision(
         }
     }
     for (entries, base) in [
-        (&security, Path::instance(0, cfg.security_instance)),
+        (&security, Path::instance(0, security_instance)),
         (&srv, Path::instance(1, cfg.server_instance)),
     ] {
         let body = format::encode(format, &base, entries, server.model())?;
@@ -334,6 +374,29 @@ async fn provision(
     }
     tracing::debug!(endpoint, "Bootstrap-Finish accepted");
     Ok(())
+}
+
+/// The Security instances a Bootstrap-Discover answer lists (`lwm2m="1.1",</0/0>;uri="..",
+/// </0/1>;ssid=101;uri=".."`), and those without `ssid`: the bootstrap account.
+fn security_instances(text: &str) -> (Vec<u16>, Vec<u16>) {
+    // 1.1 prefixes the links with `lwm2m="1.1"`, which is not a link.
+    let links = text.find('<').map_or("", |i| &text[i..]);
+    let Ok(links) = crate::link::parse_discover(links) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut used = Vec::new();
+    let mut bootstrap = Vec::new();
+    for l in links {
+        if l.path.object_id() == Some(0) && l.path.len() == 2 {
+            if let Some(i) = l.path.instance_id() {
+                used.push(i);
+                if !l.attrs.iter().any(|a| a.name == "ssid") {
+                    bootstrap.push(i);
+                }
+            }
+        }
+    }
+    (used, bootstrap)
 }
 
 fn refused(r: &wardgate_coap::ClientResponse) -> OpError {
@@ -415,6 +478,16 @@ mod tests {
         assert_eq!(v(&sec, "/0/1/5"), Value::Opaque(vec![1, 2, 3]));
         assert_eq!(v(&srv, "/1/0/1"), Value::Integer(300));
         assert_eq!(c.instances("bed-2", &OneKey).unwrap_err(), "no_credentials");
+    }
+
+    #[test]
+    fn bootstrap_discover_answers_tell_the_bootstrap_account_apart() {
+        let (used, bs) = security_instances(
+            r#"lwm2m="1.1",</0/0>;uri="coap://bs.example:5683",</0/1>;ssid=101;uri="coaps://x",</1/0>;ssid=101"#,
+        );
+        assert_eq!((used, bs), (vec![0, 1], vec![0]));
+        assert_eq!(security_instances("garbage"), (vec![], vec![]));
+        assert_eq!(security_instances(""), (vec![], vec![]));
     }
 
     #[test]

@@ -336,7 +336,7 @@ async fn bootstrap_deletes_writes_security_and_server_then_finishes_in_order() {
     }
     let r = peer.request("POST", "bs", &["ep=fresh-1"], None, b"");
     assert_eq!(r["code"], "2.04", "{r}");
-    let seen: Vec<serde_json::Value> = (0..5)
+    let seen: Vec<serde_json::Value> = (0..6)
         .map(|_| peer.next_request(Duration::from_secs(10)))
         .collect();
     let order: Vec<String> = seen
@@ -349,10 +349,15 @@ async fn bootstrap_deletes_writes_security_and_server_then_finishes_in_order() {
             )
         })
         .collect();
+    // Bootstrap-Discover first (this peer answers it 4.05: the configuration decides).
     assert_eq!(
         order,
-        ["DELETE 0", "DELETE 1", "PUT 0/1", "PUT 1/0", "POST bs"]
+        [
+            "GET 0", "DELETE 0", "DELETE 1", "PUT 0/1", "PUT 1/0", "POST bs"
+        ]
     );
+    assert_eq!(seen[0]["accept"], 40);
+    let seen = &seen[1..];
     assert_eq!(seen[2]["cf"], 11542, "TLV without a preferred format");
     let model = wardgate_lwm2m::ObjectModel::builtin();
     let security = wardgate_lwm2m::format::decode(
@@ -389,6 +394,25 @@ async fn bootstrap_deletes_writes_security_and_server_then_finishes_in_order() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // A client whose bootstrap account is Security instance 1 (no `ssid`) gets the server
+    // account written elsewhere.
+    peer.serve(
+        "0",
+        "GET",
+        "2.05",
+        Some(40),
+        br#"lwm2m="1.1",</0/1>;uri="coap://bs.example""#,
+    );
+    peer.serve("0/0", "PUT", "2.04", None, b"");
+    let r = peer.request("POST", "bs", &["ep=fresh-2"], None, b"");
+    assert_eq!(r["code"], "2.04", "{r}");
+    let puts: Vec<String> = (0..6)
+        .map(|_| peer.next_request(Duration::from_secs(10)))
+        .filter(|r| r["method"] == "PUT")
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(puts, ["0/0", "1/0"]);
 
     // Keys never go over plain CoAP; an endpoint nothing matches is unknown.
     let r = peer.request("POST", "bs", &["ep=secure-1"], None, b"");
