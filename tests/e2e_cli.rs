@@ -127,18 +127,24 @@ fn demo_on_the_shipped_config_prints_valid_readings_and_stops_cleanly_on_sigterm
     let validator = schema();
     let mut devices = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while devices.len() < 3 {
+    let mut lwm2m_path = None;
+    while devices.len() < 4 {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("demo readings on stdout");
         let v = valid_reading(&validator, &line);
         assert_eq!(v["gateway"], "demo-ward");
+        if v["protocol"] == "lwm2m" {
+            lwm2m_path = v["records"][0]["path"].as_str().map(str::to_owned);
+        }
         devices.insert(v["device"].as_str().unwrap().to_owned());
     }
+    // The three CoAP sensors and the LwM2M client (which Sends its temperature object).
     assert_eq!(
         devices.into_iter().collect::<Vec<_>>(),
-        vec!["bed-12-spo2", "bed-12-temp", "bed-14-resp"]
+        vec!["bed-12-spo2", "bed-12-temp", "bed-14-resp", "bed-16-thermo"]
     );
+    assert_eq!(lwm2m_path.as_deref(), Some("/3303/0/5700"));
     let (status, body) = common::http_get(([127, 0, 0, 1], http).into(), "/readyz").unwrap();
     assert_eq!(status, 200, "{body}");
 

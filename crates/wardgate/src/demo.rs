@@ -5,7 +5,11 @@
 //! - `bed-12-spo2`: SpO2 and pulse rate, SenML JSON, every second; a desaturation below 90 %
 //!   is sent with `class=alarm`;
 //! - `bed-12-temp`: core temperature, SenML CBOR, every 5 s;
-//! - `bed-14-resp`: heart and respiratory rate, plain JSON, every 2 s.
+//! - `bed-14-resp`: heart and respiratory rate, plain JSON, every 2 s;
+//! - `bed-16-thermo`: an LwM2M client (the `wardgate_lwm2m::sim` simulator) that registers with
+//!   the gateway's LwM2M server and Sends its temperature object (`/3303/0/5700`, SenML JSON)
+//!   every 5 s; it answers the server's operations (try the admin API on it), and any
+//!   `[[lwm2m.observe]]` rule that matches it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
@@ -55,6 +59,57 @@ fn record(n: &str, u: &str, v: f64, t: f64) -> Record {
         t,
         ..Record::default()
     }
+}
+
+/// The simulated LwM2M thermometer: registers, then Sends a temperature every 5 s until
+/// `shutdown` (and de-registers).
+pub(crate) async fn run_lwm2m(target: SocketAddr, shutdown: Shutdown) {
+    use wardgate_lwm2m::sim::{SimClient, SimConfig};
+    use wardgate_lwm2m::{Entry, Format, Path, Value};
+    let mut cfg = SimConfig::new("bed-16-thermo").auto_update();
+    if target.is_ipv6() {
+        cfg.bind = (Ipv6Addr::LOCALHOST, 0).into();
+    }
+    let client = match SimClient::start(cfg, target).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "demo: cannot start the LwM2M client");
+            return;
+        }
+    };
+    if let Err(e) = client.register().await {
+        tracing::warn!(error = %e, "demo: the LwM2M client could not register (is [lwm2m] enabled?)");
+        return;
+    }
+    let mut temp = Walk {
+        value: 36.8,
+        min: 35.5,
+        max: 39.5,
+        step: 0.05,
+    };
+    let mut rng = StdRng::from_os_rng();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let path = Path::resource(3303, 0, 5700);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let v = temp.next(&mut rng);
+        if let Err(e) = client.set(path, Value::Float(v)) {
+            tracing::debug!(error = %e, "demo: LwM2M value not set");
+        }
+        let entry = Entry {
+            path,
+            value: Value::Float(v),
+            time: Some(epoch_seconds(SystemTime::now())),
+        };
+        match client.send(&[entry], Format::SenmlJson).await {
+            Ok(r) => tracing::debug!(code = ?r.code, "demo: LwM2M Send answered"),
+            Err(e) => tracing::warn!(error = %e, "demo: LwM2M Send failed"),
+        }
+    }
+    let _ = client.deregister().await;
 }
 
 /// Runs the simulated sensors until `shutdown`.

@@ -100,6 +100,8 @@ struct App {
     /// The LwM2M server (its resources are on the CoAP endpoints).
     lwm2m: Option<wardgate_lwm2m::Server>,
     demo: bool,
+    /// The demo also runs a simulated LwM2M client (when the LwM2M server runs).
+    demo_lwm2m: bool,
 }
 
 impl App {
@@ -289,6 +291,7 @@ impl App {
             http,
             admin,
             devices: device_registry,
+            demo_lwm2m: lwm2m.is_some(),
             lwm2m,
             demo,
         })
@@ -357,6 +360,9 @@ impl App {
                 Some(target) => {
                     tracing::info!(%target, "demo: starting simulated ward sensors");
                     ingest.spawn(demo::run(target, stops.ingest.clone()));
+                    if self.demo_lwm2m {
+                        ingest.spawn(demo::run_lwm2m(target, stops.ingest.clone()));
+                    }
                 }
                 None => tracing::warn!("demo: CoAP is disabled; no simulated sensors started"),
             }
