@@ -656,8 +656,22 @@ impl Server {
         };
         r.stop.cancel();
         if let (Some(token), Ok((requester, addr, reg))) = (r.token, self.route(endpoint)) {
-            if paths.len() == 1 {
-                let mut req = ClientRequest::get(paths[0].to_string());
+            // Cancel actively (RFC 7641 §3.6): the registration request again with Observe=1 —
+            // a GET, or for a composite observation the same FETCH.
+            let req = if let [path] = paths {
+                Some(ClientRequest::get(path.to_string()))
+            } else {
+                self.composite_format(endpoint, None)
+                    .ok()
+                    .and_then(|f| crate::ops::paths_body(f, paths).ok().map(|b| (f, b)))
+                    .map(|(f, (body_format, body))| {
+                        ClientRequest::new(Code::FETCH, "")
+                            .content_format(body_format.coap_number())
+                            .accept(f.coap_number())
+                            .payload(body)
+                    })
+            };
+            if let Some(mut req) = req {
                 prefix(&mut req, &reg.objects.root);
                 let _ = requester.cancel_observation(addr, req, token).await;
             }

@@ -168,6 +168,18 @@ async fn a_composite_observation_reports_every_path_in_one_non_confirmable_notif
         2,
         "both paths in one notification: {last:?}"
     );
+    // Cancelling sends the FETCH again with Observe=1, and the client forgets it.
+    let paths = [p("/3303/0/5700"), p("/3316/0/5700")];
+    assert!(gw.server.cancel_observation("obs-3", &paths).await.unwrap());
+    let cancel = c
+        .wait_request(WAIT, |r| r.observe == Some(1))
+        .await
+        .unwrap();
+    assert_eq!(cancel.method, wardgate_coap::Code::FETCH);
+    eventually("the composite observation forgotten", WAIT, || {
+        c.observations().is_empty().then_some(())
+    })
+    .await;
     gw.stop().await;
 }
 

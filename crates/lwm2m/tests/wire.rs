@@ -543,3 +543,20 @@ async fn after_a_gateway_restart_an_always_reachable_client_is_observed_again_at
     gw.wait_readings(1, Duration::from_secs(10)).await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_response_from_the_client_completes_the_operation() {
+    let gw = Gateway::start().await;
+    let mut peer = AioPeer::start(gw.addr);
+    peer.serve("3/0", "GET", "2.05", Some(11542), &device_tlv());
+    // Past aiocoap's empty-ACK delay: an empty ACK, then the content as a CON of its own.
+    peer.delay("3/0", 1.0);
+    register(&mut peer, "slow", "1.0", &[]);
+    let entries = gw
+        .server
+        .read("slow", "/3/0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(value(&entries, "/3/0/9"), Value::Integer(100));
+    gw.stop().await;
+}

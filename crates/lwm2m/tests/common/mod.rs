@@ -289,6 +289,14 @@ impl AioPeer {
         self.expect_event("served", Duration::from_secs(10));
     }
 
+    /// Makes the peer take `seconds` before answering on `path` (a separate response).
+    pub fn delay(&mut self, path: &str, seconds: f64) {
+        self.send(serde_json::json!({
+            "op": "serve", "path": path, "method": "__none__", "delay": seconds,
+        }));
+        self.expect_event("served", Duration::from_secs(10));
+    }
+
     /// Makes the peer answer requests on `path` block-wise (1024-byte Block2 blocks).
     pub fn block_wise(&mut self, path: &str) {
         self.send(serde_json::json!({

@@ -47,6 +47,9 @@ class Canned(resource.ObservableResource):
         self.accepts = None  # Accept values answered; others get 4.06
         # Answer block-wise in 1024-byte blocks (RFC 7959), as a device with a small MTU does.
         self.block = False
+        # Seconds to think before answering: past aiocoap's empty-ACK delay the answer is a
+        # separate response (an empty ACK first, then a CON with the content).
+        self.delay = 0
         self.latest = None  # (cf, payload) of the last notification
 
     def answer(self, method, code, cf, payload):
@@ -64,6 +67,8 @@ class Canned(resource.ObservableResource):
             "cf": int(opts.content_format) if opts.content_format is not None else None,
             "payload_hex": request.payload.hex(),
         })
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.accepts is not None and opts.accept is not None and int(opts.accept) not in self.accepts:
             return aiocoap.Message(code=Code.NOT_ACCEPTABLE)
         if request.code == Code.GET and self.latest is not None and opts.observe is not None:
@@ -141,6 +146,8 @@ async def main():
                 canned[path].accepts = cmd["accepts"]
             if "block" in cmd:
                 canned[path].block = cmd["block"]
+            if "delay" in cmd:
+                canned[path].delay = cmd["delay"]
             emit({"event": "served", "path": path})
         elif op == "notify":
             canned[cmd["path"]].notify(cmd.get("cf"), bytes.fromhex(cmd["payload_hex"]))
