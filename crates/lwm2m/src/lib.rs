@@ -28,6 +28,8 @@ pub use model::{
     DdfError, LoadError, ObjectDef, ObjectModel, Operations, ReadingName, ResourceDef, parse_ddf,
 };
 pub use node::{Entry, Path, PathError, ResourceType, TypeLookup, Value};
-pub use observe::ObserveRule;
+pub use observe::{MAX_MANUAL_OBSERVATIONS, ObserveRule};
 pub use ops::{Attributes, WriteMode};
-pub use server::{ClientInfo, OpError, Refusal, Registered, Server, Settings};
+pub use server::{
+    ClientInfo, MAX_BOOTSTRAP_CONFIGS, OpError, Refusal, Registered, Server, Settings,
+};

@@ -31,6 +31,9 @@ use crate::node::{Entry, Path};
 use crate::ops::Attributes;
 use crate::server::{OpError, Server, decode_answer};
 
+/// Most observations an operator may start on one client (each is a task and a channel).
+pub const MAX_MANUAL_OBSERVATIONS: usize = 64;
+
 /// `[[lwm2m.observe]]`: what to observe on which clients.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -621,11 +624,16 @@ impl Server {
         let id = self
             .with_endpoint(endpoint, |c| {
                 if !c.observations.manual.contains(&w) {
+                    if c.observations.manual.len() >= MAX_MANUAL_OBSERVATIONS {
+                        return Err(OpError::Invalid(format!(
+                            "the client already has {MAX_MANUAL_OBSERVATIONS} observations started through the API; cancel one first"
+                        )));
+                    }
                     c.observations.manual.push(w.clone());
                 }
-                c.reg.id.clone()
+                Ok(c.reg.id.clone())
             })
-            .ok_or_else(|| OpError::UnknownClient(endpoint.to_owned()))?;
+            .ok_or_else(|| OpError::UnknownClient(endpoint.to_owned()))??;
         ensure(self, &id);
         Ok(())
     }

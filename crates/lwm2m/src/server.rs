@@ -79,6 +79,9 @@ impl Default for Settings {
     }
 }
 
+/// Most bootstrap configurations managed through the admin API.
+pub const MAX_BOOTSTRAP_CONFIGS: usize = 1000;
+
 /// Why an operation on a client failed. The admin API maps these to HTTP statuses.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -352,10 +355,16 @@ impl Server {
             .bootstrap
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full = b.len() >= MAX_BOOTSTRAP_CONFIGS;
         let replaced = match b.iter_mut().find(|c| c.endpoint == cfg.endpoint) {
             Some(c) => {
                 *c = cfg;
                 true
+            }
+            None if full => {
+                return Err(OpError::Invalid(format!(
+                    "at most {MAX_BOOTSTRAP_CONFIGS} bootstrap configurations can be managed through the API"
+                )));
             }
             None => {
                 b.push(cfg);

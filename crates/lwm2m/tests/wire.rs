@@ -560,3 +560,41 @@ async fn a_separate_response_from_the_client_completes_the_operation() {
     assert_eq!(value(&entries, "/3/0/9"), Value::Integer(100));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observations_started_through_the_api_are_bounded_per_client() {
+    let gw = Gateway::start().await;
+    let mut peer = AioPeer::start(gw.addr);
+    register(&mut peer, "many", "1.0", &[]);
+    let max = u16::try_from(wardgate_lwm2m::MAX_MANUAL_OBSERVATIONS).unwrap();
+    for i in 0..max {
+        gw.server
+            .observe(
+                "many",
+                vec![Path::resource(3303, 0, i)],
+                None,
+                wardgate_core::MessageClass::Vital,
+            )
+            .unwrap();
+    }
+    let err = gw
+        .server
+        .observe(
+            "many",
+            vec![Path::resource(3303, 0, max)],
+            None,
+            wardgate_core::MessageClass::Vital,
+        )
+        .unwrap_err();
+    assert!(matches!(err, OpError::Invalid(_)), "{err}");
+    // The same observation again is not a new one.
+    gw.server
+        .observe(
+            "many",
+            vec![Path::resource(3303, 0, 0)],
+            None,
+            wardgate_core::MessageClass::Vital,
+        )
+        .unwrap();
+    gw.stop().await;
+}
