@@ -122,6 +122,10 @@ pub struct PeerContext {
     pub transport: TransportKind,
     /// What the transport or the adapter proved about it, if anything.
     pub identity: Option<Identity>,
+    /// Which security session (a DTLS or TLS session) the message came in, for transports that
+    /// have them: a number that changes when the peer handshakes again, so an adapter can tell
+    /// a new session from the same one (LwM2M re-observes on a new DTLS session).
+    pub session: Option<u64>,
 }
 
 impl PeerContext {
@@ -131,7 +135,14 @@ impl PeerContext {
             addr,
             transport,
             identity: None,
+            session: None,
         }
+    }
+
+    /// The same peer in security session `serial`.
+    pub fn in_session(mut self, serial: u64) -> Self {
+        self.session = Some(serial);
+        self
     }
 
     /// An unauthenticated plain-UDP peer.

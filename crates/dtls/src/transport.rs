@@ -128,6 +128,8 @@ struct Session {
     /// The library's next timer, as registered in the heap.
     deadline: Option<Instant>,
     closing: bool,
+    /// Unique per session of this transport (`PeerContext::session`).
+    serial: u64,
 }
 
 struct Inner {
@@ -148,6 +150,8 @@ struct Inner {
     /// ClientHellos per source (a fixed array of hashed buckets).
     limiter: TokenBuckets,
     generation: u64,
+    /// The next session's serial.
+    next_serial: u64,
     next_sweep: Instant,
     out: Vec<u8>,
     raw: Vec<u8>,
@@ -243,6 +247,7 @@ impl DtlsTransport {
                 HELLO_BUCKETS,
             ),
             generation: deps.credentials.generation(),
+            next_serial: 0,
             next_sweep: now + SWEEP_EVERY,
             out: vec![0; 2048],
             raw: vec![0; MAX_WIRE_DATAGRAM],
@@ -496,6 +501,8 @@ impl Inner {
             return;
         }
         self.remove(io, addr, "replaced");
+        self.next_serial += 1;
+        let serial = self.next_serial;
         self.handshakes += 1;
         *self.per_source.entry(source).or_insert(0) += 1;
         metrics.handshakes_in_progress.set(self.handshakes as i64);
@@ -513,6 +520,7 @@ impl Inner {
                 last_seen: now,
                 deadline: None,
                 closing: false,
+                serial,
             },
         );
         metrics.sessions.set(self.sessions.len() as i64);
@@ -967,6 +975,8 @@ impl Inner {
         };
         let mut dtls = Dtls::new_12_psk(config, now);
         dtls.set_active(true);
+        self.next_serial += 1;
+        let serial = self.next_serial;
         self.sessions.insert(
             peer,
             Session {
@@ -981,6 +991,7 @@ impl Inner {
                 last_seen: now,
                 deadline: None,
                 closing: false,
+                serial,
             },
         );
         io.deps.metrics.sessions.set(self.sessions.len() as i64);
@@ -1031,12 +1042,12 @@ impl Transport for DtlsTransport {
 
     fn peer(&self, addr: SocketAddr) -> PeerContext {
         let ctx = PeerContext::new(addr, TransportKind::Dtls);
-        match self
-            .lock()
-            .sessions
-            .get(&addr)
-            .and_then(|s| s.identity.clone())
-        {
+        let g = self.lock();
+        let Some(s) = g.sessions.get(&addr) else {
+            return ctx;
+        };
+        let ctx = ctx.in_session(s.serial);
+        match s.identity.clone() {
             Some(id) => ctx.with_identity(id),
             None => ctx,
         }

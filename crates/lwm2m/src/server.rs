@@ -544,6 +544,14 @@ impl Server {
             c.reg.objects = o;
         }
         let old_addr = c.reg.addr;
+        // A new DTLS session (the client handshook again, e.g. after a reboot that kept its
+        // registration): observations are bound to the old one, so they are made again.
+        let new_session =
+            peer.session.is_some() && c.peer.session.is_some() && peer.session != c.peer.session;
+        if new_session && old_addr == peer.addr {
+            c.observations.restart();
+            tracing::info!(registration = %id, "LwM2M client in a new DTLS session; its observations are made again");
+        }
         c.reg.addr = peer.addr;
         c.reg.transport = peer.transport;
         c.reg.updated_at = SystemTime::now();

@@ -395,3 +395,47 @@ async fn a_ward_of_clients_registers_and_deregisters() {
     assert!(gw.server.clients().is_empty());
     gw.stop().await;
 }
+
+/// A client that handshakes a new DTLS session from the same address (its observations were
+/// bound to the old session) gets its observations made again. The session is given to the
+/// server directly here (the simulator speaks plain UDP); `tests/e2e_lwm2m.rs` covers DTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_security_session_from_the_same_address_makes_the_observations_again() {
+    let gw = Gateway::start_with(Options {
+        settings: Settings {
+            observe: vec![ObserveRule {
+                endpoint: "sess-*".into(),
+                paths: vec![p("/3303/0/5700")],
+                composite: false,
+                attributes: None,
+                class: MessageClass::Vital,
+            }],
+            ..Settings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let c = client(&gw, SimConfig::new("sess-1")).await;
+    let observes = || c.received().iter().filter(|r| r.observe == Some(0)).count();
+    eventually("the first observation", WAIT, || {
+        (observes() == 1).then_some(())
+    })
+    .await;
+    let id = gw.server.client("sess-1").unwrap().registration.id;
+    let peer = |serial| {
+        wardgate_core::PeerContext::new(c.local_addr(), wardgate_core::TransportKind::Udp)
+            .in_session(serial)
+    };
+    let none = wardgate_lwm2m::registration::UpdateParams::default();
+    gw.server.update(&peer(1), &id, none.clone(), None).unwrap();
+    gw.server.update(&peer(1), &id, none.clone(), None).unwrap();
+    assert_eq!(observes(), 1, "the same session keeps its observation");
+    gw.server.update(&peer(2), &id, none, None).unwrap();
+    // The client's next message (here an Update) finds the observation gone and makes it again.
+    c.update(Default::default()).await.unwrap();
+    eventually("the observation made again", WAIT, || {
+        (observes() == 2).then_some(())
+    })
+    .await;
+    gw.stop().await;
+}
