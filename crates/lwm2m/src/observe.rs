@@ -335,7 +335,7 @@ async fn observe_once(
     }
     // Only what the observation needs of the registration is kept for its lifetime.
     let (requester, addr, fallbacks, root) = match server.route(endpoint) {
-        Ok((r, a, reg)) => (r, a, reg.fallback_formats(), reg.objects.root),
+        Ok((r, a, reg)) => (r, a, reg.fallback_formats(), reg.objects.root.clone()),
         Err(e) => return Ended::Failed(e),
     };
     // The formats to try: a composite observation has one; a single one starts with the

@@ -44,7 +44,7 @@ pub enum PersistError {
 #[derive(Debug, Default)]
 struct Pending {
     /// Registration id → its newest state (`None`: removed).
-    changes: HashMap<String, Option<Registration>>,
+    changes: HashMap<String, Option<Arc<Registration>>>,
     /// The admin-managed bootstrap configurations, when they changed.
     bootstrap: Option<Vec<BootstrapConfig>>,
     /// Batches committed (for `flush`).
@@ -114,8 +114,8 @@ impl RegistrationStore {
         ))
     }
 
-    /// Records a registration's new state.
-    pub fn put(&self, r: &Registration) {
+    /// Records a registration's new state (shared: nothing is copied until it is written).
+    pub fn put(&self, r: &Arc<Registration>) {
         self.change(r.id.clone(), Some(r.clone()));
     }
 
@@ -140,7 +140,7 @@ impl RegistrationStore {
         self.change(id.to_owned(), None);
     }
 
-    fn change(&self, id: String, r: Option<Registration>) {
+    fn change(&self, id: String, r: Option<Arc<Registration>>) {
         if self.writer.is_none() {
             return;
         }
@@ -251,7 +251,7 @@ fn write_loop(mut conn: Connection, shared: &Shared, path: &str) {
 }
 
 type Batch = (
-    HashMap<String, Option<Registration>>,
+    HashMap<String, Option<Arc<Registration>>>,
     Option<Vec<BootstrapConfig>>,
 );
 
@@ -275,7 +275,7 @@ fn commit(conn: &mut Connection, (batch, bootstrap): Batch) -> rusqlite::Result<
         for (id, r) in batch {
             match r {
                 Some(r) => {
-                    let data = serde_json::to_string(&r)
+                    let data = serde_json::to_string(r.as_ref())
                         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
                     put.execute(params![id, r.endpoint, data])?;
                 }

@@ -122,7 +122,8 @@ pub enum OpError {
 /// A registered client as the server tracks it.
 #[derive(Debug)]
 pub(crate) struct Client {
-    pub(crate) reg: Registration,
+    /// Shared with the persistence queue until written (an Update copies it only then).
+    pub(crate) reg: Arc<Registration>,
     /// The last peer context the client talked with (address, identity).
     pub(crate) peer: PeerContext,
     /// When it last talked to the server (queue mode).
@@ -151,9 +152,9 @@ struct Queued {
 struct State {
     /// Boxed: the table's slots stay small (a few hundred bytes per client otherwise, times the
     /// table's spare capacity).
-    by_id: HashMap<String, Box<Client>>,
-    by_endpoint: HashMap<String, String>,
-    by_addr: HashMap<SocketAddr, String>,
+    by_id: HashMap<RegId, Box<Client>>,
+    by_endpoint: HashMap<String, RegId>,
+    by_addr: HashMap<SocketAddr, RegId>,
 }
 
 #[derive(Debug)]
@@ -212,10 +213,50 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Length of a registration id.
+const ID_LEN: usize = 10;
+
+/// A registration id held inline (the tables keep one per client three times; as `String`s they
+/// cost an allocation each). Looked up by `&str` through `Borrow<str>`, hashing as the `str`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RegId([u8; ID_LEN]);
+
+impl RegId {
+    /// From a generated or restored id; `None` for anything that is not `ID_LEN` ASCII
+    /// alphanumerics (such an id was never issued).
+    fn new(s: &str) -> Option<RegId> {
+        let b: [u8; ID_LEN] = s.as_bytes().try_into().ok()?;
+        b.iter().all(u8::is_ascii_alphanumeric).then_some(RegId(b))
+    }
+
+    fn as_str(&self) -> &str {
+        // Always ASCII (checked in `new`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::hash::Hash for RegId {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h);
+    }
+}
+
+impl std::borrow::Borrow<str> for RegId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for RegId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 fn new_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..10)
+    (0..ID_LEN)
         .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
         .collect()
 }
@@ -239,13 +280,16 @@ impl Server {
                 store.remove(&reg.id);
                 continue;
             }
+            let Some(rid) = RegId::new(&reg.id) else {
+                tracing::warn!(registration = %reg.id, "skipping a stored LwM2M registration whose id this server never issues");
+                store.remove(&reg.id);
+                continue;
+            };
             let peer = PeerContext::new(reg.addr, reg.transport);
-            state
-                .by_endpoint
-                .insert(reg.endpoint.clone(), reg.id.clone());
-            state.by_addr.insert(reg.addr, reg.id.clone());
+            state.by_endpoint.insert(reg.endpoint.clone(), rid);
+            state.by_addr.insert(reg.addr, rid);
             state.by_id.insert(
-                reg.id.clone(),
+                rid,
                 Box::new(Client {
                     peer,
                     last_seen: now,
@@ -255,7 +299,7 @@ impl Server {
                     no_composite: false,
                     format: None,
                     observations: Observations::default(),
-                    reg,
+                    reg: Arc::new(reg),
                 }),
             );
         }
@@ -440,7 +484,7 @@ impl Server {
             })?;
         let now = SystemTime::now();
         let mut st = lock(&self.inner.state);
-        let replaced = st.by_endpoint.get(&params.endpoint).cloned();
+        let replaced = st.by_endpoint.get(&params.endpoint).copied();
         if replaced.is_none() && st.by_id.len() >= self.inner.settings.max_clients {
             return Err(Refusal::new(
                 Code::SERVICE_UNAVAILABLE,
@@ -456,12 +500,15 @@ impl Server {
             .map(|c| c.observations.manual())
             .unwrap_or_default();
         if let Some(old) = &replaced {
-            self.remove_locked(&mut st, old);
+            self.remove_locked(&mut st, old.as_str());
         }
-        let mut id = new_id();
-        while st.by_id.contains_key(&id) {
-            id = new_id();
-        }
+        let (id, rid) = loop {
+            let id = new_id();
+            match RegId::new(&id) {
+                Some(rid) if !st.by_id.contains_key(id.as_str()) => break (id, rid),
+                _ => {}
+            }
+        };
         let reg = Registration {
             id: id.clone(),
             endpoint: params.endpoint,
@@ -478,20 +525,21 @@ impl Server {
             registered_at: now,
             updated_at: now,
         };
+        let reg = Arc::new(reg);
         self.inner.store.put(&reg);
-        if let Some(other) = st.by_addr.insert(peer.addr, id.clone()) {
+        if let Some(other) = st.by_addr.insert(peer.addr, rid) {
             // Another endpoint registered from this address earlier (a NAT reusing a port):
             // the address now belongs to the new one.
-            tracing::debug!(registration = %other, addr = %peer.addr, "address taken over by a new registration");
+            tracing::debug!(registration = other.as_str(), addr = %peer.addr, "address taken over by a new registration");
         }
-        st.by_endpoint.insert(reg.endpoint.clone(), id.clone());
+        st.by_endpoint.insert(reg.endpoint.clone(), rid);
         tracing::info!(
             endpoint = %reg.endpoint, registration = %id, version = reg.version.as_str(),
             lifetime_s = reg.lifetime.as_secs(), queue = reg.queue_mode, addr = %peer.addr,
             replaced = replaced.is_some(), "LwM2M client registered"
         );
         st.by_id.insert(
-            id.clone(),
+            rid,
             Box::new(Client {
                 reg,
                 peer: peer.clone(),
@@ -508,7 +556,10 @@ impl Server {
             .metrics
             .clients
             .set(i64::try_from(st.by_id.len()).unwrap_or(i64::MAX));
-        Ok(Registered { id, replaced })
+        Ok(Registered {
+            id,
+            replaced: replaced.map(|r| r.as_str().to_owned()),
+        })
     }
 
     /// An Update of registration `id` from `peer`.
@@ -528,21 +579,6 @@ impl Server {
             ));
         };
         same_identity(&c.reg, peer)?;
-        if let Some(lt) = params.lifetime {
-            c.reg.lifetime = lt;
-        }
-        if let Some(b) = params.binding {
-            c.reg.binding = b;
-        }
-        if let Some(q) = params.queue_mode {
-            c.reg.queue_mode = q;
-        }
-        if params.sms.is_some() {
-            c.reg.sms = params.sms;
-        }
-        if let Some(o) = objects {
-            c.reg.objects = o;
-        }
         let old_addr = c.reg.addr;
         // A new DTLS session (the client handshook again, e.g. after a reboot that kept its
         // registration): observations are bound to the old one, so they are made again.
@@ -552,9 +588,25 @@ impl Server {
             c.observations.restart();
             tracing::info!(registration = %id, "LwM2M client in a new DTLS session; its observations are made again");
         }
-        c.reg.addr = peer.addr;
-        c.reg.transport = peer.transport;
-        c.reg.updated_at = SystemTime::now();
+        let reg = Arc::make_mut(&mut c.reg);
+        if let Some(lt) = params.lifetime {
+            reg.lifetime = lt;
+        }
+        if let Some(b) = params.binding {
+            reg.binding = b;
+        }
+        if let Some(q) = params.queue_mode {
+            reg.queue_mode = q;
+        }
+        if params.sms.is_some() {
+            reg.sms = params.sms;
+        }
+        if let Some(o) = objects {
+            reg.objects = o;
+        }
+        reg.addr = peer.addr;
+        reg.transport = peer.transport;
+        reg.updated_at = SystemTime::now();
         c.peer = peer.clone();
         c.last_seen = Instant::now();
         c.seen = true;
@@ -566,7 +618,9 @@ impl Server {
             c.observations.restart();
             tracing::info!(registration = %id, from = %old_addr, to = %peer.addr, "LwM2M client changed address; its observations are made again");
             st.by_addr.remove(&old_addr);
-            st.by_addr.insert(peer.addr, id.to_owned());
+            if let Some(rid) = RegId::new(id) {
+                st.by_addr.insert(peer.addr, rid);
+            }
         }
         Ok(())
     }
@@ -591,10 +645,10 @@ impl Server {
         if let Some(c) = st.by_id.remove(id) {
             let mut c = c;
             c.observations.restart();
-            if st.by_endpoint.get(&c.reg.endpoint).map(String::as_str) == Some(id) {
+            if st.by_endpoint.get(&c.reg.endpoint).map(RegId::as_str) == Some(id) {
                 st.by_endpoint.remove(&c.reg.endpoint);
             }
-            if st.by_addr.get(&c.reg.addr).map(String::as_str) == Some(id) {
+            if st.by_addr.get(&c.reg.addr).map(RegId::as_str) == Some(id) {
                 st.by_addr.remove(&c.reg.addr);
             }
             for q in c.queue {
@@ -618,7 +672,7 @@ impl Server {
             .map(|c| c.reg.id.clone())
             .collect();
         for id in &expired {
-            if let Some(c) = st.by_id.get(id) {
+            if let Some(c) = st.by_id.get(id.as_str()) {
                 tracing::info!(registration = %id, endpoint = %c.reg.endpoint, "LwM2M registration expired (no Update within its lifetime)");
             }
             self.remove_locked(&mut st, id);
@@ -669,22 +723,19 @@ impl Server {
     }
 
     /// The peer context and registration of `endpoint`.
-    pub(crate) fn peer_of(&self, endpoint: &str) -> Option<(PeerContext, Registration)> {
+    pub(crate) fn peer_of(&self, endpoint: &str) -> Option<(PeerContext, Arc<Registration>)> {
         self.with_endpoint(endpoint, |c| (c.peer.clone(), c.reg.clone()))
     }
 
     /// The client (registration id) talking from `addr`, if it is registered; marks it seen.
-    pub(crate) fn client_at(&self, peer: &PeerContext) -> Option<(String, Registration)> {
+    pub(crate) fn client_at(&self, peer: &PeerContext) -> Option<(String, Arc<Registration>)> {
         let mut st = lock(&self.inner.state);
-        let id = st.by_addr.get(&peer.addr)?.clone();
+        let id = *st.by_addr.get(&peer.addr)?;
         let c = st.by_id.get_mut(&id)?;
-        let identity = peer.identity.as_ref().map(ToString::to_string);
-        if c.reg.identity.is_some() && c.reg.identity != identity {
-            return None;
-        }
+        same_identity(&c.reg, peer).ok()?;
         c.peer = peer.clone();
         c.last_seen = Instant::now();
-        Some((id, c.reg.clone()))
+        Some((id.as_str().to_owned(), c.reg.clone()))
     }
 
     /// Called after the client with registration `id` talked to the server (its request was
@@ -754,7 +805,7 @@ impl Server {
 
     fn info(&self, c: &Client, now: Instant) -> ClientInfo {
         ClientInfo {
-            registration: c.reg.clone(),
+            registration: Registration::clone(&c.reg),
             last_seen_secs_ago: now.saturating_duration_since(c.last_seen).as_secs(),
             awake: self.awake(c, now),
             queued: c.queue.len(),
@@ -849,7 +900,7 @@ impl Server {
     pub(crate) fn route(
         &self,
         endpoint: &str,
-    ) -> Result<(Requester, SocketAddr, Registration), OpError> {
+    ) -> Result<(Requester, SocketAddr, Arc<Registration>), OpError> {
         let st = lock(&self.inner.state);
         let id = st
             .by_endpoint
@@ -878,7 +929,7 @@ impl Server {
         f: impl FnOnce(&mut Client) -> R,
     ) -> Option<R> {
         let mut st = lock(&self.inner.state);
-        let id = st.by_endpoint.get(endpoint)?.clone();
+        let id = *st.by_endpoint.get(endpoint)?;
         st.by_id.get_mut(&id).map(|c| f(c))
     }
 
