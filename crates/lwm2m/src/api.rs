@@ -11,43 +11,6 @@ use crate::node::{Entry, Path, ResourceType, Value};
 use crate::ops::{Attributes, WriteMode};
 use crate::server::{OpError, Server};
 
-/// A content format by name (`tlv`, `senml-json`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FormatName {
-    /// text/plain (0)
-    Text,
-    /// application/octet-stream (42)
-    Opaque,
-    /// application/cbor (60)
-    Cbor,
-    /// SenML JSON (110)
-    SenmlJson,
-    /// SenML CBOR (112)
-    SenmlCbor,
-    /// LwM2M TLV (11542)
-    Tlv,
-    /// OMA JSON (11543)
-    OmaJson,
-    /// LwM2M CBOR (11544)
-    Lwm2mCbor,
-}
-
-impl From<FormatName> for Format {
-    fn from(f: FormatName) -> Format {
-        match f {
-            FormatName::Text => Format::Text,
-            FormatName::Opaque => Format::Opaque,
-            FormatName::Cbor => Format::Cbor,
-            FormatName::SenmlJson => Format::SenmlJson,
-            FormatName::SenmlCbor => Format::SenmlCbor,
-            FormatName::Tlv => Format::Tlv,
-            FormatName::OmaJson => Format::OmaJson,
-            FormatName::Lwm2mCbor => Format::Lwm2mCbor,
-        }
-    }
-}
-
 /// A typed value at a path, as JSON.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -162,7 +125,7 @@ pub enum Operation {
         path: Path,
         /// Force a format (else negotiated).
         #[serde(default)]
-        format: Option<FormatName>,
+        format: Option<Format>,
     },
     /// Discover a path's link-format description.
     Discover {
@@ -180,7 +143,7 @@ pub enum Operation {
         values: Vec<JsonValue>,
         /// Force a format.
         #[serde(default)]
-        format: Option<FormatName>,
+        format: Option<Format>,
     },
     /// Write notification attributes.
     WriteAttributes {
@@ -205,7 +168,7 @@ pub enum Operation {
         values: Vec<JsonValue>,
         /// Force a format.
         #[serde(default)]
-        format: Option<FormatName>,
+        format: Option<Format>,
     },
     /// Delete an object instance.
     Delete {
@@ -234,7 +197,7 @@ pub enum Operation {
         paths: Vec<Path>,
         /// Force a format (SenML JSON/CBOR, LwM2M CBOR).
         #[serde(default)]
-        format: Option<FormatName>,
+        format: Option<Format>,
     },
     /// Write several paths at once (1.1+).
     WriteComposite {
@@ -242,7 +205,7 @@ pub enum Operation {
         values: Vec<JsonValue>,
         /// Force a format.
         #[serde(default)]
-        format: Option<FormatName>,
+        format: Option<Format>,
     },
 }
 
@@ -297,11 +260,8 @@ impl Server {
         op: Operation,
     ) -> Result<serde_json::Value, OpError> {
         use serde_json::json;
-        let f = |x: Option<FormatName>| x.map(Format::from);
         Ok(match op {
-            Operation::Read { path, format } => {
-                values(&self.read(endpoint, path, f(format)).await?)
-            }
+            Operation::Read { path, format } => values(&self.read(endpoint, path, format).await?),
             Operation::Discover { path } => {
                 json!({ "links": self.discover(endpoint, path).await? })
             }
@@ -311,7 +271,7 @@ impl Server {
                 values,
                 format,
             } => {
-                self.write(endpoint, path, mode, &entries(&values)?, f(format))
+                self.write(endpoint, path, mode, &entries(&values)?, format)
                     .await?;
                 json!({})
             }
@@ -329,7 +289,7 @@ impl Server {
                 format,
             } => {
                 let created = self
-                    .create(endpoint, object, &entries(&values)?, f(format))
+                    .create(endpoint, object, &entries(&values)?, format)
                     .await?;
                 json!({ "created": created.map(|p| p.to_string()) })
             }
@@ -349,10 +309,10 @@ impl Server {
                 json!({ "cancelled": self.cancel_observation(endpoint, &paths).await? })
             }
             Operation::ReadComposite { paths, format } => {
-                values(&self.read_composite(endpoint, &paths, f(format)).await?)
+                values(&self.read_composite(endpoint, &paths, format).await?)
             }
             Operation::WriteComposite { values, format } => {
-                self.write_composite(endpoint, &entries(&values)?, f(format))
+                self.write_composite(endpoint, &entries(&values)?, format)
                     .await?;
                 json!({})
             }

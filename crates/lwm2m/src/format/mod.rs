@@ -51,7 +51,10 @@ use std::time::SystemTime;
 use crate::node::{Entry, Path, TypeLookup};
 
 /// The LwM2M Content-Formats (OMA LwM2M TS Core §7.3, IANA CoAP Content-Formats registry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// By name in JSON and TOML: `text`, `link-format`, `opaque`, `cbor`, `senml-json`, `senml-cbor`,
+/// `tlv`, `oma-json`, `lwm2m-cbor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// 0 text/plain: one resource (instance) value.
     Text,
