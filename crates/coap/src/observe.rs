@@ -19,6 +19,8 @@
 //!   `reregister_after`.
 //! - A notification without Content-Format is read as text/plain (simple sensors, e.g. libcoap's
 //!   example server, omit it).
+//! - A notification with only the first Block2 block of its representation is completed with a
+//!   GET of the whole (RFC 7959 §3.4) before it becomes a reading.
 //! - On shutdown each observation is cancelled with GET Observe=1 (bounded wait), else forgotten.
 
 use std::net::SocketAddr;
@@ -170,7 +172,7 @@ impl Observer {
             };
             m.observe_registration("sent");
             let token = obs.token;
-            match self.follow(obs, peer, &shutdown).await {
+            match self.follow(obs, peer, &requester, &shutdown).await {
                 Ended::Shutdown => {
                     let cancel = requester.cancel_observation(peer, req, token);
                     match tokio::time::timeout(self.deps.cancel_wait, cancel).await {
@@ -202,6 +204,7 @@ impl Observer {
         &self,
         mut obs: Observation,
         peer: SocketAddr,
+        requester: &Requester,
         shutdown: &CancellationToken,
     ) -> Ended {
         let m = &self.deps.metrics;
@@ -252,10 +255,33 @@ impl Observer {
                     continue;
                 }
             }
+            // A notification carrying only the first Block2 block of a larger representation:
+            // fetch the whole current one (RFC 7959 §3.4, a GET without Observe, followed
+            // block-wise by the client). If that fails the notification is not acknowledged,
+            // so the sensor sends it again.
+            let whole;
+            let response = if response.block2().is_some_and(|b| b.more) {
+                match requester.request(addr, self.request()).await {
+                    Ok(r) if r.is_success() => {
+                        whole = r;
+                        &whole
+                    }
+                    other => {
+                        tracing::warn!(uri = %self.target.uri, outcome = ?other.map(|r| r.code()), "could not fetch the rest of a block-wise notification");
+                        m.observe_notification("block2_failed");
+                        if let Some(a) = ack {
+                            a.reject();
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                &response
+            };
             // Asked per notification: over DTLS the identity exists only once the handshake that
             // the registration started has finished.
             let peer = (self.deps.peer_of)(addr);
-            match self.ingest(&response, &peer).await {
+            match self.ingest(response, &peer).await {
                 Verdict::Accepted => {
                     if let Some(v) = seq {
                         last = Some((v, now));

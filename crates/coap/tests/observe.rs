@@ -277,3 +277,69 @@ async fn notification_for_a_forgotten_token_is_reset() {
     assert_eq!(h.metric("wardgate_coap_unmatched_responses_total"), 1.0);
     h.stop().await;
 }
+
+/// Answers a GET from the gateway with block `num` of `body` in 16-byte blocks (Block2, SZX 0).
+async fn answer_block(s: &Sensor, req: &[u8], gw: SocketAddr, body: &[u8]) {
+    let p = parse(req);
+    let num = p
+        .get_first_option(coap_lite::CoapOption::Block2)
+        .map_or(0, |v| {
+            v.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) >> 4
+        });
+    let start = num as usize * 16;
+    let end = (start + 16).min(body.len());
+    let more = end < body.len();
+    let token = p.get_token().to_vec();
+    let mut b = vec![0x60 | token.len() as u8, 0x45];
+    b.extend_from_slice(&p.header.message_id.to_be_bytes());
+    b.extend_from_slice(&token);
+    b.push(0xC0); // Content-Format (12) = 0, zero-length
+    b.push(0xB1); // Block2 (23)
+    b.push(((num as u8) << 4) | if more { 0x08 } else { 0 });
+    b.push(0xff);
+    b.extend_from_slice(&body[start..end]);
+    s.sock.send_to(&b, gw).await.expect("send");
+}
+
+#[tokio::test]
+async fn a_block_wise_notification_is_fetched_whole_before_it_becomes_a_reading() {
+    let sensor = Sensor::new().await;
+    let uri = format!("coap://{}/temp", sensor.addr());
+    let h = Harness::start_with(StoreMode::Ok, |c| {
+        c.observe = vec![target(uri, Duration::from_secs(60))];
+    })
+    .await;
+    let (gw, token) = accept_registration(&sensor).await;
+    // 20 bytes: more than one 16-byte block.
+    let body = b"        21.5        ";
+    let mut n = vec![0x40 | token.len() as u8, 0x45, 0x02, 0x00];
+    n.extend_from_slice(&token);
+    n.extend_from_slice(&[0x61, 0x07, 0x60, 0xB1, 0x08, 0xff]); // Observe 7, CF 0, Block2 0/M/16
+    n.extend_from_slice(&body[..16]);
+    sensor.sock.send_to(&n, gw).await.expect("send");
+    // The gateway asks for the whole representation, block by block, then acknowledges.
+    let mut blocks = 0;
+    loop {
+        let (msg, from) = sensor
+            .recv(Duration::from_secs(5))
+            .await
+            .expect("request or ACK");
+        if is_empty_ack(&msg, 0x0200) {
+            break;
+        }
+        let p = parse(&msg);
+        assert_eq!(p.header.get_code(), "0.01", "{msg:02x?}");
+        assert_eq!(
+            p.get_observe_value(),
+            None,
+            "the follow-up GET does not observe"
+        );
+        answer_block(&sensor, &msg, from, body).await;
+        blocks += 1;
+        assert!(blocks <= 4, "too many requests");
+    }
+    assert_eq!(blocks, 2);
+    let values: Vec<f64> = h.readings().iter().filter_map(|r| r.records[0].v).collect();
+    assert_eq!(values, [20.0, 21.5]);
+    h.stop().await;
+}
