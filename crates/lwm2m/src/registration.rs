@@ -281,6 +281,10 @@ pub struct Registration {
     /// When it last registered or updated (the lifetime runs from here).
     #[serde(with = "rfc3339")]
     pub updated_at: SystemTime,
+    /// The content format the client answered in after refusing its preferred one (kept, so
+    /// the negotiation is not repeated after a gateway restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
 }
 
 impl Registration {
@@ -302,6 +306,9 @@ impl Registration {
             Format::OmaJson,
         ];
         let listed = &self.objects.content_formats;
+        if let Some(f) = self.format {
+            return f;
+        }
         if let Some(f) = BY_PREFERENCE
             .iter()
             .find(|f| listed.contains(&f.coap_number()))

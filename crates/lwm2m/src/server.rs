@@ -137,8 +137,6 @@ pub(crate) struct Client {
     /// The client did not establish an Observe-Composite: composite rules are observed path
     /// by path.
     pub(crate) no_composite: bool,
-    /// The format that worked (after a 4.06 fallback).
-    pub(crate) format: Option<Format>,
     pub(crate) observations: Observations,
 }
 
@@ -297,7 +295,6 @@ impl Server {
                     queue: VecDeque::new(),
                     flushing: false,
                     no_composite: false,
-                    format: None,
                     observations: Observations::default(),
                     reg: Arc::new(reg),
                 }),
@@ -524,6 +521,7 @@ impl Server {
             identity: peer.identity.as_ref().map(ToString::to_string),
             registered_at: now,
             updated_at: now,
+            format: None,
         };
         let reg = Arc::new(reg);
         self.inner.store.put(&reg);
@@ -548,7 +546,6 @@ impl Server {
                 queue: VecDeque::new(),
                 flushing: false,
                 no_composite: false,
-                format: None,
                 observations: Observations::with_manual(manual),
             }),
         );
@@ -936,13 +933,19 @@ impl Server {
     /// The format to ask `endpoint` for (the one that worked last, else its preference).
     pub(crate) fn format_for(&self, endpoint: &str) -> Option<Format> {
         self.with_endpoint(endpoint, |c| {
-            c.format.unwrap_or_else(|| c.reg.preferred_format())
+            c.reg.format.unwrap_or_else(|| c.reg.preferred_format())
         })
     }
 
     /// Remembers the format `endpoint` answered with.
     pub(crate) fn remember_format(&self, endpoint: &str, f: Format) {
-        self.with_endpoint(endpoint, |c| c.format = Some(f));
+        let store = &self.inner.store;
+        self.with_endpoint(endpoint, |c| {
+            if c.reg.format != Some(f) {
+                Arc::make_mut(&mut c.reg).format = Some(f);
+                store.put(&c.reg);
+            }
+        });
     }
 
     /// Readings from `entries` the client `reg` reported, into the ingest pipeline.

@@ -114,6 +114,12 @@ async fn a_client_refusing_the_preferred_format_gets_the_next_one_and_it_is_reme
         .await
         .unwrap();
     assert_eq!(peer.next_request(Duration::from_secs(10))["accept"], 11542);
+    // The choice is kept with the registration, so it survives a restart.
+    let reg = gw.server.client("dev-2").unwrap().registration;
+    assert_eq!(reg.format, Some(Format::Tlv));
+    let stored: wardgate_lwm2m::registration::Registration =
+        serde_json::from_str(&serde_json::to_string(&reg).unwrap()).unwrap();
+    assert_eq!(stored.preferred_format(), Format::Tlv);
     gw.stop().await;
 }
 
