@@ -1,6 +1,6 @@
 //! The CoAP resources of the LwM2M server, thin shells over [`Server`]: `/rd` (Register,
 //! Update, De-register; TS Transport §6.2) and `/dp` (Send; TS Transport §6.4.4, LwM2M 1.1+).
-//! Add them to every CoAP endpoint socket (plain and DTLS) with [`resources`].
+//! Add them to every CoAP endpoint socket (plain and DTLS) with [`install`].
 //!
 //! Answers: Register 2.01 with Location-Path `rd/{id}`; Update 2.04; De-register 2.02; Send
 //! 2.04 once its readings are durable. Malformed parameters or bodies 4.00 with a diagnostic;

@@ -1,8 +1,8 @@
 //! LwM2M content formats: decode a payload to [`Entry`] values and encode values to a payload.
 //!
-//! One file per format: [`tlv`] (11542), [`oma_json`] (11543, LwM2M 1.0 JSON), [`senml`] (110
-//! SenML JSON and 112 SenML CBOR as LwM2M 1.1 uses them), [`lwm2m_cbor`] (11544, LwM2M 1.2),
-//! [`cbor`] (60, one value) and [`text`] (0 text/plain and 42 opaque, one value each).
+//! One file per format: `tlv.rs` (11542), `oma_json.rs` (11543, LwM2M 1.0 JSON), `senml.rs` (110
+//! SenML JSON and 112 SenML CBOR as LwM2M 1.1 uses them), `lwm2m_cbor.rs` (11544, LwM2M 1.2),
+//! `cbor.rs` (60, one value) and `text.rs` (0 text/plain and 42 opaque, one value each).
 //! Link-format (40) is [`crate::link`]. Shared pieces: `value.rs` turns what a format read into a
 //! typed [`crate::Value`] (the one place where wire kinds meet the object model's types),
 //! `cbor_io.rs` is the CBOR pull reader and writer, `base64.rs` the data-value alphabet.
