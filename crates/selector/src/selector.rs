@@ -1,0 +1,324 @@
+//! The [`Selector`]: the healths of the named uplinks, the policy per class, the decision ring.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wardgate_core::MessageClass;
+use wardgate_core::validate::Problems;
+
+use crate::classify::ClassMap;
+use crate::config::SelectorConfig;
+use crate::error::SelectorError;
+use crate::health::{Breaker, BreakerKind, Outcome, Transition, TransitionReason, UplinkHealth};
+use crate::policy::{Plan, Policy, Reason, plan};
+
+/// One routing decision, as returned and as kept in the recent-decision ring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The class decided for.
+    pub class: MessageClass,
+    /// The class's policy name (`redundant`, `failover`, ...).
+    pub policy: &'static str,
+    /// When.
+    pub at: Instant,
+    /// The uplinks in the order to try them (eligible ones only, already-tried ones left out).
+    pub uplinks: Vec<Arc<str>>,
+    /// How many of `uplinks`, from the front, get the reading now: all healthy ones for
+    /// `redundant`, otherwise 1 (0 only when `uplinks` is empty).
+    pub send_now: usize,
+    /// Uplinks already tried for this reading (empty for a first choice).
+    pub tried: Vec<Arc<str>>,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Decision {
+    /// The uplinks that get the reading now (`uplinks[..send_now]`).
+    pub fn targets(&self) -> &[Arc<str>] {
+        &self.uplinks[..self.send_now.min(self.uplinks.len())]
+    }
+}
+
+/// One uplink's state for the admin API and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkSnapshot {
+    /// Configured name.
+    pub name: Arc<str>,
+    /// Latency EWMA in milliseconds (`None`: no delivery measured yet).
+    pub ewma_ms: Option<f64>,
+    /// Window success ratio (`None`: empty window).
+    pub success_ratio: Option<f64>,
+    /// Outcomes in the window.
+    pub samples: usize,
+    /// Current run of failures.
+    pub consecutive_failures: u32,
+    /// Breaker state at the snapshot's `now` (an elapsed cool-down shows as half-open).
+    pub breaker: BreakerKind,
+    /// When that state began.
+    pub since: Instant,
+    /// How long it has lasted at the snapshot's `now`.
+    pub for_: Duration,
+    /// When Open: time left until half-open.
+    pub reopens_in: Option<Duration>,
+    /// Healthy at `now` (Closed, or HalfOpen with a probe slot free).
+    pub healthy: bool,
+}
+
+/// Chooses uplinks per message class from measured health. Pure logic: every method takes
+/// `now`, nothing reads a clock, nothing blocks. Not `Sync`-shared by itself: the wiring wraps
+/// it in a mutex (decisions are microseconds).
+#[derive(Debug)]
+pub struct Selector {
+    uplinks: Vec<UplinkHealth>,
+    /// Indexed like [`MessageClass::ALL`].
+    policies: [Policy; 4],
+    classes: ClassMap,
+    capacity: usize,
+    decisions: VecDeque<Decision>,
+    transitions: VecDeque<Transition>,
+    transitions_dropped: u64,
+}
+
+fn class_index(class: MessageClass) -> usize {
+    match class {
+        MessageClass::Alarm => 0,
+        MessageClass::Vital => 1,
+        MessageClass::Telemetry => 2,
+        MessageClass::Bulk => 3,
+    }
+}
+
+impl Selector {
+    /// A selector for `uplinks` (configured names, in configuration order), all Closed at
+    /// `now`. Refuses a configuration with any problem (all of them listed).
+    pub fn new<S: AsRef<str>>(
+        config: &SelectorConfig,
+        uplinks: &[S],
+        now: Instant,
+    ) -> Result<Selector, SelectorError> {
+        let names: Vec<&str> = uplinks.iter().map(AsRef::as_ref).collect();
+        let mut p = Problems::new();
+        config.validate("selector", &names, &mut p);
+        if !p.is_empty() {
+            return Err(SelectorError::InvalidConfig(p.into_vec()));
+        }
+        let params = config.health();
+        let mut policies = MessageClass::ALL.map(Policy::default_for);
+        for c in &config.classes {
+            if let Some(policy) = c.to_policy() {
+                policies[class_index(c.class)] = policy;
+            }
+        }
+        Ok(Selector {
+            uplinks: names
+                .iter()
+                .map(|n| UplinkHealth::new(*n, params, now))
+                .collect(),
+            policies,
+            classes: ClassMap::new(&config.rules),
+            capacity: config.decision_log.max(1),
+            decisions: VecDeque::new(),
+            transitions: VecDeque::new(),
+            transitions_dropped: 0,
+        })
+    }
+
+    /// The configured uplink names, in configuration order.
+    pub fn uplinks(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.uplinks.iter().map(UplinkHealth::name)
+    }
+
+    /// The health of one uplink.
+    pub fn health(&self, name: &str) -> Option<&UplinkHealth> {
+        self.uplinks.iter().find(|h| &**h.name() == name)
+    }
+
+    /// The policy of `class`.
+    pub fn policy(&self, class: MessageClass) -> &Policy {
+        &self.policies[class_index(class)]
+    }
+
+    /// The class for a reading after the `[[selector.rules]]` mapping (see [`ClassMap`]).
+    pub fn classify(
+        &self,
+        device: &str,
+        resource: Option<&str>,
+        current: MessageClass,
+    ) -> MessageClass {
+        self.classes.classify(device, resource, current)
+    }
+
+    /// Decides where a new reading of `class` goes. The targets get the reading now; the rest
+    /// of [`Decision::uplinks`] is the fallback order. A HalfOpen target takes a probe slot
+    /// (release it with [`Self::release_probe`] if the delivery is abandoned unsent).
+    /// The decision is also kept in the ring ([`Self::recent_decisions`]).
+    ///
+    /// Never names an Open uplink first while an eligible uplink is healthy (except `pinned`).
+    /// Names no uplink only when the policy has none eligible.
+    pub fn choose(&mut self, class: MessageClass, now: Instant) -> Decision {
+        self.decide(class, &[], false, now)
+    }
+
+    /// The next uplink for a reading of `class` whose delivery on every uplink in `tried`
+    /// failed: the first of the class's current order not in `tried` (so the reading moves
+    /// on, never back). Takes a probe slot like [`Self::choose`] and is kept in the ring.
+    /// `None` once every eligible uplink was tried (for `pinned`: the pinned one; for
+    /// `failover`: the listed ones); the reading then stays owed in the outbox.
+    pub fn next_after_failure<S: AsRef<str>>(
+        &mut self,
+        class: MessageClass,
+        tried: &[S],
+        now: Instant,
+    ) -> Option<Arc<str>> {
+        let tried: Vec<Arc<str>> = tried
+            .iter()
+            .filter_map(|t| self.health(t.as_ref()).map(|h| h.name().clone()))
+            .collect();
+        self.decide(class, &tried, true, now)
+            .uplinks
+            .first()
+            .cloned()
+    }
+
+    /// `single`: one target at most (a retry moves one reading on, even under `redundant`).
+    fn decide(
+        &mut self,
+        class: MessageClass,
+        tried: &[Arc<str>],
+        single: bool,
+        now: Instant,
+    ) -> Decision {
+        self.tick(now);
+        let policy = &self.policies[class_index(class)];
+        let policy_name = policy.name();
+        let excluded = |i: usize| tried.iter().any(|t| t == self.uplinks[i].name());
+        let Plan {
+            order,
+            mut send,
+            reason,
+        } = plan(policy, &self.uplinks, &excluded, now);
+        if single {
+            send = send.min(1);
+        }
+        for &i in &order[..send] {
+            // Time was advanced by tick above, so this cannot transition.
+            let (_, t) = self.uplinks[i].take_probe(now);
+            self.log_transitions(t);
+        }
+        let decision = Decision {
+            class,
+            policy: policy_name,
+            at: now,
+            uplinks: order
+                .iter()
+                .map(|&i| self.uplinks[i].name().clone())
+                .collect(),
+            send_now: send,
+            tried: tried.to_vec(),
+            reason,
+        };
+        if self.decisions.len() == self.capacity {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(decision.clone());
+        decision
+    }
+
+    /// Records a delivery outcome on `name` and returns the breaker transition the outcome
+    /// caused, if any. Every transition (also one from time passing, noticed here) goes to
+    /// the transition log ([`Self::take_transitions`]).
+    pub fn record(
+        &mut self,
+        name: &str,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Result<Option<Transition>, SelectorError> {
+        let h = self
+            .uplinks
+            .iter_mut()
+            .find(|h| &**h.name() == name)
+            .ok_or_else(|| SelectorError::UnknownUplink(name.to_owned()))?;
+        let ts = h.record(outcome, now);
+        let own = ts
+            .iter()
+            .rfind(|t| !matches!(t.reason, TransitionReason::CoolDownElapsed { .. }))
+            .cloned();
+        for t in ts {
+            self.log_transitions(Some(t));
+        }
+        Ok(own)
+    }
+
+    /// A probe slot taken by [`Self::choose`] / [`Self::next_after_failure`] whose delivery
+    /// will never be sent (the reading was delivered elsewhere first): frees it.
+    pub fn release_probe(&mut self, name: &str) -> Result<(), SelectorError> {
+        self.uplinks
+            .iter_mut()
+            .find(|h| &**h.name() == name)
+            .ok_or_else(|| SelectorError::UnknownUplink(name.to_owned()))?
+            .release_probe();
+        Ok(())
+    }
+
+    /// Applies the passage of time to every breaker (Open → HalfOpen at the end of a
+    /// cool-down). The other methods do this themselves; call it on a timer so metrics see
+    /// the transition when it happens rather than at the next decision.
+    pub fn tick(&mut self, now: Instant) {
+        for i in 0..self.uplinks.len() {
+            let t = self.uplinks[i].advance(now);
+            self.log_transitions(t);
+        }
+    }
+
+    /// Removes and returns the logged transitions, oldest first (for metrics and log lines).
+    /// The log keeps at most `decision_log` entries; older ones are dropped and counted.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        self.transitions.drain(..).collect()
+    }
+
+    /// Transitions dropped because the log was full.
+    pub fn transitions_dropped(&self) -> u64 {
+        self.transitions_dropped
+    }
+
+    fn log_transitions(&mut self, t: Option<Transition>) {
+        if let Some(t) = t {
+            if self.transitions.len() == self.capacity {
+                self.transitions.pop_front();
+                self.transitions_dropped += 1;
+            }
+            self.transitions.push_back(t);
+        }
+    }
+
+    /// Every uplink's state at `now`, in configuration order. Changes nothing.
+    pub fn snapshot(&self, now: Instant) -> Vec<UplinkSnapshot> {
+        self.uplinks
+            .iter()
+            .map(|h| {
+                let b = h.breaker_at(now);
+                UplinkSnapshot {
+                    name: h.name().clone(),
+                    ewma_ms: h.ewma_ms(),
+                    success_ratio: h.success_ratio(),
+                    samples: h.samples(),
+                    consecutive_failures: h.consecutive_failures(),
+                    breaker: b.kind(),
+                    since: b.since(),
+                    for_: now.saturating_duration_since(b.since()),
+                    reopens_in: match b {
+                        Breaker::Open { until, .. } => Some(until.saturating_duration_since(now)),
+                        _ => None,
+                    },
+                    healthy: h.is_healthy(now),
+                }
+            })
+            .collect()
+    }
+
+    /// The last decisions (at most `decision_log`), oldest first.
+    pub fn recent_decisions(&self) -> impl ExactSizeIterator<Item = &Decision> {
+        self.decisions.iter()
+    }
+}
