@@ -322,3 +322,325 @@ impl Selector {
         self.decisions.iter()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClassPolicyConfig, PolicyName};
+
+    const A: MessageClass = MessageClass::Alarm;
+    const V: MessageClass = MessageClass::Vital;
+    const T: MessageClass = MessageClass::Telemetry;
+    const B: MessageClass = MessageClass::Bulk;
+
+    fn ms(n: u64) -> Outcome {
+        Outcome::Delivered {
+            latency: Duration::from_millis(n),
+        }
+    }
+
+    fn names(v: &[Arc<str>]) -> Vec<&str> {
+        v.iter().map(|n| &**n).collect()
+    }
+
+    fn selector(classes: Vec<ClassPolicyConfig>, now: Instant) -> Selector {
+        let cfg = SelectorConfig {
+            consecutive_failures: 2,
+            cool_down: Duration::from_secs(10),
+            decision_log: 4,
+            classes,
+            ..SelectorConfig::default()
+        };
+        Selector::new(&cfg, &["a", "b", "c"], now).unwrap()
+    }
+
+    fn class(class: MessageClass, policy: PolicyName) -> ClassPolicyConfig {
+        ClassPolicyConfig {
+            class,
+            policy: Some(policy),
+            failover: None,
+            pinned: None,
+        }
+    }
+
+    fn open(s: &mut Selector, name: &str, now: Instant) {
+        s.record(name, Outcome::Failed, now).unwrap();
+        let t = s.record(name, Outcome::Failed, now).unwrap();
+        assert_eq!(t.map(|t| t.to), Some(BreakerKind::Open));
+    }
+
+    #[test]
+    fn the_defaults_follow_the_design_per_class() {
+        let s = selector(vec![], Instant::now());
+        assert_eq!(s.policy(A), &Policy::Redundant);
+        assert_eq!(s.policy(V), &Policy::LowestLatency);
+        assert_eq!(s.policy(T), &Policy::MostReliable);
+        assert_eq!(s.policy(B), &Policy::MostReliable);
+    }
+
+    #[test]
+    fn lowest_latency_tries_unmeasured_uplinks_first_then_the_lowest_ewma() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![], t0);
+        s.record("a", ms(100), t0).unwrap();
+        s.record("b", ms(50), t0).unwrap();
+        let d = s.choose(V, t0);
+        assert_eq!(names(&d.uplinks), ["c", "b", "a"]);
+        assert_eq!(d.reason, Reason::LowestLatency { ewma_ms: None });
+        s.record("c", ms(200), t0).unwrap();
+        let d = s.choose(V, t0);
+        assert_eq!(names(&d.uplinks), ["b", "a", "c"]);
+        assert_eq!(names(d.targets()), ["b"]);
+        assert_eq!(
+            d.reason,
+            Reason::LowestLatency {
+                ewma_ms: Some(50.0)
+            }
+        );
+    }
+
+    #[test]
+    fn lowest_latency_puts_an_open_uplink_last_however_fast() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![], t0);
+        for (n, l) in [("a", 100), ("b", 1), ("c", 300)] {
+            s.record(n, ms(l), t0).unwrap();
+        }
+        open(&mut s, "b", t0);
+        let d = s.choose(V, t0);
+        assert_eq!(names(&d.uplinks), ["a", "c", "b"]);
+        assert_eq!(
+            d.reason,
+            Reason::LowestLatency {
+                ewma_ms: Some(100.0)
+            }
+        );
+    }
+
+    #[test]
+    fn most_reliable_prefers_the_higher_ratio_then_the_lower_latency() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![], t0);
+        // a: S F S S → 0.75 at 10 ms; b: S S S S → 1.0 at 90 ms; c: S → 1.0 at 40 ms.
+        for o in [ms(10), Outcome::Failed, ms(10), ms(10)] {
+            s.record("a", o, t0).unwrap();
+        }
+        for _ in 0..4 {
+            s.record("b", ms(90), t0).unwrap();
+        }
+        s.record("c", ms(40), t0).unwrap();
+        let d = s.choose(T, t0);
+        assert_eq!(names(&d.uplinks), ["c", "b", "a"]);
+        assert_eq!(
+            d.reason,
+            Reason::MostReliable {
+                success_ratio: Some(1.0),
+                ewma_ms: Some(40.0)
+            }
+        );
+    }
+
+    #[test]
+    fn redundant_sends_to_every_healthy_uplink_and_to_all_when_none_is() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![], t0);
+        open(&mut s, "b", t0);
+        let d = s.choose(A, t0);
+        assert_eq!(names(d.targets()), ["a", "c"]);
+        assert_eq!(names(&d.uplinks), ["a", "c", "b"]);
+        assert_eq!(d.reason, Reason::Redundant { healthy: 2 });
+
+        open(&mut s, "a", t0 + Duration::from_secs(1));
+        open(&mut s, "c", t0 + Duration::from_secs(2));
+        let d = s.choose(A, t0 + Duration::from_secs(3));
+        assert_eq!(d.reason, Reason::NoHealthyUplink);
+        assert_eq!(
+            names(d.targets()),
+            ["b", "a", "c"],
+            "soonest re-probe first"
+        );
+    }
+
+    #[test]
+    fn failover_takes_the_first_healthy_listed_uplink_and_names_the_skipped() {
+        let t0 = Instant::now();
+        let mut s = selector(
+            vec![ClassPolicyConfig {
+                class: B,
+                policy: None,
+                failover: Some(vec!["c".into(), "a".into()]),
+                pinned: None,
+            }],
+            t0,
+        );
+        let d = s.choose(B, t0);
+        assert_eq!(names(&d.uplinks), ["c", "a"], "b is not listed");
+        assert_eq!(d.reason, Reason::Failover);
+        open(&mut s, "c", t0);
+        let d = s.choose(B, t0);
+        assert_eq!(names(&d.uplinks), ["a", "c"]);
+        assert_eq!(
+            d.reason,
+            Reason::FailoverSkipped {
+                skipped: vec!["c".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn pinned_uses_its_uplink_even_when_open_and_never_another() {
+        let t0 = Instant::now();
+        let mut s = selector(
+            vec![ClassPolicyConfig {
+                class: V,
+                policy: None,
+                failover: None,
+                pinned: Some("b".into()),
+            }],
+            t0,
+        );
+        open(&mut s, "b", t0);
+        let d = s.choose(V, t0);
+        assert_eq!(names(d.targets()), ["b"]);
+        assert_eq!(d.reason, Reason::Pinned { healthy: false });
+        assert_eq!(s.next_after_failure(V, &["b"], t0), None);
+    }
+
+    #[test]
+    fn next_after_failure_moves_on_in_order_and_ends_when_all_were_tried() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![class(A, PolicyName::Redundant)], t0);
+        open(&mut s, "a", t0);
+        assert_eq!(s.next_after_failure(A, &["b"], t0).as_deref(), Some("c"));
+        assert_eq!(
+            s.next_after_failure(A, &["b", "c"], t0).as_deref(),
+            Some("a")
+        );
+        assert_eq!(s.next_after_failure(A, &["b", "c", "a"], t0), None);
+        let last = s.recent_decisions().last().unwrap();
+        assert_eq!(last.reason, Reason::NoUplink);
+        assert_eq!(last.send_now, 0);
+        let d = &s.recent_decisions().nth(1).unwrap();
+        assert_eq!(names(&d.tried), ["b", "c"]);
+        assert_eq!(
+            d.send_now, 1,
+            "a retry moves one reading on, even redundant"
+        );
+    }
+
+    #[test]
+    fn a_half_open_uplink_gets_one_probe_then_traffic_goes_elsewhere() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![class(V, PolicyName::LowestLatency)], t0);
+        s.record("a", ms(1), t0).unwrap();
+        s.record("b", ms(5), t0).unwrap();
+        s.record("c", ms(9), t0).unwrap();
+        open(&mut s, "a", t0);
+        let t10 = t0 + Duration::from_secs(10);
+        let d = s.choose(V, t10);
+        assert_eq!(names(d.targets()), ["a"], "the fast one is probed");
+        let snap = s.snapshot(t10);
+        assert_eq!(snap[0].breaker, BreakerKind::HalfOpen);
+        assert!(!snap[0].healthy, "its only probe slot is taken");
+        let d = s.choose(V, t10);
+        assert_eq!(names(d.targets()), ["b"]);
+        let t = s.record("a", ms(2), t10).unwrap().unwrap();
+        assert_eq!(t.reason, TransitionReason::ProbeSucceeded);
+        assert_eq!(names(s.choose(V, t10).targets()), ["a"]);
+        let kinds: Vec<_> = s.take_transitions().iter().map(|t| t.to).collect();
+        assert_eq!(
+            kinds,
+            [
+                BreakerKind::Open,
+                BreakerKind::HalfOpen,
+                BreakerKind::Closed
+            ]
+        );
+        assert!(s.take_transitions().is_empty());
+    }
+
+    #[test]
+    fn a_released_probe_slot_can_be_taken_again() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![], t0);
+        open(&mut s, "a", t0);
+        let t10 = t0 + Duration::from_secs(10);
+        s.choose(V, t10);
+        assert!(!s.snapshot(t10)[0].healthy);
+        s.release_probe("a").unwrap();
+        assert!(s.snapshot(t10)[0].healthy);
+    }
+
+    #[test]
+    fn the_snapshot_shows_state_since_and_time_left() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![], t0);
+        s.record("a", ms(20), t0).unwrap();
+        s.record("a", Outcome::TimedOut, t0).unwrap();
+        open(&mut s, "b", t0 + Duration::from_secs(1));
+        let snap = s.snapshot(t0 + Duration::from_secs(4));
+        assert_eq!(snap[0].ewma_ms, Some(20.0));
+        assert_eq!(snap[0].success_ratio, Some(0.5));
+        assert_eq!(snap[0].samples, 2);
+        assert_eq!(snap[0].breaker, BreakerKind::Closed);
+        assert_eq!(snap[0].for_, Duration::from_secs(4));
+        assert_eq!(snap[1].breaker, BreakerKind::Open);
+        assert_eq!(snap[1].since, t0 + Duration::from_secs(1));
+        assert_eq!(snap[1].reopens_in, Some(Duration::from_secs(7)));
+        assert_eq!(snap[2].ewma_ms, None);
+        assert_eq!(snap[2].success_ratio, None);
+    }
+
+    #[test]
+    fn the_decision_ring_keeps_only_the_last_capacity_decisions() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![], t0);
+        for i in 0..10 {
+            s.choose(V, t0 + Duration::from_millis(i));
+        }
+        assert_eq!(s.recent_decisions().len(), 4);
+        assert_eq!(
+            s.recent_decisions().next().unwrap().at,
+            t0 + Duration::from_millis(6)
+        );
+    }
+
+    #[test]
+    fn unknown_uplinks_and_bad_config_are_typed_errors() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![], t0);
+        assert_eq!(
+            s.record("z", Outcome::Failed, t0),
+            Err(SelectorError::UnknownUplink("z".into()))
+        );
+        let cfg = SelectorConfig {
+            window: 0,
+            classes: vec![ClassPolicyConfig {
+                class: A,
+                policy: None,
+                failover: None,
+                pinned: Some("nope".into()),
+            }],
+            ..SelectorConfig::default()
+        };
+        match Selector::new(&cfg, &["a"], t0) {
+            Err(SelectorError::InvalidConfig(p)) => assert_eq!(p.len(), 2, "{p:?}"),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_rules_remap_the_class() {
+        let cfg = SelectorConfig {
+            rules: vec![crate::ClassRuleConfig {
+                device: Some("bed-*".into()),
+                resource: Some("*/alarm".into()),
+                class: A,
+            }],
+            ..SelectorConfig::default()
+        };
+        let s = Selector::new(&cfg, &["a"], Instant::now()).unwrap();
+        assert_eq!(s.classify("bed-4", Some("spo2/alarm"), V), A);
+        assert_eq!(s.classify("bed-4", Some("spo2"), V), V);
+    }
+}
