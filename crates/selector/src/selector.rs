@@ -66,8 +66,8 @@ pub struct UplinkSnapshot {
 }
 
 /// Chooses uplinks per message class from measured health. Pure logic: every method takes
-/// `now`, nothing reads a clock, nothing blocks. Not `Sync`-shared by itself: the wiring wraps
-/// it in a mutex (decisions are microseconds).
+/// `now`, nothing reads a clock, nothing blocks. Decisions mutate (probe slots, the ring), so
+/// the wiring shares it behind a mutex (a decision is microseconds, no await inside).
 #[derive(Debug)]
 pub struct Selector {
     uplinks: Vec<UplinkHealth>,
