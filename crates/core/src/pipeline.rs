@@ -210,19 +210,26 @@ impl IngestPipeline {
             limits: self.limits,
         };
         let records = payload::decode(format, s.body, &ctx)?;
-        let mut reading = Reading::new(
-            self.gateway.as_ref(),
-            device,
-            s.protocol,
-            s.class,
-            now,
-            records,
-        );
+        self.enqueue(s.peer, s.protocol, s.class, device, now, records)
+    }
+
+    /// Normalizes authorized, decoded records into a reading and enqueues it.
+    fn enqueue(
+        &self,
+        peer: &PeerContext,
+        protocol: Protocol,
+        class: MessageClass,
+        device: String,
+        now: std::time::SystemTime,
+        records: Vec<Record>,
+    ) -> Result<Pending, Refused> {
+        let mut reading =
+            Reading::new(self.gateway.as_ref(), device, protocol, class, now, records);
         // Provenance only where something proved who sent it: an unauthenticated address is
         // spoofable (plain UDP), proves nothing, and would cost every reading ~50 bytes through
         // the store, the uplinks and the broker (measured: bench A/B in docs/bench-raw/notes.md).
-        if s.peer.identity.is_some() {
-            reading = reading.with_source(s.peer);
+        if peer.identity.is_some() {
+            reading = reading.with_source(peer);
         }
         let accepted = Accepted {
             id: reading.id,
@@ -271,27 +278,14 @@ impl IngestPipeline {
             action: Action::Write,
         })?;
         check_records(&s.records, &self.limits)?;
-        let mut reading = Reading::new(
-            self.gateway.as_ref(),
-            device,
+        self.enqueue(
+            s.peer,
             s.protocol,
             s.class,
+            device,
             self.clock.now(),
             s.records,
-        );
-        if s.peer.identity.is_some() {
-            reading = reading.with_source(s.peer);
-        }
-        let accepted = Accepted {
-            id: reading.id,
-            device: reading.device.clone(),
-            class: reading.class,
-        };
-        let rx = self.bus.enqueue(vec![reading.into_encoded()])?;
-        Ok(Pending {
-            rx,
-            accepted: Some(accepted),
-        })
+        )
     }
 }
 
