@@ -11,6 +11,7 @@ use wardgate_dtls::DtlsConfig;
 use wardgate_http::config::{AdminConfig, HttpConfig};
 use wardgate_lwm2m::Lwm2mConfig;
 use wardgate_mqtt::config::MqttUplinkConfig;
+use wardgate_selector::SelectorConfig;
 use wardgate_store::config::StoreConfig;
 
 use crate::audit::AuditConfig;
@@ -36,8 +37,12 @@ pub struct GatewayConfig {
     pub admin: AdminConfig,
     /// `[store]`: the durable outbox.
     pub store: StoreConfig,
-    /// `[[uplinks]]`: where readings go. Every reading is owed to every uplink.
+    /// `[[uplinks]]`: where readings go. Without a `[selector]` section every reading is owed
+    /// to every uplink; with one, the selector chooses per message class.
     pub uplinks: Vec<UplinkConfig>,
+    /// `[selector]`: the latency/reliability-aware choice of uplinks per message class
+    /// (absent: every reading goes to every uplink).
+    pub selector: Option<SelectorConfig>,
     /// `[audit]`: the security audit trail (off unless `path` is set).
     pub audit: AuditConfig,
     /// `[lwm2m]`: the LwM2M server on the CoAP endpoints.
@@ -152,9 +157,9 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "gateway", "log", "bus", "registry", "coap", "coaps", "lwm2m", "http", "admin", "store",
-    "uplinks", "audit",
+    "uplinks", "audit", "selector",
 ];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
@@ -190,6 +195,11 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "store", p, &mut ok, &mut cfg.store);
     section(&table, "audit", p, &mut ok, &mut cfg.audit);
     section(&table, "lwm2m", p, &mut ok, &mut cfg.lwm2m);
+    if table.contains_key("selector") {
+        let mut sel = SelectorConfig::default();
+        section(&table, "selector", p, &mut ok, &mut sel);
+        cfg.selector = Some(sel);
+    }
     match table.get("uplinks") {
         None => {}
         Some(toml::Value::Array(items)) => {
@@ -337,6 +347,10 @@ impl GatewayConfig {
                 "uplinks",
                 "only one file uplink may write to stdout (\"-\")",
             );
+        }
+        if let Some(sel) = &self.selector {
+            let names: Vec<&str> = self.uplinks.iter().map(UplinkConfig::name).collect();
+            sel.validate("selector", &names, p);
         }
     }
 }

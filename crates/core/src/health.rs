@@ -77,6 +77,15 @@ impl Health {
         );
     }
 
+    /// One component's check, by name (`uplink.<name>`, `coap`, ...).
+    pub fn check(&self, name: &str) -> Option<Check> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
     /// Evaluates readiness now.
     pub fn readiness(&self) -> Readiness {
         let checks = self

@@ -58,9 +58,11 @@ pub use health::{Health, HealthReporter};
 pub use limit::{Rate, SourceKey, Take, TokenBuckets};
 pub use outcome::{DeliveryOutcome, NackReason, OutcomeKind, OutcomeReceiver, OutcomeSender};
 pub use peer::{Identity, IdentityKind, PeerContext, TransportKind};
-pub use pipeline::{Accepted, IngestPipeline, Pending, RecordSubmission, Refused, Submission};
+pub use pipeline::{
+    Accepted, Classify, IngestPipeline, Pending, RecordSubmission, Refused, Submission,
+};
 pub use reading::{Encoded, MessageClass, Protocol, Reading, Record, SCHEMA, Source};
-pub use route::{AllUplinks, MAX_UPLINKS, RouteInput, Router, UplinkSet};
+pub use route::{AllUplinks, Cutover, MAX_UPLINKS, RouteInput, Router, UplinkSet};
 pub use uplink::{Delivery, OutboxCursor, OutboxError, Uplink, UplinkTask};
 
 /// Cancellation handle passed to every long-running task. Cancelling it starts graceful shutdown.

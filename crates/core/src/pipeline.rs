@@ -149,6 +149,16 @@ pub struct IngestPipeline {
     clock: Arc<dyn Clock>,
     authorizer: Arc<dyn Authorizer>,
     limits: Limits,
+    classifier: Option<Arc<dyn Classify>>,
+}
+
+/// Sets a reading's message class from its device and resource (the selector's
+/// `[[selector.rules]]`), before it is normalized: the class is part of the stored JSON and
+/// decides the outbox lane and the routing policy, so it is settled once, here.
+pub trait Classify: Send + Sync + std::fmt::Debug {
+    /// The class of a reading from `device` (the authorized id) at `resource` (CoAP path,
+    /// MQTT topic, HTTP path, LwM2M path), which the adapter classed `class`.
+    fn classify(&self, device: &str, resource: &str, class: MessageClass) -> MessageClass;
 }
 
 impl IngestPipeline {
@@ -167,6 +177,20 @@ impl IngestPipeline {
             clock,
             authorizer,
             limits,
+            classifier: None,
+        }
+    }
+
+    /// The same pipeline, classing readings with `classifier` (see [`Classify`]).
+    pub fn with_classifier(mut self, classifier: Arc<dyn Classify>) -> Self {
+        self.classifier = Some(classifier);
+        self
+    }
+
+    fn class_of(&self, device: &str, resource: &str, class: MessageClass) -> MessageClass {
+        match &self.classifier {
+            Some(c) => c.classify(device, resource, class),
+            None => class,
         }
     }
 
@@ -210,7 +234,8 @@ impl IngestPipeline {
             limits: self.limits,
         };
         let records = payload::decode(format, s.body, &ctx)?;
-        self.enqueue(s.peer, s.protocol, s.class, device, now, records)
+        let class = self.class_of(&device, s.resource, s.class);
+        self.enqueue(s.peer, s.protocol, class, device, now, records)
     }
 
     /// Normalizes authorized, decoded records into a reading and enqueues it.
@@ -278,10 +303,11 @@ impl IngestPipeline {
             action: Action::Write,
         })?;
         check_records(&s.records, &self.limits)?;
+        let class = self.class_of(&device, s.resource, s.class);
         self.enqueue(
             s.peer,
             s.protocol,
-            s.class,
+            class,
             device,
             self.clock.now(),
             s.records,

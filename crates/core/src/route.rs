@@ -141,6 +141,30 @@ pub struct RouteInput<'a> {
 pub trait Router: Send + Sync + Debug {
     /// The uplinks `r` is owed to.
     fn route(&self, r: &RouteInput<'_>) -> UplinkSet;
+
+    /// Uplinks that stopped taking readings since the last call, with where the readings
+    /// they are still owed go instead. The store calls this on its writer right before it
+    /// routes each batch (and on its housekeeping tick), and moves those readings in the same
+    /// transaction as that batch: a device's older readings reach the new uplink in the same
+    /// commit as (or before) its newer ones, so per-device order holds across a failover. A
+    /// router whose choices change only here (the selector applies breaker openings here)
+    /// never routes a reading away from an uplink that still holds older readings of it.
+    fn take_cutovers(&self) -> Vec<Cutover> {
+        Vec::new()
+    }
+}
+
+/// One uplink taken out of routing (see [`Router::take_cutovers`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cutover {
+    /// The uplink's index.
+    pub from: usize,
+    /// Per class, where its readings owed to `from` go (classes not listed stay owed).
+    pub moves: Vec<(MessageClass, UplinkSet)>,
+    /// Readings not to move (copies sent to `from` as probes while another uplink got the
+    /// reading too: moving them would owe a second copy to an uplink that may have delivered
+    /// the first).
+    pub keep: Vec<Ulid>,
 }
 
 /// Owes every reading to every configured uplink except the excluded ones: the outbox's

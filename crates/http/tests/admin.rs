@@ -67,6 +67,7 @@ impl Admin {
             audit: audit.clone(),
             metrics: AdminMetrics::default(),
             lwm2m: None,
+            selector: None,
         };
         let health = Health::new();
         let server = AdminServer::bind(

@@ -150,6 +150,27 @@ pub enum TransitionReason {
         /// The (grown, capped) cool-down of the new Open state.
         cool_down: Duration,
     },
+    /// Closed or HalfOpen → Open: the uplink reported its connection lost (no delivery can
+    /// succeed until it reconnects, so waiting for a failure run would only delay failover).
+    LinkDown,
+    /// Open → HalfOpen: the uplink reported its connection back before the cool-down ended;
+    /// probes decide, as after a cool-down.
+    LinkUp,
+}
+
+impl TransitionReason {
+    /// A bounded name for metric labels and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TransitionReason::ConsecutiveFailures { .. } => "consecutive_failures",
+            TransitionReason::LowSuccessRatio { .. } => "low_success_ratio",
+            TransitionReason::CoolDownElapsed { .. } => "cool_down_elapsed",
+            TransitionReason::ProbeSucceeded => "probe_succeeded",
+            TransitionReason::ProbeFailed { .. } => "probe_failed",
+            TransitionReason::LinkDown => "link_down",
+            TransitionReason::LinkUp => "link_up",
+        }
+    }
 }
 
 /// One breaker state change, for metrics and logs.
@@ -365,6 +386,47 @@ impl UplinkHealth {
                 out.push(self.open(BreakerKind::HalfOpen, now, next, reason));
             }
             _ => {}
+        }
+        out
+    }
+
+    /// The uplink lost its connection at `now`: Closed or HalfOpen opens at once (HalfOpen
+    /// with a grown cool-down, like a failed probe); Open stays as it is. The statistics are
+    /// untouched: no delivery failed.
+    pub fn link_down(&mut self, now: Instant) -> Vec<Transition> {
+        let mut out = Vec::new();
+        out.extend(self.advance(now));
+        match self.breaker {
+            Breaker::Closed { .. } => {
+                let cool_down = self.params.cool_down;
+                out.push(self.open(
+                    BreakerKind::Closed,
+                    now,
+                    cool_down,
+                    TransitionReason::LinkDown,
+                ));
+            }
+            Breaker::HalfOpen { cool_down, .. } => {
+                let next = self.grown(cool_down);
+                out.push(self.open(BreakerKind::HalfOpen, now, next, TransitionReason::LinkDown));
+            }
+            Breaker::Open { .. } => {}
+        }
+        out
+    }
+
+    /// The uplink has its connection back at `now`: Open becomes HalfOpen at once (probes
+    /// decide, as after a cool-down); other states are unchanged.
+    pub fn link_up(&mut self, now: Instant) -> Vec<Transition> {
+        let mut out = Vec::new();
+        out.extend(self.advance(now));
+        if let Breaker::Open { cool_down, .. } = self.breaker {
+            self.breaker = Breaker::HalfOpen {
+                since: now,
+                probes_in_flight: 0,
+                cool_down,
+            };
+            out.push(self.transition(BreakerKind::Open, now, TransitionReason::LinkUp));
         }
         out
     }

@@ -65,6 +65,8 @@ mod classify;
 mod config;
 mod error;
 mod health;
+mod live;
+mod metrics;
 mod policy;
 mod selector;
 
@@ -79,6 +81,8 @@ pub use error::SelectorError;
 pub use health::{
     Breaker, BreakerKind, HealthParams, Outcome, Transition, TransitionReason, UplinkHealth,
 };
+pub use live::{ClassStatus, DecisionStatus, Now, SelectorStatus, SharedSelector, UplinkStatus};
+pub use metrics::SelectorMetrics;
 pub use policy::{Policy, Reason};
 pub use selector::{Decision, Selector, UplinkSnapshot};
 pub use wardgate_core::MessageClass;

@@ -250,6 +250,67 @@ impl Selector {
         Ok(own)
     }
 
+    /// Where a reading of `class` goes when `name` gives it up at `now`: the first uplink of
+    /// the class's order without `name`, if it is healthy. Changes nothing.
+    pub fn alternative(&self, class: MessageClass, name: &str, now: Instant) -> Option<Arc<str>> {
+        let policy = &self.policies[class_index(class)];
+        let excluded = |i: usize| &**self.uplinks[i].name() == name;
+        let Plan { order, .. } = plan(policy, &self.uplinks, &excluded, now);
+        order
+            .first()
+            .filter(|&&i| self.uplinks[i].is_healthy(now))
+            .map(|&i| self.uplinks[i].name().clone())
+    }
+
+    /// What [`Self::choose`] would send a reading of `class` to at `now`, without taking a
+    /// probe slot or logging the decision (for the admin API and metrics).
+    pub fn preview(&self, class: MessageClass, now: Instant) -> Vec<Arc<str>> {
+        let policy = &self.policies[class_index(class)];
+        let Plan { order, send, .. } = plan(policy, &self.uplinks, &|_| false, now);
+        order[..send.min(order.len())]
+            .iter()
+            .map(|&i| self.uplinks[i].name().clone())
+            .collect()
+    }
+
+    /// The uplink `name` reported its connection lost (`up == false`) or back (`up == true`)
+    /// at `now`; see [`UplinkHealth::link_down`] and [`UplinkHealth::link_up`]. Returns the
+    /// transition it caused, if any (also logged for [`Self::take_transitions`]).
+    pub fn link(
+        &mut self,
+        name: &str,
+        up: bool,
+        now: Instant,
+    ) -> Result<Option<Transition>, SelectorError> {
+        let h = self
+            .uplinks
+            .iter_mut()
+            .find(|h| &**h.name() == name)
+            .ok_or_else(|| SelectorError::UnknownUplink(name.to_owned()))?;
+        let ts = if up { h.link_up(now) } else { h.link_down(now) };
+        let own = ts
+            .iter()
+            .rfind(|t| !matches!(t.reason, TransitionReason::CoolDownElapsed { .. }))
+            .cloned();
+        for t in ts {
+            self.log_transitions(Some(t));
+        }
+        Ok(own)
+    }
+
+    /// Whether readings of `class` owed to `name` may be moved to another uplink when `name`
+    /// fails: not under `redundant` (every path gets its own copy; moving one would deliver a
+    /// second copy on a path that has one) nor `pinned` (no other path is allowed).
+    pub fn movable(&self, class: MessageClass) -> bool {
+        !matches!(self.policy(class), Policy::Redundant | Policy::Pinned(_))
+    }
+
+    /// Whether the class's policy has a healthy uplink other than `name` at `now` (where a
+    /// reading that `name` gives up would go). Changes nothing.
+    pub fn has_healthy_alternative(&self, class: MessageClass, name: &str, now: Instant) -> bool {
+        self.alternative(class, name, now).is_some()
+    }
+
     /// A probe slot taken by [`Self::choose`] / [`Self::next_after_failure`] whose delivery
     /// will never be sent (the reading was delivered elsewhere first): frees it.
     pub fn release_probe(&mut self, name: &str) -> Result<(), SelectorError> {
@@ -318,7 +379,9 @@ impl Selector {
     }
 
     /// The last decisions (at most `decision_log`), oldest first.
-    pub fn recent_decisions(&self) -> impl ExactSizeIterator<Item = &Decision> {
+    pub fn recent_decisions(
+        &self,
+    ) -> impl ExactSizeIterator<Item = &Decision> + DoubleEndedIterator {
         self.decisions.iter()
     }
 }
@@ -642,5 +705,103 @@ mod tests {
         let s = Selector::new(&cfg, &["a"], Instant::now()).unwrap();
         assert_eq!(s.classify("bed-4", Some("spo2/alarm"), V), A);
         assert_eq!(s.classify("bed-4", Some("spo2"), V), V);
+    }
+
+    #[test]
+    fn a_lost_link_opens_the_breaker_at_once_and_its_return_half_opens_it() {
+        let t0 = Instant::now();
+        let mut s = selector(vec![class(V, PolicyName::LowestLatency)], t0);
+        let t = s.link("a", false, t0).unwrap().unwrap();
+        assert_eq!((t.from, t.to), (BreakerKind::Closed, BreakerKind::Open));
+        assert_eq!(t.reason, TransitionReason::LinkDown);
+        assert_eq!(s.health("a").unwrap().samples(), 0, "no delivery failed");
+        assert_eq!(names(s.choose(V, t0).targets()), vec!["b"]);
+        // Down again while open: nothing changes.
+        assert!(s.link("a", false, t0).unwrap().is_none());
+
+        let t1 = t0 + Duration::from_secs(3);
+        let t = s.link("a", true, t1).unwrap().unwrap();
+        assert_eq!(
+            (t.from, t.to, t.reason),
+            (
+                BreakerKind::Open,
+                BreakerKind::HalfOpen,
+                TransitionReason::LinkUp
+            )
+        );
+        // Half-open: one probe goes to "a" (unmeasured, so first under lowest-latency) ...
+        assert_eq!(names(s.choose(V, t1).targets()), vec!["a"]);
+        // ... and a delivery closes it.
+        let t = s.record("a", ms(5), t1).unwrap().unwrap();
+        assert_eq!(t.to, BreakerKind::Closed);
+        // Up while closed: nothing changes.
+        assert!(s.link("a", true, t1).unwrap().is_none());
+        assert_eq!(s.take_transitions().len(), 3);
+        assert!(matches!(
+            s.link("zz", true, t1),
+            Err(SelectorError::UnknownUplink(_))
+        ));
+    }
+
+    #[test]
+    fn a_lost_link_while_probing_reopens_with_a_grown_cool_down() {
+        let t0 = Instant::now();
+        let mut s = selector(Vec::new(), t0);
+        s.link("a", false, t0).unwrap();
+        let t1 = t0 + Duration::from_secs(10);
+        s.tick(t1);
+        assert_eq!(
+            s.health("a").unwrap().breaker().kind(),
+            BreakerKind::HalfOpen
+        );
+        s.link("a", false, t1).unwrap();
+        match s.health("a").unwrap().breaker() {
+            Breaker::Open { cool_down, .. } => assert_eq!(cool_down, Duration::from_secs(20)),
+            b => panic!("expected open, got {b:?}"),
+        }
+    }
+
+    #[test]
+    fn readings_move_only_under_policies_that_allow_it_and_only_to_a_healthy_uplink() {
+        let t0 = Instant::now();
+        let mut s = selector(
+            vec![
+                class(V, PolicyName::LowestLatency),
+                ClassPolicyConfig {
+                    class: T,
+                    policy: None,
+                    failover: Some(vec!["a".into(), "b".into()]),
+                    pinned: None,
+                },
+                ClassPolicyConfig {
+                    class: B,
+                    policy: None,
+                    failover: None,
+                    pinned: Some("a".into()),
+                },
+            ],
+            t0,
+        );
+        assert!(!s.movable(A), "redundant: every path has its own copy");
+        assert!(s.movable(V) && s.movable(T));
+        assert!(!s.movable(B), "pinned");
+        open(&mut s, "a", t0);
+        assert!(s.has_healthy_alternative(V, "a", t0));
+        assert!(s.has_healthy_alternative(T, "a", t0));
+        open(&mut s, "b", t0);
+        assert!(s.has_healthy_alternative(V, "a", t0), "c is healthy");
+        assert!(
+            !s.has_healthy_alternative(T, "a", t0),
+            "the failover list has only a and b"
+        );
+        assert_eq!(names(&s.preview(V, t0)), vec!["c"]);
+        assert_eq!(names(&s.preview(B, t0)), vec!["a"], "pinned ignores health");
+        let before = s.recent_decisions().len();
+        let _ = s.preview(T, t0);
+        assert_eq!(
+            s.recent_decisions().len(),
+            before,
+            "a preview is not a decision"
+        );
     }
 }

@@ -31,7 +31,7 @@ use wardgate_core::{
 use crate::db::{class_from_code, connect, to_i64, to_u64, ulid_from_blob};
 use crate::error::StoreError;
 use crate::metrics::{NackLabel, Nacked, Released, ReplayReason};
-use crate::outbox::{CommitMark, Inner, lock};
+use crate::outbox::{CommitMark, Inner, LANES, NORMAL_LANE, PRIORITY_LANE, lock};
 
 /// A reading read back from SQLite.
 #[derive(Debug)]
@@ -55,11 +55,9 @@ struct InFlight {
     class: MessageClass,
 }
 
-/// An uplink's view of the outbox; see [`OutboxCursor`]. Created by
-/// [`crate::Outbox::cursor`]; dropping it lets the uplink take a new one, which starts again
-/// from the oldest reading still owed.
+/// One lane of an uplink's view of the outbox: the cursor logic over one persisted bit.
 #[derive(Debug)]
-pub struct Cursor {
+pub(crate) struct LaneCursor {
     inner: Arc<Inner>,
     idx: usize,
     mask: i64,
@@ -83,21 +81,21 @@ struct Replays {
     rewind: u64,
 }
 
-impl Cursor {
-    pub(crate) fn new(inner: Arc<Inner>, idx: usize) -> Result<Cursor, StoreError> {
+impl LaneCursor {
+    pub(crate) fn new(inner: Arc<Inner>, idx: usize) -> Result<LaneCursor, StoreError> {
         let slot = inner
             .slots
             .get(idx)
             .ok_or_else(|| StoreError::UnknownUplink(idx.to_string()))?;
         if slot.cursor_live.swap(true, Ordering::SeqCst) {
-            return Err(StoreError::CursorInUse(slot.name.clone()));
+            return Err(StoreError::CursorInUse(slot.label.to_string()));
         }
         let mask = slot.mask;
         let replay_upto = slot.handed_high.load(Ordering::SeqCst);
         // A new cursor reads every owed row from the start; older notices are moot.
         lock(&slot.received).clear();
         let committed = inner.committed.subscribe();
-        Ok(Cursor {
+        Ok(LaneCursor {
             inner,
             idx,
             mask,
@@ -112,22 +110,12 @@ impl Cursor {
     }
 
     /// The uplink this cursor serves.
-    pub fn uplink(&self) -> &str {
-        self.inner
-            .slots
-            .get(self.idx)
-            .map_or("", |s| s.name.as_str())
+    fn uplink(&self) -> &str {
+        self.inner.slots.get(self.idx).map_or("", |s| &*s.label)
     }
 
-    /// Readings handed out and not yet acknowledged.
-    pub fn in_flight(&self) -> usize {
-        self.inflight.len()
-    }
-
-    /// Like [`OutboxCursor::next`] but never waits for new commits: returns what is committed
-    /// and owed now (possibly nothing, possibly fewer than `max` when more must be read from
-    /// disk). Cancel-safe, like `next`: readings count as handed out only once returned.
-    pub async fn try_next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
+    /// See [`Cursor::try_next`].
+    async fn try_next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
         let mut out = Vec::new();
         let mut replays = Replays::default();
         let result = self.fill(max, &mut out, &mut replays).await;
@@ -288,7 +276,7 @@ impl Cursor {
         };
         for s in seqs {
             if let Some(f) = self.inflight.get(s) {
-                outcomes.send(outcome(kind, self.idx, &slot.label, *s, f, now));
+                outcomes.send(outcome(kind, slot.uplink, &slot.label, *s, f, now));
             }
         }
     }
@@ -422,28 +410,7 @@ fn read_owed(
     Ok(out)
 }
 
-impl OutboxCursor for Cursor {
-    /// Cancel-safe: if the future is dropped (e.g. in a `select!`), nothing is lost; readings
-    /// count as handed out only once a call returns them.
-    async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        loop {
-            let out = self.try_next(max).await?;
-            if !out.is_empty() {
-                return Ok(out);
-            }
-            if self.committed.borrow().closed {
-                return Err(OutboxError::Closed);
-            }
-            // try_next marked the current mark as seen, so a commit since then wakes us.
-            if self.committed.changed().await.is_err() {
-                return Err(OutboxError::Closed);
-            }
-        }
-    }
-
+impl LaneCursor {
     fn ack(&mut self, seqs: &[u64]) {
         self.publish(OutcomeKind::Acked, seqs, Instant::now());
         let mut acked = Vec::new();
@@ -502,11 +469,13 @@ impl OutboxCursor for Cursor {
             let Some(f) = self.inflight.get(&s).filter(|_| seen.insert(s)) else {
                 continue;
             };
-            let to = inner.routing.on_release(self.idx, f.id, &f.device, f.class);
+            let to = inner
+                .routing
+                .on_release(slot.uplink, f.id, &f.device, f.class);
             if to.is_empty() {
                 kept.push(s);
             } else {
-                moves.push((s, inner.routing.mask_of(to)));
+                moves.push((s, inner.routing.mask_of(to, f.class)));
             }
         }
         if !moves.is_empty() {
@@ -520,7 +489,7 @@ impl OutboxCursor for Cursor {
             slot.unplaced_warned.store(false, Ordering::Relaxed);
             inner.ack_wake.notify_one();
             Released {
-                uplink: &slot.name,
+                uplink: &slot.label,
                 count: moved.len() as u64,
             }
             .emit(&inner.metrics);
@@ -530,7 +499,7 @@ impl OutboxCursor for Cursor {
             // failed delivery (the uplink gave up on this attempt).
             self.publish(OutcomeKind::Failed, &kept, now);
             Nacked {
-                uplink: &slot.name,
+                uplink: &slot.label,
                 reason: NackLabel::Unplaced,
                 count: kept.len() as u64,
                 first: !slot.unplaced_warned.swap(true, Ordering::Relaxed),
@@ -541,12 +510,122 @@ impl OutboxCursor for Cursor {
     }
 }
 
-impl Drop for Cursor {
+impl Drop for LaneCursor {
     fn drop(&mut self) {
         if let Some(slot) = self.inner.slots.get(self.idx) {
             slot.handed_high
                 .fetch_max(self.handed_high, Ordering::SeqCst);
             slot.cursor_live.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// An uplink's view of the outbox; see [`OutboxCursor`]. Created by
+/// [`crate::Outbox::cursor`]; dropping it lets the uplink take a new one, which starts again
+/// from the oldest reading still owed.
+///
+/// # Alarms first
+/// The uplink's readings are owed on two lanes (see [`crate::Outbox`]): alarms on the
+/// priority lane, every other class on the normal lane, each a cursor of its own over the
+/// same store. [`OutboxCursor::next`] hands out what the priority lane has before anything
+/// from the normal lane, so a new alarm overtakes a backlog of telemetry instead of queueing
+/// behind it: it waits at most for one free slot in the uplink's window. Order is kept per
+/// lane, so per device within a class (and between a device's alarms and its other readings
+/// only as far as the lanes agree: an alarm may overtake that device's earlier vitals, which
+/// is the point). Acknowledgements, nacks, releases and rewinds go to both lanes; each acts
+/// only on the seqs it handed out. Alarms are rare by nature; a flood of them would hold the
+/// normal lane back for as long as it lasts, by design.
+#[derive(Debug)]
+pub struct Cursor {
+    /// Indexed by lane: [`PRIORITY_LANE`], [`NORMAL_LANE`].
+    lanes: [LaneCursor; LANES],
+    /// The commit watch `next` waits on.
+    committed: watch::Receiver<CommitMark>,
+}
+
+impl Cursor {
+    /// The cursor of configured uplink `uplink` (its index): one lane cursor per lane.
+    pub(crate) fn new(inner: Arc<Inner>, uplink: usize) -> Result<Cursor, StoreError> {
+        let first = uplink * LANES;
+        let committed = inner.committed.subscribe();
+        let priority = LaneCursor::new(inner.clone(), first + PRIORITY_LANE)?;
+        let normal = LaneCursor::new(inner, first + NORMAL_LANE)?;
+        Ok(Cursor {
+            lanes: [priority, normal],
+            committed,
+        })
+    }
+
+    /// The uplink this cursor serves.
+    pub fn uplink(&self) -> &str {
+        self.lanes[NORMAL_LANE].uplink()
+    }
+
+    /// Readings handed out and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.lanes.iter().map(|l| l.inflight.len()).sum()
+    }
+
+    /// Like [`OutboxCursor::next`] but never waits for new commits: returns what is committed
+    /// and owed now (possibly nothing, possibly fewer than `max` when more must be read from
+    /// disk): the priority lane's readings if it has any, else the normal lane's. Cancel-safe,
+    /// like `next`: readings count as handed out only once returned.
+    pub async fn try_next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
+        self.committed.borrow_and_update();
+        let [priority, normal] = &mut self.lanes;
+        let out = priority.try_next(max).await?;
+        if !out.is_empty() {
+            // Returned at once: awaiting the normal lane after the priority lane handed
+            // readings out would lose them (until a rewind) if this future were dropped.
+            return Ok(out);
+        }
+        normal.try_next(max).await
+    }
+}
+
+impl OutboxCursor for Cursor {
+    /// Cancel-safe: if the future is dropped (e.g. in a `select!`), nothing is lost; readings
+    /// count as handed out only once a call returns them.
+    async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, OutboxError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        loop {
+            let out = self.try_next(max).await?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            if self.committed.borrow().closed {
+                return Err(OutboxError::Closed);
+            }
+            // try_next marked the current mark as seen, so a commit since then wakes us.
+            if self.committed.changed().await.is_err() {
+                return Err(OutboxError::Closed);
+            }
+        }
+    }
+
+    fn ack(&mut self, seqs: &[u64]) {
+        for l in &mut self.lanes {
+            l.ack(seqs);
+        }
+    }
+
+    fn rewind(&mut self) {
+        for l in &mut self.lanes {
+            l.rewind();
+        }
+    }
+
+    fn nack(&mut self, seqs: &[u64], why: NackReason) {
+        for l in &mut self.lanes {
+            l.nack(seqs, why);
+        }
+    }
+
+    fn release(&mut self, seqs: &[u64]) {
+        for l in &mut self.lanes {
+            l.release(seqs);
         }
     }
 }

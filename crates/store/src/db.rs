@@ -252,10 +252,24 @@ pub(crate) struct Work {
     pub(crate) acks: Vec<(usize, Vec<u64>)>,
     /// Released deliveries per uplink index: (seq, mask of the uplinks taking it over).
     pub(crate) releases: Vec<(usize, Vec<(u64, i64)>)>,
+    /// Router cutovers: readings owed on a lane of an uplink taken out of routing move to
+    /// other uplinks (see [`wardgate_core::Router::take_cutovers`]).
+    pub(crate) cutovers: Vec<CutoverWork>,
     /// Delete readings received before this instant (ms since the epoch).
     pub(crate) expire_before_ms: Option<i64>,
     /// The receive stamp for new readings (ms since the epoch).
     pub(crate) now_ms: i64,
+}
+
+/// One cutover move: every reading of `class` owed on lane `slot` (bit `from_mask`) is moved
+/// to the bits of `target`, except the ids in `keep`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CutoverWork {
+    pub(crate) slot: usize,
+    pub(crate) from_mask: i64,
+    pub(crate) class: MessageClass,
+    pub(crate) target: i64,
+    pub(crate) keep: Vec<Ulid>,
 }
 
 impl Work {
@@ -263,6 +277,7 @@ impl Work {
         self.readings.is_empty()
             && self.acks.is_empty()
             && self.releases.is_empty()
+            && self.cutovers.is_empty()
             && self.expire_before_ms.is_none()
     }
 }
@@ -283,6 +298,8 @@ pub(crate) struct Outcome {
     pub(crate) moved: Vec<(u64, i64)>,
     /// Seqs newly owed to each uplink index by a release, ascending per release batch.
     pub(crate) received: Vec<Vec<u64>>,
+    /// Readings moved by cutovers, per lane slot they left.
+    pub(crate) cut: Vec<u64>,
     pub(crate) elapsed: Duration,
     pub(crate) kind: Option<CommitKind>,
 }
@@ -471,6 +488,7 @@ impl Db {
         let mut out = Outcome {
             acked: vec![0; st.uplinks.len()],
             received: vec![Vec::new(); st.uplinks.len()],
+            cut: vec![0; st.uplinks.len()],
             kind: Some(kind),
             ..Outcome::default()
         };
@@ -482,6 +500,7 @@ impl Db {
         append(&tx, &mut st, work, &mut out)?;
         apply_acks(&tx, &mut st, &work.acks, &mut out, &mut dirty)?;
         apply_releases(&tx, &mut st, &work.releases, &mut out, &mut dirty)?;
+        apply_cutovers(&tx, &mut st, &work.cutovers, &mut out, &mut dirty)?;
         if let Some(cutoff) = work.expire_before_ms {
             expire(&tx, &mut st, cutoff, &mut out, &mut dirty)?;
         }
@@ -737,10 +756,22 @@ fn prepare(
     }
 
     if meta_get(&tx, "adopt")? == Some(1) {
-        let all = uplinks.iter().fold(0i64, |m, u| m | u.mask());
+        // Every uplink, on the lane of the reading's class (priority lanes are the names
+        // with a `/`, see `outbox::lane_names`), so no uplink gets a reading on both lanes.
+        let (priority, normal) = uplinks.iter().fold((0i64, 0i64), |(p, n), u| {
+            if u.name.contains('/') {
+                (p | u.mask(), n)
+            } else {
+                (p, n | u.mask())
+            }
+        });
+        // A file opened without lanes (the store's own unit tests) has no priority lane.
+        let priority = if priority == 0 { normal } else { priority };
+        let alarm = class_code(MessageClass::Alarm);
         report.adopted = tx.execute(
-            "UPDATE readings SET pending = pending & ?1 WHERE pending = ?2",
-            params![all, ADOPT_ALL],
+            "UPDATE readings SET pending = pending & (CASE WHEN class = ?3 THEN ?1 ELSE ?4 END) \
+             WHERE pending = ?2",
+            params![priority, ADOPT_ALL, alarm, normal],
         )? as u64;
         // Salvaged rows whose own bits matched no configured uplink.
         report.orphans_deleted += tx.execute("DELETE FROM readings WHERE pending = 0", [])? as u64;
@@ -1019,6 +1050,45 @@ fn apply_releases(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Cutovers: each is a release of every matching row, applied like the cursors' releases (one
+/// row update each, counters and receiving cursors updated), in seq order. The whole backlog of
+/// the lane moves in this one transaction, so no later commit can hand a device's newer
+/// reading to the new uplink before its older ones arrive there; the cost is one transaction
+/// proportional to that backlog, once per breaker opening.
+fn apply_cutovers(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    cutovers: &[CutoverWork],
+    out: &mut Outcome,
+    dirty: &mut [bool],
+) -> rusqlite::Result<()> {
+    if cutovers.is_empty() {
+        return Ok(());
+    }
+    let mut sel = tx.prepare_cached(
+        "SELECT seq, id FROM readings WHERE (pending & ?1) != 0 AND class = ?2 ORDER BY seq",
+    )?;
+    for c in cutovers {
+        let keep: HashSet<Ulid> = c.keep.iter().copied().collect();
+        let mut moves = Vec::new();
+        let mut rows = sel.query(params![c.from_mask, class_code(c.class)])?;
+        while let Some(r) = rows.next()? {
+            let seq = to_u64(r.get(0)?);
+            let blob: Vec<u8> = r.get(1)?;
+            if ulid_from_blob(&blob).is_some_and(|id| keep.contains(&id)) {
+                continue;
+            }
+            moves.push((seq, c.target));
+        }
+        drop(rows);
+        if let Some(n) = out.cut.get_mut(c.slot) {
+            *n += moves.len() as u64;
+        }
+        apply_releases(tx, st, &[(c.slot, moves)], out, dirty)?;
     }
     Ok(())
 }

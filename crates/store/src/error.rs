@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use wardgate_core::MAX_UPLINKS;
+use crate::MAX_UPLINKS;
 
 /// The command that salvages a corrupt store. Every corruption message quotes it.
 pub const RECOVER_COMMAND: &str = "wardgate store recover --config <file>";

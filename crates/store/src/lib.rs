@@ -90,8 +90,6 @@ pub use config::{Durability, OverflowPolicy, StoreConfig};
 pub use cursor::Cursor;
 pub use error::{RECOVER_COMMAND, StoreError};
 pub use metrics::StoreMetrics;
+pub use outbox::MAX_UPLINKS;
 pub use outbox::{OpenOptions, Outbox, OutboxStats, UplinkStats};
 pub use recover::{RecoverReport, recover};
-/// Most uplinks one store tracks (one bit each in a signed 64-bit mask). Defined in core, beside
-/// the `UplinkSet` routers answer with, and re-exported here where it has always been.
-pub use wardgate_core::MAX_UPLINKS;

@@ -9,7 +9,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use wardgate_core::{
     AllUplinks, BusReceiver, Clock, Encoded, HealthReporter, IngestError, IngestRequest,
-    OutcomeReceiver, OutcomeSender, Router, Shutdown, SystemClock,
+    MessageClass, OutcomeReceiver, OutcomeSender, Router, Shutdown, SystemClock,
 };
 
 use crate::config::{Durability, OverflowPolicy, StoreConfig};
@@ -17,7 +17,7 @@ use crate::cursor::Cursor;
 use crate::db::{Db, OpenReport, Outcome, State, Work};
 use crate::error::{StoreError, is_corruption};
 use crate::metrics::{
-    AcksCommitted, CommitFailed, Committed, DropReason, Dropped, RejectReason, Rejected,
+    AcksCommitted, CommitFailed, Committed, DropReason, Dropped, RejectReason, Rejected, Released,
     StoreMetrics, Unrouted,
 };
 use crate::route::Routing;
@@ -54,11 +54,44 @@ pub(crate) struct CommitMark {
     pub(crate) closed: bool,
 }
 
-/// One configured uplink's shared state.
+/// Lanes per uplink: each configured uplink has a priority lane (alarms) and a normal lane
+/// (every other class), each with its own persisted bit and its own cursor position, so an
+/// alarm is handed out before a backlog of other readings owed to the same uplink (see
+/// [`crate::Cursor`]).
+pub(crate) const LANES: usize = 2;
+/// The priority lane's index within an uplink's lanes.
+pub(crate) const PRIORITY_LANE: usize = 0;
+/// The normal lane's index within an uplink's lanes.
+pub(crate) const NORMAL_LANE: usize = 1;
+
+/// The lane a reading of `class` is owed on.
+pub(crate) fn lane_of(class: MessageClass) -> usize {
+    if class == MessageClass::Alarm {
+        PRIORITY_LANE
+    } else {
+        NORMAL_LANE
+    }
+}
+
+/// The store's own names for an uplink's lanes, as registered in the file. The normal lane
+/// keeps the uplink's name, so a file written before lanes existed keeps every reading owed
+/// on it; the priority lane's name has a `/`, which uplink names cannot contain.
+pub(crate) fn lane_names(uplinks: &[String]) -> Vec<String> {
+    uplinks
+        .iter()
+        .flat_map(|u| [format!("{u}/alarm"), u.clone()])
+        .collect()
+}
+
+/// Most uplinks one store can serve: each takes [`LANES`] of the file's 63 bits.
+pub const MAX_UPLINKS: usize = wardgate_core::MAX_UPLINKS / LANES;
+
+/// One lane of one configured uplink: its shared state.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    pub(crate) name: String,
-    /// The name again, shared by every outcome event.
+    /// The uplink's index in configuration order.
+    pub(crate) uplink: usize,
+    /// The uplink's name, shared by every outcome event and used as the metric label.
     pub(crate) label: Arc<str>,
     pub(crate) mask: i64,
     /// Acknowledgements waiting for the writer's next transaction. Not bounded by a constant:
@@ -129,10 +162,44 @@ impl Inner {
     fn publish_gauges(&self, st: &State) {
         self.metrics.set_depth(st.readings, st.bytes);
         let now = self.now_ms();
-        for u in &st.uplinks {
-            self.metrics.set_uplink(&u.name, u.owed, age(now, u.oldest));
+        for u in per_uplink(&self.slots, st) {
+            self.metrics
+                .set_uplink(&u.uplink, u.readings, age(now, u.oldest));
         }
     }
+}
+
+/// One uplink's backlog summed over its lanes.
+struct UplinkSum {
+    uplink: Arc<str>,
+    readings: u64,
+    bytes: u64,
+    oldest: Option<(u64, i64)>,
+}
+
+/// The lanes' counters summed per configured uplink, in configuration order.
+fn per_uplink(slots: &[Slot], st: &State) -> Vec<UplinkSum> {
+    let mut out: Vec<UplinkSum> = Vec::new();
+    for (slot, u) in slots.iter().zip(&st.uplinks) {
+        if out.len() <= slot.uplink {
+            out.push(UplinkSum {
+                uplink: slot.label.clone(),
+                readings: 0,
+                bytes: 0,
+                oldest: None,
+            });
+        }
+        let Some(sum) = out.get_mut(slot.uplink) else {
+            continue;
+        };
+        sum.readings += u.owed;
+        sum.bytes += u.owed_bytes;
+        sum.oldest = match (sum.oldest, u.oldest) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+    }
+    out
 }
 
 fn age(now_ms: i64, oldest: Option<(u64, i64)>) -> Option<Duration> {
@@ -236,7 +303,13 @@ impl Outbox {
         opts: OpenOptions,
     ) -> Result<Outbox, StoreError> {
         let OpenOptions { clock, router } = opts;
-        let (db, report) = Db::open(cfg, uplinks)?;
+        if uplinks.len() > MAX_UPLINKS {
+            return Err(StoreError::TooManyUplinks {
+                count: uplinks.len(),
+            });
+        }
+        let lanes = lane_names(uplinks);
+        let (db, report) = Db::open(cfg, &lanes)?;
         log_open(cfg, &report);
         if cfg.durability == Durability::UnsafeNoFsync {
             tracing::warn!(
@@ -247,12 +320,17 @@ impl Outbox {
         }
         let state = db.state.clone();
         let last = state.next_seq.saturating_sub(1);
+        let labels: Vec<Arc<str>> = uplinks.iter().map(|u| Arc::from(u.as_str())).collect();
         let slots = state
             .uplinks
             .iter()
-            .map(|u| Slot {
-                name: u.name.clone(),
-                label: Arc::from(u.name.as_str()),
+            .enumerate()
+            .map(|(i, u)| Slot {
+                uplink: i / LANES,
+                label: labels
+                    .get(i / LANES)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(u.name.as_str())),
                 mask: u.mask(),
                 acks: Mutex::new(Vec::new()),
                 releases: Mutex::new(Vec::new()),
@@ -265,8 +343,12 @@ impl Outbox {
         let tail_bytes = usize::try_from(cfg.tail_bytes).unwrap_or(usize::MAX);
         let routing = Routing::new(
             router,
-            state.uplinks.iter().map(|u| u.name.clone()).collect(),
-            state.uplinks.iter().map(|u| u.mask()).collect(),
+            uplinks.to_vec(),
+            state
+                .uplinks
+                .chunks(LANES)
+                .map(|l| [l[PRIORITY_LANE].mask(), l[NORMAL_LANE].mask()])
+                .collect(),
         );
         let outcomes = OutcomeSender::new(OUTCOME_EVENTS, metrics.outcome_events_lost());
         let inner = Inner {
@@ -288,8 +370,8 @@ impl Outbox {
             outcomes,
             flushes: Mutex::new(Vec::new()),
         };
-        for u in &state.uplinks {
-            inner.metrics.init_uplink(&u.name);
+        for u in uplinks {
+            inner.metrics.init_uplink(u);
         }
         inner.publish_gauges(&state);
         Ok(Outbox {
@@ -301,13 +383,27 @@ impl Outbox {
     /// call fails with [`StoreError::CursorInUse`] until the first is dropped. A new cursor
     /// starts from the oldest reading still owed to the uplink.
     pub fn cursor(&self, uplink: &str) -> Result<Cursor, StoreError> {
-        let idx = self
-            .inner
+        let idx = self.uplink_index(uplink)?;
+        Cursor::new(self.inner.clone(), idx)
+    }
+
+    /// The configured uplink names, in configuration order.
+    pub fn uplinks(&self) -> Vec<Arc<str>> {
+        self.inner
             .slots
             .iter()
-            .position(|s| s.name == uplink)
-            .ok_or_else(|| StoreError::UnknownUplink(uplink.to_owned()))?;
-        Cursor::new(self.inner.clone(), idx)
+            .step_by(LANES)
+            .map(|s| s.label.clone())
+            .collect()
+    }
+
+    fn uplink_index(&self, uplink: &str) -> Result<usize, StoreError> {
+        self.inner
+            .slots
+            .iter()
+            .step_by(LANES)
+            .position(|s| &*s.label == uplink)
+            .ok_or_else(|| StoreError::UnknownUplink(uplink.to_owned()))
     }
 
     /// Subscribes to delivery outcomes (every ack, nack and release of every cursor, with its
@@ -343,13 +439,12 @@ impl Outbox {
             bytes: st.bytes,
             max_readings: self.inner.cfg.max_readings,
             max_bytes: self.inner.cfg.max_bytes,
-            uplinks: st
-                .uplinks
-                .iter()
+            uplinks: per_uplink(&self.inner.slots, &st)
+                .into_iter()
                 .map(|u| UplinkStats {
-                    uplink: u.name.clone(),
-                    readings: u.owed,
-                    bytes: u.owed_bytes,
+                    uplink: u.uplink.to_string(),
+                    readings: u.readings,
+                    bytes: u.bytes,
                     oldest_age: age(now, u.oldest),
                 })
                 .collect(),
@@ -510,6 +605,8 @@ struct Writer {
     expire_again: bool,
     /// The "router owed readings to nobody" warning was logged.
     unrouted_logged: bool,
+    /// Cutovers of a commit that failed, for the next one.
+    retry_cutovers: Vec<crate::db::CutoverWork>,
 }
 
 impl Writer {
@@ -532,6 +629,7 @@ impl Writer {
             expire_due: false,
             expire_again: false,
             unrouted_logged: false,
+            retry_cutovers: Vec::new(),
         }
     }
 
@@ -720,12 +818,17 @@ impl Writer {
     async fn commit(&mut self, batch: Batch) {
         // Flush waiters first: everything queued before they asked is taken below.
         let flushes = std::mem::take(&mut *lock(&self.inner.flushes));
+        // Cutovers before routing: the router's view changes only there, so this batch is
+        // routed by the view whose moves commit with it.
+        let mut cutovers = std::mem::take(&mut self.retry_cutovers);
+        cutovers.extend(self.inner.routing.take_cutovers());
         let pending = self.route(&batch.readings);
         let work = Work {
             readings: batch.readings,
             pending,
             acks: self.inner.take_acks(),
             releases: self.inner.take_releases(),
+            cutovers,
             expire_before_ms: std::mem::take(&mut self.expire_due).then(|| self.expiry_cutoff()),
             now_ms: self.inner.now_ms(),
         };
@@ -806,10 +909,24 @@ impl Writer {
         for (i, n) in out.acked.iter().enumerate() {
             if let Some(slot) = inner.slots.get(i) {
                 AcksCommitted {
-                    uplink: &slot.name,
+                    uplink: &slot.label,
                     count: *n,
                 }
                 .emit(m);
+            }
+        }
+        for (i, n) in out.cut.iter().enumerate() {
+            if let Some(slot) = inner.slots.get(i).filter(|_| *n > 0) {
+                Released {
+                    uplink: &slot.label,
+                    count: *n,
+                }
+                .emit(m);
+                tracing::warn!(
+                    uplink = %slot.label,
+                    readings = n,
+                    "uplink taken out of routing: moved the readings it was owed to other uplinks"
+                );
             }
         }
         Dropped {
@@ -864,6 +981,7 @@ impl Writer {
                     lock(&slot.releases).extend(moves);
                 }
             }
+            self.retry_cutovers = work.cutovers;
             if self.inner.cfg.durability == Durability::UnsafeNoFsync && readings > 0 {
                 Dropped {
                     reason: DropReason::UnsafeCommitFailed,

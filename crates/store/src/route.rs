@@ -15,13 +15,16 @@ use std::sync::Arc;
 use ulid::Ulid;
 use wardgate_core::{MessageClass, RouteInput, Router, UplinkSet};
 
+use crate::db::CutoverWork;
+use crate::outbox::{LANES, lane_of};
+
 #[derive(Debug)]
 pub(crate) struct Routing {
     router: Arc<dyn Router>,
     /// Configured uplink names, in configuration order.
     names: Vec<String>,
-    /// The row bit of each configured uplink, by index.
-    masks: Vec<i64>,
+    /// The row bits of each configured uplink's lanes (priority, normal), by index.
+    masks: Vec<[i64; LANES]>,
     configured: UplinkSet,
 }
 
@@ -35,7 +38,11 @@ pub(crate) struct AppendRoute {
 }
 
 impl Routing {
-    pub(crate) fn new(router: Arc<dyn Router>, names: Vec<String>, masks: Vec<i64>) -> Self {
+    pub(crate) fn new(
+        router: Arc<dyn Router>,
+        names: Vec<String>,
+        masks: Vec<[i64; LANES]>,
+    ) -> Self {
         let configured = UplinkSet::first(masks.len());
         Routing {
             router,
@@ -45,11 +52,13 @@ impl Routing {
         }
     }
 
-    /// The row mask of an index set (unconfigured indices contribute nothing).
-    pub(crate) fn mask_of(&self, set: UplinkSet) -> i64 {
+    /// The row mask of an uplink set on the lane of `class` (unconfigured indices contribute
+    /// nothing).
+    pub(crate) fn mask_of(&self, set: UplinkSet, class: MessageClass) -> i64 {
+        let lane = lane_of(class);
         set.iter()
             .filter_map(|i| self.masks.get(i))
-            .fold(0, |m, b| m | b)
+            .fold(0, |m, b| m | b[lane])
     }
 
     fn ask(&self, id: Ulid, device: &str, class: MessageClass, excluded: UplinkSet) -> UplinkSet {
@@ -66,19 +75,51 @@ impl Routing {
             .difference(excluded)
     }
 
-    /// The uplinks a new reading is owed to.
+    /// The uplinks a new reading is owed to, as a row mask on its class's lane.
     pub(crate) fn on_append(&self, id: Ulid, device: &str, class: MessageClass) -> AppendRoute {
         let set = self.ask(id, device, class, UplinkSet::EMPTY);
         if set.is_empty() {
             return AppendRoute {
-                mask: self.mask_of(self.configured),
+                mask: self.mask_of(self.configured, class),
                 unrouted: true,
             };
         }
         AppendRoute {
-            mask: self.mask_of(set),
+            mask: self.mask_of(set, class),
             unrouted: false,
         }
+    }
+
+    /// The router's cutovers as row moves: per (lane slot, class), the readings owed on that
+    /// lane of the uplink move to the targets' bits on the same lane.
+    pub(crate) fn take_cutovers(&self) -> Vec<CutoverWork> {
+        let mut out = Vec::new();
+        for c in self.router.take_cutovers() {
+            if !self.configured.contains(c.from) {
+                continue;
+            }
+            for (class, to) in c.moves {
+                let to = to
+                    .intersection(self.configured)
+                    .difference(UplinkSet::single(c.from));
+                let target = self.mask_of(to, class);
+                let lane = lane_of(class);
+                let Some(from_mask) = self.masks.get(c.from).map(|m| m[lane]) else {
+                    continue;
+                };
+                if target == 0 {
+                    continue;
+                }
+                out.push(CutoverWork {
+                    slot: c.from * LANES + lane,
+                    from_mask,
+                    class,
+                    target,
+                    keep: c.keep.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// Where uplink `from` may move a delivery it gives up: never `from`, possibly nowhere.
@@ -112,27 +153,31 @@ mod tests {
     fn routing(answer: u64, uplinks: usize) -> Routing {
         let set: UplinkSet = (0..64).filter(|i| answer & (1 << i) != 0).collect();
         let names = (0..uplinks).map(|i| format!("u{i}")).collect();
-        // Bits deliberately not equal to indices (as after config changes).
-        let masks = (0..uplinks).map(|i| 1i64 << (62 - i)).collect();
+        // Bits deliberately not equal to indices (as after config changes); the priority lanes
+        // take the low bits.
+        let masks = (0..uplinks)
+            .map(|i| [1i64 << i, 1i64 << (62 - i)])
+            .collect();
         Routing::new(Arc::new(Fixed(set)), names, masks)
     }
 
     proptest! {
         #[test]
         fn an_appended_reading_is_owed_to_at_least_one_configured_uplink(
-            answer in any::<u64>(), uplinks in 1usize..=63,
+            answer in any::<u64>(), uplinks in 1usize..=31, alarm in any::<bool>(),
         ) {
             let r = routing(answer, uplinks);
-            let all = r.mask_of(UplinkSet::first(uplinks));
-            let got = r.on_append(Ulid::nil(), "d", MessageClass::Vital);
+            let class = if alarm { MessageClass::Alarm } else { MessageClass::Vital };
+            let all = r.mask_of(UplinkSet::first(uplinks), class);
+            let got = r.on_append(Ulid::nil(), "d", class);
             prop_assert!(got.mask != 0);
-            prop_assert_eq!(got.mask & !all, 0, "only configured uplinks");
+            prop_assert_eq!(got.mask & !all, 0, "only configured uplinks, on the class's lane");
             prop_assert_eq!(got.unrouted, got.mask == all && (answer & ((1u64 << uplinks) - 1)) == 0);
         }
 
         #[test]
         fn a_release_never_targets_the_releasing_or_an_unconfigured_uplink(
-            answer in any::<u64>(), uplinks in 1usize..=63, from in 0usize..63,
+            answer in any::<u64>(), uplinks in 1usize..=31, from in 0usize..31,
         ) {
             let r = routing(answer, uplinks);
             let got = r.on_release(from, Ulid::nil(), "d", MessageClass::Vital);

@@ -110,7 +110,7 @@ async fn a_reading_routed_to_one_uplink_of_two_is_delivered_only_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_released_delivery_is_redelivered_by_another_uplink_before_that_devices_later_readings() {
+async fn a_released_delivery_is_handed_out_by_the_other_uplink_after_its_alarms_in_lane_order() {
     let dir = tempfile::tempdir().unwrap();
     let opts = OpenOptions {
         router: Arc::new(AlarmsEverywhere),
@@ -134,19 +134,21 @@ async fn a_released_delivery_is_redelivered_by_another_uplink_before_that_device
     // Backup has bed-1's first alarm in flight, not yet acknowledged.
     assert_eq!(seqs(&backup.try_next(1).await.unwrap()), vec![2]);
 
-    // Cloud gives up bed-1's vital (seq 1) and delivers the rest.
+    // Cloud gives up bed-1's vital (seq 1) and delivers the rest: its alarms first (the
+    // priority lane), then the vitals.
     let got = drain(&mut cloud).await;
-    assert_eq!(seqs(&got), vec![1, 2, 3, 4]);
+    assert_eq!(seqs(&got), vec![2, 4, 1, 3]);
     cloud.release(&[1]);
     cloud.ack(&[2, 3, 4]);
     run.outbox.flush().await.unwrap();
 
-    // Backup hands the vital out first, then bed-1's alarms again, in device order.
+    // Backup hands out its other alarm, then the released vital (the release moved only the
+    // normal lane back; bed-1's first alarm is still in flight on the priority lane).
     let got = drain(&mut backup).await;
-    assert_eq!(seqs(&got), vec![1, 2, 4]);
-    assert_eq!(attempts(&got), vec![0, 1, 0]);
-    assert_eq!(got[0].class, MessageClass::Vital);
-    assert_eq!(got[0].device, "bed-1");
+    assert_eq!(seqs(&got), vec![4, 1]);
+    assert_eq!(attempts(&got), vec![0, 0]);
+    assert_eq!(got[1].class, MessageClass::Vital);
+    assert_eq!(got[1].device, "bed-1");
     // Cloud never gets it back: it is no longer owed there.
     cloud.rewind();
     assert!(drain(&mut cloud).await.is_empty());
@@ -389,4 +391,152 @@ proptest! {
         };
         common::block_on(never_owed_to_nobody(c, ops))?;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_is_handed_out_before_a_backlog_owed_to_the_same_uplink() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(&cfg(dir.path()), &names(&["cloud"])).unwrap();
+    // A backlog far larger than the in-memory tail, so the normal lane reads it from disk.
+    for chunk in 0..20 {
+        run.bus
+            .submit(
+                (0..500)
+                    .map(|i| reading(&format!("bed-{}", (chunk * 500 + i) % 7), 200))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut cur = run.outbox.cursor("cloud").unwrap();
+    let first = cur.next(100).await.unwrap();
+    assert_eq!(seqs(&first), (1..=100).collect::<Vec<_>>());
+
+    run.bus
+        .submit(vec![
+            classed("bed-3", MessageClass::Alarm),
+            classed("bed-3", MessageClass::Alarm),
+        ])
+        .await
+        .unwrap();
+    let next = cur.next(100).await.unwrap();
+    assert_eq!(
+        seqs(&next),
+        vec![10_001, 10_002],
+        "the alarms come next, ahead of 9,900 older readings, in their own order"
+    );
+    assert!(next.iter().all(|d| d.class == MessageClass::Alarm));
+    let rest = cur.next(100).await.unwrap();
+    assert_eq!(
+        seqs(&rest),
+        (101..=200).collect::<Vec<_>>(),
+        "then the backlog resumes where it was"
+    );
+
+    // Acknowledged alarms are gone; a rewind hands out only what is still unacknowledged,
+    // each lane in its own order.
+    cur.ack(&[10_001]);
+    cur.rewind();
+    let again = cur.next(1000).await.unwrap();
+    assert_eq!(seqs(&again), vec![10_002]);
+    let again = cur.next(200).await.unwrap();
+    assert_eq!(seqs(&again), (1..=200).collect::<Vec<_>>());
+    drop(cur);
+    run.stop().await;
+}
+
+/// Routes to uplink 0 until told to cut it over, then to uplink 1, handing the store one
+/// cutover (vitals move, alarms stay, `keep` stays) at its next call.
+#[derive(Debug, Default)]
+struct CutOver {
+    cut: std::sync::Mutex<Option<wardgate_core::Cutover>>,
+    after: std::sync::atomic::AtomicBool,
+}
+
+impl Router for CutOver {
+    fn route(&self, _: &RouteInput<'_>) -> UplinkSet {
+        if self.after.load(std::sync::atomic::Ordering::SeqCst) {
+            UplinkSet::single(1)
+        } else {
+            UplinkSet::single(0)
+        }
+    }
+
+    fn take_cutovers(&self) -> Vec<wardgate_core::Cutover> {
+        let c = self.cut.lock().unwrap().take();
+        if c.is_some() {
+            self.after.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        c.into_iter().collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_moves_the_backlog_in_the_same_commit_as_the_first_reading_routed_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Arc::new(CutOver::default());
+    let opts = OpenOptions {
+        router: router.clone(),
+        ..OpenOptions::default()
+    };
+    let run = Running::start_opts(&cfg(dir.path()), &names(&TWO), opts).unwrap();
+    // seq 1..=6: vitals of two devices, seq 7: an alarm, all owed to cloud.
+    let backlog: Vec<_> = (0..6)
+        .map(|i| {
+            classed(
+                if i % 2 == 0 { "bed-1" } else { "bed-2" },
+                MessageClass::Vital,
+            )
+        })
+        .chain([classed("bed-1", MessageClass::Alarm)])
+        .collect();
+    let kept = backlog[5].id;
+    run.bus.submit(backlog).await.unwrap();
+    let mut cloud = run.outbox.cursor("cloud").unwrap();
+    let mut backup = run.outbox.cursor("backup").unwrap();
+    assert_eq!(seqs(&cloud.next(10).await.unwrap()), vec![7]);
+    assert_eq!(
+        seqs(&cloud.next(2).await.unwrap()),
+        vec![1, 2],
+        "in flight when it failed"
+    );
+    assert!(drain(&mut backup).await.is_empty());
+
+    // Cloud is cut over: vitals move to backup (but the one kept), the alarm stays.
+    *router.cut.lock().unwrap() = Some(wardgate_core::Cutover {
+        from: 0,
+        moves: vec![(MessageClass::Vital, UplinkSet::single(1))],
+        keep: vec![kept],
+    });
+    // The next batch triggers it and is routed to backup in the same commit.
+    run.bus
+        .submit(vec![
+            classed("bed-1", MessageClass::Vital),
+            classed("bed-2", MessageClass::Vital),
+        ])
+        .await
+        .unwrap();
+    let got = drain(&mut backup).await;
+    assert_eq!(
+        seqs(&got),
+        vec![1, 2, 3, 4, 5, 8, 9],
+        "the moved backlog first, then the new readings: every device in order"
+    );
+    assert_eq!(run.metrics.released_total("cloud"), 5);
+    let stats = run.outbox.stats().unwrap();
+    assert_eq!(
+        (stats.uplinks[0].readings, stats.uplinks[1].readings),
+        (2, 7)
+    );
+
+    // Cloud keeps the alarm and the kept reading; what moved is never handed out by it again.
+    cloud.rewind();
+    let left = drain(&mut cloud).await;
+    assert_eq!(seqs(&left), vec![7, 6]);
+    cloud.ack(&[7, 6, 1, 2]);
+    backup.ack(&[1, 2, 3, 4, 5, 8, 9]);
+    run.outbox.flush().await.unwrap();
+    assert_eq!(run.outbox.stats().unwrap().readings, 0);
+    drop((cloud, backup));
+    run.stop().await;
 }

@@ -9,6 +9,7 @@ mod audit_cmd;
 mod demo;
 mod file_uplink;
 mod run;
+mod steer;
 mod telemetry;
 
 use std::path::PathBuf;

@@ -99,6 +99,8 @@ struct App {
     devices: Option<Arc<wardgate_registry::Registry>>,
     /// The LwM2M server (its resources are on the CoAP endpoints).
     lwm2m: Option<wardgate_lwm2m::Server>,
+    /// The uplink selector, when `[selector]` is configured.
+    selector: Option<wardgate_selector::SharedSelector>,
     demo: bool,
     /// The demo also runs a simulated LwM2M client (when the LwM2M server runs).
     demo_lwm2m: bool,
@@ -118,12 +120,17 @@ impl App {
 
         // The outbox first: a corrupt store must stop us before any device hears "accepted".
         let uplink_names: Vec<String> = cfg.uplinks.iter().map(|u| u.name().to_owned()).collect();
+        let selector = build_selector(&cfg, &uplink_names, &mut registry)?;
         let store_metrics = wardgate_store::StoreMetrics::register(&mut registry);
+        let mut open = wardgate_store::OpenOptions::default();
+        if let Some(s) = &selector {
+            open.router = Arc::new(s.clone());
+        }
         // Opening may run `PRAGMA quick_check` over the whole file after an unclean stop: keep
         // that off the async runtime.
         let store_cfg = cfg.store.clone();
         let outbox = tokio::task::spawn_blocking(move || {
-            Outbox::open(&store_cfg, &uplink_names, store_metrics)
+            Outbox::open_with(&store_cfg, &uplink_names, store_metrics, open)
         })
         .await
         .context("outbox open task")??;
@@ -174,13 +181,16 @@ impl App {
                 (Arc::new(AllowAll), Arc::new(NoCredentials), None)
             }
         };
-        let pipeline = IngestPipeline::new(
+        let mut pipeline = IngestPipeline::new(
             cfg.gateway.id.as_str(),
             bus.clone(),
             clock,
             authorizer,
             wardgate_core::payload::Limits::default(),
         );
+        if let Some(s) = &selector {
+            pipeline = pipeline.with_classifier(Arc::new(s.clone()));
+        }
 
         let uplinks = build_uplinks(&cfg, &outbox, &mut registry, &health)?;
         let lwm2m = if cfg.lwm2m.enabled && (cfg.coap.enabled || cfg.coaps.enabled) {
@@ -250,6 +260,7 @@ impl App {
                 audit: audit.clone(),
                 metrics: wardgate_http::AdminMetrics::register(&mut registry),
                 lwm2m: lwm2m.clone(),
+                selector: selector.clone(),
             };
             let reporter = health.reporter("admin", ComponentKind::Listener);
             Some(
@@ -293,6 +304,7 @@ impl App {
             devices: device_registry,
             demo_lwm2m: lwm2m.is_some(),
             lwm2m,
+            selector,
             demo,
         })
     }
@@ -311,6 +323,14 @@ impl App {
         let mut uplinks = JoinSet::new();
         for (up, cursor) in self.uplinks {
             uplinks.spawn(up.start(cursor, stops.uplinks.clone()));
+        }
+        if let Some(selector) = self.selector {
+            uplinks.spawn(crate::steer::run(
+                selector,
+                self.outbox.clone(),
+                self.health.clone(),
+                stops.uplinks.clone(),
+            ));
         }
         let mut ingest = JoinSet::new();
         let mut coap_addrs = Vec::new();
@@ -482,6 +502,31 @@ fn build_coaps(
     Ok(wardgate_coap::CoapEndpoint::with_transports(
         coap_cfg, deps, transports,
     )?)
+}
+
+/// The uplink selector of `[selector]` (none without the section: every reading goes to every
+/// uplink).
+fn build_selector(
+    cfg: &GatewayConfig,
+    uplinks: &[String],
+    registry: &mut Registry,
+) -> anyhow::Result<Option<wardgate_selector::SharedSelector>> {
+    let Some(sel) = &cfg.selector else {
+        return Ok(None);
+    };
+    let now: wardgate_selector::Now = Arc::new(|| tokio::time::Instant::now().into_std());
+    let selector = wardgate_selector::Selector::new(sel, uplinks, now()).context("[selector]")?;
+    for c in wardgate_core::MessageClass::ALL {
+        tracing::info!(
+            class = c.as_str(),
+            policy = selector.policy(c).name(),
+            "selector policy"
+        );
+    }
+    let metrics = wardgate_selector::SelectorMetrics::register(registry);
+    Ok(Some(wardgate_selector::SharedSelector::new(
+        selector, now, metrics,
+    )))
 }
 
 /// Who decides, where keys come from, and the registry itself when there is one.

@@ -60,6 +60,9 @@ pub struct AdminDeps {
     /// The LwM2M server whose clients it lists and operates; without one, LwM2M endpoints
     /// answer 503.
     pub lwm2m: Option<wardgate_lwm2m::Server>,
+    /// The uplink selector whose live state it shows; without one (no `[selector]`), the
+    /// selector endpoint answers 503.
+    pub selector: Option<wardgate_selector::SharedSelector>,
 }
 
 impl fmt::Debug for AdminDeps {
@@ -74,6 +77,7 @@ impl fmt::Debug for AdminDeps {
 pub(crate) struct AdminState {
     registry: Option<Arc<Registry>>,
     lwm2m: Option<wardgate_lwm2m::Server>,
+    selector: Option<wardgate_selector::SharedSelector>,
     audit: Arc<dyn AuditSink>,
     metrics: AdminMetrics,
     credentials: Credentials,
@@ -114,6 +118,7 @@ impl AdminServer {
         let state = AdminState {
             registry: deps.registry,
             lwm2m: deps.lwm2m,
+            selector: deps.selector,
             audit: deps.audit,
             metrics: deps.metrics,
             credentials: Credentials::from_config(cfg),
@@ -143,6 +148,22 @@ impl AdminServer {
     }
 }
 
+/// `GET /admin/v1/selector`: every uplink's measured health and breaker, every class's policy
+/// and current choice, and the recent decisions with their reasons.
+async fn selector_status(
+    axum::extract::State(st): axum::extract::State<Arc<AdminState>>,
+) -> Result<axum::Json<wardgate_selector::SelectorStatus>, ApiError> {
+    st.selector
+        .as_ref()
+        .map(|s| axum::Json(s.status()))
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "no [selector] configured: every reading goes to every uplink",
+            )
+        })
+}
+
 fn router(state: Arc<AdminState>) -> Router {
     let devices = "/admin/v1/devices/{id}";
     Router::new()
@@ -164,6 +185,7 @@ fn router(state: Arc<AdminState>) -> Router {
             delete(routes::dismiss_pending),
         )
         .route("/admin/v1/registry/reload", post(routes::reload_registry))
+        .route("/admin/v1/selector", get(selector_status))
         .route("/admin/v1/lwm2m/clients", get(lwm2m::list_clients))
         .route("/admin/v1/lwm2m/clients/{endpoint}", get(lwm2m::get_client))
         .route(

@@ -1,0 +1,106 @@
+//! Drives the uplink selector while the gateway runs: feeds it every delivery outcome the
+//! outbox publishes and every uplink's link state, and ticks it (breaker transitions become
+//! metrics and log lines).
+//!
+//! Failover of what an uplink was already owed is not done here: the selector applies health
+//! events and hands the store its cutovers on the store's writer, which moves an open uplink's
+//! backlog in the same commit as the first reading routed elsewhere (see
+//! `wardgate_selector::SharedSelector` and `wardgate_core::Router::take_cutovers`). This task
+//! only makes sure the writer commits soon after events arrive when no ingest is making it
+//! commit anyway.
+//!
+//! Link state: an uplink whose health check (`uplink.<name>`) has been not ready for
+//! [`LINK_GRACE`] (disconnected, failing) is reported down to the selector, which opens its
+//! breaker at once instead of waiting for a run of failed deliveries (an uplink that cannot
+//! connect has no deliveries to fail); ready again is reported up (half-open: probes decide).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, MissedTickBehavior};
+use wardgate_core::{Health, OutcomeKind, Shutdown};
+use wardgate_selector::{Outcome, SharedSelector};
+use wardgate_store::Outbox;
+
+/// How often link states are sampled and the selector ticked.
+const TICK: Duration = Duration::from_millis(100);
+/// An uplink not ready this long is down (start-up connects and short blips stay below it).
+const LINK_GRACE: Duration = Duration::from_secs(2);
+
+/// One uplink's link tracking.
+#[derive(Debug, Default)]
+struct Link {
+    /// Not ready since (cleared when ready).
+    not_ready_since: Option<Instant>,
+    /// The selector was told the link is down (and not yet that it is back).
+    told_down: bool,
+}
+
+/// Runs until `stop`: see the module doc.
+pub(crate) async fn run(selector: SharedSelector, outbox: Outbox, health: Health, stop: Shutdown) {
+    let uplinks: Vec<Arc<str>> = outbox.uplinks();
+    let mut links: HashMap<Arc<str>, Link> = uplinks
+        .iter()
+        .map(|u| (u.clone(), Link::default()))
+        .collect();
+    let mut outcomes = outbox.subscribe_outcomes();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            ev = outcomes.recv() => {
+                let Some(ev) = ev else { return };
+                let outcome = match ev.outcome {
+                    OutcomeKind::Acked => Outcome::Delivered { latency: ev.latency },
+                    OutcomeKind::Failed => Outcome::Failed,
+                    OutcomeKind::TimedOut => Outcome::TimedOut,
+                    // A move, not a delivery result: the failure that caused it was counted.
+                    OutcomeKind::Released => continue,
+                };
+                selector.record(&ev.uplink_name, outcome);
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                for u in &uplinks {
+                    if let Some(link) = links.get_mut(u) {
+                        track_link(&selector, &health, u, link, now);
+                    }
+                }
+                if selector.queued_events() > 0 {
+                    // Makes the writer apply them (and commit any cutover) now.
+                    if let Err(e) = outbox.flush().await {
+                        tracing::debug!(error = %e, "selector: the outbox did not commit");
+                    }
+                }
+                selector.tick();
+            }
+        }
+    }
+}
+
+fn track_link(
+    selector: &SharedSelector,
+    health: &Health,
+    uplink: &str,
+    link: &mut Link,
+    now: Instant,
+) {
+    let ready = health
+        .check(&format!("uplink.{uplink}"))
+        .is_none_or(|c| c.ready);
+    if ready {
+        link.not_ready_since = None;
+        if link.told_down {
+            link.told_down = false;
+            selector.link(uplink, true);
+        }
+        return;
+    }
+    let since = *link.not_ready_since.get_or_insert(now);
+    if !link.told_down && now.duration_since(since) >= LINK_GRACE {
+        link.told_down = true;
+        selector.link(uplink, false);
+    }
+}
