@@ -355,6 +355,51 @@ async fn a_message_is_not_acknowledged_to_the_broker_before_its_reading_is_durab
 }
 
 #[tokio::test]
+async fn a_message_the_store_refuses_for_now_is_delivered_again_after_a_reconnect() {
+    let broker = Mosquitto::start();
+    // A scripted store: the first request is refused as full, later ones are durable at once.
+    let (bus, mut rx) = Bus::new(8);
+    let (stored_tx, mut stored) = tokio::sync::mpsc::unbounded_channel();
+    let store = tokio::spawn(async move {
+        let mut first = true;
+        while let Some(req) = rx.recv().await {
+            if std::mem::take(&mut first) {
+                let _ = req.done.send(Err(wardgate_core::IngestError::StoreFull));
+            } else {
+                for r in &req.readings {
+                    let _ = stored_tx.send(r.device.clone());
+                }
+                let _ = req.done.send(Ok(()));
+            }
+        }
+    });
+    let sub = Sub::start(
+        &config(&broker.url(), &client_id("refused"), serde_json::json!({})),
+        pipeline(bus, Arc::new(AllowAll)),
+    );
+    sub.wait_subscribed().await;
+    publish(broker.port, "ward/bed-3/senml", br#"[{"n":"spo2","v":92}]"#).await;
+    let device = within("the reading stored on the second delivery", stored.recv())
+        .await
+        .expect("store alive");
+    assert_eq!(device, "bed-3");
+    assert_eq!(
+        sub.metric(
+            "wardgate_mqtt_ingest_messages_deferred_total{ingest=\"ward\",reason=\"store_full\"}"
+        ),
+        1.0
+    );
+    assert_eq!(sub.received(), 2.0, "the broker delivered it twice");
+    assert_eq!(
+        sub.metric("wardgate_mqtt_ingest_connects_total{ingest=\"ward\"}"),
+        2.0,
+        "after a reconnect"
+    );
+    sub.stop().await;
+    store.abort();
+}
+
+#[tokio::test]
 async fn a_malformed_payload_is_counted_and_acknowledged_and_later_messages_still_arrive() {
     let broker = Mosquitto::start();
     let mut store = Store::open();
