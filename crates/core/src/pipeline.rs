@@ -8,15 +8,20 @@
 //! then may the adapter acknowledge (CoAP 2.01/2.04, HTTP 2xx, MQTT PUBACK). [`Refused`] is the
 //! one error type every adapter maps to its protocol's answer:
 //!
-//! | [`Refused`] | CoAP | HTTP | MQTT |
+//! | [`Refused`] | CoAP | HTTP | MQTT (southbound subscriber) |
 //! |---|---|---|---|
-//! | `Denied(Unauthenticated)` | 4.01 | 401 | no PUBACK, disconnect |
-//! | `Denied(Forbidden)` | 4.03 | 403 | no PUBACK (5: reason 0x87) |
-//! | `UnsupportedFormat` | 4.15 | 415 | dropped, counted |
-//! | `Payload(TooManyRecords)` | 4.13 | 413 | dropped, counted |
-//! | `Payload(_)` | 4.00 | 400 | dropped, counted |
-//! | `Store(Busy / StoreFull / ShuttingDown)` | 5.03 + Max-Age | 503 + Retry-After | no PUBACK |
-//! | `Store(Unavailable)` | 5.00 | 500 | no PUBACK |
+//! | `Denied(Unauthenticated)` | 4.01 | 401 | PUBACK, dropped, counted |
+//! | `Denied(Forbidden)` | 4.03 | 403 | PUBACK, dropped, counted |
+//! | `UnsupportedFormat` | 4.15 | 415 | PUBACK, dropped, counted |
+//! | `Payload(TooManyRecords)` | 4.13 | 413 | PUBACK, dropped, counted |
+//! | `Payload(_)` | 4.00 | 400 | PUBACK, dropped, counted |
+//! | `Store(Busy / StoreFull / ShuttingDown)` | 5.03 + Max-Age | 503 + Retry-After | no PUBACK, reconnect |
+//! | `Store(Unavailable)` | 5.00 | 500 | no PUBACK, reconnect |
+//!
+//! The MQTT subscriber's peer is the sensors' broker and MQTT 3.1.1 has no negative
+//! acknowledgement: a withheld PUBACK makes the broker deliver the message again after every
+//! reconnect, which helps a store refusal (the message is kept) and loops for ever on a message
+//! that can never be accepted (see `wardgate_mqtt::southbound`).
 //!
 //! The pipeline is synchronous up to the enqueue and never blocks: it runs inside the socket
 //! tasks' sans-I/O engines. Metrics and logs stay with the adapters' typed events, which know

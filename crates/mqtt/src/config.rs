@@ -24,7 +24,10 @@ pub enum MqttVersion {
 pub struct MqttUplinkConfig {
     /// Unique uplink name (metrics label, admin API, store cursor key).
     pub name: String,
-    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (default 8883).
+    /// `mqtt://host[:port]` (default port 1883), `mqtts://host[:port]` (default 8883), or MQTT
+    /// over WebSockets for networks that only let HTTPS out: `wss://host[:port]/path` (default
+    /// port 443; TLS with the `tls` settings) or `ws://host[:port]/path` (default 80; like
+    /// `mqtt://`, unencrypted).
     pub url: String,
     /// Protocol version.
     #[serde(default)]
@@ -78,7 +81,7 @@ pub struct MqttUplinkConfig {
     /// (`wardgate_mqtt_readings_dropped_total{reason="too_large"}`): retrying could never succeed.
     #[serde(default = "default_max_packet_size")]
     pub max_packet_size: u32,
-    /// TLS settings for `mqtts://`.
+    /// TLS settings for `mqtts://` and `wss://`.
     #[serde(default)]
     pub tls: TlsConfig,
 }
@@ -108,7 +111,7 @@ impl std::fmt::Debug for MqttUplinkConfig {
     }
 }
 
-/// TLS settings for an `mqtts://` uplink.
+/// TLS settings for an `mqtts://` or `wss://` connection.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -231,27 +234,36 @@ impl MqttUplinkConfig {
             );
         }
         let tls = &self.tls;
-        if *tls != TlsConfig::default() && !self.url.starts_with("mqtts://") {
-            p.push(format!("{at}.tls"), "TLS settings need an mqtts:// url");
-        }
-        if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
-            p.push(
-                format!("{at}.tls"),
-                "client_cert_file and client_key_file go together",
-            );
-        }
-        for (field, file) in [
-            ("ca_file", &tls.ca_file),
-            ("client_cert_file", &tls.client_cert_file),
-            ("client_key_file", &tls.client_key_file),
-        ] {
-            if let Some(f) = file {
-                if !f.is_file() {
-                    p.push(
-                        format!("{at}.tls.{field}"),
-                        format!("{} is not a readable file", f.display()),
-                    );
-                }
+        validate_tls(at, &self.url, tls, p);
+    }
+}
+
+/// The TLS rules shared by the uplink and the southbound subscriber.
+pub(crate) fn validate_tls(at: &str, url: &str, tls: &TlsConfig, p: &mut Problems) {
+    let uses_tls = crate::url::BrokerUrl::parse(url).is_ok_and(|u| u.tls);
+    if *tls != TlsConfig::default() && !uses_tls {
+        p.push(
+            format!("{at}.tls"),
+            "TLS settings need an mqtts:// or wss:// url",
+        );
+    }
+    if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+        p.push(
+            format!("{at}.tls"),
+            "client_cert_file and client_key_file go together",
+        );
+    }
+    for (field, file) in [
+        ("ca_file", &tls.ca_file),
+        ("client_cert_file", &tls.client_cert_file),
+        ("client_key_file", &tls.client_key_file),
+    ] {
+        if let Some(f) = file {
+            if !f.is_file() {
+                p.push(
+                    format!("{at}.tls.{field}"),
+                    format!("{} is not a readable file", f.display()),
+                );
             }
         }
     }

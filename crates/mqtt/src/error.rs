@@ -1,7 +1,8 @@
-//! Errors of the MQTT uplink.
+//! Errors of the MQTT uplink and the southbound subscriber.
 //!
-//! Construction errors ([`MqttUplink::new`](crate::MqttUplink::new)) name the setting or file at
-//! fault. Connection problems at run time are not errors of `run`: the uplink retries them with
+//! Construction errors ([`MqttUplink::new`](crate::MqttUplink::new),
+//! [`MqttIngestConfig::build`](crate::southbound::MqttIngestConfig::build)) name the setting or
+//! file at fault. Connection problems at run time are not errors of `run`: the uplink retries them with
 //! backoff and reports them through health, metrics and logs. `run` fails only when the outbox
 //! does.
 
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 
 use wardgate_core::OutboxError;
 
-/// Why the MQTT uplink could not be built or stopped with an error.
+/// Why an MQTT uplink or subscriber could not be built, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     /// The broker URL is malformed.
@@ -30,8 +31,9 @@ pub enum MqttError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The uplink's configuration breaks its rules (`MqttUplinkConfig::validate`'s problems).
-    #[error("invalid uplink configuration: {0}")]
+    /// The configuration breaks its rules (`MqttUplinkConfig::validate`'s or
+    /// `MqttIngestConfig::validate`'s problems).
+    #[error("invalid configuration: {0}")]
     Invalid(String),
     /// Another setting is out of range (normally caught by config validation first).
     #[error("invalid setting {field}: {reason}")]

@@ -1,8 +1,16 @@
-//! wardgate-mqtt: the MQTT uplink (and later the southbound subscriber and the split-mode bus
-//! backend).
+//! wardgate-mqtt: wardgate's MQTT parts (the split-mode bus backend will join them).
 //!
-//! It owns getting readings from the durable outbox to an MQTT broker (3.1.1 or 5, plain or
-//! TLS with optional client certificates), and it promises:
+//! - The **uplink** ([`MqttUplink`]) gets readings from the durable outbox to the cloud's MQTT
+//!   broker: MQTT 3.1.1 or 5, over TCP (`mqtt://`), TLS (`mqtts://`, optional client
+//!   certificate), or WebSockets (`wss://host/path` through TLS, for hospital networks that
+//!   only let HTTPS out; `ws://` unencrypted, accepted like `mqtt://`).
+//! - The **southbound subscriber** ([`southbound::MqttIngest`]) ingests what ward sensors
+//!   publish to a local broker, through the one ingest pipeline of `wardgate-core`; see
+//!   [`southbound`] for its promises (a message is acknowledged to the broker only once its
+//!   reading is durable; bad messages are acknowledged, counted and dropped; store refusals are
+//!   left to the broker to deliver again).
+//!
+//! The uplink promises:
 //! - **ack means the broker has it**: a reading is acknowledged to the outbox only when the
 //!   PUBACK for its own packet id arrives (QoS 1, the default), or once written for QoS 0. A
 //!   reading larger than the packet limit is the one exception: it is released with a counted
@@ -26,6 +34,7 @@ mod error;
 mod inflight;
 mod link;
 mod metrics;
+pub mod southbound;
 mod tls;
 pub mod topic;
 mod uplink;

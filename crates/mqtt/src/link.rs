@@ -143,6 +143,8 @@ pub(crate) struct LinkOptions {
     pub(crate) client_id: String,
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `Some(path)` for MQTT over WebSockets.
+    pub(crate) websocket_path: Option<String>,
     pub(crate) keep_alive: Duration,
     pub(crate) credentials: Option<(String, String)>,
     pub(crate) will_topic: String,
@@ -184,15 +186,13 @@ impl std::fmt::Debug for Link {
 /// Builds the client pair. Always a clean session: the outbox, not the broker or rumqttc, is
 /// the store of unacknowledged readings.
 pub(crate) fn build(o: &LinkOptions) -> (Client, Link) {
-    let transport = match &o.tls {
-        Some(cfg) => Transport::Tls(TlsConfiguration::Rustls(cfg.clone())),
-        None => Transport::Tcp,
-    };
+    let (broker_addr, transport) =
+        transport(&o.host, o.port, o.websocket_path.as_deref(), o.tls.as_ref());
     // Small: only acks and CONNACK/DISCONNECT come in; we never subscribe.
     const MAX_INCOMING: usize = 64 * 1024;
     match o.version {
         Version::V311 => {
-            let mut opts = rumqttc::MqttOptions::new(o.client_id.clone(), o.host.clone(), o.port);
+            let mut opts = rumqttc::MqttOptions::new(o.client_id.clone(), broker_addr, o.port);
             opts.set_keep_alive(o.keep_alive)
                 .set_clean_session(true)
                 .set_inflight(o.inflight)
@@ -213,8 +213,7 @@ pub(crate) fn build(o: &LinkOptions) -> (Client, Link) {
         Version::V5 => {
             use rumqttc::v5::mqttbytes::QoS;
             use rumqttc::v5::mqttbytes::v5::LastWill;
-            let mut opts =
-                rumqttc::v5::MqttOptions::new(o.client_id.clone(), o.host.clone(), o.port);
+            let mut opts = rumqttc::v5::MqttOptions::new(o.client_id.clone(), broker_addr, o.port);
             opts.set_keep_alive(o.keep_alive)
                 .set_clean_start(true)
                 .set_outgoing_inflight_upper_limit(o.inflight)
@@ -232,6 +231,30 @@ pub(crate) fn build(o: &LinkOptions) -> (Client, Link) {
             let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, o.request_capacity);
             (Client::V5(client), Link::V5(Box::new(eventloop)))
         }
+    }
+}
+
+/// rumqttc's broker address and transport for a connection: `host` (`[v6]` bracketed) and
+/// `port` over TCP, or, for MQTT over WebSockets, the `ws://` / `wss://` URL (rumqttc takes
+/// host, port and path from it, and sends `Sec-WebSocket-Protocol: mqtt`). `tls` is the
+/// connection's rustls configuration (`mqtts://`, `wss://`).
+pub(crate) fn transport(
+    host: &str,
+    port: u16,
+    websocket_path: Option<&str>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> (String, Transport) {
+    match (websocket_path, tls) {
+        (None, None) => (host.to_owned(), Transport::Tcp),
+        (None, Some(cfg)) => (
+            host.to_owned(),
+            Transport::Tls(TlsConfiguration::Rustls(cfg.clone())),
+        ),
+        (Some(path), None) => (format!("ws://{host}:{port}{path}"), Transport::Ws),
+        (Some(path), Some(cfg)) => (
+            format!("wss://{host}:{port}{path}"),
+            Transport::Wss(TlsConfiguration::Rustls(cfg.clone())),
+        ),
     }
 }
 
@@ -539,7 +562,35 @@ fn io_kind(e: &std::io::Error) -> LinkFailure {
     }
 }
 
-fn v4_error(e: rumqttc::ConnectionError) -> LinkError {
+/// The first I/O or rustls error in `e`'s source chain: how a WebSocket connection's failures
+/// arrive (tungstenite wraps the socket's and the TLS handshake's errors).
+fn io_or_tls_cause<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> (Option<&'e std::io::Error>, Option<&'e rustls::Error>) {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            return (None, Some(t));
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return (Some(io), None);
+        }
+        cause = c.source();
+    }
+    (None, None)
+}
+
+/// A WebSocket failure's kind from its cause; without an I/O or TLS cause it is the HTTP
+/// upgrade or the WebSocket framing that failed: a protocol failure.
+fn websocket_kind(io: Option<&std::io::Error>, tls: Option<&rustls::Error>) -> LinkFailure {
+    match (io, tls) {
+        (_, Some(_)) => LinkFailure::Tls,
+        (Some(io), None) => io_kind(io),
+        (None, None) => LinkFailure::Protocol,
+    }
+}
+
+pub(crate) fn v4_error(e: rumqttc::ConnectionError) -> LinkError {
     use rumqttc::{ConnectionError as E, StateError as S};
     let (io, tls) = match &e {
         E::Io(io)
@@ -547,6 +598,7 @@ fn v4_error(e: rumqttc::ConnectionError) -> LinkError {
         | E::MqttState(S::Deserialization(rumqttc::mqttbytes::Error::Io(io)))
         | E::Tls(rumqttc::TlsError::Io(io)) => (Some(io), None),
         E::Tls(rumqttc::TlsError::TLS(t)) => (None, Some(t)),
+        E::Websocket(w) => io_or_tls_cause(w),
         _ => (None, None),
     };
     let closed = matches!(e, E::MqttState(S::ConnectionAborted));
@@ -559,6 +611,7 @@ fn v4_error(e: rumqttc::ConnectionError) -> LinkError {
             LinkFailure::Timeout
         }
         E::Tls(_) => LinkFailure::Tls,
+        E::Websocket(_) => websocket_kind(io, tls),
         E::ConnectionRefused(_) => LinkFailure::Refused,
         E::RequestsDone => LinkFailure::Internal,
         _ => LinkFailure::Protocol,
@@ -585,6 +638,7 @@ fn v5_error(e: rumqttc::v5::ConnectionError) -> LinkError {
         | E::MqttState(S::Deserialization(rumqttc::v5::mqttbytes::Error::Io(io)))
         | E::Tls(rumqttc::TlsError::Io(io)) => (Some(io), None),
         E::Tls(rumqttc::TlsError::TLS(t)) => (None, Some(t)),
+        E::Websocket(w) => io_or_tls_cause(w),
         _ => (None, None),
     };
     let closed = matches!(e, E::MqttState(S::ConnectionAborted));
@@ -595,6 +649,7 @@ fn v5_error(e: rumqttc::v5::ConnectionError) -> LinkError {
         E::MqttState(S::ConnectionAborted) => LinkFailure::Io,
         E::Timeout(_) | E::MqttState(S::AwaitPingResp) => LinkFailure::Timeout,
         E::Tls(_) => LinkFailure::Tls,
+        E::Websocket(_) => websocket_kind(io, tls),
         E::ConnectionRefused(_) | E::MqttState(S::ConnFail { .. }) => LinkFailure::Refused,
         E::MqttState(S::ServerDisconnect { .. }) => LinkFailure::ServerDisconnect,
         E::RequestsDone => LinkFailure::Internal,

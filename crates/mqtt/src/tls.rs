@@ -10,10 +10,14 @@
 //!   the URL host. rumqttc always sends the URL host as SNI (none for an IP address), so the
 //!   override is done in the verifier: the standard WebPKI verifier, called with our name.
 //!
+//! - The broker's certificate: the southbound subscriber asks for the SHA-256 fingerprint of the
+//!   certificate the broker presented and that verified ([`SeenCertificate`]), the identity it
+//!   gives the broker as a peer.
+//!
 //! PEM parsing uses `rustls-pki-types`; every read or parse failure names the file.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -24,32 +28,76 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use crate::config::TlsConfig;
 use crate::error::MqttError;
 
+/// The SHA-256 fingerprint (lower-case hex) of the last broker certificate that verified on
+/// connections made with one client configuration. Connections of one client are made one
+/// after the other, so after a CONNACK it is the current connection's.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeenCertificate(Arc<Mutex<Option<Arc<str>>>>);
+
+impl SeenCertificate {
+    fn record(&self, der: &[u8]) {
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(hex.into());
+    }
+
+    /// The fingerprint of the last certificate that verified, if any.
+    pub(crate) fn latest(&self) -> Option<Arc<str>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Builds the client configuration; `url_host` is the host from the broker URL.
 pub(crate) fn client_config(
     tls: &TlsConfig,
     url_host: &str,
 ) -> Result<Arc<ClientConfig>, MqttError> {
+    build(tls, url_host, None)
+}
+
+/// [`client_config`] that also records the fingerprint of each broker certificate that verifies
+/// in `seen`.
+pub(crate) fn client_config_recording(
+    tls: &TlsConfig,
+    url_host: &str,
+    seen: SeenCertificate,
+) -> Result<Arc<ClientConfig>, MqttError> {
+    build(tls, url_host, Some(seen))
+}
+
+fn build(
+    tls: &TlsConfig,
+    url_host: &str,
+    seen: Option<SeenCertificate>,
+) -> Result<Arc<ClientConfig>, MqttError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = Arc::new(root_store(tls)?);
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let builder = match &tls.server_name {
-        Some(name) if name != url_host => {
-            let name = ServerName::try_from(name.clone()).map_err(|e| MqttError::Setting {
+    let name = match &tls.server_name {
+        Some(name) if name != url_host => Some(ServerName::try_from(name.clone()).map_err(
+            |e| MqttError::Setting {
                 field: "tls.server_name",
                 reason: format!("{name:?}: {e}"),
+            },
+        )?),
+        _ => None,
+    };
+    let builder = if name.is_some() || seen.is_some() {
+        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
+            .map_err(|e| MqttError::Setting {
+                field: "tls.ca_file",
+                reason: e.to_string(),
             })?;
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(|e| MqttError::Setting {
-                    field: "tls.ca_file",
-                    reason: e.to_string(),
-                })?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NameOverride { inner, name }))
-        }
-        _ => builder.with_root_certificates(roots),
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Verifier { inner, name, seen }))
+    } else {
+        builder.with_root_certificates(roots)
     };
     let config = match (&tls.client_cert_file, &tls.client_key_file) {
         (Some(cert), Some(key)) => {
@@ -132,24 +180,35 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, MqttError> {
     })
 }
 
-/// Full WebPKI verification, against the configured name instead of the connect host.
+/// Full WebPKI verification, against the configured name instead of the connect host when
+/// one is set, recording the fingerprint of what verified when asked to.
 #[derive(Debug)]
-struct NameOverride {
+struct Verifier {
     inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
+    name: Option<ServerName<'static>>,
+    seen: Option<SeenCertificate>,
 }
 
-impl ServerCertVerifier for NameOverride {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        let name: &ServerName<'_> = match &self.name {
+            Some(n) => n,
+            None => server_name,
+        };
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)?;
+        if let Some(seen) = &self.seen {
+            seen.record(end_entity.as_ref());
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

@@ -158,6 +158,7 @@ impl MqttUplink {
                 .unwrap_or_else(|| format!("wardgate-{gateway_id}-{}", cfg.name)),
             host: url.connect_host(),
             port: url.port,
+            websocket_path: url.websocket_path.clone(),
             keep_alive: cfg.keep_alive,
             // MQTT 3.1.1 allows a password only with a user name: send an empty one.
             credentials: (cfg.username.is_some() || cfg.password.is_some()).then(|| {
@@ -584,8 +585,11 @@ impl<'a> Driver<'a> {
             };
             if e.label == "io_closed" && !self.up.url.tls {
                 // What a TLS listener does with a plain CONNECT.
-                e.message
-                    .push_str("; if this port expects TLS, use mqtts://");
+                e.message.push_str(if self.up.url.websocket_path.is_some() {
+                    "; if this port expects TLS, use wss://"
+                } else {
+                    "; if this port expects TLS, use mqtts://"
+                });
             }
             // Throttled by kind and label, never by message: a message can change on every
             // attempt. A failure that lasts is logged again once per FAILURE_LOG_REPEAT.

@@ -1,5 +1,8 @@
-//! `mqtt://host[:port]` / `mqtts://host[:port]` parsing. Deliberately narrow: no user info (use
-//! `username`/`password`), no path, no query, so nothing in the URL is silently ignored.
+//! Broker URL parsing: `mqtt://host[:port]`, `mqtts://host[:port]`, and MQTT over WebSockets,
+//! `ws://host[:port][/path]` and `wss://host[:port][/path]` (for networks that only let HTTPS
+//! out). Deliberately narrow: no user info (use `username`/`password`), no query, no fragment,
+//! and a path only for WebSockets (where it names the broker's HTTP endpoint, e.g. `/mqtt`), so
+//! nothing in the URL is silently ignored.
 //!
 //! A refused URL may still carry a password (`ssl://user:pw@host`), so no error here quotes the
 //! input: [`UrlError`] says what is wrong in words, and a caller that must show the URL shows
@@ -11,12 +14,15 @@ use std::net::Ipv6Addr;
 /// A parsed broker URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
-    /// True for `mqtts://`.
+    /// True for `mqtts://` and `wss://`.
     pub tls: bool,
     /// Host name or IP address, without IPv6 brackets.
     pub host: String,
-    /// Port (default 1883, or 8883 with TLS).
+    /// Port (default 1883, 8883 with TLS; 80 for `ws://`, 443 for `wss://`).
     pub port: u16,
+    /// For MQTT over WebSockets (`ws://`, `wss://`), the HTTP path of the broker's endpoint
+    /// (`/` when the URL has none); `None` for MQTT over TCP.
+    pub websocket_path: Option<String>,
 }
 
 /// Why a broker URL was refused.
@@ -25,27 +31,53 @@ pub struct BrokerUrl {
 pub struct UrlError(String);
 
 impl BrokerUrl {
-    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (IPv6 as `[addr]`).
+    /// Parses `mqtt://host[:port]`, `mqtts://host[:port]`, `ws://host[:port][/path]` or
+    /// `wss://host[:port][/path]` (IPv6 as `[addr]`).
     pub fn parse(url: &str) -> Result<BrokerUrl, UrlError> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("mqtt://") {
-            (false, r)
-        } else {
+        let schemes = [
+            ("mqtts://", true, false, 8883),
+            ("mqtt://", false, false, 1883),
+            ("wss://", true, true, 443),
+            ("ws://", false, true, 80),
+        ];
+        let Some((tls, websocket, default_port, rest)) =
+            schemes.iter().find_map(|&(prefix, tls, ws, port)| {
+                url.strip_prefix(prefix).map(|r| (tls, ws, port, r))
+            })
+        else {
             return Err(UrlError(match url.split_once("://") {
-                Some((scheme, _)) if is_scheme(scheme) => {
-                    format!("scheme {scheme:?} is not supported: use mqtt:// or mqtts://")
-                }
-                _ => "must start with mqtt:// or mqtts://".to_owned(),
+                Some((scheme, _)) if is_scheme(scheme) => format!(
+                    "scheme {scheme:?} is not supported: use mqtt://, mqtts://, ws:// or wss://"
+                ),
+                _ => "must start with mqtt://, mqtts://, ws:// or wss://".to_owned(),
             }));
         };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '?', '#', '@']) {
+        // The authority ends at the first '/'; before it, '@' would be user info.
+        let (rest, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash..]),
+            None => (rest, ""),
+        };
+        if rest.contains('@') || path.contains('@') {
             return Err(UrlError(
-                "only host and port are allowed (credentials go in username/password)".into(),
+                "user info is not allowed (credentials go in username/password)".into(),
             ));
         }
-        let default_port = if tls { 8883 } else { 1883 };
+        if rest.contains(['?', '#']) || path.contains(['?', '#']) {
+            return Err(UrlError("a query or fragment is not allowed".into()));
+        }
+        let websocket_path = if websocket {
+            if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                return Err(UrlError("the path must not contain spaces".into()));
+            }
+            Some(if path.is_empty() { "/" } else { path }.to_owned())
+        } else {
+            if !path.is_empty() && path != "/" {
+                return Err(UrlError(
+                    "only host and port are allowed (a path only with ws:// or wss://)".into(),
+                ));
+            }
+            None
+        };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (addr, after) = v6
                 .split_once(']')
@@ -67,7 +99,22 @@ impl BrokerUrl {
         if host.is_empty() {
             return Err(UrlError("missing host".into()));
         }
-        Ok(BrokerUrl { tls, host, port })
+        Ok(BrokerUrl {
+            tls,
+            host,
+            port,
+            websocket_path,
+        })
+    }
+
+    /// The scheme it was given with.
+    pub fn scheme(&self) -> &'static str {
+        match (self.tls, self.websocket_path.is_some()) {
+            (false, false) => "mqtt",
+            (true, false) => "mqtts",
+            (false, true) => "ws",
+            (true, true) => "wss",
+        }
     }
 
     /// The host as a socket address string needs it (`[v6]` bracketed).
@@ -99,29 +146,32 @@ fn is_scheme(s: &str) -> bool {
 
 /// `url` as it may be shown in errors, logs and `Debug` output: everything up to the last `@`
 /// after the scheme (user info, password) becomes `***`, and so does a port that is not a
-/// number (`mqtt://user:password` without a host puts the password there). Malformed input gets
-/// the same treatment; without a recognisable scheme everything before the last `@` is masked.
+/// number (`mqtt://user:password` without a host puts the password there), together with
+/// whatever follows it. Malformed input gets the same treatment; without a recognisable scheme
+/// everything before the last `@` is masked. A WebSocket path after a numeric port is kept.
 pub fn redact(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) if is_scheme(scheme) => (Some(scheme), rest),
         _ => (None, url),
     };
-    let rest = match rest.rfind('@') {
-        Some(at) => format!("***@{}", &rest[at + 1..]),
-        None => rest.to_owned(),
+    let (masked, rest) = match rest.rfind('@') {
+        Some(at) => ("***@", &rest[at + 1..]),
+        None => ("", rest),
     };
-    let rest = match rest.rsplit_once(':') {
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, ""),
+    };
+    let rest = match authority.rsplit_once(':') {
         Some((host, port))
             if !host.ends_with(':')
                 && !port.contains(']')
-                && !port
-                    .trim_end_matches('/')
-                    .chars()
-                    .all(|c| c.is_ascii_digit()) =>
+                && !port.chars().all(|c| c.is_ascii_digit()) =>
         {
-            format!("{host}:***")
+            // The "port" may be a password, and a path after it the rest of one.
+            format!("{masked}{host}:***")
         }
-        _ => rest,
+        _ => format!("{masked}{authority}{path}"),
     };
     match scheme {
         Some(scheme) => format!("{scheme}://{rest}"),
@@ -131,8 +181,14 @@ pub fn redact(url: &str) -> String {
 
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        write!(f, "{scheme}://{}:{}", self.connect_host(), self.port)
+        write!(
+            f,
+            "{}://{}:{}{}",
+            self.scheme(),
+            self.connect_host(),
+            self.port,
+            self.websocket_path.as_deref().unwrap_or("")
+        )
     }
 }
 
@@ -158,6 +214,39 @@ mod tests {
         let u = BrokerUrl::parse("mqtts://[::1]:8884").expect("valid");
         assert_eq!((u.host.as_str(), u.port), ("::1", 8884));
         assert_eq!(u.to_string(), "mqtts://[::1]:8884");
+    }
+
+    #[test]
+    fn websocket_urls_get_their_default_ports_and_keep_their_path() {
+        let u = BrokerUrl::parse("wss://broker.example/mqtt").expect("valid");
+        assert_eq!(
+            (u.tls, u.port, u.websocket_path.as_deref()),
+            (true, 443, Some("/mqtt"))
+        );
+        assert_eq!(u.to_string(), "wss://broker.example:443/mqtt");
+        let u = BrokerUrl::parse("ws://127.0.0.1:8080").expect("valid");
+        assert_eq!(
+            (u.tls, u.port, u.websocket_path.as_deref()),
+            (false, 8080, Some("/"))
+        );
+        assert_eq!(u.to_string(), "ws://127.0.0.1:8080/");
+        let u = BrokerUrl::parse("wss://[::1]:9443/a/b").expect("valid");
+        assert_eq!(u.to_string(), "wss://[::1]:9443/a/b");
+        let u = BrokerUrl::parse("mqtts://broker:8883").expect("valid");
+        assert_eq!(u.websocket_path, None);
+    }
+
+    #[test]
+    fn websocket_urls_with_credentials_queries_or_spaces_are_refused() {
+        for bad in [
+            "wss://user:pw@h/mqtt",
+            "wss://h/mqtt?x=1",
+            "ws://h/mq tt",
+            "wss://h/p@x",
+            "wss:///mqtt",
+        ] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]
@@ -213,6 +302,11 @@ mod tests {
         assert_eq!(redact("mqtt://broker:1883"), "mqtt://broker:1883");
         assert_eq!(redact("mqtts://[::1]:8883/"), "mqtts://[::1]:8883/");
         assert_eq!(redact("mqtt://[::1]"), "mqtt://[::1]");
+        assert_eq!(
+            redact("wss://u:s3cret@broker:443/mqtt"),
+            "wss://***@broker:443/mqtt"
+        );
+        assert_eq!(redact("wss://u:s3/cret"), "wss://u:***");
     }
 
     #[test]

@@ -22,7 +22,8 @@ const DROPPED: &str = "are being dropped";
 pub struct Mosquitto {
     /// The plain listener (the tests' own subscribers use it).
     pub port: u16,
-    /// The TLS listener, for [`Mosquitto::start_tls`] brokers.
+    /// The TLS listener, for [`Mosquitto::start_tls`] brokers (the second listener of
+    /// [`Mosquitto::start_with_listener`] brokers).
     pub tls_port: Option<u16>,
     dir: tempfile::TempDir,
     conf: PathBuf,
@@ -52,6 +53,14 @@ impl Mosquitto {
             pki.server_key.display(),
         );
         Self::start_with(false, Some(tls))
+    }
+
+    /// A broker with the plain listener and one more, given as Mosquitto config lines that start
+    /// with `listener <port> 127.0.0.1` (e.g. `protocol websockets`, which Mosquitto 2.0 only
+    /// starts next to a plain listener). That listener's port is in [`Mosquitto::tls_port`],
+    /// the fixture's second listener, whatever its protocol.
+    pub fn start_with_listener(persistent: bool, listener: String) -> Mosquitto {
+        Self::start_with(persistent, Some(listener))
     }
 
     fn start_with(persistent: bool, tls: Option<String>) -> Mosquitto {
