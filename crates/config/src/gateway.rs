@@ -11,6 +11,7 @@ use wardgate_dtls::DtlsConfig;
 use wardgate_http::config::{AdminConfig, HttpConfig};
 use wardgate_lwm2m::Lwm2mConfig;
 use wardgate_mqtt::config::MqttUplinkConfig;
+use wardgate_mqtt::southbound::MqttIngestConfig;
 use wardgate_selector::SelectorConfig;
 use wardgate_store::config::StoreConfig;
 
@@ -43,10 +44,21 @@ pub struct GatewayConfig {
     /// `[selector]`: the latency/reliability-aware choice of uplinks per message class
     /// (absent: every reading goes to every uplink).
     pub selector: Option<SelectorConfig>,
+    /// `[ingest]`: the other southbound adapters (MQTT subscribers, HTTPS ingest).
+    pub ingest: IngestSection,
     /// `[audit]`: the security audit trail (off unless `path` is set).
     pub audit: AuditConfig,
     /// `[lwm2m]`: the LwM2M server on the CoAP endpoints.
     pub lwm2m: Lwm2mConfig,
+}
+
+/// `[ingest]`: southbound adapters besides CoAP and LwM2M.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSection {
+    /// `[[ingest.mqtt]]`: subscribe to a local broker where MQTT sensors publish; each
+    /// message is PUBACKed only once its reading is durable.
+    pub mqtt: Vec<MqttIngestConfig>,
 }
 
 /// `[registry]`: where the device registry lives.
@@ -157,9 +169,9 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "gateway", "log", "bus", "registry", "coap", "coaps", "lwm2m", "http", "admin", "store",
-    "uplinks", "audit", "selector",
+    "uplinks", "audit", "selector", "ingest",
 ];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
@@ -195,6 +207,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "store", p, &mut ok, &mut cfg.store);
     section(&table, "audit", p, &mut ok, &mut cfg.audit);
     section(&table, "lwm2m", p, &mut ok, &mut cfg.lwm2m);
+    section(&table, "ingest", p, &mut ok, &mut cfg.ingest);
     if table.contains_key("selector") {
         let mut sel = SelectorConfig::default();
         section(&table, "selector", p, &mut ok, &mut sel);
@@ -347,6 +360,14 @@ impl GatewayConfig {
                 "uplinks",
                 "only one file uplink may write to stdout (\"-\")",
             );
+        }
+        let mut ingest_names = HashSet::new();
+        for (i, m) in self.ingest.mqtt.iter().enumerate() {
+            let at = format!("ingest.mqtt[{i}]");
+            m.validate(&at, p);
+            if !ingest_names.insert(m.name.as_str()) {
+                p.push(format!("{at}.name"), format!("duplicate name {:?}", m.name));
+            }
         }
         if let Some(sel) = &self.selector {
             let names: Vec<&str> = self.uplinks.iter().map(UplinkConfig::name).collect();

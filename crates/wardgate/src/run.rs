@@ -101,6 +101,10 @@ struct App {
     lwm2m: Option<wardgate_lwm2m::Server>,
     /// The uplink selector, when `[selector]` is configured.
     selector: Option<wardgate_selector::SharedSelector>,
+    /// `[[ingest.mqtt]]` subscribers.
+    mqtt_ingest: Vec<wardgate_mqtt::southbound::MqttIngest>,
+    /// The ingest pipeline, for the adapters started in `spawn`.
+    pipeline: IngestPipeline,
     demo: bool,
     /// The demo also runs a simulated LwM2M client (when the LwM2M server runs).
     demo_lwm2m: bool,
@@ -191,8 +195,22 @@ impl App {
         if let Some(s) = &selector {
             pipeline = pipeline.with_classifier(Arc::new(s.clone()));
         }
+        let ingest_pipeline = pipeline.clone();
 
         let uplinks = build_uplinks(&cfg, &outbox, &mut registry, &health)?;
+        let mqtt_ingest = if cfg.ingest.mqtt.is_empty() {
+            Vec::new()
+        } else {
+            let metrics = wardgate_mqtt::southbound::MqttIngestMetrics::register(&mut registry);
+            cfg.ingest
+                .mqtt
+                .iter()
+                .map(|m| {
+                    m.build(metrics.clone(), &health)
+                        .with_context(|| format!("[[ingest.mqtt]] {}", m.name))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+        };
         let lwm2m = if cfg.lwm2m.enabled && (cfg.coap.enabled || cfg.coaps.enabled) {
             Some(build_lwm2m(&cfg, pipeline.clone(), credentials.clone(), &mut registry).await?)
         } else {
@@ -305,6 +323,8 @@ impl App {
             demo_lwm2m: lwm2m.is_some(),
             lwm2m,
             selector,
+            mqtt_ingest,
+            pipeline: ingest_pipeline,
             demo,
         })
     }
@@ -365,6 +385,15 @@ impl App {
         });
         if let Some(server) = self.lwm2m {
             ingest.spawn(server.run(stops.ingest.clone()));
+        }
+        for sub in self.mqtt_ingest {
+            let pipeline = self.pipeline.clone();
+            let stop = stops.ingest.clone();
+            ingest.spawn(async move {
+                if let Err(e) = sub.run(pipeline, stop).await {
+                    tracing::error!(error = %e, "MQTT subscriber failed");
+                }
+            });
         }
         if let Some(devices) = self.devices {
             ingest.spawn(reload_on_sighup(devices, stops.ingest.clone()));
