@@ -94,6 +94,7 @@ impl LaneCursor {
         let replay_upto = slot.handed_high.load(Ordering::SeqCst);
         // A new cursor reads every owed row from the start; older notices are moot.
         lock(&slot.received).clear();
+        *lock(&slot.rescan_from) = None;
         let committed = inner.committed.subscribe();
         Ok(LaneCursor {
             inner,
@@ -249,6 +250,13 @@ impl LaneCursor {
         let Some(slot) = self.inner.slots.get(self.idx) else {
             return;
         };
+        if let Some(from) = lock(&slot.rescan_from).take() {
+            // A cutover made readings from `from` on owed here: hand out every owed reading
+            // from there as new (those in flight are handed out again, as after a rewind).
+            let below = from.saturating_sub(1);
+            self.pos = self.pos.min(below);
+            self.handed_high = self.handed_high.min(below);
+        }
         let got = std::mem::take(&mut *lock(&slot.received));
         for s in got {
             // Already handed out since it became owed here (found by a scan): nothing to redo.

@@ -300,6 +300,10 @@ pub(crate) struct Outcome {
     pub(crate) received: Vec<Vec<u64>>,
     /// Readings moved by cutovers, per lane slot they left.
     pub(crate) cut: Vec<u64>,
+    /// Per lane slot: the lowest seq a cutover made owed to it (its cursor rescans from there).
+    pub(crate) rescan_from: Vec<Option<u64>>,
+    /// The cutovers applied, for the in-memory tail: (from mask, class, target mask, kept ids).
+    pub(crate) cut_tail: Vec<(i64, MessageClass, i64, Vec<Ulid>)>,
     pub(crate) elapsed: Duration,
     pub(crate) kind: Option<CommitKind>,
 }
@@ -489,6 +493,7 @@ impl Db {
             acked: vec![0; st.uplinks.len()],
             received: vec![Vec::new(); st.uplinks.len()],
             cut: vec![0; st.uplinks.len()],
+            rescan_from: vec![None; st.uplinks.len()],
             kind: Some(kind),
             ..Outcome::default()
         };
@@ -1054,11 +1059,13 @@ fn apply_releases(
     Ok(())
 }
 
-/// Cutovers: each is a release of every matching row, applied like the cursors' releases (one
-/// row update each, counters and receiving cursors updated), in seq order. The whole backlog of
-/// the lane moves in this one transaction, so no later commit can hand a device's newer
-/// reading to the new uplink before its older ones arrive there; the cost is one transaction
-/// proportional to that backlog, once per breaker opening.
+/// Cutovers: every row of the class owed on the lane moves to the target bits in set-based
+/// statements (a few scans, whatever the backlog), with the counters adjusted from aggregates;
+/// the receiving lanes are told to rescan from the lowest moved seq rather than given each seq,
+/// so memory does not grow with the backlog. The whole backlog moves in this one transaction:
+/// no later commit can hand a device's newer reading to the new uplink before its older ones
+/// are owed there. The cost is one transaction proportional to the table, once per breaker
+/// opening.
 fn apply_cutovers(
     tx: &Transaction<'_>,
     st: &mut State,
@@ -1066,29 +1073,88 @@ fn apply_cutovers(
     out: &mut Outcome,
     dirty: &mut [bool],
 ) -> rusqlite::Result<()> {
-    if cutovers.is_empty() {
-        return Ok(());
-    }
-    let mut sel = tx.prepare_cached(
-        "SELECT seq, id FROM readings WHERE (pending & ?1) != 0 AND class = ?2 ORDER BY seq",
-    )?;
     for c in cutovers {
-        let keep: HashSet<Ulid> = c.keep.iter().copied().collect();
-        let mut moves = Vec::new();
-        let mut rows = sel.query(params![c.from_mask, class_code(c.class)])?;
-        while let Some(r) = rows.next()? {
-            let seq = to_u64(r.get(0)?);
-            let blob: Vec<u8> = r.get(1)?;
-            if ulid_from_blob(&blob).is_some_and(|id| keep.contains(&id)) {
+        let all = st.all_mask();
+        let target = c.target & all & !c.from_mask;
+        if target == 0 {
+            continue;
+        }
+        let keep: Vec<Vec<u8>> = c.keep.iter().map(|id| id.to_bytes().to_vec()).collect();
+        let not_kept = if keep.is_empty() {
+            String::new()
+        } else {
+            format!(" AND id NOT IN ({})", vec!["?"; keep.len()].join(","))
+        };
+        let matching = format!(
+            "(pending & {}) != 0 AND class = {}{not_kept}",
+            c.from_mask,
+            class_code(c.class)
+        );
+        let keep_params = rusqlite::params_from_iter(keep.iter());
+        let (n, bytes, first): (i64, i64, Option<i64>) = tx.query_row(
+            &format!(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0), MIN(seq) FROM readings WHERE {matching}"
+            ),
+            keep_params,
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let Some(first) = first else {
+            continue;
+        };
+        let received_ms: i64 = tx.query_row(
+            "SELECT received_ms FROM readings WHERE seq = ?1",
+            [first],
+            |r| r.get(0),
+        )?;
+        // Newly owed per target lane (a row already owed there is not counted twice).
+        let mut gained = Vec::new();
+        for (i, u) in st.uplinks.iter().enumerate() {
+            let bit = u.mask();
+            if target & bit == 0 {
                 continue;
             }
-            moves.push((seq, c.target));
+            let (gn, gb): (i64, i64) = tx.query_row(
+                &format!(
+                    "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM readings \
+                     WHERE {matching} AND (pending & {bit}) = 0"
+                ),
+                rusqlite::params_from_iter(keep.iter()),
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            gained.push((i, to_u64(gn), to_u64(gb)));
         }
-        drop(rows);
-        if let Some(n) = out.cut.get_mut(c.slot) {
-            *n += moves.len() as u64;
+        tx.execute(
+            &format!(
+                "UPDATE readings SET pending = (pending & ~{}) | {target} WHERE {matching}",
+                c.from_mask
+            ),
+            rusqlite::params_from_iter(keep.iter()),
+        )?;
+        let first = to_u64(first);
+        if let Some(u) = st.uplinks.get_mut(c.slot) {
+            u.owed = u.owed.saturating_sub(to_u64(n));
+            u.owed_bytes = u.owed_bytes.saturating_sub(to_u64(bytes));
+            if let Some(d) = dirty.get_mut(c.slot) {
+                *d = true;
+            }
         }
-        apply_releases(tx, st, &[(c.slot, moves)], out, dirty)?;
+        for (i, gn, gb) in gained {
+            if let Some(u) = st.uplinks.get_mut(i) {
+                u.owed += gn;
+                u.owed_bytes += gb;
+                if u.oldest.is_none_or(|(o, _)| first < o) {
+                    u.oldest = Some((first, received_ms));
+                }
+            }
+            if let Some(r) = out.rescan_from.get_mut(i) {
+                *r = Some(r.map_or(first, |x| x.min(first)));
+            }
+        }
+        if let Some(k) = out.cut.get_mut(c.slot) {
+            *k += to_u64(n);
+        }
+        out.cut_tail
+            .push((c.from_mask, c.class, target, c.keep.clone()));
     }
     Ok(())
 }

@@ -105,6 +105,9 @@ pub(crate) struct Slot {
     /// move back to. Filled only while a cursor is live (a new cursor reads the table anyway);
     /// bounded by the readings released to this uplink.
     pub(crate) received: Mutex<Vec<u64>>,
+    /// The lowest seq a committed cutover made owed to this lane, for its live cursor to rescan
+    /// from (every owed reading from there on is handed out as new).
+    pub(crate) rescan_from: Mutex<Option<u64>>,
     /// The "released but nobody can take them" warning was logged (until a release succeeds).
     pub(crate) unplaced_warned: AtomicBool,
     /// A cursor for this uplink is alive.
@@ -335,6 +338,7 @@ impl Outbox {
                 acks: Mutex::new(Vec::new()),
                 releases: Mutex::new(Vec::new()),
                 received: Mutex::new(Vec::new()),
+                rescan_from: Mutex::new(None),
                 unplaced_warned: AtomicBool::new(false),
                 cursor_live: AtomicBool::new(false),
                 handed_high: AtomicU64::new(last),
@@ -884,6 +888,15 @@ impl Writer {
             }
             for &(seq, pending) in &out.moved {
                 tail.set_pending(seq, pending);
+            }
+            for (from, class, target, keep) in &out.cut_tail {
+                tail.reroute(*from, *class, *target, keep);
+            }
+        }
+        for (slot, from) in inner.slots.iter().zip(&out.rescan_from) {
+            if let Some(seq) = from.filter(|_| slot.cursor_live.load(Ordering::SeqCst)) {
+                let mut r = lock(&slot.rescan_from);
+                *r = Some(r.map_or(seq, |x| x.min(seq)));
             }
         }
         // After the tail shows the new owners, so a cursor moving back finds them there.

@@ -101,6 +101,16 @@ impl Tail {
         }
     }
 
+    /// A cutover moved every committed row of `class` owed on `from` (except `keep`) to
+    /// `target`.
+    pub(crate) fn reroute(&mut self, from: i64, class: MessageClass, target: i64, keep: &[Ulid]) {
+        for r in &mut self.rows {
+            if r.pending & from != 0 && r.class == class && !keep.contains(&r.id) {
+                r.pending = (r.pending & !from) | target;
+            }
+        }
+    }
+
     /// Whether the tail alone answers "what comes after `pos`".
     pub(crate) fn covers(&self, pos: u64) -> bool {
         pos >= self.start_after
