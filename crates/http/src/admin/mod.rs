@@ -18,7 +18,6 @@ mod listener;
 mod lwm2m;
 mod metrics;
 mod routes;
-mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -105,7 +104,16 @@ impl AdminServer {
         reporter: HealthReporter,
     ) -> Result<AdminServer, HttpError> {
         let tls = match &cfg.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(t)?)),
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                &crate::tls::ServerFiles {
+                    cert: ("admin.tls.cert_file", &t.cert_file),
+                    key: ("admin.tls.key_file", &t.key_file),
+                    client_ca: t
+                        .client_ca_file
+                        .as_deref()
+                        .map(|p| ("admin.tls.client_ca_file", p)),
+                },
+            )?)),
             None => None,
         };
         let (tcp, addr) = crate::server::bind_tcp(cfg.listen).await?;
