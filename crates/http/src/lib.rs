@@ -8,10 +8,16 @@
 //! - [`AdminServer`]: the admin API (`/admin/v1/...`: the device registry) on its own
 //!   listener, over TLS unless on loopback, to holders of a configured token or client
 //!   certificate only; every edit is audited (see the [`admin`] module);
+//! - [`ingest::IngestServer`]: HTTP(S) device ingest (`POST /v1/devices/{id}/readings`,
+//!   `docs/ingest-api.openapi.json`) on its own listener: identity from a bearer token (checked
+//!   by the device registry) or a client certificate, then the one ingest pipeline; RFC 9457
+//!   problems for every refusal;
 //! - [`uplink::HttpsUplink`]: the HTTPS uplink, which drains one outbox cursor to one endpoint
 //!   as batches of readings (a JSON array of `wardgate.reading/1` objects per POST).
 //!
 //! It promises:
+//! - **ingest 2xx means durable**: a device gets 201 only once the store made its reading
+//!   durable; bodies are bounded while they are read, never buffered past `max_body_bytes`;
 //! - **uplink ack means the endpoint has it**: a reading is acknowledged to the outbox only
 //!   when the endpoint answered its batch 2xx; every other outcome hands the batch back (nack)
 //!   and retries it later, with the same `Idempotency-Key`, never dropping it. One batch is in
@@ -32,6 +38,8 @@
 pub mod admin;
 pub mod config;
 mod error;
+pub mod ingest;
+mod listener;
 mod server;
 mod tls;
 pub mod uplink;

@@ -14,7 +14,6 @@
 //!   token hash. Device views come from [`wardgate_registry::DeviceView`], which has none.
 
 mod auth;
-mod listener;
 mod lwm2m;
 mod metrics;
 mod routes;
@@ -36,8 +35,8 @@ use wardgate_registry::Registry;
 
 use crate::config::AdminConfig;
 use crate::error::HttpError;
+use crate::listener::{BoundedListener, Limits, PeerInfo};
 use auth::{Credentials, FailureLimit};
-use listener::{AdminListener, PeerInfo};
 use routes::ApiError;
 
 pub use metrics::AdminMetrics;
@@ -46,6 +45,12 @@ pub use metrics::AdminMetrics;
 pub const MAX_BODY: usize = 64 * 1024;
 /// Longest a request may take (including a registry edit's fsyncs).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The listener's bounds: TLS handshake time, connections at once, idle time.
+const LIMITS: Limits = Limits {
+    handshake_timeout: Duration::from_secs(10),
+    max_connections: 64,
+    idle_timeout: Duration::from_secs(60),
+};
 
 /// What the admin API needs from the rest of the gateway.
 #[derive(Clone)]
@@ -82,7 +87,7 @@ pub(crate) struct AdminState {
 /// A bound, not yet serving, admin API server.
 #[derive(Debug)]
 pub struct AdminServer {
-    listener: AdminListener,
+    listener: BoundedListener,
     state: Arc<AdminState>,
     reporter: HealthReporter,
 }
@@ -117,7 +122,14 @@ impl AdminServer {
             None => None,
         };
         let (tcp, addr) = crate::server::bind_tcp(cfg.listen).await?;
-        let listener = AdminListener::new(tcp, tls, deps.metrics.clone());
+        let metrics = deps.metrics.clone();
+        let listener = BoundedListener::new(
+            "admin API",
+            tcp,
+            tls,
+            LIMITS,
+            Arc::new(move |reason| metrics.handshake_failed(reason)),
+        );
         reporter.ready(format!("admin {addr}"));
         let state = AdminState {
             registry: deps.registry,
