@@ -12,6 +12,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::authorize::Denied;
+use crate::peer::{Identity, PeerContext};
+
 /// Secret bytes (a pre-shared key). Zeroed on drop; `Debug` shows only the length.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<SecretBytes>);
@@ -71,6 +74,14 @@ pub trait CredentialStore: Send + Sync + fmt::Debug + 'static {
     /// Moves on every change to the credentials (add, remove, re-key, revoke). Transports
     /// re-check their open sessions when it differs from the value they last saw.
     fn generation(&self) -> u64;
+
+    /// Checks a bearer token (its bytes as sent, after `Bearer `) presented by `peer`: the
+    /// identity it proves (a token subject the [`crate::Authorizer`] knows), or why not. The
+    /// token is never logged, stored or echoed. Stores without tokens refuse every one.
+    fn verify_bearer(&self, peer: &PeerContext, token: &[u8]) -> Result<Identity, Denied> {
+        let _ = (peer, token);
+        Err(Denied::Unauthenticated("no credential store"))
+    }
 }
 
 /// No devices at all: every handshake fails. What a secure listener uses when no registry is
@@ -95,6 +106,18 @@ impl CredentialStore for NoCredentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_without_tokens_refuses_every_bearer_token() {
+        let peer = PeerContext::new(
+            "127.0.0.1:1".parse().unwrap(),
+            crate::peer::TransportKind::Https,
+        );
+        assert_eq!(
+            NoCredentials.verify_bearer(&peer, b"anything"),
+            Err(Denied::Unauthenticated("no credential store"))
+        );
+    }
 
     #[test]
     fn debug_never_shows_the_key() {

@@ -1,10 +1,10 @@
-//! Errors of the HTTP servers. None carries key material: TLS file problems name the file and
-//! what is wrong with it, never its content.
+//! Errors of the HTTP servers and the HTTPS uplink. None carries key material: TLS file problems
+//! name the setting and the file and what is wrong with it, never their content; no token either.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Why the HTTP server could not start or stopped.
+/// Why an HTTP server or the HTTPS uplink could not be built or started, or a server stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The listen address could not be bound.
@@ -18,18 +18,18 @@ pub enum HttpError {
     /// The server failed while running.
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
-    /// A TLS file of `[admin.tls]` could not be read.
-    #[error("cannot read admin TLS {what} {path}: {source}")]
+    /// A TLS file (`[admin.tls]`, `[ingest.tls]`, an HTTPS uplink's) could not be read.
+    #[error("cannot read {what} {path}: {source}")]
     TlsFileRead {
-        /// Which setting (`cert_file`, `key_file`, `client_ca_file`).
+        /// Which setting (`admin.tls.cert_file`, `ca_file`, ...).
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// OS error.
         source: std::io::Error,
     },
-    /// A TLS file of `[admin.tls]` holds nothing usable.
-    #[error("admin TLS {what} {path}: {reason}")]
+    /// A TLS file holds nothing usable.
+    #[error("bad {what} {path}: {reason}")]
     TlsFileContent {
         /// Which setting.
         what: &'static str,
@@ -39,6 +39,19 @@ pub enum HttpError {
         reason: String,
     },
     /// rustls refused the configuration (e.g. the key does not match the certificate).
-    #[error("admin TLS configuration refused: {0}")]
+    #[error("TLS configuration refused: {0}")]
     Tls(String),
+    /// A configuration section breaks its rules (its `validate`'s problems, joined).
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// No trust anchors: `ca_file` unset and the operating system's store is empty or
+    /// unreadable.
+    #[error("no CA certificates: set ca_file or install system roots ({0})")]
+    NoRootCertificates(String),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(String),
+    /// The outbox failed while the HTTPS uplink was reading from it.
+    #[error("outbox: {0}")]
+    Outbox(#[from] wardgate_core::OutboxError),
 }

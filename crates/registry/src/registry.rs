@@ -579,6 +579,10 @@ impl CredentialStore for Registry {
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
+
+    fn verify_bearer(&self, peer: &PeerContext, token: &[u8]) -> Result<Identity, Denied> {
+        Registry::verify_bearer(self, peer, token)
+    }
 }
 
 impl Authorizer for Registry {

@@ -298,3 +298,16 @@ fn repeated_denials_are_counted_every_time_but_audited_once_a_minute_with_the_re
             .contains("wardgate_registry_denials_coalesced_total 49")
     );
 }
+
+#[test]
+fn the_credential_store_seam_verifies_bearer_tokens_like_the_registry() {
+    let f = Fixture::new(&standard_toml("reject"));
+    let store: &dyn CredentialStore = &*f.reg;
+    let peer = PeerContext::new(addr(), TransportKind::Https);
+    let id = store.verify_bearer(&peer, TOKEN.as_bytes()).unwrap();
+    assert_eq!(id.to_string(), "token:bed-12/t1");
+    assert_eq!(
+        store.verify_bearer(&peer, b"not-a-token"),
+        Err(Denied::Unauthenticated("unknown_identity"))
+    );
+}

@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 use crate::config::{AdminConfig, parse_sha256_hex};
+use crate::listener::sha256;
 
 /// Failed attempts a source may make per window.
 pub(crate) const MAX_FAILURES: u32 = 10;
@@ -33,14 +34,6 @@ pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 pub(crate) const SOURCES: usize = 1024;
 /// Longest token accepted (longer ones are wrong without hashing them).
 const MAX_TOKEN: usize = 4096;
-
-/// SHA-256 of `bytes`.
-pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

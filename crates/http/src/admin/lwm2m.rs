@@ -24,8 +24,8 @@ use wardgate_lwm2m::{ClientInfo, OpError, Operation, Server};
 
 use super::AdminState;
 use super::auth::Principal;
-use super::listener::PeerInfo;
 use super::routes::ApiError;
+use crate::listener::PeerInfo;
 
 fn server(st: &AdminState) -> Result<Server, ApiError> {
     st.lwm2m.clone().ok_or_else(|| {

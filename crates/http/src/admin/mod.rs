@@ -14,11 +14,9 @@
 //!   token hash. Device views come from [`wardgate_registry::DeviceView`], which has none.
 
 mod auth;
-mod listener;
 mod lwm2m;
 mod metrics;
 mod routes;
-mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -37,8 +35,8 @@ use wardgate_registry::Registry;
 
 use crate::config::AdminConfig;
 use crate::error::HttpError;
+use crate::listener::{BoundedListener, Limits, PeerInfo};
 use auth::{Credentials, FailureLimit};
-use listener::{AdminListener, PeerInfo};
 use routes::ApiError;
 
 pub use metrics::AdminMetrics;
@@ -47,6 +45,12 @@ pub use metrics::AdminMetrics;
 pub const MAX_BODY: usize = 64 * 1024;
 /// Longest a request may take (including a registry edit's fsyncs).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The listener's bounds: TLS handshake time, connections at once, idle time.
+const LIMITS: Limits = Limits {
+    handshake_timeout: Duration::from_secs(10),
+    max_connections: 64,
+    idle_timeout: Duration::from_secs(60),
+};
 
 /// What the admin API needs from the rest of the gateway.
 #[derive(Clone)]
@@ -87,7 +91,7 @@ pub(crate) struct AdminState {
 /// A bound, not yet serving, admin API server.
 #[derive(Debug)]
 pub struct AdminServer {
-    listener: AdminListener,
+    listener: BoundedListener,
     state: Arc<AdminState>,
     reporter: HealthReporter,
 }
@@ -109,11 +113,27 @@ impl AdminServer {
         reporter: HealthReporter,
     ) -> Result<AdminServer, HttpError> {
         let tls = match &cfg.tls {
-            Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(t)?)),
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                &crate::tls::ServerFiles {
+                    cert: ("admin.tls.cert_file", &t.cert_file),
+                    key: ("admin.tls.key_file", &t.key_file),
+                    client_ca: t
+                        .client_ca_file
+                        .as_deref()
+                        .map(|p| ("admin.tls.client_ca_file", p)),
+                },
+            )?)),
             None => None,
         };
         let (tcp, addr) = crate::server::bind_tcp(cfg.listen).await?;
-        let listener = AdminListener::new(tcp, tls, deps.metrics.clone());
+        let metrics = deps.metrics.clone();
+        let listener = BoundedListener::new(
+            "admin API",
+            tcp,
+            tls,
+            LIMITS,
+            Arc::new(move |reason| metrics.handshake_failed(reason)),
+        );
         reporter.ready(format!("admin {addr}"));
         let state = AdminState {
             registry: deps.registry,

@@ -20,7 +20,7 @@ use wardgate_registry::{DeviceSpec, DeviceView, Registry, RegistryError, redact_
 
 use super::AdminState;
 use super::auth::Principal;
-use super::listener::PeerInfo;
+use crate::listener::PeerInfo;
 
 /// An error answer: `{"error": "...", "problems": [...]}`. Messages are fixed texts or
 /// registry problems (which never carry key material), never internals.

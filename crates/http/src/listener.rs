@@ -1,11 +1,12 @@
-//! The admin API's listener: TCP, optionally TLS, with bounded connections.
+//! The TCP listener of the admin API and the ingest server: optionally TLS, with bounded
+//! connections.
 //!
-//! Implements axum's [`Listener`], so `axum::serve` (and its graceful shutdown) drives it.
-//! Handshakes run concurrently in a [`JoinSet`] owned by the listener, each bounded by
-//! [`HANDSHAKE_TIMEOUT`]; a slow or silent client never holds up the others. At most
-//! [`MAX_CONNECTIONS`] connections (handshaking or serving) exist at once: past that, new TCP
-//! connections wait in the kernel's backlog. A connection that sends nothing for
-//! [`IDLE_TIMEOUT`] is closed.
+//! Implements axum's [`Listener`], so `axum::serve` (and its graceful shutdown) can drive it;
+//! the ingest server calls [`Listener::accept`] itself. Handshakes run concurrently in a
+//! [`JoinSet`] owned by the listener, each bounded by [`Limits::handshake_timeout`]; a slow or
+//! silent client never holds up the others. At most [`Limits::max_connections`] connections
+//! (handshaking or serving) exist at once: past that, new TCP connections wait in the kernel's
+//! backlog. A connection that sends nothing for [`Limits::idle_timeout`] is closed.
 
 use std::future::Future;
 use std::io;
@@ -25,14 +26,19 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::metrics::AdminMetrics;
+/// The listener's bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Longest a TLS handshake may take.
+    pub(crate) handshake_timeout: Duration,
+    /// Connections (handshaking or serving) at once.
+    pub(crate) max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub(crate) idle_timeout: Duration,
+}
 
-/// Longest a TLS handshake may take.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections (handshaking or serving) at once.
-pub(crate) const MAX_CONNECTIONS: usize = 64;
-/// A connection that sends nothing for this long is closed.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Told about every failed handshake: `error` or `timeout` (a metric label).
+pub(crate) type OnHandshakeFailure = Arc<dyn Fn(&'static str) + Send + Sync>;
 
 /// Who is on the other end of a connection, as the transport proved it.
 #[derive(Debug, Clone, Copy)]
@@ -46,8 +52,8 @@ pub(crate) struct PeerInfo {
     pub(crate) client_cert: Option<[u8; 32]>,
 }
 
-impl Connected<IncomingStream<'_, AdminListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, AdminListener>) -> Self {
+impl Connected<IncomingStream<'_, BoundedListener>> for PeerInfo {
+    fn connect_info(stream: IncomingStream<'_, BoundedListener>) -> Self {
         *stream.remote_addr()
     }
 }
@@ -55,35 +61,43 @@ impl Connected<IncomingStream<'_, AdminListener>> for PeerInfo {
 type Handshake = Option<(Conn, PeerInfo)>;
 
 /// The bound listener.
-pub(crate) struct AdminListener {
+pub(crate) struct BoundedListener {
+    /// For log lines: `admin API`, `ingest`.
+    what: &'static str,
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     slots: Arc<Semaphore>,
     handshakes: JoinSet<Handshake>,
-    metrics: AdminMetrics,
+    limits: Limits,
+    on_failure: OnHandshakeFailure,
 }
 
-impl std::fmt::Debug for AdminListener {
+impl std::fmt::Debug for BoundedListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminListener")
+        f.debug_struct("BoundedListener")
+            .field("what", &self.what)
             .field("addr", &self.tcp.local_addr().ok())
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl AdminListener {
+impl BoundedListener {
     pub(crate) fn new(
+        what: &'static str,
         tcp: TcpListener,
         tls: Option<TlsAcceptor>,
-        metrics: AdminMetrics,
-    ) -> AdminListener {
-        AdminListener {
+        limits: Limits,
+        on_failure: OnHandshakeFailure,
+    ) -> BoundedListener {
+        BoundedListener {
+            what,
             tcp,
             tls,
-            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             handshakes: JoinSet::new(),
-            metrics,
+            limits,
+            on_failure,
         }
     }
 
@@ -94,6 +108,7 @@ impl AdminListener {
 
 /// A free connection slot, then a TCP connection. Cancel-safe (both steps are).
 async fn next_tcp(
+    what: &'static str,
     tcp: &TcpListener,
     slots: &Arc<Semaphore>,
 ) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
@@ -107,14 +122,14 @@ async fn next_tcp(
             Ok((stream, addr)) => return (stream, addr, slot),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "admin API accept failed");
+                tracing::warn!(listener = what, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-impl Listener for AdminListener {
+impl Listener for BoundedListener {
     type Io = Conn;
     type Addr = PeerInfo;
 
@@ -126,13 +141,19 @@ impl Listener for AdminListener {
                         return ready;
                     }
                 }
-                (tcp, addr, slot) = next_tcp(&self.tcp, &self.slots) => {
+                (tcp, addr, slot) = next_tcp(self.what, &self.tcp, &self.slots) => {
+                    let idle = self.limits.idle_timeout;
                     let Some(acceptor) = self.tls.clone() else {
                         let peer = PeerInfo { addr, tls: false, client_cert: None };
-                        return (Conn::new(Io::Plain(tcp), slot), peer);
+                        return (Conn::new(Io::Plain(tcp), slot, idle), peer);
                     };
-                    let metrics = self.metrics.clone();
-                    self.handshakes.spawn(handshake(acceptor, tcp, addr, slot, metrics));
+                    self.handshakes.spawn(handshake(
+                        self.what,
+                        acceptor,
+                        (tcp, addr, slot),
+                        self.limits,
+                        self.on_failure.clone(),
+                    ));
                 }
             }
         }
@@ -148,39 +169,48 @@ impl Listener for AdminListener {
 }
 
 async fn handshake(
+    what: &'static str,
     acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    addr: SocketAddr,
-    slot: OwnedSemaphorePermit,
-    metrics: AdminMetrics,
+    (tcp, addr, slot): (TcpStream, SocketAddr, OwnedSemaphorePermit),
+    limits: Limits,
+    on_failure: OnHandshakeFailure,
 ) -> Handshake {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
             let client_cert = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .map(|der| super::auth::sha256(der.as_ref()));
+                .map(|der| sha256(der.as_ref()));
             let peer = PeerInfo {
                 addr,
                 tls: true,
                 client_cert,
             };
-            Some((Conn::new(Io::Tls(Box::new(tls)), slot), peer))
+            let conn = Conn::new(Io::Tls(Box::new(tls)), slot, limits.idle_timeout);
+            Some((conn, peer))
         }
         Ok(Err(e)) => {
-            metrics.handshake_failed("error");
+            on_failure("error");
             // Debug only: anyone can make handshakes fail; the counter is the signal.
-            tracing::debug!(peer = %addr, error = %e, "admin API TLS handshake failed");
+            tracing::debug!(listener = what, peer = %addr, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            metrics.handshake_failed("timeout");
-            tracing::debug!(peer = %addr, "admin API TLS handshake timed out");
+            on_failure("timeout");
+            tracing::debug!(listener = what, peer = %addr, "TLS handshake timed out");
             None
         }
     }
+}
+
+/// SHA-256 of `bytes`.
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 enum Io {
@@ -192,6 +222,7 @@ enum Io {
 pub(crate) struct Conn {
     io: Io,
     idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -208,10 +239,11 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    fn new(io: Io, slot: OwnedSemaphorePermit) -> Conn {
+    fn new(io: Io, slot: OwnedSemaphorePermit, idle_timeout: Duration) -> Conn {
         Conn {
             io,
-            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
             _slot: slot,
         }
     }
@@ -232,14 +264,14 @@ impl AsyncRead for Conn {
         match polled {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
-                    this.idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+                    this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
                 }
                 Poll::Ready(result)
             }
             Poll::Pending => match this.idle.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "admin API connection idle",
+                    "connection idle",
                 ))),
                 Poll::Pending => Poll::Pending,
             },

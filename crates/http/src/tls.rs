@@ -1,11 +1,15 @@
-//! The admin API's rustls server configuration.
+//! The rustls configurations of the crate's TLS listeners (admin API, ingest) and the PEM
+//! reading shared with the HTTPS uplink's client.
 //!
 //! - Crypto provider: `ring`, passed explicitly (no process-wide default needed).
 //! - Server certificate: `cert_file` (PEM chain, leaf first) with `key_file`.
 //! - Client certificates: requested only when `client_ca_file` is set, and then optional (a
 //!   client without one may still send a token); one that is sent must chain to that CA.
-//!   Whether a verified certificate is *allowed* is the fingerprint list's decision, not ours.
-//! - ALPN `http/1.1` (the server speaks HTTP/1.1 only).
+//!   Whether a verified certificate is *allowed* is the caller's decision (the admin API's
+//!   fingerprint list, the device registry), not ours.
+//! - ALPN `http/1.1` (the servers speak HTTP/1.1 only).
+//!
+//! Every failure names the setting and the file, never their content.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,22 +19,32 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::AdminTlsConfig;
 use crate::error::HttpError;
 
+/// The files of a TLS listener, each with the name of its setting (for error messages).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServerFiles<'a> {
+    /// PEM certificate chain, leaf first.
+    pub(crate) cert: (&'static str, &'a Path),
+    /// PEM private key.
+    pub(crate) key: (&'static str, &'a Path),
+    /// PEM CA bundle client certificates must chain to.
+    pub(crate) client_ca: Option<(&'static str, &'a Path)>,
+}
+
 /// Reads the files and builds the server configuration. Every failure names the file.
-pub(crate) fn server_config(tls: &AdminTlsConfig) -> Result<Arc<ServerConfig>, HttpError> {
+pub(crate) fn server_config(tls: &ServerFiles<'_>) -> Result<Arc<ServerConfig>, HttpError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| HttpError::Tls(e.to_string()))?;
-    let builder = match &tls.client_ca_file {
-        Some(ca) => {
+    let builder = match tls.client_ca {
+        Some((what, ca)) => {
             let mut roots = RootCertStore::empty();
-            for cert in read_certs("client_ca_file", ca)? {
+            for cert in read_certs(what, ca)? {
                 roots.add(cert).map_err(|e| HttpError::TlsFileContent {
-                    what: "client_ca_file",
-                    path: ca.clone(),
+                    what,
+                    path: ca.to_owned(),
                     reason: format!("unusable CA certificate: {e}"),
                 })?;
             }
@@ -38,16 +52,16 @@ pub(crate) fn server_config(tls: &AdminTlsConfig) -> Result<Arc<ServerConfig>, H
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| HttpError::TlsFileContent {
-                    what: "client_ca_file",
-                    path: ca.clone(),
+                    what,
+                    path: ca.to_owned(),
                     reason: e.to_string(),
                 })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let chain = read_certs("cert_file", &tls.cert_file)?;
-    let key = read_key(&tls.key_file)?;
+    let chain = read_certs(tls.cert.0, tls.cert.1)?;
+    let key = read_key(tls.key.0, tls.key.1)?;
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| HttpError::Tls(e.to_string()))?;
@@ -63,7 +77,11 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, HttpError> {
     })
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, HttpError> {
+/// Every certificate of a PEM file; at least one.
+pub(crate) fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, HttpError> {
     let pem = read(what, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -82,11 +100,15 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, HttpError> {
-    let pem = read("key_file", path)?;
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub(crate) fn read_key(
+    what: &'static str,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, HttpError> {
+    let pem = read(what, path)?;
     // The PEM error names the problem (missing block, bad base64), never the key's bytes.
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| HttpError::TlsFileContent {
-        what: "key_file",
+        what,
         path: path.to_owned(),
         reason: format!("no usable private key: {e}"),
     })
