@@ -41,6 +41,20 @@ pub fn run(
     deadline: Duration,
     stop: &dyn Fn() -> bool,
 ) -> LoadReport {
+    run_as("dev", target, total, devices, deadline, stop)
+}
+
+/// [`run`] with devices named `<prefix>-0` ... (each run's counters start at 0, so runs whose
+/// per-device order is checked together need their own prefixes).
+pub fn run_as(
+    prefix: &str,
+    target: SocketAddr,
+    total: usize,
+    devices: usize,
+    deadline: Duration,
+    stop: &dyn Fn() -> bool,
+) -> LoadReport {
+    let dash = format!("{prefix}-");
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     sock.set_read_timeout(Some(Duration::from_millis(20)))
         .expect("timeout");
@@ -61,7 +75,7 @@ pub fn run(
                 continue;
             }
             busy[d] = true;
-            let device = format!("dev-{d}");
+            let device = format!("{prefix}-{d}");
             let body = format!(r#"[{{"n":"seq","v":{}}}]"#, counters[d]).into_bytes();
             counters[d] += 1;
             mid = mid.wrapping_add(1);
@@ -106,7 +120,7 @@ pub fn run(
                         .unwrap_or_default();
                     if let Some(d) = o
                         .device
-                        .strip_prefix("dev-")
+                        .strip_prefix(dash.as_str())
                         .and_then(|d| d.parse::<usize>().ok())
                     {
                         busy[d] = false;
@@ -130,7 +144,7 @@ pub fn run(
                     report.errors += 1;
                     if let Some(d) = o
                         .device
-                        .strip_prefix("dev-")
+                        .strip_prefix(dash.as_str())
                         .and_then(|d| d.parse::<usize>().ok())
                     {
                         busy[d] = false;

@@ -9,6 +9,8 @@ use wardgate_coap::config::CoapConfig;
 use wardgate_core::validate::Problems;
 use wardgate_dtls::DtlsConfig;
 use wardgate_http::config::{AdminConfig, HttpConfig};
+use wardgate_http::ingest::IngestHttpConfig;
+use wardgate_http::uplink::HttpsUplinkConfig;
 use wardgate_lwm2m::Lwm2mConfig;
 use wardgate_mqtt::config::MqttUplinkConfig;
 use wardgate_mqtt::southbound::MqttIngestConfig;
@@ -59,6 +61,9 @@ pub struct IngestSection {
     /// `[[ingest.mqtt]]`: subscribe to a local broker where MQTT sensors publish; each
     /// message is PUBACKed only once its reading is durable.
     pub mqtt: Vec<MqttIngestConfig>,
+    /// `[ingest.http]`: `POST /v1/devices/{id}/readings` over HTTPS (off by default;
+    /// `docs/ingest-api.openapi.json`), answered 201 only once durable.
+    pub http: IngestHttpConfig,
 }
 
 /// `[registry]`: where the device registry lives.
@@ -141,6 +146,8 @@ impl Default for BusConfig {
 pub enum UplinkConfig {
     /// An MQTT broker.
     Mqtt(MqttUplinkConfig),
+    /// An HTTPS endpoint taking batches of readings (JSON arrays).
+    Https(HttpsUplinkConfig),
     /// JSON lines to a file or stdout: the embedded default, needing no external service.
     File(FileUplinkConfig),
 }
@@ -150,6 +157,7 @@ impl UplinkConfig {
     pub fn name(&self) -> &str {
         match self {
             UplinkConfig::Mqtt(c) => &c.name,
+            UplinkConfig::Https(c) => &c.name,
             UplinkConfig::File(c) => &c.name,
         }
     }
@@ -342,6 +350,7 @@ impl GatewayConfig {
             }
             match u {
                 UplinkConfig::Mqtt(m) => m.validate(&at, p),
+                UplinkConfig::Https(h) => h.validate(&at, p),
                 UplinkConfig::File(f) => {
                     if f.path.as_os_str().is_empty() {
                         p.push(
@@ -360,6 +369,9 @@ impl GatewayConfig {
                 "uplinks",
                 "only one file uplink may write to stdout (\"-\")",
             );
+        }
+        if self.ingest.http.enabled {
+            self.ingest.http.validate("ingest.http", p);
         }
         let mut ingest_names = HashSet::new();
         for (i, m) in self.ingest.mqtt.iter().enumerate() {

@@ -103,6 +103,8 @@ struct App {
     selector: Option<wardgate_selector::SharedSelector>,
     /// `[[ingest.mqtt]]` subscribers.
     mqtt_ingest: Vec<wardgate_mqtt::southbound::MqttIngest>,
+    /// `[ingest.http]`: HTTPS device ingest.
+    ingest_http: Option<wardgate_http::ingest::IngestServer>,
     /// The ingest pipeline, for the adapters started in `spawn`.
     pipeline: IngestPipeline,
     demo: bool,
@@ -290,6 +292,25 @@ impl App {
             None
         };
 
+        let ingest_http = if cfg.ingest.http.enabled {
+            let deps = wardgate_http::ingest::IngestDeps {
+                pipeline: ingest_pipeline.clone(),
+                credentials: credentials.clone(),
+                metrics: wardgate_http::ingest::IngestMetrics::register(&mut registry),
+            };
+            Some(
+                wardgate_http::ingest::IngestServer::bind(
+                    &cfg.ingest.http,
+                    deps,
+                    health.reporter("ingest.http", ComponentKind::Listener),
+                )
+                .await
+                .context("HTTPS ingest")?,
+            )
+        } else {
+            None
+        };
+
         // HTTP binds last: the registry is complete now.
         let http = if cfg.http.enabled {
             let deps = wardgate_http::HttpDeps {
@@ -324,6 +345,7 @@ impl App {
             lwm2m,
             selector,
             mqtt_ingest,
+            ingest_http,
             pipeline: ingest_pipeline,
             demo,
         })
@@ -385,6 +407,17 @@ impl App {
         });
         if let Some(server) = self.lwm2m {
             ingest.spawn(server.run(stops.ingest.clone()));
+        }
+        if let Some(server) = self.ingest_http {
+            if let Some(a) = server.local_addr() {
+                tracing::info!(addr = %a, "HTTPS ingest listening (POST /v1/devices/{{id}}/readings)");
+            }
+            let stop = stops.ingest.clone();
+            ingest.spawn(async move {
+                if let Err(e) = server.run(stop).await {
+                    tracing::error!(error = %e, "HTTPS ingest failed");
+                }
+            });
         }
         for sub in self.mqtt_ingest {
             let pipeline = self.pipeline.clone();
@@ -578,6 +611,15 @@ fn build_uplinks(
 ) -> anyhow::Result<Vec<BuiltUplink>> {
     let file_metrics = FileUplinkMetrics::register(registry);
     let mqtt_metrics = wardgate_mqtt::MqttMetrics::register(registry);
+    let https_metrics = if cfg
+        .uplinks
+        .iter()
+        .any(|u| matches!(u, UplinkConfig::Https(_)))
+    {
+        wardgate_http::uplink::HttpsUplinkMetrics::register(registry)
+    } else {
+        wardgate_http::uplink::HttpsUplinkMetrics::default()
+    };
     cfg.uplinks
         .iter()
         .map(|u| {
@@ -588,6 +630,10 @@ fn build_uplinks(
                 UplinkConfig::Mqtt(m) => Box::new(
                     m.build(&cfg.gateway.id, mqtt_metrics.clone(), health)
                         .with_context(|| format!("uplink {}", m.name))?,
+                ),
+                UplinkConfig::Https(h) => Box::new(
+                    h.build(&cfg.gateway.id, https_metrics.clone(), health)
+                        .with_context(|| format!("uplink {}", h.name))?,
                 ),
             };
             let cursor = outbox
