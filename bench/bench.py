@@ -490,11 +490,17 @@ def selector_section(w, by, raw_path):
     if not (fo or ab or errs):
         return
     w("\n## Uplink selector (issue 11, `bench/selector.sh`)\n")
-    w("Command: `bench/selector.sh` (3 rounds of each scenario, about 3 minutes; also run by `bench/run.sh`, "
+    w("Command: `bench/selector.sh` (3 rounds of each scenario, about 90 s; also run by `bench/run.sh`, "
       "and `--quick` by `bench/run.sh --quick`). Each round starts its own Mosquitto brokers (queues lifted: "
       "`max_queued_messages 2000000`, `max_queued_bytes 0`) and a fresh release gateway (durable outbox, fsync) "
       "on free loopback ports; gateway on core 0, generator and brokers on core 1. End-to-end latency is CoAP "
       "send (open loop: the *scheduled* send time) → first arrival at a QoS 1 subscriber of either broker.\n")
+    ats = [r.get("at") for sc in ("selector:failover", "selector:alarm-backlog") for r in by.get(sc, []) if r.get("at")]
+    loads = [r["report"].get("loadavg_1m") for r in by.get("selector:failover", []) + by.get("selector:alarm-backlog", [])
+             if "report" in r]
+    if ats:
+        w(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(max(ats)))}; 1-minute load average at the end "
+          f"of the rounds {cell(loads)} (the rounds' own processes make about 2 on these 2 cores).\n")
     if errs:
         w(f"Failed rounds: {len(errs)} (first: {errs[0][:200]}).\n")
 

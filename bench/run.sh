@@ -3,8 +3,8 @@
 # report.
 #
 #   bench/run.sh            full run (≥ 5 runs per scenario, ladder, 300 s soak, the LwM2M storm
-#                           and the selector scenarios of bench/selector.sh; < 15 min + about 3
-#                           for the selector): writes docs/benchmarks.md and docs/bench-raw/
+#                           and bench/selector.sh; < 15 min + about 90 s for the selector):
+#                           writes docs/benchmarks.md and docs/bench-raw/
 #   bench/run.sh --quick    smoke check for CI (1 short run per scenario, no ladder/soak; < 3 min
 #                           once built): writes to a temp dir, never touches docs/
 #

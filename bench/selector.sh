@@ -13,7 +13,7 @@
 #   bench/selector.sh [--quick] [--rounds N] [--only failover|alarm-backlog]
 #
 # Defaults: 3 rounds of each, RATE 5000, DURATION 20, KILL_AT 8, BACKLOG 100000, 50 alarms
-# (about 3 minutes). --quick: 1 round of each at 2000/s for 6 s (kill at 2 s) and a 5,000-reading
+# (about 90 s). --quick: 1 round of each at 2000/s for 6 s (kill at 2 s) and a 5,000-reading
 # backlog (< 60 s once built). Gateway on core 0, generator and brokers on core 1 when taskset
 # and 2 cores are there. Loopback only; every step bounded in time.
 set -euo pipefail
