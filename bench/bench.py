@@ -278,6 +278,30 @@ class Bench:
                 self.write({"scenario": f"lwm2m-storm:{mode}", "error": str(e), "at": time.time()})
                 log(f"lwm2m storm ({mode}) failed: {e}")
 
+    def selector(self):
+        """The uplink selector (bench/selector.sh, issue 11): failover under open-loop load with
+        the preferred broker killed, and alarm latency while an outage's backlog drains; 3 rounds
+        of each (quick: 1 tiny round, < 60 s)."""
+        env = dict(os.environ, WARDGATE_BIN=self.args.wardgate_bin, BENCH_BIN=self.args.bench_bin)
+        script = str(Path(__file__).with_name("selector.sh"))
+        argv = ["bash", script] + (["--quick"] if self.quick else ["--rounds", "3"])
+        try:
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=True)
+            for line in out.stdout.splitlines():
+                if not line.startswith("{"):
+                    continue
+                rec = json.loads(line)
+                sc, run = f"selector:{rec.pop('scenario')}", rec.pop("round")
+                if "error" in rec:
+                    self.write({"scenario": sc, "run": run, "error": rec["error"], "at": time.time()})
+                    log(f"{sc} round {run}: ERROR {rec['error']}")
+                else:
+                    self.write({"scenario": sc, "run": run, "report": rec, "at": time.time()})
+                    log(f"{sc} round {run}: {selector_line(rec)}")
+        except Exception as e:
+            self.write({"scenario": "selector", "error": str(e), "at": time.time()})
+            log(f"selector scenarios failed: {e}")
+
     def note(self, scenario, text):
         self.write({"scenario": scenario, "not_measured": text, "at": time.time()})
         log(f"{scenario}: not measured: {text}")
@@ -307,6 +331,10 @@ class Bench:
             # Appends LwM2M storm runs to an existing full run's raw results.
             self.lwm2m()
             return
+        if self.args.selector_only:
+            # Appends the selector scenarios to an existing full run's raw results.
+            self.selector()
+            return
         if self.args.soak_only:
             # Appends a new soak to an existing full run's raw results (the report uses the last).
             self.start_mosquitto()
@@ -322,6 +350,7 @@ class Bench:
                 for scenario, system, mode in self.scenarios():
                     self.measure(scenario, system, mode, run)
             self.lwm2m()
+            self.selector()
             if not self.quick and not self.args.no_profile:
                 for system in ("wardgate-ingest", "wardgate-e2e-fsync"):
                     try:
@@ -439,6 +468,108 @@ def summary_line(rep):
     if cpu is not None:
         s += f" | {cpu:.2f} ms CPU/1k"
     return s
+
+
+def selector_line(rep):
+    if rep.get("tool") == "failover":
+        return (f"kill → backup {fmt(rep.get('first_at_backup_after_kill_ms'))} ms, delayed > 1 s {rep.get('delayed')}, "
+                f"missing {rep.get('acked_missing')} (lost in broker {rep.get('lost_in_killed_broker')}), "
+                f"order violations {rep.get('order_violations_backup')}")
+    d = rep.get("during_drain") or {}
+    return (f"drain {fmt((rep.get('drain') or {}).get('drain_s'))} s, {d.get('sent')} alarms, p99 "
+            f"{fmt((d.get('latency') or {}).get('p99_ms'))} ms (baseline "
+            f"{fmt(((rep.get('baseline') or {}).get('latency') or {}).get('p99_ms'))} ms)")
+
+
+def selector_section(w, by, raw_path):
+    """## Uplink selector: medians (min–max) over the rounds of bench/selector.sh."""
+    fo = [r["report"] for r in by.get("selector:failover", []) if "report" in r]
+    ab = [r["report"] for r in by.get("selector:alarm-backlog", []) if "report" in r]
+    errs = [r["error"] for sc in ("selector:failover", "selector:alarm-backlog", "selector")
+            for r in by.get(sc, []) if "error" in r]
+    if not (fo or ab or errs):
+        return
+    w("\n## Uplink selector (issue 11, `bench/selector.sh`)\n")
+    w("Command: `bench/selector.sh` (3 rounds of each scenario, about 90 s; also run by `bench/run.sh`, "
+      "and `--quick` by `bench/run.sh --quick`). Each round starts its own Mosquitto brokers (queues lifted: "
+      "`max_queued_messages 2000000`, `max_queued_bytes 0`) and a fresh release gateway (durable outbox, fsync) "
+      "on free loopback ports; gateway on core 0, generator and brokers on core 1. End-to-end latency is CoAP "
+      "send (open loop: the *scheduled* send time) → first arrival at a QoS 1 subscriber of either broker.\n")
+    ats = [r.get("at") for sc in ("selector:failover", "selector:alarm-backlog") for r in by.get(sc, []) if r.get("at")]
+    loads = [r["report"].get("loadavg_1m") for r in by.get("selector:failover", []) + by.get("selector:alarm-backlog", [])
+             if "report" in r]
+    if ats:
+        w(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(max(ats)))}; 1-minute load average at the end "
+          f"of the rounds {cell(loads)} (the rounds' own processes make about 2 on these 2 cores).\n")
+    if errs:
+        w(f"Failed rounds: {len(errs)} (first: {errs[0][:200]}).\n")
+
+    def g(rep, *path):
+        for k in path:
+            rep = (rep or {}).get(k) if isinstance(rep, dict) else None
+        return rep
+
+    def row(label, xs, digits=2):
+        w(f"| {label} | {cell(xs, digits)} |")
+
+    if fo:
+        r0 = fo[0]
+        w(f"**Failover under load** (`wardgate-bench failover`): {fmt(r0['rate'], 0)} vitals/s, Confirmable SenML "
+          f"JSON, {r0['devices']} devices, for {fmt(r0['duration_s'], 0)} s; `vital` fails over "
+          "`[\"cloud\", \"backup\"]`, `alarm` is redundant; uplinks `reconnect_min 50ms`, `reconnect_max 500ms`, "
+          f"`keep_alive 5s`. At {fmt(r0['killed_at_s'], 0)} s the cloud broker is killed with SIGKILL. "
+          "Windows are by scheduled send time: before the kill; the outage (kill → first reading at the backup); "
+          f"after the switch. Rounds: {len(fo)}.\n")
+        w("| figure | median (min–max) |")
+        w("|---|---|")
+        row("readings sent", [x["sent"] for x in fo], 0)
+        row("acknowledged to the device (2.01)", [x["ok"] for x in fo], 0)
+        row("kill → first reading at the backup, ms", [x.get("first_at_backup_after_kill_ms") for x in fo], 0)
+        row("readings delayed (end-to-end > 1 s)", [x.get("delayed") for x in fo], 0)
+        row("max end-to-end latency, ms", [g(x, "latency", "max_ms") for x in fo], 0)
+        for name, key in (("before the kill", "latency_before_kill"), ("during the outage", "latency_outage"),
+                          ("after the switch", "latency_after_switch")):
+            row(f"end-to-end p50 {name}, ms", [g(x, key, "p50_ms") for x in fo])
+            row(f"end-to-end p99 {name}, ms", [g(x, key, "p99_ms") for x in fo])
+        row("acknowledged, received at neither broker", [x.get("acked_missing") for x in fo], 0)
+        row("… lost in the killed broker (its PUBACKs to the gateway − its subscriber's receipts)",
+            [x.get("lost_in_killed_broker") for x in fo], 0)
+        row("… unexplained", [x.get("unexplained_missing") for x in fo], 0)
+        row("received at both brokers", [x.get("at_both") for x in fo], 0)
+        row("moved by the cutover (`wardgate_store_released_total{uplink=\"cloud\"}`)",
+            [g(x, "gateway", "primary_released") for x in fo], 0)
+        row("per-device order violations at the backup", [x.get("order_violations_backup") for x in fo], 0)
+        row("CoAP answer p99 (context), ms", [g(x, "ack_latency", "p99_ms") for x in fo])
+        w("")
+    if ab:
+        r0 = ab[0]
+        w(f"**Alarm latency while a backlog drains** (`wardgate-bench alarm-backlog`): the only uplink's broker "
+          f"(persistence on, the subscriber's session kept) is stopped with SIGTERM, {r0['backlog_sent']:,} vitals "
+          "are sent (closed loop, 256 in flight), the broker is started again on the same port, and from the first "
+          "backlog reading at the subscriber one alarm (`?class=alarm`) is sent every 20 ms until the backlog has "
+          "drained. Baseline: 50 alarms with no backlog, before the outage. The alarm budget is 1 s. "
+          f"Rounds: {len(ab)}.\n")
+        w("| figure | median (min–max) |")
+        w("|---|---|")
+        row("backlog acknowledged", [x["backlog_acked"] for x in ab], 0)
+        row("broker ready → first backlog reading at the subscriber (reconnect), s",
+            [g(x, "drain", "reconnect_s") for x in ab])
+        row("broker ready → last backlog reading (drain time), s", [g(x, "drain", "drain_s") for x in ab])
+        row("drain rate, readings/s", [g(x, "drain", "rate_per_s") for x in ab], 0)
+        row("alarms sent during the drain", [g(x, "during_drain", "sent") for x in ab], 0)
+        for q in ("p50", "p99", "max"):
+            row(f"alarm end-to-end {q} during the drain, ms", [g(x, "during_drain", "latency", f"{q}_ms") for x in ab])
+        row("alarm CoAP answer p99 during the drain, ms", [g(x, "during_drain", "ack_latency", "p99_ms") for x in ab])
+        row("alarms over the 1 s budget", [g(x, "during_drain", "over_budget") for x in ab], 0)
+        for q in ("p50", "p99", "max"):
+            row(f"alarm end-to-end {q}, no backlog, ms", [g(x, "baseline", "latency", f"{q}_ms") for x in ab])
+        row("backlog readings that arrived after an alarm (median over the alarms)",
+            [x.get("overtaken_median") for x in ab], 0)
+        row("per-device order violations in the backlog", [g(x, "drain", "order_violations") for x in ab], 0)
+        w("")
+    notes = Path(raw_path).with_name("selector-notes.md")
+    if notes.exists():
+        w(notes.read_text().rstrip())
 
 
 def machine(venv_python="python3"):
@@ -754,6 +885,7 @@ def report(raw_path, out_path, command):
           f"{cell([x['register_seconds'] for x in regs], 2)} s; ≤ 2 KB RSS per idle registered client: "
           f"{cell([x['rss_bytes_per_client'] for x in storm['registered']], 0)} bytes"
           + (" (registered only)." if storm['registered'] else "."))
+    selector_section(w, by, raw_path)
     # Ladder
     ladder = {sc.split(":", 1)[1]: recs for sc, recs in by.items() if sc.startswith("ladder:")}
     w("\n## Ladder (open loop, 10 s per step; a step passes with ≥ 99.9 % delivered and p99 ≤ 50 ms)\n")
@@ -888,6 +1020,8 @@ def main():
     r.add_argument("--no-profile", action="store_true")
     r.add_argument("--lwm2m-only", action="store_true",
                    help="only the LwM2M storm, appended to the results already in --out")
+    r.add_argument("--selector-only", action="store_true",
+                   help="only the selector scenarios (bench/selector.sh), appended to the results already in --out")
     r.add_argument("--soak-only", action="store_true",
                    help="only the soak, appended to the results already in --out (after a full run)")
     r.add_argument("--bench-bin", required=True)

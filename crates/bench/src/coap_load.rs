@@ -343,8 +343,32 @@ fn bind_addr(target: SocketAddr) -> SocketAddr {
     }
 }
 
+/// What a scenario built on the load generator (e.g. [`crate::failover`]) can add to a run.
+pub trait RunHooks {
+    /// Once the run's bookkeeping exists, before the first request: `run_prefix` starts every
+    /// device id of the run (`<prefix>-<n>`; the readiness probe's device is not among them).
+    fn started(&mut self, _tracker: &Arc<Tracker>, _run_prefix: &str) {}
+    /// Called by the sender between requests (about once per request, and every millisecond
+    /// while it waits for a slot or for the last answers) with the run clock
+    /// ([`Tracker::now_ns`]). Must return quickly: it delays the next request.
+    fn tick(&mut self, _now_ns: u64) {}
+}
+
+/// No hooks: a plain `coap-load` run.
+struct NoHooks;
+impl RunHooks for NoHooks {}
+
 /// Runs one load test and returns its report.
 pub fn run(args: &CoapLoadArgs) -> Result<CoapLoadReport, BenchError> {
+    run_with(args, &mut NoHooks).map(|(report, _)| report)
+}
+
+/// Runs one load test with `hooks`; returns the report and the run's bookkeeping (send times
+/// and answer states by sequence number, for matching deliveries the caller observed itself).
+pub fn run_with(
+    args: &CoapLoadArgs,
+    hooks: &mut dyn RunHooks,
+) -> Result<(CoapLoadReport, Arc<Tracker>), BenchError> {
     let plan = plan(args)?;
     let mqtt = match (&args.mqtt, &args.topic) {
         (Some(url), Some(topic)) => Some((mqtt_broker(url)?, topic.clone())),
@@ -408,6 +432,7 @@ pub fn run(args: &CoapLoadArgs) -> Result<CoapLoadReport, BenchError> {
         None => None,
     };
 
+    hooks.started(&tracker, &run_prefix);
     let monitor = Monitor::start(
         args.pid,
         args.peer_pid.clone(),
@@ -439,6 +464,7 @@ pub fn run(args: &CoapLoadArgs) -> Result<CoapLoadReport, BenchError> {
         base_names: &base_names,
         format: args.format,
         base_time,
+        hooks,
         fifo: VecDeque::new(),
         timeouts: 0,
         send_errors: 0,
@@ -480,7 +506,7 @@ pub fn run(args: &CoapLoadArgs) -> Result<CoapLoadReport, BenchError> {
         plan.count / 2,
     );
     let secs = send_phase.as_secs_f64().max(1e-9);
-    Ok(CoapLoadReport {
+    let report = CoapLoadReport {
         tool: "coap-load",
         label: args.label.clone(),
         target: plan.target.to_string(),
@@ -520,7 +546,8 @@ pub fn run(args: &CoapLoadArgs) -> Result<CoapLoadReport, BenchError> {
         e2e,
         cpu,
         sut_memory,
-    })
+    };
+    Ok((report, tracker))
 }
 
 struct Sender<'a> {
@@ -532,6 +559,7 @@ struct Sender<'a> {
     base_names: &'a [String],
     format: Format,
     base_time: f64,
+    hooks: &'a mut dyn RunHooks,
     /// Sequence numbers in send order, for timeouts (sent times are monotonic along it).
     fifo: VecDeque<u64>,
     timeouts: u64,
@@ -573,6 +601,7 @@ impl Sender<'_> {
                 break;
             }
             let now = self.tracker.now_ns();
+            self.hooks.tick(now);
             let origin = if self.plan.interval_ns.is_some() {
                 self.lag.record_ns(now.saturating_sub(origin));
                 origin
@@ -597,6 +626,7 @@ impl Sender<'_> {
                 return false;
             }
             self.expire(now);
+            self.hooks.tick(now);
             std::thread::park_timeout(Duration::from_millis(1));
         }
         true
@@ -661,7 +691,9 @@ impl Sender<'_> {
     fn wait_in_flight(&mut self, timeout: Duration) {
         let until = Instant::now() + timeout + Duration::from_millis(50);
         while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
-            self.expire(self.tracker.now_ns());
+            let now = self.tracker.now_ns();
+            self.expire(now);
+            self.hooks.tick(now);
             std::thread::park_timeout(Duration::from_millis(1));
         }
         // Anything still outstanding has exceeded the timeout by now.

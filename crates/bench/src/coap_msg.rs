@@ -26,8 +26,10 @@ pub struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    /// POST `path` (slash separated) with the given Content-Format.
+    /// POST `path` (slash separated, optionally `?a=b&c=d`: one Uri-Query option per pair) with
+    /// the given Content-Format.
     pub fn new(msg_type: MsgType, path: &str, content_format: u16) -> Self {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let mut p = Packet::new();
         p.header.set_version(1);
         p.header.set_type(match msg_type {
@@ -38,6 +40,9 @@ impl RequestTemplate {
         p.set_token(vec![0; TOKEN_LEN]);
         for seg in path.split('/').filter(|s| !s.is_empty()) {
             p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+        }
+        for q in query.split('&').filter(|s| !s.is_empty()) {
+            p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
         }
         let cf = match content_format {
             110 => ContentFormat::ApplicationSenmlJSON,
@@ -155,6 +160,23 @@ mod tests {
             Some(ContentFormat::ApplicationSenmlJSON)
         );
         assert_eq!(p.payload, b"[{\"n\":\"seq\",\"v\":1}]");
+    }
+
+    #[test]
+    fn a_query_after_the_path_becomes_uri_query_options() {
+        let t = RequestTemplate::new(MsgType::Con, "v1/readings/bed-1?class=alarm&x=1", 110);
+        let mut out = Vec::new();
+        t.write(&mut out, 1, 1, b"[]");
+        let p = Packet::from_bytes(&out).expect("request parses");
+        let opt = |o| -> Vec<String> {
+            p.get_option(o)
+                .expect("option present")
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        };
+        assert_eq!(opt(CoapOption::UriPath), ["v1", "readings", "bed-1"]);
+        assert_eq!(opt(CoapOption::UriQuery), ["class=alarm", "x=1"]);
     }
 
     #[test]

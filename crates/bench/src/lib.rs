@@ -6,7 +6,9 @@
 //!   every reading delivered on an MQTT topic back to its send time ([`mqtt_sink`]);
 //! - [`udp_echo`]: the loopback UDP ceiling (a stateless 2.01 answerer);
 //! - [`broker_limit`]: the broker ceiling (QoS 1 publisher → Mosquitto → subscriber);
-//! - [`sample`]: the CPU and memory of an idle process.
+//! - [`sample`]: the CPU and memory of an idle process;
+//! - [`failover`] and [`alarm_backlog`]: the uplink selector's failover under load and alarm
+//!   latency while a backlog drains (issue 11), observed by [`arrivals`] subscribers.
 //!
 //! Promises: it only ever sends to loopback addresses ([`target`]); every run is bounded in
 //! request count, time and memory; every run prints exactly one JSON object on stdout, whose
@@ -15,15 +17,19 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod alarm_backlog;
+pub mod arrivals;
 pub mod broker_limit;
 pub mod coap_load;
 pub mod coap_msg;
 pub mod dtls_load;
 pub mod error;
+pub mod failover;
 pub mod lwm2m_storm;
 pub mod mqtt_sink;
 pub mod payload;
 pub mod procfs;
+pub mod prom;
 pub mod sample;
 pub mod stats;
 pub mod target;

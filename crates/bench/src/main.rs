@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wardgate_bench::{
-    BenchError, broker_limit, coap_load, dtls_load, lwm2m_storm, sample, udp_echo,
+    BenchError, alarm_backlog, broker_limit, coap_load, dtls_load, failover, lwm2m_storm, sample,
+    udp_echo,
 };
 
 /// wardgate's benchmark harness (loopback targets only).
@@ -32,6 +33,10 @@ enum Command {
     BrokerLimit(broker_limit::BrokerLimitArgs),
     /// CPU and memory of a process over a period (idle footprint).
     Sample(sample::SampleArgs),
+    /// Open-loop vitals while the preferred uplink's broker is killed: the selector's failover.
+    Failover(Box<failover::FailoverArgs>),
+    /// Alarm latency while an outage's backlog drains (the outbox's priority lane).
+    AlarmBacklog(alarm_backlog::AlarmBacklogArgs),
 }
 
 fn print<T: serde::Serialize>(report: &T) -> Result<(), BenchError> {
@@ -50,6 +55,8 @@ fn main() -> ExitCode {
         Command::UdpEcho(a) => udp_echo::run(a),
         Command::BrokerLimit(a) => broker_limit::run(a).and_then(|r| print(&r)),
         Command::Sample(a) => sample::run(a).and_then(|r| print(&r)),
+        Command::Failover(a) => failover::run(a).and_then(|r| print(&r)),
+        Command::AlarmBacklog(a) => alarm_backlog::run(a).and_then(|r| print(&r)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

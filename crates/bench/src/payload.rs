@@ -108,7 +108,10 @@ struct NamedValue {
     v: Option<f64>,
 }
 
-fn seq_of(records: impl IntoIterator<Item = (Option<String>, Option<f64>)>) -> Option<u64> {
+/// The value of the `seq` record among `(name, value)` pairs, if it is a whole non-negative number.
+pub(crate) fn seq_of(
+    records: impl IntoIterator<Item = (Option<String>, Option<f64>)>,
+) -> Option<u64> {
     records.into_iter().find_map(|(n, v)| {
         let n = n?;
         let v = v?;
