@@ -53,6 +53,9 @@ pub const DEFAULT_COOL_DOWN_MULTIPLIER: f64 = 2.0;
 pub const DEFAULT_MAX_COOL_DOWN: Duration = Duration::from_secs(120);
 /// Default probes in HalfOpen: one; the first report decides.
 pub const DEFAULT_HALF_OPEN_PROBES: u32 = 1;
+/// Default link grace: an uplink not ready this long is down. Longer than a start-up connect
+/// or a reconnect blip; it is most of the failover time (`bench/selector.sh`).
+pub const DEFAULT_LINK_DOWN_AFTER: Duration = Duration::from_secs(2);
 /// Default capacity of the recent-decision ring (and of the transition log).
 pub const DEFAULT_DECISION_LOG: usize = 256;
 
@@ -86,6 +89,10 @@ pub struct SelectorConfig {
     pub half_open_probes: u32,
     /// Capacity of the ring of recent decisions shown by the admin API. Default 256.
     pub decision_log: usize,
+    /// An uplink whose health check has been not ready this long (disconnected, failing) is
+    /// reported down and its breaker opens at once (0.1 s .. 60 s). Default 2 s.
+    #[serde(with = "humantime_serde")]
+    pub link_down_after: Duration,
     /// `[[selector.classes]]`: the policy per message class. A class without an entry gets
     /// its default (see [`Policy::default_for`]).
     pub classes: Vec<ClassPolicyConfig>,
@@ -107,6 +114,7 @@ impl Default for SelectorConfig {
             max_cool_down: DEFAULT_MAX_COOL_DOWN,
             half_open_probes: DEFAULT_HALF_OPEN_PROBES,
             decision_log: DEFAULT_DECISION_LOG,
+            link_down_after: DEFAULT_LINK_DOWN_AFTER,
             classes: Vec::new(),
             rules: Vec::new(),
         }
@@ -196,6 +204,14 @@ impl SelectorConfig {
         }
         if self.window == 0 {
             p.push(format!("{at}.window"), "must be at least 1");
+        }
+        if self.link_down_after < Duration::from_millis(100)
+            || self.link_down_after > Duration::from_secs(60)
+        {
+            p.push(
+                format!("{at}.link_down_after"),
+                "must be between 100ms and 60s",
+            );
         }
         if self.min_samples == 0 || (self.window > 0 && self.min_samples > self.window) {
             p.push(

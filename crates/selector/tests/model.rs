@@ -154,6 +154,7 @@ fn to_config(c: &Case) -> SelectorConfig {
         max_cool_down: Duration::from_millis(c.cool_down_ms * 4),
         half_open_probes: c.probes,
         decision_log: c.log,
+        link_down_after: wardgate_selector::DEFAULT_LINK_DOWN_AFTER,
         classes,
         rules: Vec::new(),
     }

@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex};
 use common::{Running, cfg, names, owed_to_nobody, reading};
 use proptest::prelude::*;
 use ulid::Ulid;
-use wardgate_core::{
-    Cutover, Delivery, MessageClass, OutboxCursor, RouteInput, Router, UplinkSet,
-};
+use wardgate_core::{Cutover, Delivery, MessageClass, OutboxCursor, RouteInput, Router, UplinkSet};
 use wardgate_store::{Cursor, OpenOptions};
 
 /// Routes everything to the active uplink; a switch hands the store one cutover of the old one.
@@ -152,7 +150,8 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .map(|_| {
                         let mut r = reading(&format!("bed-{device}"), 40);
                         r.class = class;
-                        seen.owner.insert(r.id, router.active.load(Ordering::SeqCst));
+                        seen.owner
+                            .insert(r.id, router.active.load(Ordering::SeqCst));
                         appended.insert(
                             r.id,
                             Appended {
@@ -213,12 +212,12 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     for _ in 0..1000 {
         let mut any = false;
-        for up in 0..2 {
-            let got = cursors[up].try_next(64).await.unwrap();
+        for (up, cursor) in cursors.iter_mut().enumerate() {
+            let got = cursor.try_next(64).await.unwrap();
             any |= !got.is_empty();
             check_handout(up, &got, &appended, &mut seen)?;
             let seqs: Vec<u64> = got.iter().map(|d| d.seq).collect();
-            cursors[up].ack(&seqs);
+            cursor.ack(&seqs);
         }
         run.outbox.flush().await.unwrap();
         if !any && run.outbox.stats().unwrap().readings == 0 {

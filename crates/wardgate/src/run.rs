@@ -101,6 +101,8 @@ struct App {
     lwm2m: Option<wardgate_lwm2m::Server>,
     /// The uplink selector, when `[selector]` is configured.
     selector: Option<wardgate_selector::SharedSelector>,
+    /// `[selector] link_down_after`.
+    link_down_after: Duration,
     /// `[[ingest.mqtt]]` subscribers.
     mqtt_ingest: Vec<wardgate_mqtt::southbound::MqttIngest>,
     /// `[ingest.http]`: HTTPS device ingest.
@@ -344,6 +346,12 @@ impl App {
             demo_lwm2m: lwm2m.is_some(),
             lwm2m,
             selector,
+            link_down_after: cfg
+                .selector
+                .as_ref()
+                .map_or(wardgate_selector::DEFAULT_LINK_DOWN_AFTER, |s| {
+                    s.link_down_after
+                }),
             mqtt_ingest,
             ingest_http,
             pipeline: ingest_pipeline,
@@ -371,6 +379,7 @@ impl App {
                 selector,
                 self.outbox.clone(),
                 self.health.clone(),
+                self.link_down_after,
                 stops.uplinks.clone(),
             ));
         }

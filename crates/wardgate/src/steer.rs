@@ -10,7 +10,7 @@
 //! commit anyway.
 //!
 //! Link state: an uplink whose health check (`uplink.<name>`) has been not ready for
-//! [`LINK_GRACE`] (disconnected, failing) is reported down to the selector, which opens its
+//! `[selector] link_down_after` (default 2 s; disconnected, failing) is reported down to the selector, which opens its
 //! breaker at once instead of waiting for a run of failed deliveries (an uplink that cannot
 //! connect has no deliveries to fail); ready again is reported up (half-open: probes decide).
 
@@ -25,8 +25,6 @@ use wardgate_store::Outbox;
 
 /// How often link states are sampled and the selector ticked.
 const TICK: Duration = Duration::from_millis(100);
-/// An uplink not ready this long is down (start-up connects and short blips stay below it).
-const LINK_GRACE: Duration = Duration::from_secs(2);
 
 /// One uplink's link tracking.
 #[derive(Debug, Default)]
@@ -38,7 +36,13 @@ struct Link {
 }
 
 /// Runs until `stop`: see the module doc.
-pub(crate) async fn run(selector: SharedSelector, outbox: Outbox, health: Health, stop: Shutdown) {
+pub(crate) async fn run(
+    selector: SharedSelector,
+    outbox: Outbox,
+    health: Health,
+    link_down_after: Duration,
+    stop: Shutdown,
+) {
     let uplinks: Vec<Arc<str>> = outbox.uplinks();
     let mut links: HashMap<Arc<str>, Link> = uplinks
         .iter()
@@ -65,7 +69,7 @@ pub(crate) async fn run(selector: SharedSelector, outbox: Outbox, health: Health
                 let now = Instant::now();
                 for u in &uplinks {
                     if let Some(link) = links.get_mut(u) {
-                        track_link(&selector, &health, u, link, now);
+                        track_link(&selector, &health, u, link, link_down_after, now);
                     }
                 }
                 if selector.queued_events() > 0 {
@@ -85,6 +89,7 @@ fn track_link(
     health: &Health,
     uplink: &str,
     link: &mut Link,
+    grace: Duration,
     now: Instant,
 ) {
     let ready = health
@@ -99,7 +104,7 @@ fn track_link(
         return;
     }
     let since = *link.not_ready_since.get_or_insert(now);
-    if !link.told_down && now.duration_since(since) >= LINK_GRACE {
+    if !link.told_down && now.duration_since(since) >= grace {
         link.told_down = true;
         selector.link(uplink, false);
     }
