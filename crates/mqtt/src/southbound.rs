@@ -81,6 +81,8 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS};
 use tokio::time::Instant;
+
+use crate::uplink::sleep_until;
 use wardgate_core::health::ComponentKind;
 use wardgate_core::{
     Backoff, Health, HealthReporter, Identity, IdentityKind, IngestPipeline, PeerContext, Pending,
@@ -351,13 +353,6 @@ fn arm(mut el: EventLoop, delay: Duration) -> PollFuture {
         let res = el.poll().await;
         (el, res)
     })
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -287,7 +287,8 @@ fn arm(mut link: Link, delay: Duration) -> PollFuture {
     })
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// Sleeps until `deadline`, or for ever without one (a `select!` arm that is off).
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
