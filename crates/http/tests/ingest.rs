@@ -573,3 +573,31 @@ async fn curl_posts_over_tls_with_a_token_and_a_chunked_oversized_body_gets_413(
     assert!(body.contains("urn:wardgate:problem:too-large"), "{body}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_peer_the_authorizer_refuses_is_answered_without_its_body_being_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(Options {
+        tls: false,
+        ..Options::default()
+    })
+    .await;
+    // Headers announcing a body that never comes, and no credentials: the answer must not wait
+    // for the body (the body timeout would answer 408 after 30 s).
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/devices/bed-12/readings HTTP/1.1\r\nHost: gw\r\n\
+          Content-Type: application/senml+json\r\nContent-Length: 60000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut head))
+        .await
+        .expect("answered before the body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(gw.stored().await.is_empty());
+    gw.stop().await;
+}

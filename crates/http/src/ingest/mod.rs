@@ -53,9 +53,9 @@ use tower::ServiceExt;
 use wardgate_core::payload::{ContentFormat, DecodeError};
 use wardgate_core::reading::valid_device_id;
 use wardgate_core::{
-    CredentialStore, Denied, HealthReporter, Identity, IdentityKind, IngestError, IngestPipeline,
-    MessageClass, PeerContext, Protocol, Rate, Refused, Shutdown, Submission, Take, TokenBuckets,
-    TransportKind,
+    Action, AuthRequest, CredentialStore, Denied, HealthReporter, Identity, IdentityKind,
+    IngestError, IngestPipeline, MessageClass, PeerContext, Protocol, Rate, Refused, Shutdown,
+    Submission, Take, TokenBuckets, TransportKind,
 };
 
 use crate::error::HttpError;
@@ -356,6 +356,21 @@ async fn post_readings(
         Ok(Some(id)) => ctx = ctx.with_identity(id),
         Ok(None) => {}
         Err(p) => return refuse(&st, &peer, "unauthenticated", p),
+    }
+    // Who may write is settled before the body is read, so a peer the authorizer refuses
+    // cannot make us read (and hold) up to `max_body_bytes`. The pipeline asks again with the
+    // body (the same in-memory answer unless the registry changed in between).
+    let ask = AuthRequest {
+        peer: &ctx,
+        protocol: Protocol::Http,
+        claimed_device: &device,
+        class,
+        resource: RESOURCE,
+        action: Action::Write,
+    };
+    if let Err(d) = st.pipeline.authorizer().authorize(&ask) {
+        let e = Refused::Denied(d);
+        return refuse(&st, &peer, e.reason(), refusal(&e, st.busy_retry_after));
     }
     let body = match read_body(&st, &headers, request.into_body()).await {
         Ok(b) => b,
