@@ -601,3 +601,27 @@ async fn a_peer_the_authorizer_refuses_is_answered_without_its_body_being_read()
     assert!(gw.stored().await.is_empty());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_source_that_keeps_failing_authentication_is_rate_limited() {
+    let gw = Gateway::start(Options::default()).await;
+    let client = gw.client(None);
+    let url = gw.url("bed-12");
+    for i in 0..10 {
+        let a = post(
+            &client,
+            &url,
+            Some(&format!("guess-{i}")),
+            "application/senml+json",
+            SENML,
+        )
+        .await;
+        problem(&a, 401);
+    }
+    // The eleventh attempt from the same address, even with the right token, waits.
+    let a = post(&client, &url, Some(TOKEN), "application/senml+json", SENML).await;
+    problem(&a, 429);
+    assert!(a.headers.contains_key("retry-after"), "{:?}", a.headers);
+    assert!(gw.stored().await.is_empty());
+    gw.stop().await;
+}

@@ -13,7 +13,7 @@
 //! - **Secrets**: no response, log line, metric or audit event carries a key, a token or a
 //!   token hash. Device views come from [`wardgate_registry::DeviceView`], which has none.
 
-mod auth;
+pub(crate) mod auth;
 mod lwm2m;
 mod metrics;
 mod routes;

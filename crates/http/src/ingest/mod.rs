@@ -112,6 +112,9 @@ struct IngestState {
     busy_retry_after: u32,
     default_class: MessageClass,
     per_device: Mutex<TokenBuckets>,
+    /// Failed authentications per source address (the admin API's limit: 10 a minute, then
+    /// 429 for the rest of the minute), so tokens cannot be guessed at line rate.
+    auth_failures: crate::admin::auth::FailureLimit,
 }
 
 /// A bound, not yet serving, ingest server.
@@ -187,6 +190,7 @@ impl IngestServer {
             body_timeout: cfg.body_timeout,
             busy_retry_after: cfg.busy_retry_after_secs,
             default_class: cfg.default_class,
+            auth_failures: crate::admin::auth::FailureLimit::default(),
             per_device: Mutex::new(TokenBuckets::new(
                 Rate {
                     rate: cfg.per_device_rate,
@@ -297,6 +301,15 @@ async fn post_readings(
     headers: HeaderMap,
     request: Request,
 ) -> Response {
+    let now = Instant::now();
+    if st.auth_failures.blocked(peer.addr.ip(), now) {
+        let p = Problem::new(
+            Kind::RateLimited,
+            "too many failed authentications from this address; try again later",
+        )
+        .retry_after(60);
+        return refuse(&st, &peer, "auth_rate_limited", p);
+    }
     let device = match path {
         Ok(Path(d)) if valid_device_id(d.as_bytes()) => d,
         _ => {
@@ -355,7 +368,10 @@ async fn post_readings(
     match identity(&st, &ctx, &peer, &headers) {
         Ok(Some(id)) => ctx = ctx.with_identity(id),
         Ok(None) => {}
-        Err(p) => return refuse(&st, &peer, "unauthenticated", p),
+        Err(p) => {
+            note_auth_failure(&st, &peer, now);
+            return refuse(&st, &peer, "unauthenticated", p);
+        }
     }
     // Who may write is settled before the body is read, so a peer the authorizer refuses
     // cannot make us read (and hold) up to `max_body_bytes`. The pipeline asks again with the
@@ -369,6 +385,9 @@ async fn post_readings(
         action: Action::Write,
     };
     if let Err(d) = st.pipeline.authorizer().authorize(&ask) {
+        if matches!(d, Denied::Unauthenticated(_)) {
+            note_auth_failure(&st, &peer, now);
+        }
         let e = Refused::Denied(d);
         return refuse(&st, &peer, e.reason(), refusal(&e, st.busy_retry_after));
     }
@@ -408,6 +427,16 @@ async fn post_readings(
             let reason = e.reason();
             refuse(&st, &peer, reason, refusal(&e, st.busy_retry_after))
         }
+    }
+}
+
+/// Charges a failed authentication to the peer's address; logs once when it reaches the limit.
+fn note_auth_failure(st: &IngestState, peer: &PeerInfo, now: Instant) {
+    if st.auth_failures.fail(peer.addr.ip(), now) {
+        tracing::warn!(
+            peer = %peer.addr,
+            "HTTPS ingest: source rate limited after repeated failed authentications"
+        );
     }
 }
 
