@@ -302,6 +302,29 @@ class Bench:
             self.write({"scenario": "selector", "error": str(e), "at": time.time()})
             log(f"selector scenarios failed: {e}")
 
+    def https(self):
+        """The HTTPS uplink against the MQTT uplink, and the HTTPS ingest with and without TLS
+        (bench/https.sh, issue 11); 3 rounds (quick: 1 round of 3 s runs, < 40 s)."""
+        env = dict(os.environ, WARDGATE_BIN=self.args.wardgate_bin, BENCH_BIN=self.args.bench_bin)
+        script = str(Path(__file__).with_name("https.sh"))
+        argv = ["bash", script] + (["--quick"] if self.quick else ["--rounds", "3"])
+        try:
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200, check=True)
+            for line in out.stdout.splitlines():
+                if not line.startswith("{"):
+                    continue
+                rec = json.loads(line)
+                sc, run = f"https:{rec.pop('scenario')}", rec.pop("round")
+                if "error" in rec:
+                    self.write({"scenario": sc, "run": run, "error": rec["error"], "at": time.time()})
+                    log(f"{sc} round {run}: ERROR {rec['error']}")
+                else:
+                    self.write({"scenario": sc, "run": run, "report": rec, "at": time.time()})
+                    log(f"{sc} round {run}: {https_line(rec)}")
+        except Exception as e:
+            self.write({"scenario": "https", "error": str(e), "at": time.time()})
+            log(f"https scenarios failed: {e}")
+
     def note(self, scenario, text):
         self.write({"scenario": scenario, "not_measured": text, "at": time.time()})
         log(f"{scenario}: not measured: {text}")
@@ -335,6 +358,10 @@ class Bench:
             # Appends the selector scenarios to an existing full run's raw results.
             self.selector()
             return
+        if self.args.https_only:
+            # Appends the HTTPS uplink and ingest scenarios to an existing full run's raw results.
+            self.https()
+            return
         if self.args.soak_only:
             # Appends a new soak to an existing full run's raw results (the report uses the last).
             self.start_mosquitto()
@@ -351,6 +378,7 @@ class Bench:
                     self.measure(scenario, system, mode, run)
             self.lwm2m()
             self.selector()
+            self.https()
             if not self.quick and not self.args.no_profile:
                 for system in ("wardgate-ingest", "wardgate-e2e-fsync"):
                     try:
@@ -568,6 +596,127 @@ def selector_section(w, by, raw_path):
         row("per-device order violations in the backlog", [g(x, "drain", "order_violations") for x in ab], 0)
         w("")
     notes = Path(raw_path).with_name("selector-notes.md")
+    if notes.exists():
+        w(notes.read_text().rstrip())
+
+
+HTTPS_UPLINKS = ("mqtt", "https", "https-gzip", "https-b50")
+HTTPS_INGEST = ("tls", "plain")
+
+
+def https_line(rep):
+    if rep.get("tool") == "uplink-e2e":
+        d = rep.get("https") or rep.get("mqtt") or {}
+        s = (f"acked {fmt(rep.get('ok_rps'), 0)}/s, delivered {fmt(d.get('delivered_per_s'), 0)}/s, "
+             f"e2e p99 {fmt((d.get('latency') or {}).get('p99_ms'))} ms, missing {d.get('acked_missing')}")
+        if rep.get("https"):
+            s += f", {fmt(d.get('requests_per_s'), 0)} req/s, batch {fmt(d.get('mean_batch'), 0)}"
+    else:
+        s = (f"{fmt(rep.get('requests_per_s'), 0)} req/s, 201 p99 {fmt((rep.get('latency_201') or {}).get('p99_ms'))} ms, "
+             f"statuses {rep.get('statuses')}, errors {rep.get('errors')}")
+    cpu = (rep.get("cpu") or {}).get("sut_cpu_ms_per_1k")
+    return s + (f" | {cpu:.2f} ms CPU/1k" if cpu is not None else "")
+
+
+def https_section(w, by, raw_path):
+    """## HTTPS uplink and ingest: medians (min–max) over the rounds of bench/https.sh."""
+    up = {v: [r["report"] for r in by.get(f"https:uplink:{v}", []) if "report" in r] for v in HTTPS_UPLINKS}
+    ing = {v: [r["report"] for r in by.get(f"https:ingest:{v}", []) if "report" in r] for v in HTTPS_INGEST}
+    scs = [f"https:uplink:{v}" for v in HTTPS_UPLINKS] + [f"https:ingest:{v}" for v in HTTPS_INGEST]
+    errs = [f"{sc}: {r['error']}" for sc in scs for r in by.get(sc, []) if "error" in r]
+    if not (any(up.values()) or any(ing.values()) or errs):
+        return
+    w("\n## HTTPS uplink and ingest (issue 11, `bench/https.sh`)\n")
+    w("Command: `bench/https.sh` (3 rounds, about 3.5 min; also run by `bench/run.sh`, and `--quick` by "
+      "`bench/run.sh --quick`). Every run starts a fresh release gateway (durable outbox, fsync) on free "
+      "loopback ports, gateway on core 0, generator on core 1. Cells are median (min–max) over the rounds; "
+      "the order of the runs rotates by round.\n")
+    allr = [x for v in list(up.values()) + list(ing.values()) for x in v]
+    ats = [r.get("at") for sc in scs for r in by.get(sc, []) if r.get("at")]
+    if ats:
+        w(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(max(ats)))}; 1-minute load average at the "
+          f"end of the runs {cell([x.get('loadavg_1m') for x in allr])}.\n")
+    if errs:
+        w(f"Failed runs: {len(errs)} (first: {errs[0][:200]}).\n")
+
+    def g(rep, *path):
+        for k in path:
+            rep = (rep or {}).get(k) if isinstance(rep, dict) else None
+        return rep
+
+    if any(up.values()):
+        r0 = next(x for v in up.values() for x in v)
+        w(f"**Uplink throughput** (`wardgate-bench uplink-e2e`): closed-loop Confirmable CoAP vitals (SenML JSON, "
+          f"{r0['in_flight']} in flight, {r0['devices']} devices) for {fmt(r0['duration_s'], 0)} s into a gateway "
+          "with exactly one uplink. `mqtt`: to its own Mosquitto (queues lifted), a QoS 1 subscriber in the generator "
+          "records every reading. `https*`: the generator is also the endpoint, HTTP/1.1 over TLS 1.3 (rustls, "
+          "a self-signed certificate made per run with rcgen, trusted by the gateway through `ca_file`), answering "
+          "200 after parsing each JSON array; `https` is `batch_max_readings = 500`, `linger = 20ms` (the "
+          "defaults), `https-gzip` adds `gzip = true`, `https-b50` is `batch_max_readings = 50`. Delivered/s = "
+          "distinct readings received ÷ (first send → last first receipt); end-to-end = CoAP send → receipt by the "
+          "subscriber or the endpoint (whole request body read). Gateway CPU is per 1000 acknowledged readings "
+          "over the send phase and the drain. Load-side CPU: the generator (with the endpoint or the subscriber) "
+          "and Mosquitto, % of one core.\n")
+        w("| uplink | runs | CoAP acked /s | delivered /s | e2e p50 ms | e2e p99 ms | acked, not delivered | "
+          "requests /s | readings / request | wire bytes / reading | gateway CPU ms/1k | load-side CPU % | other CPU % |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for v, xs in up.items():
+            if not xs:
+                continue
+            key = "mqtt" if v == "mqtt" else "https"
+            d = [x.get(key) or {} for x in xs]
+            https = key == "https"
+            w(f"| {v} | {len(xs)} | {cell([x.get('ok_rps') for x in xs], 0)} "
+              f"| {cell([y.get('delivered_per_s') for y in d], 0)} "
+              f"| {cell([g(y, 'latency', 'p50_ms') for y in d])} | {cell([g(y, 'latency', 'p99_ms') for y in d])} "
+              f"| {cell([y.get('acked_missing') for y in d], 0)} "
+              f"| {cell([y.get('requests_per_s') for y in d], 0) if https else '–'} "
+              f"| {cell([y.get('mean_batch') for y in d], 0) if https else '1'} "
+              f"| {cell([y.get('wire_bytes_per_reading') for y in d], 0) if https else '–'} "
+              f"| {cell([g(x, 'cpu', 'sut_cpu_ms_per_1k') for x in xs])} "
+              f"| {cell([load_side_pct(x) for x in xs], 0)} | {cell([g(x, 'cpu', 'other_cpu_pct') for x in xs], 0)} |")
+        hs = [x.get("https") or {} for v in ("https", "https-gzip", "https-b50") for x in up[v]]
+        ms = [x.get("mqtt") or {} for x in up["mqtt"]]
+        w("")
+        w(f"Checks over all uplink runs: duplicates {sum((y.get('duplicates') or 0) for y in hs + ms)}, per-device "
+          f"order violations {sum((y.get('order_violations') or 0) for y in hs + ms)}, requests the endpoint refused "
+          f"{sum((y.get('refused_requests') or 0) for y in hs)}, gateway HTTPS retries "
+          f"{sum((y.get('gateway_retries') or 0) for y in hs):.0f}, TLS connections per run "
+          f"{cell([y.get('connections') for y in hs], 0)}, gzip compression "
+          f"{cell([(x.get('https') or {}).get('compression_ratio') for x in up['https-gzip']], 1)}×, CoAP p99 "
+          f"answer ms by uplink: "
+          + ", ".join(f"{v} {cell([g(x, 'ack_latency', 'p99_ms') for x in up[v]])}" for v in HTTPS_UPLINKS if up[v])
+          + ".\n")
+    if any(ing.values()):
+        r0 = next(x for v in ing.values() for x in v)
+        w(f"**Ingest requests/s** (`wardgate-bench https-ingest-load`): {r0['connections']} devices, each its own "
+          "keep-alive HTTP/1.1 connection with one request in flight (closed loop), POST "
+          f"`/v1/devices/{{id}}/readings`, `application/senml+json` ({r0['payload_bytes']} bytes: SpO2, heart rate, "
+          f"seq), for {fmt(r0['duration_s'], 0)} s; connections are opened before the timed phase. `tls`: "
+          "`[ingest.http.tls]` with a self-signed certificate (rcgen) the client trusts; `plain`: `allow_plain = true`. "
+          "No `[registry]` (tokens unchecked). The only uplink is a file (`/dev/null`). Latency is request → 201, "
+          "which the gateway answers only once the reading is durable (fsync). CPU is per 1000 201s.\n")
+        w("| ingest | runs | requests /s | 201 p50 ms | 201 p99 ms | 201 max ms | other statuses | no answer | "
+          "connect p50 ms | gateway CPU ms/1k | load-side CPU % | other CPU % |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for v, xs in ing.items():
+            if not xs:
+                continue
+            other = {}
+            for x in xs:
+                for st, n in (x.get("statuses") or {}).items():
+                    if str(st) != "201":
+                        other[st] = other.get(st, 0) + n
+            w(f"| {v} | {len(xs)} | {cell([x.get('requests_per_s') for x in xs], 0)} "
+              f"| {cell([g(x, 'latency_201', 'p50_ms') for x in xs])} | {cell([g(x, 'latency_201', 'p99_ms') for x in xs])} "
+              f"| {cell([g(x, 'latency_201', 'max_ms') for x in xs])} "
+              f"| {', '.join(f'{k}: {n}' for k, n in sorted(other.items())) or 'none'} "
+              f"| {sum(x.get('errors') or 0 for x in xs)} "
+              f"| {cell([g(x, 'connect', 'p50_ms') for x in xs])} "
+              f"| {cell([g(x, 'cpu', 'sut_cpu_ms_per_1k') for x in xs])} "
+              f"| {cell([load_side_pct(x) for x in xs], 0)} | {cell([g(x, 'cpu', 'other_cpu_pct') for x in xs], 0)} |")
+        w("")
+    notes = Path(raw_path).with_name("https-notes.md")
     if notes.exists():
         w(notes.read_text().rstrip())
 
@@ -886,6 +1035,7 @@ def report(raw_path, out_path, command):
           f"{cell([x['rss_bytes_per_client'] for x in storm['registered']], 0)} bytes"
           + (" (registered only)." if storm['registered'] else "."))
     selector_section(w, by, raw_path)
+    https_section(w, by, raw_path)
     # Ladder
     ladder = {sc.split(":", 1)[1]: recs for sc, recs in by.items() if sc.startswith("ladder:")}
     w("\n## Ladder (open loop, 10 s per step; a step passes with ≥ 99.9 % delivered and p99 ≤ 50 ms)\n")
@@ -1022,6 +1172,8 @@ def main():
                    help="only the LwM2M storm, appended to the results already in --out")
     r.add_argument("--selector-only", action="store_true",
                    help="only the selector scenarios (bench/selector.sh), appended to the results already in --out")
+    r.add_argument("--https-only", action="store_true",
+                   help="only the HTTPS uplink and ingest scenarios (bench/https.sh), appended to the results already in --out")
     r.add_argument("--soak-only", action="store_true",
                    help="only the soak, appended to the results already in --out (after a full run)")
     r.add_argument("--bench-bin", required=True)

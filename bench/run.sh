@@ -2,8 +2,9 @@
 # wardgate benchmarks: builds release, installs its own peers, runs every scenario and writes the
 # report.
 #
-#   bench/run.sh            full run (≥ 5 runs per scenario, ladder, 300 s soak, the LwM2M storm
-#                           and bench/selector.sh; < 15 min + about 90 s for the selector):
+#   bench/run.sh            full run (≥ 5 runs per scenario, ladder, 300 s soak, the LwM2M storm,
+#                           bench/selector.sh and bench/https.sh; < 15 min + about 90 s for the
+#                           selector and 3.5 min for the HTTPS paths):
 #                           writes docs/benchmarks.md and docs/bench-raw/
 #   bench/run.sh --quick    smoke check for CI (1 short run per scenario, no ladder/soak; < 3 min
 #                           once built): writes to a temp dir, never touches docs/

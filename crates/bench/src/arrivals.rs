@@ -194,6 +194,20 @@ pub fn parse_reading(payload: &[u8]) -> Option<(String, Class, Option<u64>)> {
     Some((doc.device, Class::parse(&doc.class), seq))
 }
 
+/// Device, class and `seq` of every reading of a batch (a JSON array of normalized readings, as
+/// the HTTPS uplink POSTs it); `None` when the body is not such an array.
+pub fn parse_batch(body: &[u8]) -> Option<Vec<(String, Class, Option<u64>)>> {
+    let docs: Vec<Normalized> = serde_json::from_slice(body).ok()?;
+    Some(
+        docs.into_iter()
+            .map(|d| {
+                let seq = seq_of(d.records.into_iter().map(|r| (r.n, r.v)));
+                (d.device, Class::parse(&d.class), seq)
+            })
+            .collect(),
+    )
+}
+
 /// Per-device order violations in `(device, seq)` pairs given in arrival order: a first arrival
 /// whose `seq` is lower than one its device already delivered. Redeliveries of a reading already
 /// seen (at least once) are not violations; `seq` is the device's send order.
@@ -351,6 +365,22 @@ mod tests {
         ];
         assert_eq!(order_violations(arrivals), 0);
         assert_eq!(order_violations([]), 0);
+    }
+
+    #[test]
+    fn a_batch_gives_every_reading_in_order() {
+        let body = br#"[{"id":"a","device":"d-1","class":"vital","records":[{"n":"urn:dev:d-1:seq","v":3}]},
+            {"id":"b","device":"d-2","class":"telemetry","records":[{"n":"hr","v":60}]}]"#;
+        assert_eq!(
+            parse_batch(body),
+            Some(vec![
+                ("d-1".into(), Class::Vital, Some(3)),
+                ("d-2".into(), Class::Other, None)
+            ])
+        );
+        assert_eq!(parse_batch(b"[]"), Some(vec![]));
+        assert_eq!(parse_batch(br#"{"device":"x","class":"vital"}"#), None);
+        assert_eq!(parse_batch(b"[{\"device\""), None);
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum BenchError {
     /// The MQTT side (subscriber or publisher) failed.
     #[error("mqtt: {0}")]
     Mqtt(String),
+    /// TLS material or configuration (the HTTPS scenarios).
+    #[error("tls: {0}")]
+    Tls(String),
+    /// An HTTP exchange failed in a way that ends the run (not a counted error status).
+    #[error("http: {0}")]
+    Http(String),
     /// A process to sample does not exist (or /proc is unreadable).
     #[error("cannot read /proc for pid {pid}: {detail}")]
     Proc {

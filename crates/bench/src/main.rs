@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wardgate_bench::{
-    BenchError, alarm_backlog, broker_limit, coap_load, dtls_load, failover, lwm2m_storm, sample,
-    udp_echo,
+    BenchError, alarm_backlog, broker_limit, coap_load, dtls_load, failover, https_ingest,
+    lwm2m_storm, sample, tls, udp_echo, uplink_e2e,
 };
 
 /// wardgate's benchmark harness (loopback targets only).
@@ -37,6 +37,13 @@ enum Command {
     Failover(Box<failover::FailoverArgs>),
     /// Alarm latency while an outage's backlog drains (the outbox's priority lane).
     AlarmBacklog(alarm_backlog::AlarmBacklogArgs),
+    /// CoAP vitals delivered by the MQTT and/or the HTTPS uplink (this process is the HTTPS
+    /// endpoint): delivered readings/s, end-to-end latency, requests and batch sizes.
+    UplinkE2e(Box<uplink_e2e::UplinkE2eArgs>),
+    /// Devices posting SenML readings to the HTTP(S) ingest over keep-alive connections.
+    HttpsIngestLoad(https_ingest::IngestLoadArgs),
+    /// A self-signed certificate and key for the loopback names (cert.pem, key.pem).
+    GenCert(tls::GenCertArgs),
 }
 
 fn print<T: serde::Serialize>(report: &T) -> Result<(), BenchError> {
@@ -57,6 +64,9 @@ fn main() -> ExitCode {
         Command::Sample(a) => sample::run(a).and_then(|r| print(&r)),
         Command::Failover(a) => failover::run(a).and_then(|r| print(&r)),
         Command::AlarmBacklog(a) => alarm_backlog::run(a).and_then(|r| print(&r)),
+        Command::UplinkE2e(a) => uplink_e2e::run(a).and_then(|r| print(&r)),
+        Command::HttpsIngestLoad(a) => https_ingest::run(a).and_then(|r| print(&r)),
+        Command::GenCert(a) => tls::gen_cert(a).and_then(|r| print(&r)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
