@@ -13,7 +13,7 @@ use wardgate_core::PeerContext;
 use wardgate_monitor::{
     CaptureConfig, CaptureHandle, CaptureMetrics, Direction, TapTransport, start,
 };
-use wardgate_testkit::require_tool;
+use wardgate_testkit::{require_tool, wait_for};
 
 const TSHARK: &str = "/usr/bin/tshark";
 
@@ -140,6 +140,33 @@ fn rotation_by_size_keeps_only_max_files_and_every_file_stays_readable() {
         }
     }
     assert_eq!(last_mid, Some(299), "the newest packets are the ones kept");
+}
+
+#[test]
+fn a_file_older_than_max_file_age_is_rotated_when_the_next_packet_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CaptureConfig {
+        // Below what validation accepts, so the test needs only a short pause.
+        max_file_age: Duration::from_millis(50),
+        ..config(dir.path())
+    };
+    let metrics = CaptureMetrics::default();
+    let (handle, writer) = start(&cfg, metrics.clone()).unwrap();
+    let local: SocketAddr = "10.0.0.1:5683".parse().unwrap();
+    let from = peer("192.0.2.7:1");
+    assert!(handle.offer(Direction::Inbound, &from, local, &coap_post(1, b"a")));
+    wait_for("the first packet written", Duration::from_secs(30), || {
+        (metrics.packets() == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(handle.offer(Direction::Inbound, &from, local, &coap_post(2, b"b")));
+    drop(handle);
+    writer.join();
+    let files = captures(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(metrics.files_rotated(), 1);
+    assert_eq!(tshark_fields(&files[0], &["coap.mid"]), ["1"]);
+    assert_eq!(tshark_fields(&files[1], &["coap.mid"]), ["2"]);
 }
 
 #[test]
