@@ -83,6 +83,18 @@ impl CoapEndpoint<UdpTransport> {
     /// non-blocking) and reports ready. Fails naming the address that cannot be bound, or the
     /// observe URI that cannot be parsed. The configuration is otherwise assumed validated.
     pub async fn bind(cfg: CoapConfig, deps: EndpointDeps) -> Result<Self, CoapError> {
+        Self::bind_wrapped(cfg, deps, Ok).await
+    }
+}
+
+impl<T: Transport> CoapEndpoint<T> {
+    /// Like [`CoapEndpoint::bind`], with each bound UDP socket passed through `wrap` (a
+    /// transport around UDP, such as a capture tap) before the endpoint uses it.
+    pub async fn bind_wrapped(
+        cfg: CoapConfig,
+        deps: EndpointDeps,
+        mut wrap: impl FnMut(UdpTransport) -> std::io::Result<T>,
+    ) -> Result<Self, CoapError> {
         // A bad observe URI fails before anything is bound.
         observe_targets(&cfg)?;
         let opts = SocketOptions {
@@ -106,6 +118,10 @@ impl CoapEndpoint<UdpTransport> {
                     });
                 }
             };
+            let transport = wrap(transport).map_err(|source| CoapError::Bind {
+                addr: *addr,
+                source,
+            })?;
             sockets.push(transport);
         }
         Self::with_transports(cfg, deps, sockets)

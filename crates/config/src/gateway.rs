@@ -12,6 +12,7 @@ use wardgate_http::config::{AdminConfig, HttpConfig};
 use wardgate_http::ingest::IngestHttpConfig;
 use wardgate_http::uplink::HttpsUplinkConfig;
 use wardgate_lwm2m::Lwm2mConfig;
+use wardgate_monitor::MonitorConfig;
 use wardgate_mqtt::config::MqttUplinkConfig;
 use wardgate_mqtt::southbound::MqttIngestConfig;
 use wardgate_selector::SelectorConfig;
@@ -52,6 +53,8 @@ pub struct GatewayConfig {
     pub audit: AuditConfig,
     /// `[lwm2m]`: the LwM2M server on the CoAP endpoints.
     pub lwm2m: Lwm2mConfig,
+    /// `[monitor]`: the traffic monitor (`[monitor.capture]`: pcapng captures, off by default).
+    pub monitor: MonitorConfig,
 }
 
 /// `[ingest]`: southbound adapters besides CoAP and LwM2M.
@@ -177,9 +180,9 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "gateway", "log", "bus", "registry", "coap", "coaps", "lwm2m", "http", "admin", "store",
-    "uplinks", "audit", "selector", "ingest",
+    "uplinks", "audit", "selector", "ingest", "monitor",
 ];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
@@ -216,6 +219,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "audit", p, &mut ok, &mut cfg.audit);
     section(&table, "lwm2m", p, &mut ok, &mut cfg.lwm2m);
     section(&table, "ingest", p, &mut ok, &mut cfg.ingest);
+    section(&table, "monitor", p, &mut ok, &mut cfg.monitor);
     if table.contains_key("selector") {
         let mut sel = SelectorConfig::default();
         section(&table, "selector", p, &mut ok, &mut sel);
@@ -385,6 +389,13 @@ impl GatewayConfig {
             let names: Vec<&str> = self.uplinks.iter().map(UplinkConfig::name).collect();
             sel.validate("selector", &names, p);
         }
+        self.monitor.validate("monitor", p);
+        if self.monitor.capture.enabled && !self.coap.enabled {
+            p.push(
+                "monitor.capture.enabled",
+                "captures tap the plain CoAP endpoint: enable [coap] (DTLS records are not captured yet)",
+            );
+        }
     }
 }
 
@@ -474,6 +485,57 @@ path = "-"
         };
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, vec!["coap", "store", "uplinks[0]"], "{problems:?}");
+    }
+
+    #[test]
+    fn the_commented_capture_block_of_the_shipped_gateway_toml_parses_when_uncommented() {
+        let shipped = include_str!("../../../gateway.toml");
+        let block: String = shipped
+            .lines()
+            .skip_while(|l| *l != "# [monitor.capture]")
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        assert!(block.starts_with("[monitor.capture]"), "{block}");
+        let cfg = parse(&format!("{block}{UPLINK}"), &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cfg.monitor.capture.enabled);
+        assert_eq!(cfg.monitor.capture.addresses, ["192.0.2.0/24"]);
+    }
+
+    #[test]
+    fn a_capture_section_is_parsed_and_all_its_problems_reported_with_the_others() {
+        let text = format!(
+            "[monitor.capture]\nenabled = true\ndir = \"/var/lib/wardgate/captures\"\n\
+             max_files = 3\naddresses = [\"192.0.2.0/24\"]\n{UPLINK}"
+        );
+        let cfg = parse(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        let c = &cfg.monitor.capture;
+        assert!(
+            c.enabled && c.redact_payloads,
+            "redaction stays on by default"
+        );
+        assert_eq!(c.max_files, 3);
+        let bad = format!(
+            "[coap]\nenabled = false\n[monitor.capture]\nenabled = true\nmax_files = 0\n\
+             addresses = [\"ward\"]\n[store]\nmax_batch = 0\n{UPLINK}"
+        );
+        let Err(ConfigError::Invalid(problems)) = parse(&bad, &no_env) else {
+            panic!("expected problems");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "store.max_batch",
+            "monitor.capture.max_files",
+            "monitor.capture.addresses[0]",
+            "monitor.capture.enabled",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+        let unknown = format!("[monitor.capture]\nredact = false\n{UPLINK}");
+        let Err(ConfigError::Invalid(problems)) = parse(&unknown, &no_env) else {
+            panic!("expected problems");
+        };
+        assert!(problems[0].message.contains("redact"), "{problems:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! 0. the admin API stops (no registry edits while the gateway drains);
 //! 1. ingest stops: the CoAP endpoint stops accepting and answers its in-flight requests
 //!    (their readings are already queued to the store, so their acknowledgements stay truthful);
+//!    then the capture writer (`[monitor.capture]`) writes what its taps queued and closes;
 //! 2. uplinks stop: they stop taking from the outbox, wait briefly for outstanding peer
 //!    acknowledgements and say goodbye (MQTT retained `offline`);
 //! 3. the store writer drains the bus, commits the last acknowledgements, checkpoints and closes;
@@ -21,6 +22,7 @@ use anyhow::Context;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
+use wardgate_coap::UdpTransport;
 use wardgate_config::{GatewayConfig, UplinkConfig};
 use wardgate_core::health::ComponentKind;
 use wardgate_core::{
@@ -28,6 +30,7 @@ use wardgate_core::{
     IngestPipeline, NoAudit, NoCredentials, Shutdown, SystemClock, TransportKind, Uplink,
 };
 use wardgate_dtls::{DtlsDeps, DtlsMetrics, DtlsTransport};
+use wardgate_monitor::TapTransport;
 use wardgate_store::{Cursor, Outbox};
 
 use crate::file_uplink::{FileUplink, FileUplinkMetrics};
@@ -91,7 +94,11 @@ struct App {
     outbox: Outbox,
     bus_rx: BusReceiver,
     uplinks: Vec<BuiltUplink>,
-    coap: Option<wardgate_coap::CoapEndpoint>,
+    /// The plain CoAP endpoint; its sockets pass through capture taps (pass-through when
+    /// `[monitor.capture]` is off).
+    coap: Option<wardgate_coap::CoapEndpoint<TapTransport<UdpTransport>>>,
+    /// The capture writer thread, when `[monitor.capture]` is enabled.
+    capture: Option<wardgate_monitor::CaptureWriter>,
     coaps: Option<wardgate_coap::CoapEndpoint<DtlsTransport>>,
     http: Option<wardgate_http::HttpServer>,
     admin: Option<wardgate_http::AdminServer>,
@@ -231,9 +238,10 @@ impl App {
             .iter()
             .cloned()
             .partition(|t| t.uri.starts_with("coaps://"));
+        let (capture, capture_writer) = build_capture(&cfg, &mut registry)?;
         let mut coap = match (&coap_metrics, cfg.coap.enabled) {
             (Some(metrics), true) => Some(
-                wardgate_coap::CoapEndpoint::bind(
+                wardgate_coap::CoapEndpoint::bind_wrapped(
                     wardgate_coap::CoapConfig {
                         observe: plain_targets,
                         ..cfg.coap.clone()
@@ -243,6 +251,7 @@ impl App {
                         metrics: metrics.clone(),
                         health: health.reporter("coap", ComponentKind::Listener),
                     },
+                    move |udp| TapTransport::new(udp, capture.clone()),
                 )
                 .await
                 .context("CoAP endpoint")?,
@@ -339,6 +348,7 @@ impl App {
             bus_rx,
             uplinks,
             coap,
+            capture: capture_writer,
             coaps,
             http,
             admin,
@@ -461,12 +471,42 @@ impl App {
         Running {
             stops,
             ingest,
+            capture: self.capture,
             uplinks,
             writer,
             http,
             admin,
         }
     }
+}
+
+/// `[monitor.capture]`: the capture queue and its writer thread, when enabled (the taps on the
+/// plain CoAP sockets get the handle).
+fn build_capture(
+    cfg: &GatewayConfig,
+    registry: &mut Registry,
+) -> anyhow::Result<(
+    Option<wardgate_monitor::CaptureHandle>,
+    Option<wardgate_monitor::CaptureWriter>,
+)> {
+    let c = &cfg.monitor.capture;
+    if !(c.enabled && cfg.coap.enabled) {
+        return Ok((None, None));
+    }
+    let metrics = wardgate_monitor::CaptureMetrics::register(registry);
+    let (handle, writer) = wardgate_monitor::start(c, metrics)
+        .with_context(|| format!("[monitor.capture] dir {}", c.dir.display()))?;
+    if !handle.filter().admits_protocol(TransportKind::Udp) {
+        tracing::warn!(
+            "[monitor.capture] protocols does not list \"coap\": nothing is captured yet (DTLS records are not tapped in this version)"
+        );
+    }
+    if c.redact_payloads {
+        tracing::info!(dir = %c.dir.display(), "capturing CoAP traffic to pcapng (payloads redacted)");
+    } else {
+        tracing::warn!(dir = %c.dir.display(), "capturing CoAP traffic to pcapng WITH payloads: the files hold patient data");
+    }
+    Ok((Some(handle), Some(writer)))
 }
 
 /// The LwM2M server: its object model, its registrations restored from disk, its metrics.
@@ -667,6 +707,8 @@ struct Stops {
 struct Running {
     stops: Stops,
     ingest: JoinSet<()>,
+    /// Ends once the CoAP endpoint (holding the taps) has stopped.
+    capture: Option<wardgate_monitor::CaptureWriter>,
     uplinks: JoinSet<()>,
     writer: tokio::task::JoinHandle<Result<(), wardgate_store::StoreError>>,
     http: Option<tokio::task::JoinHandle<Result<(), wardgate_http::HttpError>>>,
@@ -683,6 +725,13 @@ impl Running {
         tracing::info!("shutting down: closing ingest");
         self.stops.ingest.cancel();
         drain(&mut self.ingest, "ingest").await;
+        if let Some(capture) = self.capture.take() {
+            // The taps went with the endpoint: the writer writes what is queued and closes.
+            let joined = tokio::task::spawn_blocking(move || capture.join());
+            if tokio::time::timeout(PHASE_DEADLINE, joined).await.is_err() {
+                tracing::warn!("the capture writer did not finish within {PHASE_DEADLINE:?}");
+            }
+        }
         tracing::info!("shutting down: stopping uplinks");
         self.stops.uplinks.cancel();
         drain(&mut self.uplinks, "uplinks").await;

@@ -1,0 +1,65 @@
+//! wardgate-monitor: the gateway as its own network monitor. This first part owns **pcapng
+//! captures** of the CoAP traffic it serves; flow records and anomaly events will join it
+//! (issue 13).
+//!
+//! - [`TapTransport`] wraps a `wardgate_coap::Transport` and offers every datagram received
+//!   and sent, with its `PeerContext` and the local address, to a [`CaptureHandle`];
+//! - [`CaptureHandle::offer`] applies the filters ([`CaptureFilter`]: device identity,
+//!   address prefix, protocol), copies the datagram and `try_send`s it on a bounded queue;
+//! - one std writer thread ([`CaptureWriter`]) optionally redacts the payload ([`redact`]),
+//!   synthesizes IPv4/IPv6 + UDP headers with the real 5-tuple ([`frame`]), and writes pcapng
+//!   ([`pcapng`]) into a bounded ring of rotated files ([`ring`]).
+//!
+//! # Promises
+//! 1. **Capture never slows ingest.** A tap does a filter check, one copy and a `try_send`.
+//!    When the queue (`queue_packets`) is full the copy is dropped and counted in
+//!    `wardgate_monitor_capture_dropped_total`; readings are never affected. File I/O happens
+//!    only on the writer thread.
+//! 2. **Bounded memory and disk.** Memory: `queue_packets` × the largest datagram, plus one
+//!    64 KiB write buffer. Disk: at most `max_files` files of at most `max_file_bytes` each
+//!    (a single packet bigger than that gets a file of its own); the oldest file is deleted
+//!    when a new one starts, including files left by an earlier run.
+//! 3. **Tools read the files as if captured on the wire.** `LINKTYPE_RAW` (101) packets with
+//!    correct IP and UDP lengths and checksums, nanosecond timestamps (`if_tsresol` = 9), the
+//!    direction in `epb_flags` and any proven identity as the packet comment. tshark and
+//!    Wireshark decode CoAP (and LwM2M over it) from them.
+//! 4. **Redaction keeps lengths.** With `redact_payloads` (the default: payloads are patient
+//!    data) payload bytes are zeroed, never removed: headers, tokens and options stay readable
+//!    and every length stays true, since packet sizes are what traffic features are made of.
+//! 5. **Never a panic on input.** Redaction and header synthesis are total over any bytes.
+//!
+//! # Choices
+//! - **pcapng by hand** (`pcapng.rs`, ~100 lines) rather than the `pcap-file` crate: we write
+//!   three fixed block types and never read, the format is stable, and the hand version is
+//!   covered byte by byte by unit tests and checked by tshark; a dependency would add a reader,
+//!   a parser surface and a release cadence we do not need.
+//! - **IP/UDP headers by hand** (`frame.rs`) rather than `etherparse`: two fixed headers and
+//!   the Internet checksum, ~60 lines.
+//! - **A wrapper transport, not an endpoint hook**: see [`tap`].
+//! - **Not yet**: DTLS records (tapped inside `wardgate-dtls`, which owns that socket, through
+//!   the same [`CaptureHandle`]) and the keylog file; the admin API's start/stop/list/download;
+//!   interface capture mode; flow records; anomaly events. With a listener bound to a wildcard
+//!   address the capture shows the wildcard as the gateway's address (the real destination
+//!   address needs `IP_PKTINFO`).
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod capture;
+pub mod config;
+mod error;
+pub mod filter;
+pub mod frame;
+mod metrics;
+pub mod pcapng;
+pub mod redact;
+pub mod ring;
+pub mod tap;
+
+pub use capture::{CaptureHandle, CaptureQueue, CaptureWriter, CapturedPacket, start};
+pub use config::{CaptureConfig, MonitorConfig};
+pub use error::MonitorError;
+pub use filter::CaptureFilter;
+pub use metrics::CaptureMetrics;
+pub use pcapng::Direction;
+pub use redact::redact;
+pub use tap::TapTransport;

@@ -1,0 +1,111 @@
+//! [`TapTransport`]: a [`Transport`] around another that hands a copy of every datagram the
+//! CoAP endpoint receives or sends, with its [`PeerContext`] and the local address, to a
+//! capture.
+//!
+//! Why a wrapper and not a hook in the endpoint: the transport seam already sees every
+//! datagram in both directions with its peer context (`Transport::peer`), so wrapping it needs
+//! no change to the message layer, the socket task or the engine, costs nothing when capture is
+//! off (one branch on an `Option`), and composes with any transport.
+//!
+//! What it sees is what the endpoint sees: for plain UDP, the datagrams on the wire. Wrapped
+//! around the DTLS transport it would see decrypted CoAP, which is not what a capture of
+//! `coaps` should hold; DTLS *records* will be tapped inside `wardgate-dtls`, which owns that
+//! socket, by handing its raw datagrams to the same [`CaptureHandle::offer`] (the handle is
+//! transport-agnostic: direction, peer context, local address, bytes).
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::time::Instant;
+use wardgate_coap::Transport;
+use wardgate_core::PeerContext;
+
+use crate::capture::CaptureHandle;
+use crate::pcapng::Direction;
+
+/// A transport whose datagrams are offered to a capture (or passed through untouched when
+/// there is none).
+#[derive(Debug)]
+pub struct TapTransport<T> {
+    inner: T,
+    local: SocketAddr,
+    capture: Option<CaptureHandle>,
+}
+
+impl<T: Transport> TapTransport<T> {
+    /// Wraps `inner`; `None` passes everything through without copying.
+    pub fn new(inner: T, capture: Option<CaptureHandle>) -> io::Result<Self> {
+        let local = inner.local_addr()?;
+        Ok(TapTransport {
+            inner,
+            local,
+            capture,
+        })
+    }
+
+    /// The wrapped transport.
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+
+    fn tap(&self, direction: Direction, addr: SocketAddr, bytes: &[u8]) {
+        if let Some(c) = &self.capture {
+            c.offer(direction, &self.inner.peer(addr), self.local, bytes);
+        }
+    }
+}
+
+impl<T: Transport> Transport for TapTransport<T> {
+    // Cancel-safe like the inner future: nothing after its completion awaits.
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let got = self.inner.recv_from(buf).await;
+        if let Ok((n, addr)) = &got {
+            self.tap(Direction::Inbound, *addr, buf.get(..*n).unwrap_or(buf));
+        }
+        got
+    }
+
+    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let got = self.inner.try_recv_from(buf);
+        if let Ok((n, addr)) = &got {
+            self.tap(Direction::Inbound, *addr, buf.get(..*n).unwrap_or(buf));
+        }
+        got
+    }
+
+    fn try_send_to(&self, buf: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        let sent = self.inner.try_send_to(buf, peer);
+        if let Ok(n) = &sent {
+            self.tap(Direction::Outbound, peer, buf.get(..*n).unwrap_or(buf));
+        }
+        sent
+    }
+
+    async fn send_to(&self, buf: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        let sent = self.inner.send_to(buf, peer).await;
+        if let Ok(n) = &sent {
+            self.tap(Direction::Outbound, peer, buf.get(..*n).unwrap_or(buf));
+        }
+        sent
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn peer(&self, addr: SocketAddr) -> PeerContext {
+        self.inner.peer(addr)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.inner.next_deadline()
+    }
+
+    fn poll_timers(&self, now: Instant) {
+        self.inner.poll_timers(now);
+    }
+}

@@ -1,0 +1,171 @@
+//! The traffic monitor through the real binary: libcoap's `coap-client-notls` talks to a
+//! gateway whose `[monitor.capture]` is enabled, and Debian's `tshark` decodes the pcapng it
+//! wrote: CoAP method, Uri-Path options and payload match what was sent (and the payload is
+//! gone, its length kept, under the default redaction).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Gateway, Mosquitto, coap_send, require_tool, wait_for};
+
+const TSHARK: &str = "/usr/bin/tshark";
+
+fn capture_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// One decoded packet of the capture.
+#[derive(Debug)]
+struct Decoded {
+    src_port: u16,
+    dst_port: u16,
+    code: u8,
+    uri_path: String,
+    payload_len: Option<usize>,
+    datagram: Vec<u8>,
+    checksum_good: bool,
+}
+
+/// `tshark -r FILE -T fields …`, decoding `port` as CoAP (the test gateway's port is not 5683).
+fn decode(file: &Path, port: u16) -> Vec<Decoded> {
+    require_tool(TSHARK);
+    let out = Command::new(TSHARK)
+        .args(["-n", "-o", "udp.check_checksum:TRUE", "-d"])
+        .arg(format!("udp.port=={port},coap"))
+        .arg("-r")
+        .arg(file)
+        .args(["-T", "fields", "-E", "separator=|"])
+        .args(["-e", "udp.srcport", "-e", "udp.dstport", "-e", "coap.code"])
+        .args(["-e", "coap.opt.uri_path", "-e", "coap.payload_length"])
+        .args(["-e", "udp.payload", "-e", "udp.checksum.status"])
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            assert_eq!(f.len(), 7, "{l}");
+            Decoded {
+                src_port: f[0].parse().unwrap(),
+                dst_port: f[1].parse().unwrap(),
+                code: f[2].parse().unwrap(),
+                uri_path: f[3].to_owned(),
+                payload_len: f[4].parse().ok(),
+                datagram: (0..f[5].len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&f[5][i..i + 2], 16).unwrap())
+                    .collect(),
+                checksum_good: f[6] == "1",
+            }
+        })
+        .collect()
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Sends a POST and a PUT with libcoap, stops the gateway, returns what tshark decoded.
+fn capture_two_readings(redact: Option<bool>) -> (Vec<Decoded>, Vec<u8>, u16) {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let captures = dir.path().join("captures");
+    let redact = redact.map_or(String::new(), |r| format!("redact_payloads = {r}\n"));
+    let mut gw = Gateway::start(
+        dir.path(),
+        &broker.url(),
+        &format!(
+            "[monitor.capture]\nenabled = true\ndir = \"{}\"\n{redact}",
+            captures.display()
+        ),
+    );
+    let (ok, out) = coap_send(
+        "post",
+        0,
+        "36.6",
+        &gw.coap_uri("v1/readings/bed-7/temperature"),
+    )
+    .outcome();
+    assert!(ok, "{out}");
+    let (ok, out) = coap_send("put", 0, "97", &gw.coap_uri("v1/readings/bed-8/spo2")).outcome();
+    assert!(ok, "{out}");
+    wait_for(
+        "4 captured datagrams in /metrics",
+        Duration::from_secs(30),
+        || metric(&gw.metrics(), "wardgate_monitor_capture_packets_total").filter(|n| *n >= 4),
+    );
+    assert_eq!(
+        metric(&gw.metrics(), "wardgate_monitor_capture_dropped_total"),
+        Some(0)
+    );
+    let status = gw.terminate();
+    assert!(status.success(), "{status}\n{}", gw.log());
+    let files = capture_files(&captures);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let raw = std::fs::read(&files[0]).unwrap();
+    let port = gw.coap.port();
+    (decode(&files[0], port), raw, port)
+}
+
+fn requests(all: &[Decoded], port: u16) -> Vec<&Decoded> {
+    all.iter().filter(|d| d.dst_port == port).collect()
+}
+
+fn responses(all: &[Decoded], port: u16) -> Vec<&Decoded> {
+    all.iter().filter(|d| d.src_port == port).collect()
+}
+
+#[test]
+fn tshark_decodes_method_uri_path_and_payload_of_captured_coap_traffic() {
+    let (decoded, _, port) = capture_two_readings(Some(false));
+    assert!(decoded.iter().all(|d| d.checksum_good), "{decoded:?}");
+    let req = requests(&decoded, port);
+    assert_eq!(req.len(), 2, "{decoded:?}");
+    assert_eq!((req[0].code, req[1].code), (2, 3), "POST then PUT");
+    assert_eq!(req[0].uri_path, "v1,readings,bed-7,temperature");
+    assert_eq!(req[1].uri_path, "v1,readings,bed-8,spo2");
+    assert_eq!(req[0].payload_len, Some(4));
+    assert!(req[0].datagram.ends_with(b"\xff36.6"), "{:?}", req[0]);
+    assert!(req[1].datagram.ends_with(b"\xff97"), "{:?}", req[1]);
+    let resp = responses(&decoded, port);
+    assert_eq!(resp.len(), 2, "{decoded:?}");
+    assert!(
+        resp.iter().all(|r| r.code >> 5 == 2 && r.src_port == port),
+        "2.xx answers from the gateway's port: {resp:?}"
+    );
+    assert_eq!(resp[0].dst_port, req[0].src_port, "the real 5-tuple");
+}
+
+#[test]
+fn captures_redact_payloads_by_default_and_keep_headers_options_and_lengths() {
+    let (decoded, raw, port) = capture_two_readings(None);
+    assert!(decoded.iter().all(|d| d.checksum_good), "{decoded:?}");
+    let req = requests(&decoded, port);
+    assert_eq!(req.len(), 2, "{decoded:?}");
+    assert_eq!((req[0].code, req[1].code), (2, 3));
+    assert_eq!(req[0].uri_path, "v1,readings,bed-7,temperature");
+    assert_eq!(req[0].payload_len, Some(4), "the length is kept");
+    assert!(req[0].datagram.ends_with(b"\xff\0\0\0\0"), "{:?}", req[0]);
+    assert!(req[1].datagram.ends_with(b"\xff\0\0"), "{:?}", req[1]);
+    assert!(
+        !raw.windows(4).any(|w| w == b"36.6"),
+        "the reading's value is nowhere in the file"
+    );
+}
