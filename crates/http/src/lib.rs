@@ -7,7 +7,8 @@
 //!   in), unauthenticated, for probes and scrapers on a management interface;
 //! - [`AdminServer`]: the admin API (`/admin/v1/...`: the device registry) on its own
 //!   listener, over TLS unless on loopback, to holders of a configured token or client
-//!   certificate only; every edit is audited (see the [`admin`] module);
+//!   certificate only; every edit is audited (see the [`admin`] module); it also shows the
+//!   uplink selector's live state (`/admin/v1/selector`);
 //! - [`ingest::IngestServer`]: HTTP(S) device ingest (`POST /v1/devices/{id}/readings`,
 //!   `docs/ingest-api.openapi.json`) on its own listener: identity from a bearer token (checked
 //!   by the device registry) or a client certificate, then the one ingest pipeline; RFC 9457

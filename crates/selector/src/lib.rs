@@ -47,16 +47,22 @@
 //!   transition log by `decision_log`.
 //! - The breaker is HalfOpen exactly from `opened + cool_down` on (the boundary included).
 //!
-//! # How the outbox and the uplinks use it (wiring is not done yet)
-//! One `Selector` behind a mutex, built from `[selector]` and the uplink names with
-//! [`Selector::new`]. When a reading is appended, its class comes from
-//! [`Selector::classify`]; the outbox's router asks [`Selector::choose`] and owes the reading to
-//! [`Decision::targets`]. When a delivery fails and the uplink releases the reading, the router
-//! asks [`Selector::next_after_failure`] with the uplinks already tried; the reading keeps its
-//! outbox sequence, so its place and per-device order are kept. Every uplink reports each
-//! delivery's end with [`Selector::record`] (latency from the outbox's `DeliveryOutcome`). A
-//! timer calls [`Selector::tick`] and drains [`Selector::take_transitions`] into metrics; the
-//! admin API shows [`Selector::snapshot`] and [`Selector::recent_decisions`].
+//! # How the gateway uses it
+//! [`SharedSelector`] (`live.rs`) is one `Selector` behind a mutex, built from `[selector]` and
+//! the uplink names, with an injected clock and its [`SelectorMetrics`]. It is:
+//! - the ingest pipeline's `Classify` hook: `[[selector.rules]]` set a reading's class before
+//!   it is normalized ([`Selector::classify`]);
+//! - the outbox's `Router`: a new reading is owed to [`Decision::targets`] of
+//!   [`Selector::choose`] (a probe to a half-open uplink also goes to the best closed one); a
+//!   reading an uplink releases goes to [`Selector::next_after_failure`];
+//! - fed by the gateway's steering task (`crates/wardgate/src/steer.rs`): every delivery
+//!   outcome ([`SharedSelector::record`], latency from the outbox's `DeliveryOutcome`) and each
+//!   uplink's link state ([`SharedSelector::link`]); these are queued and applied only in
+//!   `Router::take_cutovers`, which the store's writer calls before routing each batch, so a
+//!   breaker opening and the move of that uplink's backlog commit with the first reading routed
+//!   elsewhere (per-device order across failover);
+//! - shown by the admin API ([`SharedSelector::status`]) and in metrics
+//!   ([`SharedSelector::tick`] drains [`Selector::take_transitions`]).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

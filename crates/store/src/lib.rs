@@ -11,12 +11,19 @@
 //!    any instant loses no acknowledged reading. The explicitly named `unsafe-no-fsync` mode
 //!    acknowledges on receipt and warns at start-up that this promise is off.
 //! 2. **At least once, in order, with the original id.** Each uplink's [`Cursor`] hands out
-//!    readings in append (seq) order, which keeps per-device order; a reading leaves the outbox
+//!    readings in append (seq) order per lane, which keeps per-device order within a class:
+//!    every uplink has an alarm lane and a lane for the other classes (two persisted bits), and
+//!    its cursor hands out owed alarms before anything else, so an alarm never waits behind a
+//!    backlog (at most [`MAX_UPLINKS`] = 31 uplinks). A reading leaves the outbox
 //!    for an uplink only when that uplink acknowledges it. After a rewind or a restart,
 //!    everything unacknowledged is handed out again with the same id and a non-zero
 //!    `attempts`, counted in `wardgate_store_replayed_total`. `nack` hands deliveries out again
 //!    the same way (from the lowest nacked seq), counted in `wardgate_store_nacked_total`.
-//! 3. **Never owed to nobody.** A reading the router owes to no configured uplink is owed to
+//! 3. **Cutovers keep order across a failover.** Before routing each batch the writer asks the
+//!    router for cutovers ([`wardgate_core::Router::take_cutovers`]) and moves what an uplink
+//!    taken out of routing is still owed, in the same transaction as that batch, so no newer
+//!    reading of a device reaches the new uplink before its older ones are owed there.
+//! 4. **Never owed to nobody.** A reading the router owes to no configured uplink is owed to
 //!    every uplink instead (`wardgate_store_unrouted_total`), never dropped or refused. A
 //!    `release` moves a reading from the releasing uplink's bit to the router's choice of other
 //!    uplinks in one row update inside one transaction, so after any crash it is owed to the
@@ -27,21 +34,21 @@
 //!    (Removing an uplink from the configuration still deletes the readings only it was owed,
 //!    as before routing; with a router that owes readings to a subset, those were not
 //!    necessarily delivered elsewhere.)
-//! 4. **Quotas with a policy, never silent drops.** `max_readings`/`max_bytes` are enforced per
+//! 5. **Quotas with a policy, never silent drops.** `max_readings`/`max_bytes` are enforced per
 //!    request: `reject` refuses it with [`wardgate_core::IngestError::StoreFull`] (the device
 //!    keeps the reading), `drop-oldest` deletes the oldest readings and counts them in
 //!    `wardgate_store_dropped_total{reason="overflow"}`. `max_age` expiry is counted as
 //!    `reason="expired"`.
-//! 5. **Bounded memory.** The writer holds at most one batch (`max_batch` readings); the
+//! 6. **Bounded memory.** The writer holds at most one batch (`max_batch` readings); the
 //!    in-memory tail is bounded by `tail_readings`/`tail_bytes`; cursors read `max` rows at a
 //!    time; opening a cleanly closed store with a large backlog reads its counters, not its
 //!    rows (after an unclean stop they are recounted, see `db.rs`).
-//! 6. **Delivery outcomes are published, never waited for.** Every ack, nack and release is a
+//! 7. **Delivery outcomes are published, never waited for.** Every ack, nack and release is a
 //!    [`wardgate_core::DeliveryOutcome`] (with the latency since the cursor handed the reading
 //!    out, on `tokio::time`'s clock) on a bounded broadcast channel
 //!    ([`Outbox::subscribe_outcomes`]); a subscriber that falls behind loses the oldest events,
 //!    counted in `wardgate_store_outcome_events_lost_total`.
-//! 7. **Damage is reported, never papered over.** A file that is not a database, is truncated,
+//! 8. **Damage is reported, never papered over.** A file that is not a database, is truncated,
 //!    or fails `quick_check` after an unclean stop is [`StoreError::Corrupt`], whose message
 //!    names `wardgate store recover --config <file>` ([`recover`]), which salvages what is
 //!    readable and keeps the damaged file aside.
