@@ -57,6 +57,12 @@ pub struct MqttUplinkConfig {
     /// Most publishes awaiting PUBACK at once.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
+    /// A reading whose PUBACK has not come this long after it was written is reported timed
+    /// out (the selector counts it; the uplink reports itself not ready) while the connection
+    /// stays up: a broker that hangs with the TCP connection open is noticed here, not only by
+    /// the keep-alive. The reading stays in flight on the connection (not published twice).
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
     /// First reconnect delay; doubles per failure up to `reconnect_max`, with full jitter.
     #[serde(default = "default_reconnect_min", with = "humantime_serde")]
     pub reconnect_min: Duration,
@@ -156,6 +162,9 @@ fn default_refused_retry_min() -> Duration {
 fn default_refused_retry_max() -> Duration {
     Duration::from_secs(5 * 60)
 }
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -223,6 +232,9 @@ impl MqttUplinkConfig {
         }
         if let Err(e) = crate::topic::TopicTemplate::status(&self.status_topic) {
             p.push(format!("{at}.status_topic"), e.to_string());
+        }
+        if self.ack_timeout < Duration::from_millis(100) {
+            p.push(format!("{at}.ack_timeout"), "must be at least 100ms");
         }
         if self.shutdown_timeout.is_zero() {
             p.push(format!("{at}.shutdown_timeout"), "must be more than 0s");

@@ -51,6 +51,8 @@ pub(crate) struct Tracker {
     awaiting: HashMap<u16, (Entry, Instant)>,
     /// Readings among both.
     readings: usize,
+    /// Written readings already reported overdue (pkid → seq), until their PUBACK.
+    overdue: HashMap<u16, u64>,
 }
 
 impl Tracker {
@@ -86,6 +88,7 @@ impl Tracker {
 
     /// PUBACK for `pkid`: the entry it acknowledges and when it was written, if known.
     pub(crate) fn on_puback(&mut self, pkid: u16) -> Option<(Entry, Instant)> {
+        self.overdue.remove(&pkid);
         let (entry, at) = self.awaiting.remove(&pkid)?;
         self.release(entry);
         Some((entry, at))
@@ -111,7 +114,38 @@ impl Tracker {
     pub(crate) fn reset(&mut self) {
         self.queued.clear();
         self.awaiting.clear();
+        self.overdue.clear();
         self.readings = 0;
+    }
+
+    /// Readings written at or before `cutoff` and still without a PUBACK that no earlier call
+    /// returned (each is reported once per connection), in seq order.
+    pub(crate) fn overdue(&mut self, cutoff: Instant) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (pkid, (entry, at)) in &self.awaiting {
+            if let Entry::Reading { seq, .. } = entry
+                && *at <= cutoff
+                && !self.overdue.contains_key(pkid)
+            {
+                out.push((*pkid, *seq));
+            }
+        }
+        out.sort_unstable_by_key(|(_, seq)| *seq);
+        self.overdue.extend(out.iter().copied());
+        out.into_iter().map(|(_, seq)| seq).collect()
+    }
+
+    /// Whether reading `seq` is queued or written and still awaiting its PUBACK on this
+    /// connection (handed out again after a timeout report, it must not be published twice).
+    /// A scan of the window: callers ask only while [`Self::stalled`].
+    pub(crate) fn in_flight(&self, seq: u64) -> bool {
+        let is = |e: &Entry| matches!(e, Entry::Reading { seq: s, .. } if *s == seq);
+        self.awaiting.values().any(|(e, _)| is(e)) || self.queued.iter().any(|(e, _)| is(e))
+    }
+
+    /// Whether any written reading is still reported overdue.
+    pub(crate) fn stalled(&self) -> bool {
+        !self.overdue.is_empty()
     }
 }
 

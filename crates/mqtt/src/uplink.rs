@@ -70,6 +70,7 @@ pub struct MqttUplink {
     refused_retry_min: Duration,
     refused_retry_max: Duration,
     shutdown_timeout: Duration,
+    ack_timeout: Duration,
     link: LinkOptions,
     metrics: UplinkMetrics,
     health: HealthReporter,
@@ -189,6 +190,7 @@ impl MqttUplink {
             refused_retry_min: cfg.refused_retry_min,
             refused_retry_max: cfg.refused_retry_max,
             shutdown_timeout: cfg.shutdown_timeout,
+            ack_timeout: cfg.ack_timeout,
             link,
             health,
         })
@@ -225,6 +227,11 @@ impl MqttUplink {
         self.health.not_ready(format!("connecting to {}", self.url));
         let mut poll = arm(link, Duration::ZERO);
         let mut deadline: Option<Instant> = None;
+        // Checks for readings written longer than `ack_timeout` ago without a PUBACK.
+        let mut ack_check = tokio::time::interval(
+            (self.ack_timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(1)),
+        );
+        ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let room = d.room();
             let pull = d.can_pull() && room > 0;
@@ -260,6 +267,10 @@ impl MqttUplink {
                     }
                 }
                 batch = cursor.next(room), if pull => d.on_batch(batch, &mut cursor),
+                _ = ack_check.tick(), if d.connected && d.phase == Phase::Running => {
+                    d.check_acks(&mut cursor);
+                    Flow::Continue
+                }
             };
             d.flush_acks(&mut cursor);
             if flow == Flow::Return {
@@ -336,6 +347,8 @@ struct Driver<'a> {
     /// Set when a publish could not be queued: stop queueing and drop the connection at the
     /// next event, so the outbox hands everything out again in order.
     force_reconnect: Option<String>,
+    /// Readings were reported timed out on this connection and not all acknowledged since.
+    stalled: bool,
     outbox_error: Option<OutboxError>,
     /// Sequence numbers acknowledged by the broker and not yet handed to the outbox: collected
     /// over one batch of events so the store is woken once per batch, not once per PUBACK.
@@ -357,6 +370,7 @@ impl<'a> Driver<'a> {
             last_failure: None,
             packet_limit: up.max_packet_size as usize,
             force_reconnect: None,
+            stalled: false,
             outbox_error: None,
             acks: Vec::new(),
         }
@@ -477,6 +491,7 @@ impl<'a> Driver<'a> {
         }
         self.flush_acks(cursor);
         self.tracker.reset();
+        self.stalled = false;
         cursor.rewind();
         self.force_reconnect = None;
         self.connected = true;
@@ -518,6 +533,13 @@ impl<'a> Driver<'a> {
                 None => {
                     self.acks.push(seq);
                     self.up.metrics.acked(class, Some(written_at.elapsed()));
+                    if self.stalled && !self.tracker.stalled() && self.connected {
+                        self.stalled = false;
+                        tracing::info!(uplink = %self.up.name, "MQTT broker acknowledges again");
+                        self.up
+                            .health
+                            .ready(format!("connected to {}", self.up.url));
+                    }
                 }
                 Some(reason) => PublishRefused { seq, reason }.emit(&self.up.metrics),
             },
@@ -538,6 +560,34 @@ impl<'a> Driver<'a> {
         }
         if self.connected {
             self.update_inflight();
+        }
+    }
+
+    /// Reports readings written more than `ack_timeout` ago without a PUBACK as timed out
+    /// (a nack: the selector counts them) and the uplink not ready, once per stall. They stay
+    /// in flight on the connection: a late PUBACK still acknowledges them, a reconnect sends
+    /// them again.
+    fn check_acks<C: OutboxCursor>(&mut self, cursor: &mut C) {
+        let Some(cutoff) = Instant::now().checked_sub(self.up.ack_timeout) else {
+            return;
+        };
+        let late = self.tracker.overdue(cutoff);
+        if late.is_empty() {
+            return;
+        }
+        cursor.nack(&late, NackReason::TimedOut);
+        if !self.stalled {
+            self.stalled = true;
+            tracing::warn!(
+                uplink = %self.up.name,
+                readings = late.len(),
+                timeout = ?self.up.ack_timeout,
+                "MQTT broker has not acknowledged readings in time; reporting them timed out"
+            );
+            self.up.health.not_ready(format!(
+                "no PUBACK within {:?} from {}",
+                self.up.ack_timeout, self.up.url
+            ));
         }
     }
 
@@ -644,6 +694,11 @@ impl<'a> Driver<'a> {
             }
         };
         for d in deliveries {
+            if self.tracker.stalled() && self.tracker.in_flight(d.seq) {
+                // Handed out again after a timeout report moved the cursor back, but still in
+                // flight on this connection: publishing it again would only duplicate it.
+                continue;
+            }
             let topic = self.up.topic.render(&self.up.gateway, &d.device, d.class);
             let size = link::publish_size_bound(self.client_version(), &topic, d.json.len());
             if topic.len() > MAX_TOPIC_LEN || size > self.packet_limit {

@@ -152,6 +152,11 @@ impl Mosquitto {
         signal("-STOP", self.pid());
     }
 
+    /// Resumes a frozen broker (SIGCONT).
+    pub fn thaw(&self) {
+        signal("-CONT", self.pid());
+    }
+
     /// Process id of the running broker.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("broker is running").0.id()

@@ -447,6 +447,17 @@ impl Subscriber {
         }
     }
 
+    /// The messages (topic, payload) already received, without waiting.
+    pub fn drain_now(&mut self) -> Vec<(String, Bytes)> {
+        let mut out = Vec::new();
+        while let Ok(m) = self.rx.try_recv() {
+            if let Seen::Message { topic, payload, .. } = m {
+                out.push((topic, payload));
+            }
+        }
+        out
+    }
+
     /// Collects messages (topic, payload) until `done` says the collection is complete.
     pub async fn collect_until(
         &mut self,
