@@ -2,9 +2,9 @@
 //!
 //! The outbox asks a [`Router`] once per reading when it is appended, and again when an uplink
 //! releases a delivery (with that uplink excluded). The answer is an [`UplinkSet`] over the
-//! uplinks' indices in configuration order. [`AllUplinks`] owes every reading to every uplink,
-//! which is what the outbox did before routing existed; the latency/reliability selector will be
-//! another implementation.
+//! uplinks' indices in configuration order. [`AllUplinks`] owes every reading to every uplink
+//! (the gateway without `[selector]`); `wardgate_selector::SharedSelector` chooses per message
+//! class from measured health, and hands the store its cutovers ([`Router::take_cutovers`]).
 //!
 //! Routers are pure decisions (no I/O, no waiting): the store calls them on its writer and in a
 //! cursor's `release`, so a slow router would slow ingest and delivery.

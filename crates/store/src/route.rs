@@ -1,6 +1,7 @@
 //! The router as the store applies it: from a [`Router`]'s [`UplinkSet`] (configuration
-//! indices) to the `pending` bitmask of a row (one persisted bit per uplink, which need not
-//! match the index: bits survive config changes).
+//! indices) to the `pending` bitmask of a row, on the lane of the reading's class (each uplink
+//! has two persisted bits, alarms and the rest; bits need not match indices: they survive
+//! config changes), and the router's cutovers to row moves.
 //!
 //! The rules that make "owed to no uplink" impossible live here, in one place:
 //! - at append, an answer with no configured uplink left becomes "every uplink" (counted by
