@@ -83,7 +83,8 @@ pub(crate) fn lane_names(uplinks: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Most uplinks one store can serve: each takes [`LANES`] of the file's 63 bits.
+/// Most uplinks one store can serve: each takes two of the file's 63 bits (an alarm lane and
+/// a lane for the other classes).
 pub const MAX_UPLINKS: usize = wardgate_core::MAX_UPLINKS / LANES;
 
 /// One lane of one configured uplink: its shared state.
