@@ -74,3 +74,21 @@ pub enum MqttError {
     #[error("outbox: {0}")]
     Outbox(#[from] OutboxError),
 }
+
+/// `Err(Invalid)` listing every problem `validate` reports, `Ok` when there is none: the
+/// constructors run the same rules as `check-config`, never a copy of them.
+pub(crate) fn check(
+    validate: impl FnOnce(&mut wardgate_core::validate::Problems),
+) -> Result<(), MqttError> {
+    let mut problems = wardgate_core::validate::Problems::new();
+    validate(&mut problems);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let all: Vec<String> = problems
+        .into_vec()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Err(MqttError::Invalid(all.join("; ")))
+}

@@ -117,16 +117,7 @@ impl MqttIngestConfig {
         metrics: MqttIngestMetrics,
         health: &Health,
     ) -> Result<MqttIngest, MqttError> {
-        let mut problems = wardgate_core::validate::Problems::new();
-        self.validate(&format!("mqtt_ingest.{}", self.name), &mut problems);
-        if !problems.is_empty() {
-            let all: Vec<String> = problems
-                .into_vec()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            return Err(MqttError::Invalid(all.join("; ")));
-        }
+        crate::error::check(|p| self.validate(&format!("ingest.mqtt.{}", self.name), p))?;
         let url = BrokerUrl::parse(&self.url).map_err(|e| MqttError::Url {
             url: crate::url::redact(&self.url),
             reason: e.to_string(),

@@ -113,16 +113,7 @@ impl MqttUplink {
     ) -> Result<MqttUplink, MqttError> {
         // One set of rules: the same validation `check-config` runs (they had drifted apart
         // when this constructor kept its own copy).
-        let mut problems = wardgate_core::validate::Problems::new();
-        cfg.validate(&format!("uplinks.{}", cfg.name), &mut problems);
-        if !problems.is_empty() {
-            let all: Vec<String> = problems
-                .into_vec()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            return Err(MqttError::Invalid(all.join("; ")));
-        }
+        crate::error::check(|p| cfg.validate(&format!("uplinks.{}", cfg.name), p))?;
         let url = BrokerUrl::parse(&cfg.url).map_err(|e| MqttError::Url {
             url: crate::url::redact(&cfg.url),
             reason: e.to_string(),
