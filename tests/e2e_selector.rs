@@ -249,6 +249,64 @@ fn vitals_fail_over_to_the_backup_broker_without_loss_or_reordering_and_alarms_r
             .collect();
         assert_eq!(alarms.len(), 3, "every alarm reached both brokers");
     }
+
+    // The outbox recorded which uplink delivered what: an alarm by both, a vital that failed
+    // over by the backup.
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let delivered_by = |id: &str| -> HashSet<String> {
+        let (status, body) = admin_request(
+            admin_addr,
+            "GET",
+            &format!("/admin/v1/readings/{id}"),
+            Some(TOKEN),
+            "",
+        );
+        assert_eq!(status, 200, "{id}: {body}");
+        let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(t["id"], id);
+        assert!(t["pending"].is_null(), "{body}");
+        t["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["uplink"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let alarm = before.iter().find(|s| s.class == "alarm").unwrap();
+    assert_eq!(
+        delivered_by(&alarm.id),
+        HashSet::from(["cloud".to_owned(), "backup".to_owned()])
+    );
+    let cloud_ids: HashSet<&str> = before.iter().map(|s| s.id.as_str()).collect();
+    let failed_over = at_backup
+        .iter()
+        .find(|s| s.class == "vital" && !cloud_ids.contains(s.id.as_str()))
+        .expect("a vital only the backup delivered");
+    assert!(delivered_by(&failed_over.id).contains("backup"));
+    let (status, _) = admin_request(
+        admin_addr,
+        "GET",
+        &format!("/admin/v1/readings/{}", ulid::Ulid::new()),
+        Some(TOKEN),
+        "",
+    );
+    assert_eq!(status, 404, "an id the outbox never saw");
+    let (status, _) = admin_request(
+        admin_addr,
+        "GET",
+        "/admin/v1/readings/not-an-id",
+        Some(TOKEN),
+        "",
+    );
+    assert_eq!(status, 400);
+    let (status, _) = admin_request(
+        admin_addr,
+        "GET",
+        &format!("/admin/v1/readings/{}", alarm.id),
+        None,
+        "",
+    );
+    assert_eq!(status, 401, "the lookup needs the admin token");
     drop(gw);
     cloud.assert_no_dropped_messages();
     backup.assert_no_dropped_messages();
@@ -276,6 +334,8 @@ fn alarms_overtake_a_backlog_draining_after_an_outage() {
         assert!(ok, "{out}");
     };
     alarm(79);
+    // The broker stays away past the alarm class's budget (1 s): that alarm is delivered late.
+    std::thread::sleep(Duration::from_millis(1200));
     broker.restart();
 
     // A second alarm while the backlog drains.
@@ -325,6 +385,34 @@ fn alarms_overtake_a_backlog_draining_after_an_outage() {
         seen.len()
     );
     assert_in_device_order("broker", &seen);
+    // The alarm stored during the outage was delivered after the alarm budget (1 s by default,
+    // no [selector] needed): measured and counted.
+    common::wait_for(
+        "the alarm deliveries measured",
+        Duration::from_secs(10),
+        || {
+            (gw.metric(r#"wardgate_delivery_age_seconds_count{class="alarm",uplink="cloud"}"#)
+                >= 2.0)
+                .then_some(())
+        },
+    );
+    assert!(
+        gw.metric(r#"wardgate_delivery_over_budget_total{class="alarm",uplink="cloud"}"#) >= 1.0,
+        "{}",
+        gw.metrics()
+    );
+    assert_eq!(
+        gw.metric(r#"wardgate_delivery_budget_seconds{class="alarm"}"#),
+        1.0
+    );
+    assert!(
+        gw.log().contains("later than their class's latency budget"),
+        "the breach is logged"
+    );
+    assert!(
+        gw.metric(r#"wardgate_delivery_age_seconds_count{class="vital",uplink="cloud"}"#)
+            >= 20_000.0
+    );
     drop(gw);
     broker.assert_no_dropped_messages();
 }

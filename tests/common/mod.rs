@@ -148,6 +148,16 @@ reconnect_max = "500ms"
             .unwrap_or_default()
     }
 
+    /// The value of the first sample whose line starts with `series` (name and labels as
+    /// exposed, e.g. `wardgate_x_total{uplink="cloud"}`), 0 when there is none.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn coap_uri(&self, path: &str) -> String {
         format!("coap://{}/{path}", self.coap)
     }

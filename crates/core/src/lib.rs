@@ -56,7 +56,9 @@ pub use clock::{Clock, SystemClock};
 pub use credentials::{CredentialStore, NoCredentials, Secret};
 pub use health::{Health, HealthReporter};
 pub use limit::{Rate, SourceKey, Take, TokenBuckets};
-pub use outcome::{DeliveryOutcome, NackReason, OutcomeKind, OutcomeReceiver, OutcomeSender};
+pub use outcome::{
+    DeliveryOutcome, NackReason, OutcomeKind, OutcomeObserver, OutcomeReceiver, OutcomeSender,
+};
 pub use peer::{Identity, IdentityKind, PeerContext, TransportKind};
 pub use pipeline::{
     Accepted, Classify, IngestPipeline, Pending, RecordSubmission, Refused, Submission,

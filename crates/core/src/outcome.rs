@@ -6,6 +6,10 @@
 //! subscriber that falls more than the channel's capacity behind loses the oldest events, and
 //! [`OutcomeReceiver`] counts that loss in the metric its sender was built with, so delivery
 //! is never slowed by a slow observer.
+//!
+//! A measurement that must see every outcome (the per-class latency budgets) is an
+//! [`OutcomeObserver`] instead: the outbox calls it synchronously as each outcome is reported,
+//! so it loses nothing; it must be cheap and never block.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +85,14 @@ pub struct DeliveryOutcome {
     /// From the cursor handing it out (most recently) to the uplink reporting this outcome,
     /// on `tokio::time`'s clock (so paused time in tests gives exact values).
     pub latency: Duration,
+}
+
+/// Sees every delivery outcome synchronously, on the task of the uplink reporting it, before
+/// it is published to subscribers. Lossless, unlike a subscription, so it must be cheap (a
+/// counter, a histogram sample) and must never block or wait.
+pub trait OutcomeObserver: Send + Sync + std::fmt::Debug {
+    /// One delivery ended.
+    fn observe(&self, ev: &DeliveryOutcome);
 }
 
 /// The publishing side: cheap to clone, never blocks.

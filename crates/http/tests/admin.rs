@@ -68,6 +68,7 @@ impl Admin {
             metrics: AdminMetrics::default(),
             lwm2m: None,
             selector: None,
+            outbox: None,
         };
         let health = Health::new();
         let server = AdminServer::bind(

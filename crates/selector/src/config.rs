@@ -16,6 +16,9 @@
 //! device = "bed-*-spo2"
 //! resource = "*/alarm"
 //! class = "alarm"
+//!
+//! [selector.budgets]
+//! alarm = "1s"
 //! ```
 
 use std::collections::HashSet;
@@ -25,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use wardgate_core::MessageClass;
 use wardgate_core::validate::Problems;
 
+use crate::budget::Budgets;
 use crate::health::HealthParams;
 use crate::policy::Policy;
 
@@ -99,6 +103,9 @@ pub struct SelectorConfig {
     /// `[[selector.rules]]`: device/resource patterns that set a reading's class; first match
     /// wins, no match keeps the class the reading has.
     pub rules: Vec<ClassRuleConfig>,
+    /// `[selector.budgets]`: the delivery latency budget per class (alarm 1 s by default),
+    /// measured by [`crate::DeliveryBudget`].
+    pub budgets: Budgets,
 }
 
 impl Default for SelectorConfig {
@@ -117,6 +124,7 @@ impl Default for SelectorConfig {
             link_down_after: DEFAULT_LINK_DOWN_AFTER,
             classes: Vec::new(),
             rules: Vec::new(),
+            budgets: Budgets::default(),
         }
     }
 }
@@ -246,6 +254,7 @@ impl SelectorConfig {
         if self.decision_log == 0 {
             p.push(format!("{at}.decision_log"), "must be at least 1");
         }
+        self.budgets.validate(&format!("{at}.budgets"), p);
 
         let mut names = HashSet::new();
         for (i, name) in uplinks.iter().enumerate() {
@@ -361,6 +370,10 @@ class = "alarm"
 [[rules]]
 resource = "waveform/*"
 class = "bulk"
+
+[budgets]
+alarm = "500ms"
+vital = "3s"
 "#;
 
     #[test]
@@ -374,6 +387,8 @@ class = "bulk"
         );
         assert_eq!(cfg.classes[1].to_policy(), Some(Policy::LowestLatency));
         assert_eq!(cfg.rules[1].device, None);
+        assert_eq!(cfg.budgets.alarm, Some(Duration::from_millis(500)));
+        assert_eq!(cfg.budgets.vital, Some(Duration::from_secs(3)));
         let mut p = Problems::new();
         cfg.validate("selector", &["site", "cloud"], &mut p);
         assert!(p.is_empty(), "{:?}", p.into_vec());

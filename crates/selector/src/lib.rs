@@ -61,12 +61,15 @@
 //!   `Router::take_cutovers`, which the store's writer calls before routing each batch, so a
 //!   breaker opening and the move of that uplink's backlog commit with the first reading routed
 //!   elsewhere (per-device order across failover);
+//! - the budget keeper: [`DeliveryBudget`] measures each acknowledged delivery's age against
+//!   its class's `[selector.budgets]` (alarm 1 s by default), with or without a `[selector]`;
 //! - shown by the admin API ([`SharedSelector::status`]) and in metrics
 //!   ([`SharedSelector::tick`] drains [`Selector::take_transitions`]).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod budget;
 mod classify;
 mod config;
 mod error;
@@ -76,6 +79,7 @@ mod metrics;
 mod policy;
 mod selector;
 
+pub use budget::{BREACH_LOG_EVERY, Budgets, DEFAULT_ALARM_BUDGET, DeliveryBudget, MAX_BUDGET};
 pub use classify::{ClassMap, glob};
 pub use config::{
     ClassPolicyConfig, ClassRuleConfig, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_COOL_DOWN,

@@ -157,6 +157,7 @@ fn to_config(c: &Case) -> SelectorConfig {
         link_down_after: wardgate_selector::DEFAULT_LINK_DOWN_AFTER,
         classes,
         rules: Vec::new(),
+        budgets: wardgate_selector::Budgets::default(),
     }
 }
 

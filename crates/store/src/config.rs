@@ -63,6 +63,15 @@ pub struct StoreConfig {
     pub tail_readings: usize,
     /// Memory budget of that in-memory tail, in bytes of reading JSON (roughly).
     pub tail_bytes: u64,
+    /// The delivery record: for each delivered reading, which uplink acknowledged it and when
+    /// (one row of about 60 bytes per reading and uplink, written with the acknowledgement;
+    /// `GET /admin/v1/readings/{id}` reads it). Records of readings created longer ago than
+    /// this are removed. 0 turns the record off. Default 24 h.
+    #[serde(with = "humantime_serde")]
+    pub delivery_log: Duration,
+    /// Most rows the delivery record keeps; the oldest go first. Default 1,000,000
+    /// (about 60 MB; an hour at 300 readings/s to one uplink).
+    pub delivery_log_rows: u64,
 }
 
 impl Default for StoreConfig {
@@ -78,6 +87,8 @@ impl Default for StoreConfig {
             overflow: OverflowPolicy::Reject,
             tail_readings: 8192,
             tail_bytes: 16 * 1024 * 1024,
+            delivery_log: Duration::from_secs(24 * 3600),
+            delivery_log_rows: 1_000_000,
         }
     }
 }
@@ -107,6 +118,12 @@ impl StoreConfig {
             p.push(
                 format!("{at}.tail_bytes"),
                 "must be at most 1 GiB (it is held in memory)",
+            );
+        }
+        if !self.delivery_log.is_zero() && !(1..=100_000_000).contains(&self.delivery_log_rows) {
+            p.push(
+                format!("{at}.delivery_log_rows"),
+                "must be between 1 and 100000000 (or set delivery_log = \"0s\" to turn the record off)",
             );
         }
         if self.commit_window > Duration::from_secs(1) {

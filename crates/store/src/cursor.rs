@@ -273,10 +273,13 @@ impl LaneCursor {
         self.pos = self.pos.min(seq.saturating_sub(1));
     }
 
-    /// Publishes one outcome per seq (only while someone subscribes).
+    /// Shows one outcome per seq to the observer and publishes it to the subscribers (events
+    /// are built only when one of them is there).
     fn publish(&self, kind: OutcomeKind, seqs: &[u64], now: Instant) {
         let outcomes = &self.inner.outcomes;
-        if !outcomes.has_subscribers() {
+        let observer = self.inner.observer.as_deref();
+        let subscribed = outcomes.has_subscribers();
+        if !subscribed && observer.is_none() {
             return;
         }
         let Some(slot) = self.inner.slots.get(self.idx) else {
@@ -284,7 +287,13 @@ impl LaneCursor {
         };
         for s in seqs {
             if let Some(f) = self.inflight.get(s) {
-                outcomes.send(outcome(kind, slot.uplink, &slot.label, *s, f, now));
+                let ev = outcome(kind, slot.uplink, &slot.label, *s, f, now);
+                if let Some(o) = observer {
+                    o.observe(&ev);
+                }
+                if subscribed {
+                    outcomes.send(ev);
+                }
             }
         }
     }

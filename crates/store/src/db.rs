@@ -2,7 +2,7 @@
 //! single transaction each commit makes. Synchronous code: the async writer runs it on a
 //! blocking thread.
 //!
-//! Schema (version 1):
+//! Schema (version 2; a version-1 file is migrated at open by adding `deliveries`):
 //! - `readings(seq, id, device, class, received_ms, bytes, pending, json)`: one row per reading.
 //!   `seq` is the rowid, assigned by the writer and strictly increasing for the life of the file
 //!   (`meta.next_seq`), so it never goes backwards even when the table empties. `pending` is a
@@ -11,6 +11,11 @@
 //! - `uplinks(name, bit, owed, owed_bytes, low_seq)`: the bit each configured uplink owns, its
 //!   backlog counters, and a lower bound on the oldest seq it is owed (where the "oldest
 //!   undelivered" lookup starts, so it never rescans the whole table).
+//! - `deliveries(id, uplink, acked_ms)`: the delivery record: which configured uplink
+//!   acknowledged which reading (by its id) and when, written in the transaction that applies the
+//!   acknowledgement, so a reading is never gone from `readings` without its record (when the
+//!   record is enabled, `[store] delivery_log`). Keyed by the reading's ULID, whose
+//!   time-ordered bytes let retention delete a prefix; bounded in age and rows.
 //! - `meta(key, value)`: `schema_version`, `clean` (1 only after a clean shutdown), `next_seq`,
 //!   the quota counters `readings` and `bytes`, and `adopt` (set by `recover` when the uplink
 //!   table was lost: salvaged readings then go to every uplink configured at the next open).
@@ -42,7 +47,9 @@ use crate::metrics::CommitKind;
 use crate::tail::TailRow;
 
 /// Newest schema this build reads and writes.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+/// Most delivery records one prune removes; the rest go at the next housekeeping.
+const PRUNE_CHUNK: i64 = 50_000;
 const PAGE_SIZE: i64 = 4096;
 /// Every uplink bit set: rows salvaged without their owners go to every configured uplink.
 pub(crate) const ADOPT_ALL: i64 = i64::MAX;
@@ -77,6 +84,16 @@ CREATE TABLE readings (
     pending     INTEGER NOT NULL,
     json        BLOB NOT NULL
 );
+";
+
+/// Added in version 2: the delivery record.
+pub(crate) const SCHEMA_V2: &str = "
+CREATE TABLE deliveries (
+    id       BLOB NOT NULL,
+    uplink   TEXT NOT NULL,
+    acked_ms INTEGER NOT NULL,
+    PRIMARY KEY (id, uplink)
+) WITHOUT ROWID;
 ";
 
 /// The WAL file SQLite keeps beside `path`.
@@ -193,6 +210,9 @@ pub(crate) struct State {
     pub(crate) bytes: u64,
     /// In configuration order.
     pub(crate) uplinks: Vec<UplinkState>,
+    /// Rows in `deliveries`, and the creation time (ms) of the oldest reading they record.
+    pub(crate) deliveries: u64,
+    pub(crate) oldest_delivery_ms: Option<i64>,
 }
 
 impl State {
@@ -238,6 +258,8 @@ pub(crate) struct OpenReport {
     /// Counters that disagreed with a recount: (stored readings, stored bytes, counted readings,
     /// counted bytes).
     pub(crate) recount_fixed: Option<(u64, u64, u64, u64)>,
+    /// The schema version the file had when it was migrated at this open.
+    pub(crate) migrated_from: Option<i64>,
 }
 
 /// One commit's input.
@@ -257,6 +279,9 @@ pub(crate) struct Work {
     pub(crate) cutovers: Vec<CutoverWork>,
     /// Delete readings received before this instant (ms since the epoch).
     pub(crate) expire_before_ms: Option<i64>,
+    /// Prune the delivery record: records of readings created before this instant (ms since
+    /// the epoch), then the oldest beyond the row bound.
+    pub(crate) prune_deliveries_before_ms: Option<i64>,
     /// The receive stamp for new readings (ms since the epoch).
     pub(crate) now_ms: i64,
 }
@@ -279,6 +304,7 @@ impl Work {
             && self.releases.is_empty()
             && self.cutovers.is_empty()
             && self.expire_before_ms.is_none()
+            && self.prune_deliveries_before_ms.is_none()
     }
 }
 
@@ -290,6 +316,8 @@ pub(crate) struct Outcome {
     /// Every seq at or below this was deleted (overflow or expiry: both delete a prefix).
     pub(crate) deleted_through: Option<u64>,
     pub(crate) expired: u64,
+    /// Delivery records pruned.
+    pub(crate) deliveries_pruned: u64,
     /// The expiry sweep stopped at its chunk size; more may be due.
     pub(crate) more_expiry: bool,
     /// Acknowledgements that cleared a pending bit, per uplink index.
@@ -330,6 +358,8 @@ pub(crate) struct Db {
     abandoned: bool,
     /// `meta.next_seq` as committed: never below `state.next_seq`.
     seq_reserved: u64,
+    /// Most rows of the delivery record; `None` when it is off.
+    delivery_rows: Option<u64>,
     pub(crate) state: State,
 }
 
@@ -412,6 +442,10 @@ impl Db {
             }
             report.was_clean =
                 meta_get(&conn, "clean").map_err(sq("reading the clean marker"))? == Some(1);
+            if version < SCHEMA_VERSION {
+                migrate(&mut conn, version).map_err(sq("migrating the schema"))?;
+                report.migrated_from = Some(version);
+            }
         }
 
         if !report.was_clean {
@@ -426,7 +460,11 @@ impl Db {
             }
         }
 
-        let state = prepare(&mut conn, uplinks, &mut report).map_err(sq("registering uplinks"))?;
+        let mut state =
+            prepare(&mut conn, uplinks, &mut report).map_err(sq("registering uplinks"))?;
+        (state.deliveries, state.oldest_delivery_ms) =
+            count_deliveries(&conn).map_err(sq("counting the delivery record"))?;
+        let delivery_rows = (!cfg.delivery_log.is_zero()).then_some(cfg.delivery_log_rows);
         let db = Db {
             conn,
             path,
@@ -438,6 +476,7 @@ impl Db {
             closed: false,
             abandoned: false,
             seq_reserved: state.next_seq,
+            delivery_rows,
             state,
         };
         Ok((db, report))
@@ -503,11 +542,16 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
 
         append(&tx, &mut st, work, &mut out)?;
-        apply_acks(&tx, &mut st, &work.acks, &mut out, &mut dirty)?;
+        let log = self.delivery_rows.is_some().then_some(work.now_ms);
+        apply_acks(&tx, &mut st, &work.acks, log, &mut out, &mut dirty)?;
         apply_releases(&tx, &mut st, &work.releases, &mut out, &mut dirty)?;
         apply_cutovers(&tx, &mut st, &work.cutovers, &mut out, &mut dirty)?;
         if let Some(cutoff) = work.expire_before_ms {
             expire(&tx, &mut st, cutoff, &mut out, &mut dirty)?;
+        }
+        if let Some(cutoff) = work.prune_deliveries_before_ms {
+            let max_rows = self.delivery_rows.unwrap_or(0);
+            out.deliveries_pruned = prune_deliveries(&tx, &mut st, cutoff, max_rows)?;
         }
         if self.overflow == OverflowPolicy::DropOldest
             && (st.readings > self.max_readings || st.bytes > self.max_bytes)
@@ -595,6 +639,7 @@ fn validate_uplinks(uplinks: &[String]) -> Result<(), StoreError> {
 pub(crate) fn create_schema(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     tx.execute_batch(SCHEMA_V1)?;
+    tx.execute_batch(SCHEMA_V2)?;
     for (k, v) in [
         ("schema_version", SCHEMA_VERSION),
         ("clean", 1),
@@ -606,6 +651,79 @@ pub(crate) fn create_schema(conn: &mut Connection) -> rusqlite::Result<()> {
         meta_set(&tx, k, v)?;
     }
     tx.commit()
+}
+
+/// Brings a file of schema `from` (older than [`SCHEMA_VERSION`]) up to date in one
+/// transaction. Version 1 → 2 adds the delivery record; nothing else changes, so an older build
+/// refuses the migrated file (its schema is newer) rather than misreading it.
+fn migrate(conn: &mut Connection, from: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if from < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
+    }
+    meta_set(&tx, "schema_version", SCHEMA_VERSION)?;
+    tx.commit()
+}
+
+/// Rows of the delivery record and the creation time of the oldest reading it records.
+fn count_deliveries(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>)> {
+    let rows: i64 = conn.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))?;
+    let oldest: Option<Vec<u8>> = conn
+        .query_row("SELECT id FROM deliveries ORDER BY id LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok((to_u64(rows), oldest.as_deref().and_then(ulid_ms)))
+}
+
+/// The creation time (ms since the epoch) in a stored ULID.
+fn ulid_ms(blob: &[u8]) -> Option<i64> {
+    ulid_from_blob(blob).map(|u| i64::try_from(u.timestamp_ms()).unwrap_or(i64::MAX))
+}
+
+/// Deletes the delivery records of readings created before `cutoff_ms`, then the oldest beyond
+/// `max_rows`, at most about [`PRUNE_CHUNK`] rows per call. Both delete a prefix of the ULID
+/// order. Returns how many went.
+fn prune_deliveries(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    cutoff_ms: i64,
+    max_rows: u64,
+) -> rusqlite::Result<u64> {
+    let cutoff = Ulid::from_parts(u64::try_from(cutoff_ms).unwrap_or(0), 0).to_bytes();
+    let mut pruned = 0u64;
+    // The id of the PRUNE_CHUNK-th record (or the excess-th), inclusive bound of one delete.
+    let nth = |n: i64| -> rusqlite::Result<Option<Vec<u8>>> {
+        tx.query_row(
+            "SELECT id FROM deliveries ORDER BY id LIMIT 1 OFFSET ?1",
+            [n.saturating_sub(1).max(0)],
+            |r| r.get(0),
+        )
+        .optional()
+    };
+    let chunk_end = nth(PRUNE_CHUNK)?;
+    let n = match chunk_end.filter(|end| end.as_slice() < &cutoff[..]) {
+        Some(end) => tx.execute("DELETE FROM deliveries WHERE id <= ?1", [end])?,
+        None => tx.execute("DELETE FROM deliveries WHERE id < ?1", [&cutoff[..]])?,
+    };
+    pruned += n as u64;
+    st.deliveries = st.deliveries.saturating_sub(n as u64);
+    let excess = st.deliveries.saturating_sub(max_rows);
+    if excess > 0 {
+        let take = i64::try_from(excess).unwrap_or(i64::MAX).min(PRUNE_CHUNK);
+        if let Some(end) = nth(take)? {
+            let n = tx.execute("DELETE FROM deliveries WHERE id <= ?1", [end])? as u64;
+            pruned += n;
+            st.deliveries = st.deliveries.saturating_sub(n);
+        }
+    }
+    let oldest: Option<Vec<u8>> = tx
+        .query_row("SELECT id FROM deliveries ORDER BY id LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    st.oldest_delivery_ms = oldest.as_deref().and_then(ulid_ms);
+    Ok(pruned)
 }
 
 /// Reads the 100-byte SQLite header before SQLite does, so damage gets a precise message.
@@ -791,6 +909,8 @@ fn prepare(
         readings: stored_readings,
         bytes: stored_bytes,
         uplinks,
+        deliveries: 0,
+        oldest_delivery_ms: None,
     };
     if must_recount {
         let before = state.clone();
@@ -934,10 +1054,14 @@ fn append(
 /// caught-up uplink acknowledges whole runs, so a commit usually runs one or two statements per
 /// uplink instead of one per reading). Every seq in a run was acknowledged, so the range
 /// touches exactly the acknowledged rows that still exist.
+///
+/// With `log_ms` (the delivery record is on), each acknowledged reading gets a `deliveries` row
+/// naming the configured uplink (the lane's uplink) and `log_ms` as its time.
 fn apply_acks(
     tx: &Transaction<'_>,
     st: &mut State,
     acks: &[(usize, Vec<u64>)],
+    log_ms: Option<i64>,
     out: &mut Outcome,
     dirty: &mut [bool],
 ) -> rusqlite::Result<()> {
@@ -946,17 +1070,23 @@ fn apply_acks(
     }
     // The last uplink owed a reading deletes it; the others clear their bit.
     let mut del = tx.prepare_cached(
-        "DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2 AND pending = ?3 RETURNING seq, bytes",
+        "DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2 AND pending = ?3 \
+         RETURNING seq, bytes, id",
     )?;
     let mut clear = tx.prepare_cached(
         "UPDATE readings SET pending = pending & ~?3 \
-         WHERE seq BETWEEN ?1 AND ?2 AND (pending & ?3) != 0 RETURNING seq, bytes",
+         WHERE seq BETWEEN ?1 AND ?2 AND (pending & ?3) != 0 RETURNING seq, bytes, id",
+    )?;
+    let mut record = tx.prepare_cached(
+        "INSERT OR IGNORE INTO deliveries (id, uplink, acked_ms) VALUES (?1, ?2, ?3)",
     )?;
     let mut sorted = Vec::new();
+    let mut ids: Vec<Vec<u8>> = Vec::new();
     for (idx, seqs) in acks {
         let Some(mask) = st.uplinks.get(*idx).map(UplinkState::mask) else {
             continue;
         };
+        ids.clear();
         sorted.clear();
         sorted.extend_from_slice(seqs);
         sorted.sort_unstable();
@@ -968,6 +1098,9 @@ fn apply_acks(
             let mut rows = del.query(range)?;
             while let Some(r) = rows.next()? {
                 st.forget_row(to_u64(r.get(0)?), mask, to_u64(r.get(1)?), dirty);
+                if log_ms.is_some() {
+                    ids.push(r.get(2)?);
+                }
                 deleted += 1;
             }
             drop(rows);
@@ -980,6 +1113,9 @@ fn apply_acks(
             while let Some(r) = rows.next()? {
                 let seq = to_u64(r.get(0)?);
                 let bytes = to_u64(r.get(1)?);
+                if log_ms.is_some() {
+                    ids.push(r.get(2)?);
+                }
                 if let Some(u) = st.uplinks.get_mut(*idx) {
                     u.owed = u.owed.saturating_sub(1);
                     u.owed_bytes = u.owed_bytes.saturating_sub(bytes);
@@ -988,6 +1124,22 @@ fn apply_acks(
                     }
                 }
                 out.acked[*idx] += 1;
+            }
+        }
+        if let (Some(ms), Some(lane)) = (log_ms, st.uplinks.get(*idx)) {
+            // A priority lane is `<uplink>/alarm`: the record names the uplink.
+            let uplink = lane.name.split('/').next().unwrap_or(&lane.name);
+            for id in &ids {
+                if record.execute(params![id, uplink, ms])? > 0 {
+                    st.deliveries += 1;
+                }
+                let born = ulid_ms(id);
+                if st
+                    .oldest_delivery_ms
+                    .is_none_or(|o| born.is_some_and(|b| b < o))
+                {
+                    st.oldest_delivery_ms = born.or(st.oldest_delivery_ms);
+                }
             }
         }
     }

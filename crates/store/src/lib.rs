@@ -47,8 +47,14 @@
 //!    [`wardgate_core::DeliveryOutcome`] (with the latency since the cursor handed the reading
 //!    out, on `tokio::time`'s clock) on a bounded broadcast channel
 //!    ([`Outbox::subscribe_outcomes`]); a subscriber that falls behind loses the oldest events,
-//!    counted in `wardgate_store_outcome_events_lost_total`.
-//! 8. **Damage is reported, never papered over.** A file that is not a database, is truncated,
+//!    counted in `wardgate_store_outcome_events_lost_total`. The one
+//!    [`OpenOptions::observer`] sees every outcome synchronously instead (lossless; it must be
+//!    cheap).
+//! 8. **Delivered means recorded.** With `[store] delivery_log` on (the default), each
+//!    acknowledgement writes a `deliveries` row (reading id, uplink, time) in the transaction
+//!    that clears the reading's bit, so a reading never leaves the outbox without a record of
+//!    who delivered it ([`Outbox::trace`]); the record is bounded by age and rows.
+//! 9. **Damage is reported, never papered over.** A file that is not a database, is truncated,
 //!    or fails `quick_check` after an unclean stop is [`StoreError::Corrupt`], whose message
 //!    names `wardgate store recover --config <file>` ([`recover`]), which salvages what is
 //!    readable and keeps the damaged file aside.
@@ -92,6 +98,7 @@ mod outbox;
 mod recover;
 mod route;
 mod tail;
+mod trace;
 
 pub use config::{Durability, OverflowPolicy, StoreConfig};
 pub use cursor::Cursor;
@@ -100,3 +107,4 @@ pub use metrics::StoreMetrics;
 pub use outbox::MAX_UPLINKS;
 pub use outbox::{OpenOptions, Outbox, OutboxStats, UplinkStats};
 pub use recover::{RecoverReport, recover};
+pub use trace::{DeliveryRecord, PendingReading, ReadingTrace};

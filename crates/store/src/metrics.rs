@@ -196,6 +196,7 @@ struct CommitLabels {
 pub struct StoreMetrics {
     depth_readings: Gauge,
     depth_bytes: Gauge,
+    delivery_log_rows: Gauge,
     uplink_depth: Family<UplinkLabels, Gauge>,
     oldest_age: Family<UplinkLabels, Gauge<f64, AtomicU64>>,
     commits: Family<CommitLabels, Counter>,
@@ -226,6 +227,11 @@ impl StoreMetrics {
             "wardgate_store_depth_bytes",
             "Bytes of reading JSON held in the outbox",
             m.depth_bytes.clone(),
+        );
+        registry.register(
+            "wardgate_store_delivery_log_rows",
+            "Rows in the delivery record (which uplink delivered which reading; [store] delivery_log)",
+            m.delivery_log_rows.clone(),
         );
         registry.register(
             "wardgate_store_uplink_depth_readings",
@@ -350,6 +356,7 @@ impl StoreMetrics {
         StoreMetrics {
             depth_readings: Gauge::default(),
             depth_bytes: Gauge::default(),
+            delivery_log_rows: Gauge::default(),
             uplink_depth: Family::default(),
             oldest_age: Family::default(),
             commits: Family::default(),
@@ -446,9 +453,10 @@ impl StoreMetrics {
             .get()
     }
 
-    pub(crate) fn set_depth(&self, readings: u64, bytes: u64) {
+    pub(crate) fn set_depth(&self, readings: u64, bytes: u64, delivery_log: u64) {
         self.depth_readings.set(clamp_i64(readings));
         self.depth_bytes.set(clamp_i64(bytes));
+        self.delivery_log_rows.set(clamp_i64(delivery_log));
     }
 
     pub(crate) fn set_uplink(&self, uplink: &str, readings: u64, oldest_age: Option<Duration>) {

@@ -9,7 +9,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use wardgate_core::{
     AllUplinks, BusReceiver, Clock, Encoded, HealthReporter, IngestError, IngestRequest,
-    MessageClass, OutcomeReceiver, OutcomeSender, Router, Shutdown, SystemClock,
+    MessageClass, OutcomeObserver, OutcomeReceiver, OutcomeSender, Router, Shutdown, SystemClock,
 };
 
 use crate::config::{Durability, OverflowPolicy, StoreConfig};
@@ -135,6 +135,8 @@ pub(crate) struct Inner {
     pub(crate) ack_wake: Notify,
     pub(crate) routing: Routing,
     pub(crate) outcomes: OutcomeSender,
+    /// Called with every outcome before it is published.
+    pub(crate) observer: Option<Arc<dyn OutcomeObserver>>,
     /// Callers of [`Outbox::flush`] waiting for the next commit (true: it committed).
     pub(crate) flushes: Mutex<Vec<oneshot::Sender<bool>>>,
 }
@@ -164,7 +166,7 @@ impl Inner {
     }
 
     fn publish_gauges(&self, st: &State) {
-        self.metrics.set_depth(st.readings, st.bytes);
+        self.metrics.set_depth(st.readings, st.bytes, st.deliveries);
         let now = self.now_ms();
         for u in per_uplink(&self.slots, st) {
             self.metrics
@@ -227,6 +229,9 @@ pub struct OpenOptions {
     pub clock: Arc<dyn Clock>,
     /// Decides which uplinks each reading is owed to (and where released deliveries go).
     pub router: Arc<dyn Router>,
+    /// Sees every delivery outcome synchronously (lossless, unlike
+    /// [`Outbox::subscribe_outcomes`]); none by default.
+    pub observer: Option<Arc<dyn OutcomeObserver>>,
 }
 
 impl Default for OpenOptions {
@@ -235,6 +240,7 @@ impl Default for OpenOptions {
         OpenOptions {
             clock: Arc::new(SystemClock),
             router: Arc::new(AllUplinks),
+            observer: None,
         }
     }
 }
@@ -306,7 +312,11 @@ impl Outbox {
         metrics: StoreMetrics,
         opts: OpenOptions,
     ) -> Result<Outbox, StoreError> {
-        let OpenOptions { clock, router } = opts;
+        let OpenOptions {
+            clock,
+            router,
+            observer,
+        } = opts;
         if uplinks.len() > MAX_UPLINKS {
             return Err(StoreError::TooManyUplinks {
                 count: uplinks.len(),
@@ -373,6 +383,7 @@ impl Outbox {
             ack_wake: Notify::new(),
             routing,
             outcomes,
+            observer,
             flushes: Mutex::new(Vec::new()),
         };
         for u in uplinks {
@@ -465,6 +476,14 @@ impl Outbox {
         lock(&self.inner.db).abandon();
     }
 
+    /// What the outbox knows about reading `id`: the uplinks it is still owed to, and the
+    /// delivery record (which uplinks acknowledged it, when). Reads the file on a connection of
+    /// its own (never blocks the writer) and scans the readings held: call it from a blocking
+    /// thread. See [`crate::ReadingTrace`].
+    pub fn trace(&self, id: ulid::Ulid) -> Result<crate::ReadingTrace, StoreError> {
+        crate::trace::trace(&self.inner.path, &self.inner.slots, id)
+    }
+
     /// The database file.
     pub fn path(&self) -> &std::path::Path {
         &self.inner.path
@@ -538,6 +557,14 @@ fn log_open(cfg: &StoreConfig, r: &OpenReport) {
             "readings salvaged by `wardgate store recover` without their uplink list are owed to every configured uplink"
         );
     }
+    if let Some(from) = r.migrated_from {
+        tracing::info!(
+            %path,
+            from,
+            to = crate::db::SCHEMA_VERSION,
+            "migrated the outbox schema (older wardgate versions cannot open it any more)"
+        );
+    }
     if let Some((sr, sb, cr, cb)) = r.recount_fixed {
         tracing::warn!(
             %path,
@@ -608,6 +635,8 @@ struct Writer {
     bus_open: bool,
     expire_due: bool,
     expire_again: bool,
+    /// The delivery record is due for pruning (age or rows over their bound).
+    prune_due: bool,
     /// The "router owed readings to nobody" warning was logged.
     unrouted_logged: bool,
     /// Cutovers of a commit that failed, for the next one.
@@ -633,6 +662,7 @@ impl Writer {
             bus_open: true,
             expire_due: false,
             expire_again: false,
+            prune_due: false,
             unrouted_logged: false,
             retry_cutovers: Vec::new(),
         }
@@ -793,6 +823,21 @@ impl Writer {
                 self.expire_due = true;
             }
         }
+        let cfg = &self.inner.cfg;
+        if !cfg.delivery_log.is_zero()
+            && (st.deliveries > cfg.delivery_log_rows
+                || st
+                    .oldest_delivery_ms
+                    .is_some_and(|ms| ms < self.delivery_log_cutoff()))
+        {
+            self.prune_due = true;
+        }
+    }
+
+    /// Records of readings created before this (ms since the epoch) are pruned.
+    fn delivery_log_cutoff(&self) -> i64 {
+        let keep = i64::try_from(self.inner.cfg.delivery_log.as_millis()).unwrap_or(i64::MAX);
+        self.inner.now_ms().saturating_sub(keep)
     }
 
     fn expiry_cutoff(&self) -> i64 {
@@ -835,6 +880,8 @@ impl Writer {
             releases: self.inner.take_releases(),
             cutovers,
             expire_before_ms: std::mem::take(&mut self.expire_due).then(|| self.expiry_cutoff()),
+            prune_deliveries_before_ms: std::mem::take(&mut self.prune_due)
+                .then(|| self.delivery_log_cutoff()),
             now_ms: self.inner.now_ms(),
         };
         if work.is_empty() {

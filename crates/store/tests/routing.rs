@@ -6,7 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PrefixRouter, Running, cfg, names, owed_to_nobody, reading};
+use common::{
+    AlarmsEverywhere, PrefixRouter, Running, cfg, drain, names, owed_to_nobody, reading, seqs,
+};
 use proptest::prelude::*;
 use ulid::Ulid;
 use wardgate_core::{
@@ -17,39 +19,8 @@ use wardgate_store::{Cursor, OpenOptions, StoreConfig};
 
 const TWO: [&str; 2] = ["cloud", "backup"];
 
-fn seqs(ds: &[Delivery]) -> Vec<u64> {
-    ds.iter().map(|d| d.seq).collect()
-}
-
 fn attempts(ds: &[Delivery]) -> Vec<u32> {
     ds.iter().map(|d| d.attempts).collect()
-}
-
-/// Everything the cursor hands out now, without waiting.
-async fn drain(c: &mut Cursor) -> Vec<Delivery> {
-    let mut all = Vec::new();
-    loop {
-        let got = c.try_next(100).await.unwrap();
-        if got.is_empty() {
-            return all;
-        }
-        all.extend(got);
-    }
-}
-
-/// Alarms go to every uplink; everything else to uplink 0, failing over to the others.
-#[derive(Debug)]
-struct AlarmsEverywhere;
-
-impl Router for AlarmsEverywhere {
-    fn route(&self, r: &RouteInput<'_>) -> UplinkSet {
-        let all = UplinkSet::first(r.uplinks.len()).difference(r.excluded);
-        if r.class == MessageClass::Alarm || r.excluded.contains(0) {
-            all
-        } else {
-            UplinkSet::single(0)
-        }
-    }
 }
 
 fn classed(device: &str, class: MessageClass) -> wardgate_core::Encoded {
@@ -538,5 +509,58 @@ async fn a_cutover_moves_the_backlog_in_the_same_commit_as_the_first_reading_rou
     run.outbox.flush().await.unwrap();
     assert_eq!(run.outbox.stats().unwrap().readings, 0);
     drop((cloud, backup));
+    run.stop().await;
+}
+
+/// Counts what the outbox's observer is shown.
+#[derive(Debug, Default)]
+struct Counting(std::sync::Mutex<Vec<(OutcomeKind, u64, String)>>);
+
+impl wardgate_core::OutcomeObserver for Counting {
+    fn observe(&self, ev: &wardgate_core::DeliveryOutcome) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((ev.outcome, ev.seq, ev.uplink_name.to_string()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_sees_every_outcome_without_a_subscriber_and_in_report_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Counting::default());
+    let opts = OpenOptions {
+        observer: Some(seen.clone()),
+        ..OpenOptions::default()
+    };
+    let run = Running::start_opts(&cfg(dir.path()), &names(&["cloud"]), opts).unwrap();
+    // More than a subscriber's channel holds, reported at once: an observer loses none.
+    let n = 10_000u64;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        run.bus
+            .submit(chunk.iter().map(|_| reading("bed-1", 60)).collect())
+            .await
+            .unwrap();
+    }
+    let mut cur = run.outbox.cursor("cloud").unwrap();
+    let got = drain(&mut cur).await;
+    assert_eq!(got.len() as u64, n);
+    cur.nack(&[1], NackReason::Failed);
+    let all = seqs(&got);
+    cur.ack(&all[1..]);
+    let again = cur.try_next(10).await.unwrap();
+    cur.ack(&seqs(&again));
+    let seen = seen.0.lock().unwrap().clone();
+    assert_eq!(seen.len() as u64, n + 1);
+    assert_eq!(seen[0], (OutcomeKind::Failed, 1, "cloud".to_owned()));
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|(k, _, u)| *k == OutcomeKind::Acked && u == "cloud")
+    );
+    let mut acked: Vec<u64> = seen[1..].iter().map(|(_, s, _)| *s).collect();
+    acked.sort_unstable();
+    assert_eq!(acked, (1..=n).collect::<Vec<_>>());
+    drop(cur);
     run.stop().await;
 }

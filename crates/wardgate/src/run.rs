@@ -136,8 +136,19 @@ impl App {
         // The outbox first: a corrupt store must stop us before any device hears "accepted".
         let uplink_names: Vec<String> = cfg.uplinks.iter().map(|u| u.name().to_owned()).collect();
         let selector = build_selector(&cfg, &uplink_names, &mut registry)?;
+        // Kept with or without a selector: every acknowledged delivery is measured.
+        let budget = crate::steer::Budget(wardgate_selector::DeliveryBudget::register(
+            cfg.selector
+                .as_ref()
+                .map(|s| s.budgets.clone())
+                .unwrap_or_default(),
+            &mut registry,
+        ));
         let store_metrics = wardgate_store::StoreMetrics::register(&mut registry);
-        let mut open = wardgate_store::OpenOptions::default();
+        let mut open = wardgate_store::OpenOptions {
+            observer: Some(Arc::new(budget)),
+            ..wardgate_store::OpenOptions::default()
+        };
         if let Some(s) = &selector {
             open.router = Arc::new(s.clone());
         }
@@ -292,6 +303,7 @@ impl App {
                 metrics: wardgate_http::AdminMetrics::register(&mut registry),
                 lwm2m: lwm2m.clone(),
                 selector: selector.clone(),
+                outbox: Some(outbox.clone()),
             };
             let reporter = health.reporter("admin", ComponentKind::Listener);
             Some(

@@ -1,6 +1,12 @@
-//! Drives the uplink selector while the gateway runs: feeds it every delivery outcome the
-//! outbox publishes and every uplink's link state, and ticks it (breaker transitions become
-//! metrics and log lines).
+//! Watches delivery while the gateway runs.
+//!
+//! [`Budget`] measures every acknowledged delivery's age against its class's latency budget
+//! (`[selector.budgets]`, alarm 1 s by default; always, with or without a selector). It is the
+//! outbox's [`OutcomeObserver`], called as each outcome is reported, so it sees every one.
+//!
+//! [`run`] drives the uplink selector when `[selector]` is configured: feeds it every delivery
+//! outcome the outbox publishes and every uplink's link state, and ticks it (breaker
+//! transitions become metrics and log lines).
 //!
 //! Failover of what an uplink was already owed is not done here: the selector applies health
 //! events and hands the store its cutovers on the store's writer, which moves an open uplink's
@@ -16,11 +22,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::{Instant, MissedTickBehavior};
-use wardgate_core::{Health, OutcomeKind, Shutdown};
-use wardgate_selector::{Outcome, SharedSelector};
+use ulid::Ulid;
+use wardgate_core::{DeliveryOutcome, Health, OutcomeKind, OutcomeObserver, Shutdown};
+use wardgate_selector::{DeliveryBudget, Outcome, SharedSelector};
 use wardgate_store::Outbox;
 
 /// How often link states are sampled and the selector ticked.
@@ -33,6 +40,20 @@ struct Link {
     not_ready_since: Option<Instant>,
     /// The selector was told the link is down (and not yet that it is back).
     told_down: bool,
+}
+
+/// The latency budgets as the outbox's outcome observer: see the module doc.
+#[derive(Debug)]
+pub(crate) struct Budget(pub(crate) DeliveryBudget);
+
+impl OutcomeObserver for Budget {
+    fn observe(&self, ev: &DeliveryOutcome) {
+        if ev.outcome == OutcomeKind::Acked {
+            let age = age(ev.id, SystemTime::now());
+            self.0
+                .record(ev.class, &ev.uplink_name, age, std::time::Instant::now());
+        }
+    }
 }
 
 /// Runs until `stop`: see the module doc.
@@ -84,6 +105,12 @@ pub(crate) async fn run(
     }
 }
 
+/// How long ago the reading `id` was created (its ULID's timestamp, taken when its payload
+/// was decoded), as of `now`; zero when the wall clock stepped back since.
+fn age(id: Ulid, now: SystemTime) -> Duration {
+    now.duration_since(id.datetime()).unwrap_or(Duration::ZERO)
+}
+
 fn track_link(
     selector: &SharedSelector,
     health: &Health,
@@ -107,5 +134,21 @@ fn track_link(
     if !link.told_down && now.duration_since(since) >= grace {
         link.told_down = true;
         selector.link(uplink, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_readings_age_comes_from_its_id_and_never_goes_negative() {
+        let born = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_000_123);
+        let id = Ulid::from_datetime(born);
+        assert_eq!(
+            age(id, born + Duration::from_millis(1500)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(age(id, born - Duration::from_secs(3)), Duration::ZERO);
     }
 }

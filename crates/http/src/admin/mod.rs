@@ -67,6 +67,8 @@ pub struct AdminDeps {
     /// The uplink selector whose live state it shows; without one (no `[selector]`), the
     /// selector endpoint answers 503.
     pub selector: Option<wardgate_selector::SharedSelector>,
+    /// The outbox readings are looked up in; without one, the readings endpoint answers 503.
+    pub outbox: Option<wardgate_store::Outbox>,
 }
 
 impl fmt::Debug for AdminDeps {
@@ -82,6 +84,7 @@ pub(crate) struct AdminState {
     registry: Option<Arc<Registry>>,
     lwm2m: Option<wardgate_lwm2m::Server>,
     selector: Option<wardgate_selector::SharedSelector>,
+    outbox: Option<wardgate_store::Outbox>,
     audit: Arc<dyn AuditSink>,
     metrics: AdminMetrics,
     credentials: Credentials,
@@ -139,6 +142,7 @@ impl AdminServer {
             registry: deps.registry,
             lwm2m: deps.lwm2m,
             selector: deps.selector,
+            outbox: deps.outbox,
             audit: deps.audit,
             metrics: deps.metrics,
             credentials: Credentials::from_config(cfg),
@@ -184,6 +188,49 @@ async fn selector_status(
         })
 }
 
+/// `GET /admin/v1/readings/{id}`: what the outbox knows about one reading: the uplinks it is
+/// still owed to, and which uplinks delivered it and when (the delivery record). 404 when the
+/// outbox neither holds nor recorded it.
+async fn reading_trace(
+    axum::extract::State(st): axum::extract::State<Arc<AdminState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<axum::Json<wardgate_store::ReadingTrace>, ApiError> {
+    let Some(outbox) = st.outbox.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this gateway has no outbox to look readings up in",
+        ));
+    };
+    let id: ulid::Ulid = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not a reading id (the 26-character ULID in a reading's \"id\")",
+        )
+    })?;
+    let trace = tokio::task::spawn_blocking(move || outbox.trace(id))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "admin: the reading lookup task failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the lookup failed")
+        })?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "admin: reading lookup failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the outbox could not be read",
+            )
+        })?;
+    if trace.is_unknown() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the outbox neither holds this reading nor has a delivery record of it (never \
+             stored here, dropped by a quota, or delivered longer ago than [store] delivery_log \
+             keeps)",
+        ));
+    }
+    Ok(axum::Json(trace))
+}
+
 fn router(state: Arc<AdminState>) -> Router {
     let devices = "/admin/v1/devices/{id}";
     Router::new()
@@ -206,6 +253,7 @@ fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/admin/v1/registry/reload", post(routes::reload_registry))
         .route("/admin/v1/selector", get(selector_status))
+        .route("/admin/v1/readings/{id}", get(reading_trace))
         .route("/admin/v1/lwm2m/clients", get(lwm2m::list_clients))
         .route("/admin/v1/lwm2m/clients/{endpoint}", get(lwm2m::get_client))
         .route(

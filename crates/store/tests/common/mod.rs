@@ -11,9 +11,9 @@ use tokio::task::JoinHandle;
 use ulid::Ulid;
 use wardgate_core::health::ComponentKind;
 use wardgate_core::{
-    Bus, Clock, Encoded, Health, MessageClass, RouteInput, Router, Shutdown, UplinkSet,
+    Bus, Clock, Delivery, Encoded, Health, MessageClass, RouteInput, Router, Shutdown, UplinkSet,
 };
-use wardgate_store::{OpenOptions, Outbox, StoreConfig, StoreError, StoreMetrics};
+use wardgate_store::{Cursor, OpenOptions, Outbox, StoreConfig, StoreError, StoreMetrics};
 
 pub fn cfg(dir: &Path) -> StoreConfig {
     StoreConfig {
@@ -242,5 +242,37 @@ impl Running {
             .get("store")
             .map(|c| c.detail.clone())
             .unwrap_or_default()
+    }
+}
+
+/// The seqs of `ds`, in order.
+pub fn seqs(ds: &[Delivery]) -> Vec<u64> {
+    ds.iter().map(|d| d.seq).collect()
+}
+
+/// Everything the cursor hands out now, without waiting.
+pub async fn drain(c: &mut Cursor) -> Vec<Delivery> {
+    let mut all = Vec::new();
+    loop {
+        let got = c.try_next(100).await.unwrap();
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+/// Alarms go to every uplink; everything else to uplink 0, failing over to the others.
+#[derive(Debug)]
+pub struct AlarmsEverywhere;
+
+impl Router for AlarmsEverywhere {
+    fn route(&self, r: &RouteInput<'_>) -> UplinkSet {
+        let all = UplinkSet::first(r.uplinks.len()).difference(r.excluded);
+        if r.class == MessageClass::Alarm || r.excluded.contains(0) {
+            all
+        } else {
+            UplinkSet::single(0)
+        }
     }
 }
