@@ -156,7 +156,9 @@ class Bench:
             '[gateway]\nid = "bench"\n\n[log]\nlevel = "warn"\n\n'
             f'[coap]\nlisten = ["127.0.0.1:{port}"]\n\n'
             f'[http]\nlisten = "127.0.0.1:{http}"\n\n'
-            f'[store]\npath = "{data}/outbox.db"\ndurability = "{durability}"\n\n' + uplink
+            f'[store]\npath = "{data}/outbox.db"\ndurability = "{durability}"\n'
+            # Extra [store] lines for A/B runs, e.g. WARDGATE_BENCH_STORE='delivery_log = "0s"'.
+            + os.environ.get("WARDGATE_BENCH_STORE", "") + '\n\n' + uplink
         )
         return cfg, http
 

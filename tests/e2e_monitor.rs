@@ -169,3 +169,80 @@ fn captures_redact_payloads_by_default_and_keep_headers_options_and_lengths() {
         "the reading's value is nowhere in the file"
     );
 }
+
+#[test]
+fn flow_records_count_coap_exchanges_per_flow_and_label_the_attackers_address() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    let mut gw = Gateway::start(
+        dir.path(),
+        &broker.url(),
+        &format!(
+            "[monitor.flows]\nenabled = true\ndir = \"{}\"\n\
+             [[monitor.flows.labels]]\naddresses = [\"127.0.0.66\"]\nlabel = \"attack\"\n",
+            flows.display()
+        ),
+    );
+    // A sensor posts two readings (two client runs: two flows, each its own source port).
+    for v in ["36.6", "36.7"] {
+        let (ok, out) =
+            coap_send("post", 0, v, &gw.coap_uri("v1/readings/bed-7/temperature")).outcome();
+        assert!(ok, "{out}");
+    }
+    // A scanner from another address asks for resources that do not exist.
+    for path in ["admin", ".well-known/secret"] {
+        let run = common::coap_client(&["-a", "127.0.0.66", "-m", "get", &gw.coap_uri(path)]);
+        assert!(run.text().contains("4.04"), "{}", run.text());
+    }
+    let status = gw.terminate();
+    assert!(status.success(), "{status}\n{}", gw.log());
+
+    let json = std::fs::read_to_string(flows.join("flows.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 4, "{json}");
+    let port = gw.coap.port();
+    let n = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or(0);
+    for r in &records {
+        assert_eq!(r["dst_port"], port, "the client spoke first: {r}");
+        // One request and its answer; a retransmission or a separate response (when a commit
+        // is slow) adds packets, never removes them.
+        assert!(
+            n(r, "tot_fwd_pkts") >= 1 && n(r, "tot_bwd_pkts") >= 1,
+            "{r}"
+        );
+        assert!(n(r, "coap_con") >= 1 && n(r, "coap_ack") >= 1, "{r}");
+        assert!(n(r, "coap_requests") >= 1, "{r}");
+        assert_eq!(r["malformed_pkts"], 0);
+        assert_eq!(r["end_reason"], "shutdown");
+        assert_eq!(r["protocol"], 17);
+        assert!(r["flow_duration"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let (attacks, sensors): (Vec<_>, Vec<_>) =
+        records.iter().partition(|r| r["src_ip"] == "127.0.0.66");
+    assert_eq!((attacks.len(), sensors.len()), (2, 2));
+    for a in &attacks {
+        assert_eq!(a["label"], "attack");
+        assert!(n(a, "coap_404") >= 1 && n(a, "coap_2xx") == 0, "{a}");
+        assert_eq!(n(a, "coap_404"), n(a, "coap_4xx"), "{a}");
+    }
+    for s in &sensors {
+        assert_eq!(s["label"], "benign");
+        assert!(n(s, "coap_2xx") >= 1 && n(s, "coap_4xx") == 0, "{s}");
+        let codes = s["coap_codes"].as_object().unwrap();
+        assert!(codes.keys().all(|k| k.starts_with("2.")), "{s}");
+    }
+
+    // The CSV holds the same flows under its documented header.
+    let csv = std::fs::read_to_string(flows.join("flows.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header[..3], ["flow_id", "timestamp", "src_ip"]);
+    assert_eq!(header.last(), Some(&"label"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.iter().filter(|r| r.ends_with(",attack")).count(), 2);
+}

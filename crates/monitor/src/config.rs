@@ -1,5 +1,5 @@
-//! `[monitor]`: the traffic monitor's section of `gateway.toml`. Today it has one part,
-//! `[monitor.capture]` (pcapng captures of the plain CoAP endpoint).
+//! `[monitor]`: the traffic monitor's section of `gateway.toml`: `[monitor.capture]` (pcapng
+//! captures of the plain CoAP endpoint) and `[monitor.flows]` (flow records).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +15,151 @@ use crate::filter::CaptureFilter;
 pub struct MonitorConfig {
     /// `[monitor.capture]`: pcapng captures (off by default).
     pub capture: CaptureConfig,
+    /// `[monitor.flows]`: flow records (off by default).
+    pub flows: FlowsConfig,
+}
+
+/// Default `[monitor.flows] dir`.
+pub const DEFAULT_FLOWS_DIR: &str = "wardgate-data/flows";
+
+/// `[monitor.flows]`: flow records for IDS datasets (see [`crate::flow`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsConfig {
+    /// Keep flow records at all. Default `false`.
+    pub enabled: bool,
+    /// Directory of `flows.jsonl` and `flows.csv` (created `0700`). Default
+    /// `wardgate-data/flows`.
+    pub dir: PathBuf,
+    /// A flow without packets this long ends (`end_reason = "idle"`). Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A flow is cut when it has lasted this long (`"active"`). Default 30 min.
+    #[serde(with = "humantime_serde")]
+    pub active_timeout: Duration,
+    /// Most flows open at once; beyond it the least recently seen is written early
+    /// (`"evicted"`). Default 100,000 (about 40 MB).
+    pub max_flows: usize,
+    /// Datagrams waiting for the flow thread; beyond it they are dropped and counted
+    /// (`wardgate_monitor_flow_packets_dropped_total`). Default 8192.
+    pub queue_packets: usize,
+    /// Each file is moved to `<name>.1` (replacing the previous one) before it would pass
+    /// this. Default 64 MiB (disk: at most twice this per file).
+    pub max_file_bytes: u64,
+    /// The label of flows no `labels` entry matches. Default `"benign"`.
+    pub label: String,
+    /// `[[monitor.flows.labels]]`: the first entry with a prefix containing the peer's
+    /// address labels its flows (the labelling hook: a simulator sends attacks from its own
+    /// address).
+    pub labels: Vec<FlowLabel>,
+}
+
+/// One `[[monitor.flows.labels]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlowLabel {
+    /// Peer prefixes (`192.0.2.0/24`, `2001:db8::/32`, one address).
+    pub addresses: Vec<String>,
+    /// The label (e.g. `"attack"`, `"coap-scan"`).
+    pub label: String,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig {
+            enabled: false,
+            dir: PathBuf::from(DEFAULT_FLOWS_DIR),
+            idle_timeout: Duration::from_secs(60),
+            active_timeout: Duration::from_secs(1800),
+            max_flows: 100_000,
+            queue_packets: 8192,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            label: "benign".into(),
+            labels: Vec::new(),
+        }
+    }
+}
+
+impl FlowsConfig {
+    /// The flow table's settings; the problems (path, message) when a prefix does not parse.
+    pub fn params(&self) -> Result<crate::flow::FlowParams, Vec<String>> {
+        let mut labels = Vec::new();
+        let mut problems = Vec::new();
+        for (i, l) in self.labels.iter().enumerate() {
+            for (j, a) in l.addresses.iter().enumerate() {
+                match a.parse() {
+                    Ok(prefix) => labels.push((prefix, l.label.clone())),
+                    Err(e) => problems.push(format!("labels[{i}].addresses[{j}]: {e}")),
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(crate::flow::FlowParams {
+            idle_timeout: self.idle_timeout,
+            active_timeout: self.active_timeout,
+            max_flows: self.max_flows,
+            labels,
+            default_label: self.label.clone(),
+        })
+    }
+
+    /// Checks every value (also when disabled), reporting all problems under `at`
+    /// (`monitor.flows`).
+    pub fn validate(&self, at: &str, p: &mut Problems) {
+        if self.dir.as_os_str().is_empty() {
+            p.push(format!("{at}.dir"), "must not be empty");
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            p.push(format!("{at}.idle_timeout"), "must be at least 1s");
+        }
+        if self.active_timeout < self.idle_timeout {
+            p.push(
+                format!("{at}.active_timeout"),
+                "must be at least idle_timeout",
+            );
+        }
+        if !(1..=10_000_000).contains(&self.max_flows) {
+            p.push(format!("{at}.max_flows"), "must be between 1 and 10000000");
+        }
+        if self.queue_packets == 0 {
+            p.push(format!("{at}.queue_packets"), "must be at least 1");
+        }
+        if self.max_file_bytes < MIN_FILE_BYTES {
+            p.push(
+                format!("{at}.max_file_bytes"),
+                format!("must be at least {MIN_FILE_BYTES}"),
+            );
+        }
+        let bad_label = |l: &str| l.is_empty() || l.contains(['\n', '\r', ',', '"']);
+        if bad_label(&self.label) {
+            p.push(
+                format!("{at}.label"),
+                "must be non-empty, without commas, quotes or line breaks",
+            );
+        }
+        for (i, l) in self.labels.iter().enumerate() {
+            if bad_label(&l.label) {
+                p.push(
+                    format!("{at}.labels[{i}].label"),
+                    "must be non-empty, without commas, quotes or line breaks",
+                );
+            }
+            if l.addresses.is_empty() {
+                p.push(
+                    format!("{at}.labels[{i}].addresses"),
+                    "must list at least one prefix",
+                );
+            }
+        }
+        if let Err(problems) = self.params() {
+            for m in problems {
+                let (path, message) = m.split_once(": ").unwrap_or((m.as_str(), ""));
+                p.push(format!("{at}.{path}"), message.to_owned());
+            }
+        }
+    }
 }
 
 /// Default `dir`.
@@ -91,6 +236,7 @@ impl MonitorConfig {
     /// Checks every value, reporting all problems under `at` (`monitor`).
     pub fn validate(&self, at: &str, p: &mut Problems) {
         self.capture.validate(&format!("{at}.capture"), p);
+        self.flows.validate(&format!("{at}.flows"), p);
     }
 }
 
@@ -139,18 +285,21 @@ mod tests {
         assert!(p.is_empty(), "{:?}", p.into_vec());
     }
 
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let cfg: MonitorConfig = toml::from_str(
-            "[capture]\nenabled = true\ndir = \"\"\nmax_file_bytes = 10\nmax_file_age = \"10ms\"\n\
-             max_files = 0\nqueue_packets = 0\naddresses = [\"x\"]\nprotocols = [\"ftp\"]\n",
-        )
-        .unwrap();
+    /// The paths of every problem `toml` (a `[monitor]` section) has.
+    fn problem_paths(toml: &str) -> Vec<String> {
+        let cfg: MonitorConfig = toml::from_str(toml).unwrap();
         let mut p = Problems::new();
         cfg.validate("monitor", &mut p);
-        let paths: Vec<String> = p.into_vec().into_iter().map(|p| p.path).collect();
+        p.into_vec().into_iter().map(|p| p.path).collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
         assert_eq!(
-            paths,
+            problem_paths(
+                "[capture]\nenabled = true\ndir = \"\"\nmax_file_bytes = 10\nmax_file_age = \"10ms\"\n\
+                 max_files = 0\nqueue_packets = 0\naddresses = [\"x\"]\nprotocols = [\"ftp\"]\n"
+            ),
             [
                 "monitor.capture.dir",
                 "monitor.capture.max_file_bytes",
@@ -166,6 +315,35 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         assert!(toml::from_str::<MonitorConfig>("[capture]\nredact = false\n").is_err());
-        assert!(toml::from_str::<MonitorConfig>("[flows]\n").is_err());
+        assert!(toml::from_str::<MonitorConfig>("[flow]\n").is_err());
+        assert!(toml::from_str::<MonitorConfig>("[flows]\nidle = \"1s\"\n").is_err());
+    }
+
+    #[test]
+    fn flows_parse_with_labels_and_report_every_problem() {
+        let cfg: MonitorConfig = toml::from_str(
+            "[flows]\nenabled = true\nidle_timeout = \"30s\"\n\
+             [[flows.labels]]\naddresses = [\"127.0.0.66\", \"10.0.0.0/8\"]\nlabel = \"attack\"\n",
+        )
+        .unwrap();
+        let params = cfg.flows.params().unwrap();
+        assert_eq!(params.labels.len(), 2);
+        assert_eq!(params.idle_timeout, Duration::from_secs(30));
+        let mut p = Problems::new();
+        cfg.validate("monitor", &mut p);
+        assert!(p.is_empty(), "{:?}", p.into_vec());
+
+        assert_eq!(
+            problem_paths(
+                "[flows]\nidle_timeout = \"0s\"\nmax_flows = 0\nlabel = \"a,b\"\n\
+                 [[flows.labels]]\naddresses = [\"nope\"]\nlabel = \"x\"\n"
+            ),
+            [
+                "monitor.flows.idle_timeout",
+                "monitor.flows.max_flows",
+                "monitor.flows.label",
+                "monitor.flows.labels[0].addresses[0]",
+            ]
+        );
     }
 }

@@ -2,21 +2,22 @@
 
 use std::path::PathBuf;
 
-/// Why a capture could not start.
+/// Why a capture or the flow exporter could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
-    /// The `[monitor.capture]` filters do not compile (validation reports the same).
-    #[error("invalid capture filter: {0}")]
+    /// The `[monitor.capture]` filters or `[monitor.flows]` labels do not compile (validation
+    /// reports the same).
+    #[error("invalid monitor filter: {0}")]
     Filter(String),
-    /// The capture directory cannot be created or read.
-    #[error("capture directory {path}: {source}")]
+    /// The capture or flow directory (or a file in it) cannot be created or read.
+    #[error("monitor directory {path}: {source}")]
     Dir {
         /// The directory.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
-    /// The writer thread could not be started.
-    #[error("cannot start the capture writer thread: {0}")]
+    /// A writer thread could not be started.
+    #[error("cannot start a monitor writer thread: {0}")]
     Thread(std::io::Error),
 }

@@ -1,6 +1,7 @@
-//! wardgate-monitor: the gateway as its own network monitor. This first part owns **pcapng
-//! captures** of the CoAP traffic it serves; flow records and anomaly events will join it
-//! (issue 13).
+//! wardgate-monitor: the gateway as its own network monitor: **pcapng captures** of the CoAP
+//! traffic it serves and **flow records** for IDS datasets ([`flow`]: CICFlowMeter field names
+//! plus CoAP counts, JSON lines and CSV, labelled by source prefix); anomaly events will join
+//! them (issue 13).
 //!
 //! - [`TapTransport`] wraps a `wardgate_coap::Transport` and offers every datagram received
 //!   and sent, with its `PeerContext` and the local address, to a [`CaptureHandle`];
@@ -36,11 +37,14 @@
 //! - **IP/UDP headers by hand** (`frame.rs`) rather than `etherparse`: two fixed headers and
 //!   the Internet checksum, ~60 lines.
 //! - **A wrapper transport, not an endpoint hook**: see [`tap`].
+//! - **Flows on their own thread and queue** ([`FlowHandle`]): the tap sends only a datagram's
+//!   length and CoAP header, so flows cost no payload copy, and a flow backlog never delays a
+//!   capture (or the other way round).
 //! - **Not yet**: DTLS records (tapped inside `wardgate-dtls`, which owns that socket, through
 //!   the same [`CaptureHandle`]) and the keylog file; the admin API's start/stop/list/download;
-//!   interface capture mode; flow records; anomaly events. With a listener bound to a wildcard
-//!   address the capture shows the wildcard as the gateway's address (the real destination
-//!   address needs `IP_PKTINFO`).
+//!   interface capture mode; LwM2M, DTLS-handshake and auth fields in flows; anomaly events.
+//!   With a listener bound to a wildcard address the capture shows the wildcard as the
+//!   gateway's address (the real destination address needs `IP_PKTINFO`).
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -48,6 +52,8 @@ mod capture;
 pub mod config;
 mod error;
 pub mod filter;
+pub mod flow;
+mod flow_io;
 pub mod frame;
 mod metrics;
 pub mod pcapng;
@@ -56,9 +62,11 @@ pub mod ring;
 pub mod tap;
 
 pub use capture::{CaptureHandle, CaptureQueue, CaptureWriter, CapturedPacket, start};
-pub use config::{CaptureConfig, MonitorConfig};
+pub use config::{CaptureConfig, FlowLabel, FlowsConfig, MonitorConfig};
 pub use error::MonitorError;
 pub use filter::CaptureFilter;
+pub use flow::{FlowRecord, FlowTable};
+pub use flow_io::{CSV_FILE, FlowHandle, FlowMetrics, FlowWriter, JSONL_FILE, start_flows};
 pub use metrics::CaptureMetrics;
 pub use pcapng::Direction;
 pub use redact::redact;

@@ -1,6 +1,6 @@
 //! [`TapTransport`]: a [`Transport`] around another that hands a copy of every datagram the
 //! CoAP endpoint receives or sends, with its [`PeerContext`] and the local address, to a
-//! capture.
+//! capture, and its metadata to the flow exporter.
 //!
 //! Why a wrapper and not a hook in the endpoint: the transport seam already sees every
 //! datagram in both directions with its peer context (`Transport::peer`), so wrapping it needs
@@ -21,6 +21,8 @@ use wardgate_coap::Transport;
 use wardgate_core::PeerContext;
 
 use crate::capture::CaptureHandle;
+use crate::filter::protocol_name;
+use crate::flow_io::FlowHandle;
 use crate::pcapng::Direction;
 
 /// A transport whose datagrams are offered to a capture (or passed through untouched when
@@ -30,6 +32,7 @@ pub struct TapTransport<T> {
     inner: T,
     local: SocketAddr,
     capture: Option<CaptureHandle>,
+    flows: Option<FlowHandle>,
 }
 
 impl<T: Transport> TapTransport<T> {
@@ -40,7 +43,15 @@ impl<T: Transport> TapTransport<T> {
             inner,
             local,
             capture,
+            flows: None,
         })
+    }
+
+    /// Also hands every datagram's metadata to the flow exporter (`None`: no flows).
+    #[must_use]
+    pub fn with_flows(mut self, flows: Option<FlowHandle>) -> Self {
+        self.flows = flows;
+        self
     }
 
     /// The wrapped transport.
@@ -49,8 +60,21 @@ impl<T: Transport> TapTransport<T> {
     }
 
     fn tap(&self, direction: Direction, addr: SocketAddr, bytes: &[u8]) {
+        if self.capture.is_none() && self.flows.is_none() {
+            return;
+        }
+        let peer = self.inner.peer(addr);
         if let Some(c) = &self.capture {
-            c.offer(direction, &self.inner.peer(addr), self.local, bytes);
+            c.offer(direction, &peer, self.local, bytes);
+        }
+        if let Some(f) = &self.flows {
+            f.offer(
+                direction,
+                &peer,
+                self.local,
+                protocol_name(peer.transport),
+                bytes,
+            );
         }
     }
 }

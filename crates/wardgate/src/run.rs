@@ -7,7 +7,8 @@
 //! 0. the admin API stops (no registry edits while the gateway drains);
 //! 1. ingest stops: the CoAP endpoint stops accepting and answers its in-flight requests
 //!    (their readings are already queued to the store, so their acknowledgements stay truthful);
-//!    then the capture writer (`[monitor.capture]`) writes what its taps queued and closes;
+//!    then the capture writer (`[monitor.capture]`) writes what its taps queued and closes,
+//!    and the flow writer (`[monitor.flows]`) writes every open flow;
 //! 2. uplinks stop: they stop taking from the outbox, wait briefly for outstanding peer
 //!    acknowledgements and say goodbye (MQTT retained `offline`);
 //! 3. the store writer drains the bus, commits the last acknowledgements, checkpoints and closes;
@@ -99,6 +100,8 @@ struct App {
     coap: Option<wardgate_coap::CoapEndpoint<TapTransport<UdpTransport>>>,
     /// The capture writer thread, when `[monitor.capture]` is enabled.
     capture: Option<wardgate_monitor::CaptureWriter>,
+    /// The flow exporter thread, when `[monitor.flows]` is enabled.
+    flows: Option<wardgate_monitor::FlowWriter>,
     coaps: Option<wardgate_coap::CoapEndpoint<DtlsTransport>>,
     http: Option<wardgate_http::HttpServer>,
     admin: Option<wardgate_http::AdminServer>,
@@ -250,6 +253,7 @@ impl App {
             .cloned()
             .partition(|t| t.uri.starts_with("coaps://"));
         let (capture, capture_writer) = build_capture(&cfg, &mut registry)?;
+        let (flows, flows_writer) = build_flows(&cfg, &mut registry)?;
         let mut coap = match (&coap_metrics, cfg.coap.enabled) {
             (Some(metrics), true) => Some(
                 wardgate_coap::CoapEndpoint::bind_wrapped(
@@ -262,7 +266,9 @@ impl App {
                         metrics: metrics.clone(),
                         health: health.reporter("coap", ComponentKind::Listener),
                     },
-                    move |udp| TapTransport::new(udp, capture.clone()),
+                    move |udp| {
+                        TapTransport::new(udp, capture.clone()).map(|t| t.with_flows(flows.clone()))
+                    },
                 )
                 .await
                 .context("CoAP endpoint")?,
@@ -361,6 +367,7 @@ impl App {
             uplinks,
             coap,
             capture: capture_writer,
+            flows: flows_writer,
             coaps,
             http,
             admin,
@@ -484,6 +491,7 @@ impl App {
             stops,
             ingest,
             capture: self.capture,
+            flows: self.flows,
             uplinks,
             writer,
             http,
@@ -518,6 +526,26 @@ fn build_capture(
     } else {
         tracing::warn!(dir = %c.dir.display(), "capturing CoAP traffic to pcapng WITH payloads: the files hold patient data");
     }
+    Ok((Some(handle), Some(writer)))
+}
+
+/// `[monitor.flows]`: the flow exporter thread, when enabled (the taps on the plain CoAP
+/// sockets get the handle).
+fn build_flows(
+    cfg: &GatewayConfig,
+    registry: &mut Registry,
+) -> anyhow::Result<(
+    Option<wardgate_monitor::FlowHandle>,
+    Option<wardgate_monitor::FlowWriter>,
+)> {
+    let f = &cfg.monitor.flows;
+    if !(f.enabled && cfg.coap.enabled) {
+        return Ok((None, None));
+    }
+    let metrics = wardgate_monitor::FlowMetrics::register(registry);
+    let (handle, writer) = wardgate_monitor::start_flows(f, metrics)
+        .with_context(|| format!("[monitor.flows] dir {}", f.dir.display()))?;
+    tracing::info!(dir = %f.dir.display(), "writing flow records of the CoAP traffic");
     Ok((Some(handle), Some(writer)))
 }
 
@@ -721,6 +749,8 @@ struct Running {
     ingest: JoinSet<()>,
     /// Ends once the CoAP endpoint (holding the taps) has stopped.
     capture: Option<wardgate_monitor::CaptureWriter>,
+    /// Likewise; writes every open flow (`shutdown`) before it ends.
+    flows: Option<wardgate_monitor::FlowWriter>,
     uplinks: JoinSet<()>,
     writer: tokio::task::JoinHandle<Result<(), wardgate_store::StoreError>>,
     http: Option<tokio::task::JoinHandle<Result<(), wardgate_http::HttpError>>>,
@@ -742,6 +772,12 @@ impl Running {
             let joined = tokio::task::spawn_blocking(move || capture.join());
             if tokio::time::timeout(PHASE_DEADLINE, joined).await.is_err() {
                 tracing::warn!("the capture writer did not finish within {PHASE_DEADLINE:?}");
+            }
+        }
+        if let Some(flows) = self.flows.take() {
+            let joined = tokio::task::spawn_blocking(move || flows.join());
+            if tokio::time::timeout(PHASE_DEADLINE, joined).await.is_err() {
+                tracing::warn!("the flow writer did not finish within {PHASE_DEADLINE:?}");
             }
         }
         tracing::info!("shutting down: stopping uplinks");

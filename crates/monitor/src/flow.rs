@@ -1,0 +1,760 @@
+//! Flow records for intrusion-detection datasets: the taps' datagrams grouped into flows
+//! (one per peer address, gateway address and protocol), with the statistics classifiers are
+//! trained on, written as JSON lines and CSV when a flow ends.
+//!
+//! [`FlowTable`] is pure (packets and their timestamps in, finished [`FlowRecord`]s out), so
+//! tests drive it with exact times. [`FlowHandle`] / [`FlowWriter`] run it: a tap hands each
+//! datagram's metadata (sizes and the CoAP header, never the payload) to a bounded queue
+//! (`try_send`: never waits; a full queue drops and counts), one std thread keeps the table and
+//! appends records to `flows.jsonl` and `flows.csv`.
+//!
+//! # The record
+//! Field names follow CICFlowMeter's (the Python `cicflowmeter` / CIC-IDS CSV naming:
+//! `flow_duration`, `tot_fwd_pkts`, `fwd_pkt_len_mean`, `flow_iat_std`, …) where the two
+//! overlap; times are microseconds as there. "Forward" is the direction of the flow's first
+//! packet, and `src_*` its sender. CoAP adds message type counts (`coap_con` …), request and
+//! response-class counts, the codes seen (`coap_codes`, e.g. `{"2.04": 3, "4.04": 1}`; in CSV
+//! `2.04=3;4.04=1`) and datagrams that were not CoAP (`malformed_pkts`). `device` is the
+//! identity the transport proved (DTLS), empty on plain UDP. `label` is the hook for labelled
+//! datasets: the first `[[monitor.flows.labels]]` prefix containing the peer's address names
+//! it (a simulator sends its attacks from its own address), else the default label. The CSV
+//! header is [`CSV_COLUMNS`]; `docs/ARCHITECTURE.md` ("Traffic monitor") documents each field.
+//!
+//! # Ends of a flow (`end_reason`)
+//! `idle` (no packet for `idle_timeout`), `active` (longer than `active_timeout`: the flow is
+//! cut and a new one starts, as CICFlowMeter does), `evicted` (the table was at `max_flows`:
+//! the least recently seen flow is written early to make room), `shutdown`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::filter::IpPrefix;
+use crate::pcapng::Direction;
+
+/// The CoAP header fields a flow counts (RFC 7252 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoapMeta {
+    /// 0 CON, 1 NON, 2 ACK, 3 RST.
+    pub kind: u8,
+    /// The code byte (class << 5 | detail); 0 is Empty.
+    pub code: u8,
+}
+
+impl CoapMeta {
+    /// The header of `datagram` if it looks like CoAP (version 1, at least 4 bytes, token
+    /// length ≤ 8); `None` otherwise.
+    pub fn parse(datagram: &[u8]) -> Option<CoapMeta> {
+        let first = *datagram.first()?;
+        if first >> 6 != 1 || datagram.len() < 4 || first & 0x0f > 8 {
+            return None;
+        }
+        Some(CoapMeta {
+            kind: (first >> 4) & 0x03,
+            code: *datagram.get(1)?,
+        })
+    }
+}
+
+/// One datagram as a flow sees it: no payload, only what the statistics need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowPacket {
+    /// When the tap saw it.
+    pub at: SystemTime,
+    /// Received or sent by the gateway.
+    pub direction: Direction,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The gateway's socket address.
+    pub local: SocketAddr,
+    /// `coap` or `coaps`.
+    pub protocol: &'static str,
+    /// The identity the transport proved, if any.
+    pub device: Option<String>,
+    /// The datagram's length (UDP payload).
+    pub len: usize,
+    /// Its CoAP header, when it parsed as CoAP.
+    pub coap: Option<CoapMeta>,
+}
+
+/// Count, sum, sum of squares, min and max of a series.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Series {
+    n: u64,
+    sum: f64,
+    sumsq: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Series {
+    fn add(&mut self, x: f64) {
+        if self.n == 0 {
+            self.min = x;
+            self.max = x;
+        } else {
+            self.min = self.min.min(x);
+            self.max = self.max.max(x);
+        }
+        self.n += 1;
+        self.sum += x;
+        self.sumsq += x * x;
+    }
+
+    fn mean(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.sum / self.n as f64
+        }
+    }
+
+    /// Sample standard deviation (n − 1), 0 below two values (as CICFlowMeter).
+    fn std(&self) -> f64 {
+        if self.n < 2 {
+            return 0.0;
+        }
+        let n = self.n as f64;
+        ((self.sumsq - self.sum * self.sum / n) / (n - 1.0))
+            .max(0.0)
+            .sqrt()
+    }
+}
+
+/// What identifies a flow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FlowKey {
+    peer: SocketAddr,
+    local: SocketAddr,
+    protocol: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct Flow {
+    forward: Direction,
+    device: Option<String>,
+    first: SystemTime,
+    last: SystemTime,
+    last_fwd: Option<SystemTime>,
+    last_bwd: Option<SystemTime>,
+    fwd_len: Series,
+    bwd_len: Series,
+    pkt_len: Series,
+    flow_iat: Series,
+    fwd_iat: Series,
+    bwd_iat: Series,
+    coap_types: [u64; 4],
+    coap_requests: u64,
+    /// (code byte, count); at most 256 entries (one per code).
+    coap_codes: Vec<(u8, u64)>,
+    malformed: u64,
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn since(later: SystemTime, earlier: SystemTime) -> Duration {
+    later.duration_since(earlier).unwrap_or(Duration::ZERO)
+}
+
+impl Flow {
+    fn new(p: &FlowPacket) -> Flow {
+        Flow {
+            forward: p.direction,
+            device: p.device.clone(),
+            first: p.at,
+            last: p.at,
+            last_fwd: None,
+            last_bwd: None,
+            fwd_len: Series::default(),
+            bwd_len: Series::default(),
+            pkt_len: Series::default(),
+            flow_iat: Series::default(),
+            fwd_iat: Series::default(),
+            bwd_iat: Series::default(),
+            coap_types: [0; 4],
+            coap_requests: 0,
+            coap_codes: Vec::new(),
+            malformed: 0,
+        }
+    }
+
+    fn add(&mut self, p: &FlowPacket) {
+        let len = p.len as f64;
+        if self.pkt_len.n > 0 {
+            self.flow_iat.add(micros(since(p.at, self.last)));
+        }
+        self.pkt_len.add(len);
+        let (series, iat, last) = if p.direction == self.forward {
+            (&mut self.fwd_len, &mut self.fwd_iat, &mut self.last_fwd)
+        } else {
+            (&mut self.bwd_len, &mut self.bwd_iat, &mut self.last_bwd)
+        };
+        series.add(len);
+        if let Some(prev) = *last {
+            iat.add(micros(since(p.at, prev)));
+        }
+        *last = Some(p.at);
+        self.last = self.last.max(p.at);
+        if self.device.is_none() {
+            self.device.clone_from(&p.device);
+        }
+        match p.coap {
+            Some(m) => {
+                if let Some(t) = self.coap_types.get_mut(usize::from(m.kind)) {
+                    *t += 1;
+                }
+                if (1..32).contains(&m.code) {
+                    self.coap_requests += 1;
+                }
+                if m.code >= 64 {
+                    match self.coap_codes.iter_mut().find(|(c, _)| *c == m.code) {
+                        Some((_, n)) => *n += 1,
+                        None => self.coap_codes.push((m.code, 1)),
+                    }
+                }
+            }
+            None => self.malformed += 1,
+        }
+    }
+
+    fn record(&self, key: &FlowKey, end_reason: &'static str, label: &str) -> FlowRecord {
+        let (src, dst) = if self.forward == Direction::Inbound {
+            (key.peer, key.local)
+        } else {
+            (key.local, key.peer)
+        };
+        let duration = since(self.last, self.first);
+        let secs = duration.as_secs_f64();
+        let bytes = self.pkt_len.sum;
+        let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
+        let class = |c: u8| {
+            self.coap_codes
+                .iter()
+                .filter(|(code, _)| code >> 5 == c)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let code = |c: u8| {
+            self.coap_codes
+                .iter()
+                .find(|(code, _)| *code == c)
+                .map_or(0, |(_, n)| *n)
+        };
+        let mut codes = self.coap_codes.clone();
+        codes.sort_unstable();
+        FlowRecord {
+            flow_id: format!("{src}-{dst}-{}", key.protocol),
+            timestamp: humantime::format_rfc3339_micros(self.first.max(UNIX_EPOCH)).to_string(),
+            src_ip: src.ip().to_canonical().to_string(),
+            src_port: src.port(),
+            dst_ip: dst.ip().to_canonical().to_string(),
+            dst_port: dst.port(),
+            protocol: 17,
+            app_protocol: key.protocol,
+            device: self.device.clone().unwrap_or_default(),
+            flow_duration: micros(duration),
+            tot_fwd_pkts: self.fwd_len.n,
+            tot_bwd_pkts: self.bwd_len.n,
+            totlen_fwd_pkts: self.fwd_len.sum,
+            totlen_bwd_pkts: self.bwd_len.sum,
+            fwd_pkt_len_max: self.fwd_len.max,
+            fwd_pkt_len_min: self.fwd_len.min,
+            fwd_pkt_len_mean: self.fwd_len.mean(),
+            fwd_pkt_len_std: self.fwd_len.std(),
+            bwd_pkt_len_max: self.bwd_len.max,
+            bwd_pkt_len_min: self.bwd_len.min,
+            bwd_pkt_len_mean: self.bwd_len.mean(),
+            bwd_pkt_len_std: self.bwd_len.std(),
+            flow_byts_s: per_sec(bytes),
+            flow_pkts_s: per_sec(self.pkt_len.n as f64),
+            flow_iat_mean: self.flow_iat.mean(),
+            flow_iat_std: self.flow_iat.std(),
+            flow_iat_max: self.flow_iat.max,
+            flow_iat_min: self.flow_iat.min,
+            fwd_iat_tot: self.fwd_iat.sum,
+            fwd_iat_mean: self.fwd_iat.mean(),
+            fwd_iat_std: self.fwd_iat.std(),
+            fwd_iat_max: self.fwd_iat.max,
+            fwd_iat_min: self.fwd_iat.min,
+            bwd_iat_tot: self.bwd_iat.sum,
+            bwd_iat_mean: self.bwd_iat.mean(),
+            bwd_iat_std: self.bwd_iat.std(),
+            bwd_iat_max: self.bwd_iat.max,
+            bwd_iat_min: self.bwd_iat.min,
+            pkt_len_min: self.pkt_len.min,
+            pkt_len_max: self.pkt_len.max,
+            pkt_len_mean: self.pkt_len.mean(),
+            pkt_len_std: self.pkt_len.std(),
+            coap_con: self.coap_types[0],
+            coap_non: self.coap_types[1],
+            coap_ack: self.coap_types[2],
+            coap_rst: self.coap_types[3],
+            coap_requests: self.coap_requests,
+            coap_2xx: class(2),
+            coap_4xx: class(4),
+            coap_5xx: class(5),
+            coap_401: code(0x81),
+            coap_403: code(0x83),
+            coap_404: code(0x84),
+            coap_405: code(0x85),
+            coap_codes: codes
+                .iter()
+                .map(|(c, n)| (format!("{}.{:02}", c >> 5, c & 0x1f), *n))
+                .collect(),
+            malformed_pkts: self.malformed,
+            end_reason,
+            label: label.to_owned(),
+        }
+    }
+}
+
+/// One finished flow. See the module doc for the fields' meaning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[allow(missing_docs)]
+pub struct FlowRecord {
+    pub flow_id: String,
+    pub timestamp: String,
+    pub src_ip: String,
+    pub src_port: u16,
+    pub dst_ip: String,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub app_protocol: &'static str,
+    pub device: String,
+    pub flow_duration: f64,
+    pub tot_fwd_pkts: u64,
+    pub tot_bwd_pkts: u64,
+    pub totlen_fwd_pkts: f64,
+    pub totlen_bwd_pkts: f64,
+    pub fwd_pkt_len_max: f64,
+    pub fwd_pkt_len_min: f64,
+    pub fwd_pkt_len_mean: f64,
+    pub fwd_pkt_len_std: f64,
+    pub bwd_pkt_len_max: f64,
+    pub bwd_pkt_len_min: f64,
+    pub bwd_pkt_len_mean: f64,
+    pub bwd_pkt_len_std: f64,
+    pub flow_byts_s: f64,
+    pub flow_pkts_s: f64,
+    pub flow_iat_mean: f64,
+    pub flow_iat_std: f64,
+    pub flow_iat_max: f64,
+    pub flow_iat_min: f64,
+    pub fwd_iat_tot: f64,
+    pub fwd_iat_mean: f64,
+    pub fwd_iat_std: f64,
+    pub fwd_iat_max: f64,
+    pub fwd_iat_min: f64,
+    pub bwd_iat_tot: f64,
+    pub bwd_iat_mean: f64,
+    pub bwd_iat_std: f64,
+    pub bwd_iat_max: f64,
+    pub bwd_iat_min: f64,
+    pub pkt_len_min: f64,
+    pub pkt_len_max: f64,
+    pub pkt_len_mean: f64,
+    pub pkt_len_std: f64,
+    pub coap_con: u64,
+    pub coap_non: u64,
+    pub coap_ack: u64,
+    pub coap_rst: u64,
+    pub coap_requests: u64,
+    pub coap_2xx: u64,
+    pub coap_4xx: u64,
+    pub coap_5xx: u64,
+    pub coap_401: u64,
+    pub coap_403: u64,
+    pub coap_404: u64,
+    pub coap_405: u64,
+    pub coap_codes: std::collections::BTreeMap<String, u64>,
+    pub malformed_pkts: u64,
+    pub end_reason: &'static str,
+    pub label: String,
+}
+
+/// The CSV header, in the order [`FlowRecord::csv_row`] writes the fields.
+pub const CSV_COLUMNS: &[&str] = &[
+    "flow_id",
+    "timestamp",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "protocol",
+    "app_protocol",
+    "device",
+    "flow_duration",
+    "tot_fwd_pkts",
+    "tot_bwd_pkts",
+    "totlen_fwd_pkts",
+    "totlen_bwd_pkts",
+    "fwd_pkt_len_max",
+    "fwd_pkt_len_min",
+    "fwd_pkt_len_mean",
+    "fwd_pkt_len_std",
+    "bwd_pkt_len_max",
+    "bwd_pkt_len_min",
+    "bwd_pkt_len_mean",
+    "bwd_pkt_len_std",
+    "flow_byts_s",
+    "flow_pkts_s",
+    "flow_iat_mean",
+    "flow_iat_std",
+    "flow_iat_max",
+    "flow_iat_min",
+    "fwd_iat_tot",
+    "fwd_iat_mean",
+    "fwd_iat_std",
+    "fwd_iat_max",
+    "fwd_iat_min",
+    "bwd_iat_tot",
+    "bwd_iat_mean",
+    "bwd_iat_std",
+    "bwd_iat_max",
+    "bwd_iat_min",
+    "pkt_len_min",
+    "pkt_len_max",
+    "pkt_len_mean",
+    "pkt_len_std",
+    "coap_con",
+    "coap_non",
+    "coap_ack",
+    "coap_rst",
+    "coap_requests",
+    "coap_2xx",
+    "coap_4xx",
+    "coap_5xx",
+    "coap_401",
+    "coap_403",
+    "coap_404",
+    "coap_405",
+    "coap_codes",
+    "malformed_pkts",
+    "end_reason",
+    "label",
+];
+
+/// A CSV field: quoted when it holds a comma, quote or line break (RFC 4180).
+fn csv_field(out: &mut String, s: &str) {
+    if s.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&s.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(s);
+    }
+}
+
+impl FlowRecord {
+    /// The record as one CSV row (no line end), columns as [`CSV_COLUMNS`].
+    pub fn csv_row(&self) -> String {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        let mut out = String::new();
+        for (i, col) in CSV_COLUMNS.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            match v.get(*col) {
+                Some(serde_json::Value::String(s)) => csv_field(&mut out, s),
+                Some(serde_json::Value::Object(m)) => {
+                    let joined = m
+                        .iter()
+                        .map(|(k, n)| format!("{k}={n}"))
+                        .collect::<Vec<_>>()
+                        .join(";");
+                    csv_field(&mut out, &joined);
+                }
+                Some(other) => {
+                    let _ = write!(out, "{other}");
+                }
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+/// The flow table's settings.
+#[derive(Debug, Clone)]
+pub struct FlowParams {
+    /// A flow without packets this long ends.
+    pub idle_timeout: Duration,
+    /// A flow longer than this is cut.
+    pub active_timeout: Duration,
+    /// Most flows kept at once.
+    pub max_flows: usize,
+    /// (prefix, label): the first containing the peer's address labels its flows.
+    pub labels: Vec<(IpPrefix, String)>,
+    /// The label of every other flow.
+    pub default_label: String,
+}
+
+/// The open flows. Pure: see the module doc.
+#[derive(Debug)]
+pub struct FlowTable {
+    params: FlowParams,
+    flows: HashMap<FlowKey, Flow>,
+}
+
+impl FlowTable {
+    /// An empty table.
+    pub fn new(params: FlowParams) -> Self {
+        FlowTable {
+            params,
+            flows: HashMap::new(),
+        }
+    }
+
+    /// Flows open now.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// No flow is open.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    fn label(&self, key: &FlowKey) -> &str {
+        self.params
+            .labels
+            .iter()
+            .find(|(p, _)| p.contains(key.peer.ip()))
+            .map_or(self.params.default_label.as_str(), |(_, l)| l.as_str())
+    }
+
+    fn finish(&self, key: &FlowKey, flow: &Flow, why: &'static str) -> FlowRecord {
+        flow.record(key, why, self.label(key))
+    }
+
+    /// Adds one packet; returns the flows it ended (its own flow cut by `active_timeout` or
+    /// idle since, or the least recently seen flow evicted to make room).
+    pub fn observe(&mut self, p: &FlowPacket) -> Vec<FlowRecord> {
+        let key = FlowKey {
+            peer: p.peer,
+            local: p.local,
+            protocol: p.protocol,
+        };
+        let mut out = Vec::new();
+        if let Some(f) = self.flows.get(&key) {
+            let why = if since(p.at, f.last) >= self.params.idle_timeout {
+                Some("idle")
+            } else if since(p.at, f.first) >= self.params.active_timeout {
+                Some("active")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                out.push(self.finish(&key, f, why));
+                self.flows.remove(&key);
+            }
+        }
+        if !self.flows.contains_key(&key) && self.flows.len() >= self.params.max_flows.max(1) {
+            // O(flows), only when the table is full: the least recently seen goes.
+            let oldest = self
+                .flows
+                .iter()
+                .min_by_key(|(_, f)| f.last)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest
+                && let Some(f) = self.flows.remove(&k)
+            {
+                out.push(self.finish(&k, &f, "evicted"));
+            }
+        }
+        self.flows.entry(key).or_insert_with(|| Flow::new(p)).add(p);
+        out
+    }
+
+    /// Ends every flow idle for `idle_timeout` at `now`.
+    pub fn expire(&mut self, now: SystemTime) -> Vec<FlowRecord> {
+        let idle = self.params.idle_timeout;
+        let done: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| since(now, f.last) >= idle)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::with_capacity(done.len());
+        for k in done {
+            if let Some(f) = self.flows.remove(&k) {
+                out.push(self.finish(&k, &f, "idle"));
+            }
+        }
+        out
+    }
+
+    /// Ends every flow (shutdown), oldest first.
+    pub fn drain(&mut self) -> Vec<FlowRecord> {
+        let mut all: Vec<(FlowKey, Flow)> = self.flows.drain().collect();
+        all.sort_by_key(|(_, f)| f.first);
+        all.iter()
+            .map(|(k, f)| f.record(k, "shutdown", self.label(k)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_764_000_000;
+
+    fn params() -> FlowParams {
+        FlowParams {
+            idle_timeout: Duration::from_secs(60),
+            active_timeout: Duration::from_secs(1800),
+            max_flows: 100,
+            labels: vec![("127.0.0.66/32".parse().unwrap(), "attack".into())],
+            default_label: "benign".into(),
+        }
+    }
+
+    fn pkt(ms: u64, dir: Direction, port: u16, bytes: &[u8]) -> FlowPacket {
+        FlowPacket {
+            at: UNIX_EPOCH + Duration::from_secs(T0) + Duration::from_millis(ms),
+            direction: dir,
+            peer: SocketAddr::from(([127, 0, 0, 1], port)),
+            local: SocketAddr::from(([127, 0, 0, 1], 5683)),
+            protocol: "coap",
+            device: None,
+            len: bytes.len(),
+            coap: CoapMeta::parse(bytes),
+        }
+    }
+
+    /// CON POST (code 0.02) with a 10-byte tail.
+    const CON_POST: [u8; 14] = [0x40, 0x02, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    /// ACK 2.04.
+    const ACK_204: [u8; 4] = [0x60, 0x44, 0, 1];
+    /// ACK 4.04.
+    const ACK_404: [u8; 4] = [0x60, 0x84, 0, 2];
+
+    #[test]
+    fn a_request_response_exchange_gets_the_cicflowmeter_statistics() {
+        let mut t = FlowTable::new(params());
+        for p in [
+            pkt(0, Direction::Inbound, 40000, &CON_POST),
+            pkt(10, Direction::Outbound, 40000, &ACK_204),
+            pkt(1000, Direction::Inbound, 40000, &CON_POST),
+            pkt(1030, Direction::Outbound, 40000, &ACK_404),
+            pkt(1040, Direction::Inbound, 40000, b"\xff\xff"),
+        ] {
+            assert!(t.observe(&p).is_empty());
+        }
+        let r = t.drain().pop().unwrap();
+        assert_eq!(
+            (r.src_ip.as_str(), r.src_port, r.dst_port),
+            ("127.0.0.1", 40000, 5683)
+        );
+        assert_eq!((r.tot_fwd_pkts, r.tot_bwd_pkts), (3, 2));
+        assert_eq!((r.totlen_fwd_pkts, r.totlen_bwd_pkts), (30.0, 8.0));
+        assert_eq!(r.flow_duration, 1_040_000.0);
+        assert_eq!((r.fwd_pkt_len_min, r.fwd_pkt_len_max), (2.0, 14.0));
+        assert_eq!(r.fwd_pkt_len_mean, 10.0);
+        // Sample std of 14, 14, 2: sqrt(((4² + 4² + 8²)) / 2) = sqrt(48).
+        assert!((r.fwd_pkt_len_std - 48f64.sqrt()).abs() < 1e-9);
+        // Gaps 10, 990, 30, 10 ms.
+        assert_eq!(r.flow_iat_min, 10_000.0);
+        assert_eq!(r.flow_iat_max, 990_000.0);
+        assert_eq!(r.flow_iat_mean, 260_000.0);
+        assert_eq!((r.fwd_iat_tot, r.fwd_iat_min), (1_040_000.0, 40_000.0));
+        assert_eq!(r.bwd_iat_tot, 1_020_000.0);
+        assert_eq!((r.coap_con, r.coap_ack, r.coap_requests), (2, 2, 2));
+        assert_eq!((r.coap_2xx, r.coap_4xx, r.coap_404), (1, 1, 1));
+        assert_eq!(r.malformed_pkts, 1);
+        assert_eq!(r.coap_codes.get("4.04"), Some(&1));
+        assert_eq!(r.coap_codes.get("2.04"), Some(&1));
+        assert_eq!((r.end_reason, r.label.as_str()), ("shutdown", "benign"));
+        assert!((r.flow_pkts_s - 5.0 / 1.04).abs() < 1e-9);
+    }
+
+    #[test]
+    fn flows_end_idle_or_cut_active_and_the_table_stays_bounded() {
+        let mut p = params();
+        p.max_flows = 2;
+        p.active_timeout = Duration::from_secs(120);
+        let mut t = FlowTable::new(p);
+        t.observe(&pkt(0, Direction::Inbound, 1, &CON_POST));
+        t.observe(&pkt(5, Direction::Inbound, 2, &CON_POST));
+        // A third flow evicts the least recently seen (port 1).
+        let out = t.observe(&pkt(10, Direction::Inbound, 3, &CON_POST));
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].src_port, out[0].end_reason), (1, "evicted"));
+        assert_eq!(t.len(), 2);
+        // Port 2 keeps talking every 50 s: never idle, but cut after 120 s.
+        assert!(
+            t.observe(&pkt(50_005, Direction::Inbound, 2, &CON_POST))
+                .is_empty()
+        );
+        assert!(
+            t.observe(&pkt(100_005, Direction::Inbound, 2, &CON_POST))
+                .is_empty()
+        );
+        let out = t.observe(&pkt(150_005, Direction::Inbound, 2, &CON_POST));
+        assert_eq!((out[0].end_reason, out[0].tot_fwd_pkts), ("active", 3));
+        // Port 3 has been silent since 10 ms: idle at 60.01 s.
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_secs(T0) + Duration::from_millis(ms);
+        assert!(t.expire(at(60_009)).is_empty());
+        let out = t.expire(at(60_010));
+        assert_eq!((out[0].src_port, out[0].end_reason), (3, "idle"));
+        assert_eq!(t.len(), 1, "port 2's new flow");
+    }
+
+    #[test]
+    fn the_label_comes_from_the_first_matching_prefix_and_a_gateway_first_flow_is_reversed() {
+        let mut t = FlowTable::new(params());
+        let mut attack = pkt(0, Direction::Inbound, 7, &CON_POST);
+        attack.peer = SocketAddr::from(([127, 0, 0, 66], 7));
+        t.observe(&attack);
+        // The gateway spoke first (an observe request to a sensor): forward is outbound.
+        t.observe(&pkt(0, Direction::Outbound, 9, &CON_POST));
+        let all = t.drain();
+        let a = all.iter().find(|r| r.src_ip == "127.0.0.66").unwrap();
+        assert_eq!(a.label, "attack");
+        let g = all.iter().find(|r| r.dst_port == 9).unwrap();
+        assert_eq!((g.src_port, g.label.as_str()), (5683, "benign"));
+    }
+
+    #[test]
+    fn csv_rows_follow_the_header_and_quote_what_needs_it() {
+        let mut t = FlowTable::new(params());
+        let mut p = pkt(0, Direction::Inbound, 1, &ACK_404);
+        p.device = Some("bed,1 \"x\"".into());
+        t.observe(&p);
+        t.observe(&pkt(1, Direction::Inbound, 1, &ACK_204));
+        let r = t.drain().pop().unwrap();
+        let row = r.csv_row();
+        assert!(row.contains(r#","bed,1 ""x""","#), "{row}");
+        assert!(row.contains(",2.04=1;4.04=1,"), "{row}");
+        assert!(row.ends_with(",shutdown,benign"), "{row}");
+        // Same number of fields as the header, outside quotes.
+        let mut fields = 1;
+        let mut quoted = false;
+        for c in row.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                ',' if !quoted => fields += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(fields, CSV_COLUMNS.len());
+    }
+
+    #[test]
+    fn coap_meta_is_total_over_any_bytes() {
+        assert_eq!(CoapMeta::parse(&[]), None);
+        assert_eq!(CoapMeta::parse(&[0x40, 1, 2]), None);
+        assert_eq!(CoapMeta::parse(&[0x09, 1, 2, 3]), None, "version 0");
+        assert_eq!(CoapMeta::parse(&[0x49, 1, 2, 3]), None, "token length 9");
+        assert_eq!(
+            CoapMeta::parse(&[0x70, 0x00, 0, 0]),
+            Some(CoapMeta { kind: 3, code: 0 })
+        );
+    }
+}

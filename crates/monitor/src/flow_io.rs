@@ -1,0 +1,412 @@
+//! Running the flow table: [`FlowHandle`] (what taps call, never waits) and [`FlowWriter`] (the
+//! thread that owns the [`FlowTable`] and appends records to `flows.jsonl` and `flows.csv`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use wardgate_core::{Identity, PeerContext};
+
+use crate::config::FlowsConfig;
+use crate::error::MonitorError;
+use crate::flow::{CSV_COLUMNS, CoapMeta, FlowPacket, FlowRecord, FlowTable};
+use crate::pcapng::Direction;
+
+/// The JSON lines file in `dir`.
+pub const JSONL_FILE: &str = "flows.jsonl";
+/// The CSV file in `dir`.
+pub const CSV_FILE: &str = "flows.csv";
+/// How often the writer ends idle flows and flushes its files when no packet arrives.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The flow exporter's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct FlowMetrics {
+    records: Counter,
+    active: Gauge,
+    dropped: Counter,
+    evicted: Counter,
+    write_errors: Counter,
+}
+
+impl FlowMetrics {
+    /// Registers every flow metric in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = FlowMetrics::default();
+        registry.register(
+            "wardgate_monitor_flow_records",
+            "Flow records written (flows.jsonl and flows.csv)",
+            m.records.clone(),
+        );
+        registry.register(
+            "wardgate_monitor_flows_active",
+            "Flows open in the flow table",
+            m.active.clone(),
+        );
+        registry.register(
+            "wardgate_monitor_flow_packets_dropped",
+            "Datagrams not counted in any flow because the flow queue was full (ingest is never slowed)",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "wardgate_monitor_flows_evicted",
+            "Flows written early because the table was at max_flows",
+            m.evicted.clone(),
+        );
+        registry.register(
+            "wardgate_monitor_flow_write_errors",
+            "Flow record writes that failed (the record is lost)",
+            m.write_errors.clone(),
+        );
+        m
+    }
+
+    /// Records written so far.
+    pub fn records(&self) -> u64 {
+        self.records.get()
+    }
+
+    /// Datagrams dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+}
+
+/// Where taps hand datagrams' metadata. Cheap to clone; [`FlowHandle::offer`] never blocks.
+#[derive(Debug, Clone)]
+pub struct FlowHandle {
+    tx: SyncSender<FlowPacket>,
+    metrics: FlowMetrics,
+}
+
+impl FlowHandle {
+    /// Queues the metadata of one datagram (its length and CoAP header; never its payload).
+    /// A full queue drops it and counts it.
+    pub fn offer(
+        &self,
+        direction: Direction,
+        peer: &PeerContext,
+        local: SocketAddr,
+        protocol: &'static str,
+        datagram: &[u8],
+    ) {
+        let packet = FlowPacket {
+            at: SystemTime::now(),
+            direction,
+            peer: peer.addr,
+            local,
+            protocol,
+            device: peer.identity.as_ref().map(identity_name),
+            len: datagram.len(),
+            coap: CoapMeta::parse(datagram),
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(packet)
+        {
+            self.metrics.dropped.inc();
+        }
+    }
+}
+
+fn identity_name(i: &Identity) -> String {
+    i.to_string()
+}
+
+/// The running flow writer thread.
+#[derive(Debug)]
+pub struct FlowWriter {
+    thread: JoinHandle<()>,
+    dir: PathBuf,
+}
+
+impl FlowWriter {
+    /// The directory the records go to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Waits for the thread: it ends every open flow (`shutdown`), writes them and returns
+    /// once every [`FlowHandle`] clone has been dropped.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("the flow writer thread panicked");
+        }
+    }
+}
+
+/// Starts the flow exporter of `cfg` (which must have passed validation): the queue and its
+/// writer thread, appending to `dir/flows.jsonl` and `dir/flows.csv` (created, mode 0700).
+pub fn start_flows(
+    cfg: &FlowsConfig,
+    metrics: FlowMetrics,
+) -> Result<(FlowHandle, FlowWriter), MonitorError> {
+    let params = cfg
+        .params()
+        .map_err(|p| MonitorError::Filter(p.join("; ")))?;
+    let dir_error = |source| MonitorError::Dir {
+        path: cfg.dir.clone(),
+        source,
+    };
+    create_private_dir(&cfg.dir).map_err(dir_error)?;
+    let files = Files::open(&cfg.dir, cfg.max_file_bytes).map_err(dir_error)?;
+    let (tx, rx) = sync_channel(cfg.queue_packets.max(1));
+    let m = metrics.clone();
+    let thread = std::thread::Builder::new()
+        .name("wardgate-flows".into())
+        .spawn(move || run(rx, FlowTable::new(params), files, &m))
+        .map_err(MonitorError::Thread)?;
+    Ok((
+        FlowHandle { tx, metrics },
+        FlowWriter {
+            thread,
+            dir: cfg.dir.clone(),
+        },
+    ))
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn run(rx: Receiver<FlowPacket>, mut table: FlowTable, mut files: Files, m: &FlowMetrics) {
+    loop {
+        match rx.recv_timeout(TICK) {
+            Ok(p) => {
+                let done = table.observe(&p);
+                m.evicted
+                    .inc_by(done.iter().filter(|r| r.end_reason == "evicted").count() as u64);
+                files.write(&done, m);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let done = table.expire(SystemTime::now());
+                files.write(&done, m);
+                files.flush(m);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        m.active.set(i64::try_from(table.len()).unwrap_or(i64::MAX));
+    }
+    let done = table.drain();
+    files.write(&done, m);
+    files.flush(m);
+    m.active.set(0);
+}
+
+/// The two output files, each rotated to `<name>.1` when it would pass `max_bytes`.
+struct Files {
+    dir: PathBuf,
+    max_bytes: u64,
+    jsonl: Out,
+    csv: Out,
+}
+
+struct Out {
+    name: &'static str,
+    file: BufWriter<File>,
+    bytes: u64,
+}
+
+impl Out {
+    fn open(dir: &Path, name: &'static str) -> io::Result<Out> {
+        let path = dir.join(name);
+        let mut o = OpenOptions::new();
+        o.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        let file = o.open(&path)?;
+        let bytes = file.metadata()?.len();
+        Ok(Out {
+            name,
+            file: BufWriter::new(file),
+            bytes,
+        })
+    }
+}
+
+impl Files {
+    fn open(dir: &Path, max_bytes: u64) -> io::Result<Files> {
+        let mut f = Files {
+            dir: dir.to_owned(),
+            max_bytes,
+            jsonl: Out::open(dir, JSONL_FILE)?,
+            csv: Out::open(dir, CSV_FILE)?,
+        };
+        if f.csv.bytes == 0 {
+            let header = CSV_COLUMNS.join(",") + "\n";
+            f.csv.file.write_all(header.as_bytes())?;
+            f.csv.bytes = header.len() as u64;
+        }
+        Ok(f)
+    }
+
+    fn write(&mut self, records: &[FlowRecord], m: &FlowMetrics) {
+        for r in records {
+            let json = match serde_json::to_string(r) {
+                Ok(j) => j + "\n",
+                Err(e) => {
+                    tracing::warn!(error = %e, "a flow record did not serialize");
+                    m.write_errors.inc();
+                    continue;
+                }
+            };
+            let csv = r.csv_row() + "\n";
+            let ok = self.append(false, &json) && self.append(true, &csv);
+            if ok {
+                m.records.inc();
+            } else {
+                m.write_errors.inc();
+            }
+        }
+    }
+
+    /// Appends `line` to one file, rotating it first when it would pass the bound.
+    fn append(&mut self, csv: bool, line: &str) -> bool {
+        let (dir, max) = (self.dir.clone(), self.max_bytes);
+        let out = if csv { &mut self.csv } else { &mut self.jsonl };
+        if out.bytes > 0 && out.bytes + line.len() as u64 > max {
+            if let Err(e) = rotate(&dir, out, csv) {
+                tracing::warn!(file = out.name, error = %e, "flow file rotation failed");
+                return false;
+            }
+        }
+        match out.file.write_all(line.as_bytes()) {
+            Ok(()) => {
+                out.bytes += line.len() as u64;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(file = out.name, error = %e, "flow record write failed");
+                false
+            }
+        }
+    }
+
+    fn flush(&mut self, m: &FlowMetrics) {
+        for out in [&mut self.jsonl, &mut self.csv] {
+            if let Err(e) = out.file.flush() {
+                tracing::warn!(file = out.name, error = %e, "flow file flush failed");
+                m.write_errors.inc();
+            }
+        }
+    }
+}
+
+/// `<name>` becomes `<name>.1` (replacing the previous one) and a new `<name>` starts (with
+/// the CSV header for the CSV file).
+fn rotate(dir: &Path, out: &mut Out, csv: bool) -> io::Result<()> {
+    out.file.flush()?;
+    fs::rename(dir.join(out.name), dir.join(format!("{}.1", out.name)))?;
+    *out = Out::open(dir, out.name)?;
+    if csv {
+        let header = CSV_COLUMNS.join(",") + "\n";
+        out.file.write_all(header.as_bytes())?;
+        out.bytes = header.len() as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wardgate_core::TransportKind;
+
+    /// 20 one-exchange flows through a running exporter into `dir`.
+    fn run_20_flows(dir: &Path, max_file_bytes: u64) -> FlowMetrics {
+        let cfg = FlowsConfig {
+            enabled: true,
+            dir: dir.to_owned(),
+            max_file_bytes,
+            ..FlowsConfig::default()
+        };
+        let metrics = FlowMetrics::default();
+        let (handle, writer) = start_flows(&cfg, metrics.clone()).unwrap();
+        let local = SocketAddr::from(([127, 0, 0, 1], 5683));
+        for port in 0..20u16 {
+            let peer = PeerContext::new(
+                SocketAddr::from(([127, 0, 0, 1], 40000 + port)),
+                TransportKind::Udp,
+            );
+            handle.offer(
+                Direction::Inbound,
+                &peer,
+                local,
+                "coap",
+                &[0x40, 0x02, 0, 1],
+            );
+            handle.offer(
+                Direction::Outbound,
+                &peer,
+                local,
+                "coap",
+                &[0x60, 0x44, 0, 1],
+            );
+        }
+        drop(handle);
+        writer.join();
+        metrics
+    }
+
+    #[test]
+    fn every_open_flow_lands_in_both_files_at_shutdown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("flows");
+        let metrics = run_20_flows(&dir, 1 << 20);
+        assert_eq!((metrics.records(), metrics.dropped()), (20, 0));
+        let json = fs::read_to_string(dir.join(JSONL_FILE)).unwrap();
+        assert_eq!(json.lines().count(), 20);
+        let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            (v["tot_fwd_pkts"].as_u64(), v["tot_bwd_pkts"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(v["end_reason"], "shutdown");
+        let csv = fs::read_to_string(dir.join(CSV_FILE)).unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(lines.next(), Some(CSV_COLUMNS.join(",").as_str()));
+        assert_eq!(lines.count(), 20);
+        // A second run appends (one header only).
+        run_20_flows(&dir, 1 << 20);
+        let csv = fs::read_to_string(dir.join(CSV_FILE)).unwrap();
+        assert_eq!(csv.lines().count(), 41);
+    }
+
+    #[test]
+    fn files_rotate_to_one_previous_file_at_the_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("flows");
+        let metrics = run_20_flows(&dir, 4096);
+        assert_eq!(metrics.records(), 20);
+        for name in [JSONL_FILE, CSV_FILE] {
+            let previous = dir.join(format!("{name}.1"));
+            assert!(previous.exists(), "{name} rotated");
+            for f in [dir.join(name), previous] {
+                assert!(fs::metadata(&f).unwrap().len() <= 4096, "{}", f.display());
+            }
+        }
+        // Each CSV file starts with the header; every JSON line parses.
+        for f in [CSV_FILE.to_owned(), format!("{CSV_FILE}.1")] {
+            let text = fs::read_to_string(dir.join(f)).unwrap();
+            assert!(text.starts_with("flow_id,"));
+        }
+        for f in [JSONL_FILE.to_owned(), format!("{JSONL_FILE}.1")] {
+            for l in fs::read_to_string(dir.join(f)).unwrap().lines() {
+                serde_json::from_str::<serde_json::Value>(l).unwrap();
+            }
+        }
+    }
+}
