@@ -83,6 +83,18 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 }
 
 /// Sends a POST and a PUT with libcoap, stops the gateway, returns what tshark decoded.
+/// POSTs one temperature reading as bed-7 with libcoap's client; it must be accepted.
+fn post_temperature(gw: &Gateway) {
+    let (ok, out) = coap_send(
+        "post",
+        0,
+        "36.6",
+        &gw.coap_uri("v1/readings/bed-7/temperature"),
+    )
+    .outcome();
+    assert!(ok, "{out}");
+}
+
 fn capture_two_readings(redact: Option<bool>) -> (Vec<Decoded>, Vec<u8>, u16) {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
@@ -96,14 +108,7 @@ fn capture_two_readings(redact: Option<bool>) -> (Vec<Decoded>, Vec<u8>, u16) {
             captures.display()
         ),
     );
-    let (ok, out) = coap_send(
-        "post",
-        0,
-        "36.6",
-        &gw.coap_uri("v1/readings/bed-7/temperature"),
-    )
-    .outcome();
-    assert!(ok, "{out}");
+    post_temperature(&gw);
     let (ok, out) = coap_send("put", 0, "97", &gw.coap_uri("v1/readings/bed-8/spo2")).outcome();
     assert!(ok, "{out}");
     wait_for(
@@ -245,4 +250,115 @@ fn flow_records_count_coap_exchanges_per_flow_and_label_the_attackers_address() 
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 4);
     assert_eq!(rows.iter().filter(|r| r.ends_with(",attack")).count(), 2);
+}
+
+const TOKEN: &str = "e2e-admin-token-5b1c9d";
+const TOKEN_SHA256: &str = "171af1420a6b96d677b85fe0e59f95055a264ba254305abf807e17a7cee758f6";
+
+/// One admin request whose answer body may be binary: status, headers, body.
+fn admin_bytes(addr: std::net::SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, out[split + 4..].to_vec())
+}
+
+#[test]
+fn an_administrator_starts_a_capture_stops_it_and_downloads_a_file_tshark_decodes() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let captures = dir.path().join("captures");
+    let admin_port = common::free_tcp_port();
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let gw = Gateway::start(
+        dir.path(),
+        &broker.url(),
+        &format!(
+            "[monitor.capture]\ndir = \"{}\"\n\
+             [admin]\nenabled = true\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             [[admin.tokens]]\nid = \"ops-1\"\nsha256 = \"{TOKEN_SHA256}\"\n",
+            captures.display()
+        ),
+    );
+    let req = |method: &str, path: &str, token: Option<&str>, body: &str| {
+        common::admin_request(admin, method, path, token, body)
+    };
+    // Nothing records until asked; without the token nothing starts.
+    let (status, body) = req("GET", "/admin/v1/captures", Some(TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["current"].is_null() && v["files"].as_array().unwrap().is_empty(),
+        "{body}"
+    );
+    assert_eq!(req("POST", "/admin/v1/captures", None, "{}").0, 401);
+    assert_eq!(
+        req(
+            "POST",
+            "/admin/v1/captures",
+            Some(TOKEN),
+            r#"{"redact_payloads":false}"#
+        )
+        .0,
+        400,
+        "payloads stay redacted"
+    );
+
+    let (status, body) = req(
+        "POST",
+        "/admin/v1/captures",
+        Some(TOKEN),
+        r#"{"addresses":["127.0.0.1"],"duration":"10m"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let started: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(started["started_by"], "admin:ops-1", "{body}");
+    assert!(started["until"].is_string());
+    assert_eq!(req("POST", "/admin/v1/captures", Some(TOKEN), "{}").0, 409);
+
+    post_temperature(&gw);
+    wait_for("2 captured datagrams", Duration::from_secs(30), || {
+        metric(&gw.metrics(), "wardgate_monitor_capture_packets_total").filter(|n| *n >= 2)
+    });
+    let (status, body) = req("DELETE", "/admin/v1/captures/current", Some(TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        req("DELETE", "/admin/v1/captures/current", Some(TOKEN), "").0,
+        404
+    );
+
+    let (_, body) = req("GET", "/admin/v1/captures", Some(TOKEN), "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["current"].is_null());
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{body}");
+    let name = files[0]["name"].as_str().unwrap();
+    let (status, head, pcap) = admin_bytes(admin, &format!("/admin/v1/captures/files/{name}"));
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("application/x-pcapng"),
+        "{head}"
+    );
+    assert_eq!(pcap.len() as u64, files[0]["bytes"].as_u64().unwrap());
+    let local = dir.path().join("download.pcapng");
+    std::fs::write(&local, &pcap).unwrap();
+    let decoded = decode(&local, gw.coap.port());
+    let posts: Vec<&Decoded> = decoded.iter().filter(|d| d.code == 2).collect();
+    assert_eq!(posts.len(), 1, "{decoded:?}");
+    assert_eq!(posts[0].uri_path, "v1,readings,bed-7,temperature");
+    // Only names the ring gives are served.
+    for bad in ["..%2Foutbox.db", "capture-x.pcapng", "flows.jsonl"] {
+        let (status, _, _) = admin_bytes(admin, &format!("/admin/v1/captures/files/{bad}"));
+        assert_eq!(status, 404, "{bad}");
+    }
 }

@@ -69,6 +69,7 @@ impl Admin {
             lwm2m: None,
             selector: None,
             outbox: None,
+            captures: None,
         };
         let health = Health::new();
         let server = AdminServer::bind(

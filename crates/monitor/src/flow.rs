@@ -3,7 +3,7 @@
 //! trained on, written as JSON lines and CSV when a flow ends.
 //!
 //! [`FlowTable`] is pure (packets and their timestamps in, finished [`FlowRecord`]s out), so
-//! tests drive it with exact times. [`FlowHandle`] / [`FlowWriter`] run it: a tap hands each
+//! tests drive it with exact times. [`crate::FlowHandle`] / [`crate::FlowWriter`] run it: a tap hands each
 //! datagram's metadata (sizes and the CoAP header, never the payload) to a bounded queue
 //! (`try_send`: never waits; a full queue drops and counts), one std thread keeps the table and
 //! appends records to `flows.jsonl` and `flows.csv`.

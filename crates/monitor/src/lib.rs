@@ -7,7 +7,9 @@
 //!   and sent, with its `PeerContext` and the local address, to a [`CaptureHandle`];
 //! - [`CaptureHandle::offer`] applies the filters ([`CaptureFilter`]: device identity,
 //!   address prefix, protocol), copies the datagram and `try_send`s it on a bounded queue;
-//! - one std writer thread ([`CaptureWriter`]) optionally redacts the payload ([`redact`]),
+//! - [`CaptureControl`] starts and stops captures at run time (the admin API; one at a time,
+//!   each with its own filters and duration); taps hold a [`CaptureTap`] that follows it;
+//! - one std writer thread ([`CaptureWriter`]) optionally redacts the payload ([`redact()`]),
 //!   synthesizes IPv4/IPv6 + UDP headers with the real 5-tuple ([`frame`]), and writes pcapng
 //!   ([`pcapng`]) into a bounded ring of rotated files ([`ring`]).
 //!
@@ -41,8 +43,7 @@
 //!   length and CoAP header, so flows cost no payload copy, and a flow backlog never delays a
 //!   capture (or the other way round).
 //! - **Not yet**: DTLS records (tapped inside `wardgate-dtls`, which owns that socket, through
-//!   the same [`CaptureHandle`]) and the keylog file; the admin API's start/stop/list/download;
-//!   interface capture mode; LwM2M, DTLS-handshake and auth fields in flows; anomaly events.
+//!   the same [`CaptureHandle`]) and the keylog file; interface capture mode; LwM2M, DTLS-handshake and auth fields in flows; anomaly events.
 //!   With a listener bound to a wildcard address the capture shows the wildcard as the
 //!   gateway's address (the real destination address needs `IP_PKTINFO`).
 #![forbid(unsafe_code)]
@@ -50,6 +51,7 @@
 
 mod capture;
 pub mod config;
+pub mod control;
 mod error;
 pub mod filter;
 pub mod flow;
@@ -63,6 +65,7 @@ pub mod tap;
 
 pub use capture::{CaptureHandle, CaptureQueue, CaptureWriter, CapturedPacket, start};
 pub use config::{CaptureConfig, FlowLabel, FlowsConfig, MonitorConfig};
+pub use control::{CaptureControl, CaptureTap};
 pub use error::MonitorError;
 pub use filter::CaptureFilter;
 pub use flow::{FlowRecord, FlowTable};

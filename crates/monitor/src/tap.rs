@@ -10,7 +10,7 @@
 //! What it sees is what the endpoint sees: for plain UDP, the datagrams on the wire. Wrapped
 //! around the DTLS transport it would see decrypted CoAP, which is not what a capture of
 //! `coaps` should hold; DTLS *records* will be tapped inside `wardgate-dtls`, which owns that
-//! socket, by handing its raw datagrams to the same [`CaptureHandle::offer`] (the handle is
+//! socket, by handing its raw datagrams to the same [`crate::CaptureHandle::offer`] (the handle is
 //! transport-agnostic: direction, peer context, local address, bytes).
 
 use std::io;
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use wardgate_coap::Transport;
 use wardgate_core::PeerContext;
 
-use crate::capture::CaptureHandle;
+use crate::control::CaptureTap;
 use crate::filter::protocol_name;
 use crate::flow_io::FlowHandle;
 use crate::pcapng::Direction;
@@ -31,13 +31,15 @@ use crate::pcapng::Direction;
 pub struct TapTransport<T> {
     inner: T,
     local: SocketAddr,
-    capture: Option<CaptureHandle>,
+    capture: Option<CaptureTap>,
     flows: Option<FlowHandle>,
 }
 
 impl<T: Transport> TapTransport<T> {
-    /// Wraps `inner`; `None` passes everything through without copying.
-    pub fn new(inner: T, capture: Option<CaptureHandle>) -> io::Result<Self> {
+    /// Wraps `inner`; `None` passes everything through without copying. A
+    /// [`crate::CaptureHandle`] converts into a fixed tap; [`crate::CaptureControl::tap`] gives
+    /// one that follows the captures started and stopped at run time.
+    pub fn new(inner: T, capture: Option<CaptureTap>) -> io::Result<Self> {
         let local = inner.local_addr()?;
         Ok(TapTransport {
             inner,

@@ -256,7 +256,7 @@ async fn a_tapped_ipv6_udp_transport_captures_both_directions_with_the_real_five
         send_buffer_bytes: 0,
     };
     let udp = UdpTransport::bind("[::1]:0".parse().unwrap(), opts).unwrap();
-    let tap = TapTransport::new(udp, Some(handle)).unwrap();
+    let tap = TapTransport::new(udp, Some(handle.into())).unwrap();
     let server = tap.local_addr().unwrap();
 
     let client = UdpSocket::bind("[::1]:0").unwrap();

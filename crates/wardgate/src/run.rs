@@ -98,8 +98,8 @@ struct App {
     /// The plain CoAP endpoint; its sockets pass through capture taps (pass-through when
     /// `[monitor.capture]` is off).
     coap: Option<wardgate_coap::CoapEndpoint<TapTransport<UdpTransport>>>,
-    /// The capture writer thread, when `[monitor.capture]` is enabled.
-    capture: Option<wardgate_monitor::CaptureWriter>,
+    /// The capture control (whatever runs is stopped at shutdown).
+    capture: Option<wardgate_monitor::CaptureControl>,
     /// The flow exporter thread, when `[monitor.flows]` is enabled.
     flows: Option<wardgate_monitor::FlowWriter>,
     coaps: Option<wardgate_coap::CoapEndpoint<DtlsTransport>>,
@@ -252,7 +252,8 @@ impl App {
             .iter()
             .cloned()
             .partition(|t| t.uri.starts_with("coaps://"));
-        let (capture, capture_writer) = build_capture(&cfg, &mut registry)?;
+        let capture = build_capture(&cfg, &mut registry)?;
+        let tap = capture.as_ref().map(wardgate_monitor::CaptureControl::tap);
         let (flows, flows_writer) = build_flows(&cfg, &mut registry)?;
         let mut coap = match (&coap_metrics, cfg.coap.enabled) {
             (Some(metrics), true) => Some(
@@ -267,7 +268,7 @@ impl App {
                         health: health.reporter("coap", ComponentKind::Listener),
                     },
                     move |udp| {
-                        TapTransport::new(udp, capture.clone()).map(|t| t.with_flows(flows.clone()))
+                        TapTransport::new(udp, tap.clone()).map(|t| t.with_flows(flows.clone()))
                     },
                 )
                 .await
@@ -310,6 +311,7 @@ impl App {
                 lwm2m: lwm2m.clone(),
                 selector: selector.clone(),
                 outbox: Some(outbox.clone()),
+                captures: capture.clone(),
             };
             let reporter = health.reporter("admin", ComponentKind::Listener);
             Some(
@@ -366,7 +368,7 @@ impl App {
             bus_rx,
             uplinks,
             coap,
-            capture: capture_writer,
+            capture: capture.clone(),
             flows: flows_writer,
             coaps,
             http,
@@ -500,23 +502,32 @@ impl App {
     }
 }
 
-/// `[monitor.capture]`: the capture queue and its writer thread, when enabled (the taps on the
-/// plain CoAP sockets get the handle).
+/// `[monitor.capture]`: the capture control the taps on the plain CoAP sockets follow and the
+/// admin API drives; the configured capture is started now when `enabled`.
 fn build_capture(
     cfg: &GatewayConfig,
     registry: &mut Registry,
-) -> anyhow::Result<(
-    Option<wardgate_monitor::CaptureHandle>,
-    Option<wardgate_monitor::CaptureWriter>,
-)> {
+) -> anyhow::Result<Option<wardgate_monitor::CaptureControl>> {
     let c = &cfg.monitor.capture;
-    if !(c.enabled && cfg.coap.enabled) {
-        return Ok((None, None));
+    if !cfg.coap.enabled {
+        return Ok(None);
     }
     let metrics = wardgate_monitor::CaptureMetrics::register(registry);
-    let (handle, writer) = wardgate_monitor::start(c, metrics)
+    let control = wardgate_monitor::CaptureControl::new(c.clone(), metrics);
+    if !c.enabled {
+        return Ok(Some(control));
+    }
+    let request = wardgate_monitor::control::CaptureRequest {
+        devices: c.devices.clone(),
+        addresses: c.addresses.clone(),
+        protocols: c.protocols.clone(),
+        duration: None,
+        redact_payloads: Some(c.redact_payloads),
+    };
+    control
+        .start(&request, "config")
         .with_context(|| format!("[monitor.capture] dir {}", c.dir.display()))?;
-    if !handle.filter().admits_protocol(TransportKind::Udp) {
+    if !c.protocols.is_empty() && !c.protocols.iter().any(|p| p == "coap") {
         tracing::warn!(
             "[monitor.capture] protocols does not list \"coap\": nothing is captured yet (DTLS records are not tapped in this version)"
         );
@@ -526,7 +537,7 @@ fn build_capture(
     } else {
         tracing::warn!(dir = %c.dir.display(), "capturing CoAP traffic to pcapng WITH payloads: the files hold patient data");
     }
-    Ok((Some(handle), Some(writer)))
+    Ok(Some(control))
 }
 
 /// `[monitor.flows]`: the flow exporter thread, when enabled (the taps on the plain CoAP
@@ -747,8 +758,8 @@ struct Stops {
 struct Running {
     stops: Stops,
     ingest: JoinSet<()>,
-    /// Ends once the CoAP endpoint (holding the taps) has stopped.
-    capture: Option<wardgate_monitor::CaptureWriter>,
+    /// Its running capture is stopped after the CoAP endpoint (holding the taps).
+    capture: Option<wardgate_monitor::CaptureControl>,
     /// Likewise; writes every open flow (`shutdown`) before it ends.
     flows: Option<wardgate_monitor::FlowWriter>,
     uplinks: JoinSet<()>,
@@ -768,8 +779,8 @@ impl Running {
         self.stops.ingest.cancel();
         drain(&mut self.ingest, "ingest").await;
         if let Some(capture) = self.capture.take() {
-            // The taps went with the endpoint: the writer writes what is queued and closes.
-            let joined = tokio::task::spawn_blocking(move || capture.join());
+            // The writer writes what is queued and closes.
+            let joined = tokio::task::spawn_blocking(move || capture.stop(None));
             if tokio::time::timeout(PHASE_DEADLINE, joined).await.is_err() {
                 tracing::warn!("the capture writer did not finish within {PHASE_DEADLINE:?}");
             }

@@ -6,7 +6,9 @@
 //! - **Authentication** ([`auth`]): a listed client certificate or a bearer token matched by
 //!   its SHA-256; failures are 401, audited, and rate limited per source IP (429).
 //! - **Endpoints** ([`routes`]): devices (list, get, put, delete, revoke, restore), the
-//!   quarantine list, registry reload; LwM2M clients and operations on them ([`lwm2m`]).
+//!   quarantine list, registry reload; LwM2M clients and operations on them ([`lwm2m`]); the
+//!   uplink selector's state; readings in the outbox; traffic captures ([`captures`]: start,
+//!   stop, list, download).
 //!   JSON in and out; errors are `{"error": "..."}`.
 //! - **Bounds**: bodies up to [`MAX_BODY`] (413 past it), [`REQUEST_TIMEOUT`] per request,
 //!   and the listener's connection, handshake and idle bounds.
@@ -14,6 +16,7 @@
 //!   token hash. Device views come from [`wardgate_registry::DeviceView`], which has none.
 
 pub(crate) mod auth;
+mod captures;
 mod lwm2m;
 mod metrics;
 mod routes;
@@ -69,6 +72,8 @@ pub struct AdminDeps {
     pub selector: Option<wardgate_selector::SharedSelector>,
     /// The outbox readings are looked up in; without one, the readings endpoint answers 503.
     pub outbox: Option<wardgate_store::Outbox>,
+    /// The traffic capture control; without one, the capture endpoints answer 503.
+    pub captures: Option<wardgate_monitor::CaptureControl>,
 }
 
 impl fmt::Debug for AdminDeps {
@@ -85,6 +90,7 @@ pub(crate) struct AdminState {
     lwm2m: Option<wardgate_lwm2m::Server>,
     selector: Option<wardgate_selector::SharedSelector>,
     outbox: Option<wardgate_store::Outbox>,
+    captures: Option<wardgate_monitor::CaptureControl>,
     audit: Arc<dyn AuditSink>,
     metrics: AdminMetrics,
     credentials: Credentials,
@@ -143,6 +149,7 @@ impl AdminServer {
             lwm2m: deps.lwm2m,
             selector: deps.selector,
             outbox: deps.outbox,
+            captures: deps.captures,
             audit: deps.audit,
             metrics: deps.metrics,
             credentials: Credentials::from_config(cfg),
@@ -254,6 +261,12 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/registry/reload", post(routes::reload_registry))
         .route("/admin/v1/selector", get(selector_status))
         .route("/admin/v1/readings/{id}", get(reading_trace))
+        .route(
+            "/admin/v1/captures",
+            get(captures::list).post(captures::start),
+        )
+        .route("/admin/v1/captures/current", delete(captures::stop))
+        .route("/admin/v1/captures/files/{name}", get(captures::download))
         .route("/admin/v1/lwm2m/clients", get(lwm2m::list_clients))
         .route("/admin/v1/lwm2m/clients/{endpoint}", get(lwm2m::get_client))
         .route(
