@@ -40,10 +40,23 @@ SOAK_S = 300
 REPEAT_BUDGET_S = 480
 
 WARDGATE_SYSTEMS = ("wardgate-ingest", "wardgate-e2e-fsync", "wardgate-e2e-nofsync")
+# The traffic monitor's overhead (issue 13): wardgate-ingest with flow records only, and with
+# flow records plus a full pcapng capture of every datagram (payloads redacted, the default).
+MONITOR_SYSTEMS = ("wardgate-ingest-flows", "wardgate-ingest-capture")
 
 
 def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def monitor_config(system, data):
+    """The [monitor] sections of the monitor-overhead systems (none for the others)."""
+    out = ""
+    if system in MONITOR_SYSTEMS:
+        out += f'\n[monitor.flows]\nenabled = true\ndir = "{data}/flows"\n'
+    if system == "wardgate-ingest-capture":
+        out += f'\n[monitor.capture]\nenabled = true\ndir = "{data}/captures"\n'
+    return out
 
 
 def free_port(kind=socket.SOCK_DGRAM):
@@ -146,7 +159,7 @@ class Bench:
         data = self.work / f"data-{system}-{time.time_ns()}"
         data.mkdir(parents=True)
         durability = "unsafe-no-fsync" if "nofsync" in system else "fsync"
-        if system == "wardgate-ingest":
+        if system.startswith("wardgate-ingest"):
             uplink = '[[uplinks]]\ntype = "file"\nname = "sink"\npath = "/dev/null"\n'
         else:
             uplink = (f'[[uplinks]]\ntype = "mqtt"\nname = "cloud"\nurl = "mqtt://127.0.0.1:{self.mosq_port}"\n'
@@ -158,7 +171,7 @@ class Bench:
             f'[http]\nlisten = "127.0.0.1:{http}"\n\n'
             f'[store]\npath = "{data}/outbox.db"\ndurability = "{durability}"\n'
             # Extra [store] lines for A/B runs, e.g. WARDGATE_BENCH_STORE='delivery_log = "0s"'.
-            + os.environ.get("WARDGATE_BENCH_STORE", "") + '\n\n' + uplink
+            + os.environ.get("WARDGATE_BENCH_STORE", "") + '\n\n' + uplink + monitor_config(system, data)
         )
         return cfg, http
 
@@ -340,6 +353,8 @@ class Bench:
             ("libcoap", "libcoap", {}),
             ("naive-bridge", "naive-bridge", {}),
             ("wardgate-ingest", "wardgate-ingest", {}),
+            ("wardgate-ingest-flows", "wardgate-ingest-flows", {}),
+            ("wardgate-ingest-capture", "wardgate-ingest-capture", {}),
             ("wardgate-e2e-fsync", "wardgate-e2e-fsync", {}),
             ("wardgate-e2e-nofsync", "wardgate-e2e-nofsync", {}),
             ("wardgate-e2e-cbor", "wardgate-e2e-fsync", {"format": "senml-cbor"}),
@@ -378,9 +393,10 @@ class Bench:
             for run in range(self.runs):
                 for scenario, system, mode in self.scenarios():
                     self.measure(scenario, system, mode, run)
-            self.lwm2m()
-            self.selector()
-            self.https()
+            if not self.args.no_extras:
+                self.lwm2m()
+                self.selector()
+                self.https()
             if not self.quick and not self.args.no_profile:
                 for system in ("wardgate-ingest", "wardgate-e2e-fsync"):
                     try:
@@ -783,6 +799,8 @@ def rng(xs):
 def fmt(x, digits=2):
     if x is None:
         return "–"
+    if isinstance(x, str):
+        return x
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     return f"{x:.{digits}f}"
@@ -856,6 +874,10 @@ def headline(by):
         "idle_rss": med([x["sut_memory"]["rss_end_kb"] / 1024 for x in idle]) if idle else None,
         "cpu_e2e": med_of("wardgate-e2e-fsync", lambda x: x["cpu"].get("sut_cpu_ms_per_1k")),
         "cpu_ingest": med_of("wardgate-ingest", lambda x: x["cpu"].get("sut_cpu_ms_per_1k")),
+        "ingest_flows": med_of("wardgate-ingest-flows", throughput_of),
+        "ingest_capture": med_of("wardgate-ingest-capture", throughput_of),
+        "cpu_ingest_flows": med_of("wardgate-ingest-flows", lambda x: x["cpu"].get("sut_cpu_ms_per_1k")),
+        "cpu_ingest_capture": med_of("wardgate-ingest-capture", lambda x: x["cpu"].get("sut_cpu_ms_per_1k")),
         "p99_ack_closed": med_of("wardgate-e2e-fsync", lambda x: latency_of(x).get("p99_ms")),
         "p99_e2e_closed": med_of("wardgate-e2e-fsync",
                                  lambda x: ((x.get("e2e") or {}).get("latency") or {}).get("p99_ms")),
@@ -964,7 +986,8 @@ def report(raw_path, out_path, command):
     w("## Scenarios\n")
     w("| scenario | runs | throughput /s | p50 ms | p99 ms | max ms | e2e p99 ms | delivered | 5.03 / timeouts | CPU ms/1k | peak RSS MiB | load-side CPU % | other-CPU % |")
     w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    order = ["limit-udp", "limit-broker", "libcoap", "naive-bridge", "wardgate-ingest", "wardgate-e2e-fsync",
+    order = ["limit-udp", "limit-broker", "libcoap", "naive-bridge", "wardgate-ingest", "wardgate-ingest-flows",
+             "wardgate-ingest-capture", "wardgate-e2e-fsync",
              "wardgate-e2e-nofsync", "wardgate-e2e-cbor", "wardgate-e2e-non", "wardgate-e2e-20k-open"]
     for sc in order:
         recs = by.get(sc, [])
@@ -1112,12 +1135,23 @@ def report(raw_path, out_path, command):
     def ratio(a, b):
         return a / b if a is not None and b else None
 
+    def overhead(with_monitor, without):
+        return 1.0 - with_monitor / without if with_monitor is not None and without else None
+
     rows = [
         ("wardgate e2e (fsync) acked/s / limit-broker", ratio(wg, broker), ">= 0.75", lambda v: v >= 0.75),
         ("wardgate e2e (fsync) delivered/s / limit-broker", ratio(wg_e2e, broker), ">= 0.75", lambda v: v >= 0.75),
         ("wardgate e2e (fsync) / naive-bridge (acked/s)", ratio(wg, naive), ">= 15", lambda v: v >= 15),
         ("wardgate ingest / libcoap (ack rate)", ratio(ing, libcoap), ">= 0.8", lambda v: v >= 0.8),
         ("wardgate ingest / limit-udp", ratio(ing, udp), "(context)", None),
+        ("monitor overhead, flow records: 1 - ingest-flows / ingest (ack rate)",
+         overhead(h["ingest_flows"], ing), "<= 0.15", lambda v: v <= 0.15),
+        ("monitor overhead, flows + pcapng capture: 1 - ingest-capture / ingest (ack rate)",
+         overhead(h["ingest_capture"], ing), "<= 0.35", lambda v: v <= 0.35),
+        ("CPU per 1k readings, ingest / + flows / + flows and capture, ms",
+         None if h["cpu_ingest"] is None else " / ".join(
+             "–" if v is None else f"{v:.1f}"
+             for v in (h["cpu_ingest"], h["cpu_ingest_flows"], h["cpu_ingest_capture"])), "(context)", None),
         ("wardgate e2e (fsync) delivered/s / acked/s", ratio(wg_e2e, wg), "(context)", None),
         ("p99 ack at 20k/s open loop, ms", p99_ack, "<= 2", lambda v: v <= 2),
         ("p99 e2e at 20k/s open loop, ms", p99_e2e, "<= 10", lambda v: v <= 10),
@@ -1169,6 +1203,8 @@ def main():
     r.add_argument("--only", default="")
     r.add_argument("--no-ladder", action="store_true")
     r.add_argument("--no-soak", action="store_true")
+    r.add_argument("--no-extras", action="store_true",
+                   help="skip the LwM2M storm, selector and HTTPS scenarios (A/B runs of --only scenarios)")
     r.add_argument("--no-profile", action="store_true")
     r.add_argument("--lwm2m-only", action="store_true",
                    help="only the LwM2M storm, appended to the results already in --out")
