@@ -196,41 +196,13 @@ fn a_device_in_the_registry_posts_over_coaps_and_its_reading_carries_its_identit
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_udp_port();
     let http = common::free_tcp_port();
-    let devices = dir.path().join("devices.toml");
-    std::fs::write(
-        &devices,
-        "[[device]]\nid = \"bed-12\"\n[device.psk]\nidentity = \"bed-12\"\nkey = \"hex:000102030405060708090a0b0c0d0e0f\"\n",
-    )
-    .unwrap();
-    let cfg = dir.path().join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[gateway]
-id = "ward-dtls"
-[registry]
-path = "devices.toml"
-[audit]
-path = "audit.log"
-[coap]
-enabled = false
-[coaps]
-enabled = true
-listen = ["127.0.0.1:{port}"]
-[http]
-listen = "127.0.0.1:{http}"
-[store]
-path = "{}"
-[[uplinks]]
-type = "file"
-name = "out"
-path = "-"
-"#,
-            dir.path().join("outbox.db").display()
-        ),
-    )
-    .unwrap();
+    let cfg = dtls_gateway(
+        dir.path(),
+        port,
+        http,
+        "ward-dtls",
+        "[audit]\npath = \"audit.log\"\n",
+    );
     let (_gateway, rx) = run_with_stdout_lines(&cfg);
     // Ready once /readyz answers 200 (the DTLS listener is bound by then).
     wait_ready(http);
@@ -454,6 +426,36 @@ fn wait_ready(http: u16) {
     }
 }
 
+/// The production shape in `dir`: plain CoAP off, CoAP over DTLS on `127.0.0.1:{port}` with a
+/// registry holding bed-12's PSK (the tests' key), HTTP on `http`, the file uplink on stdout,
+/// and `extra` sections. Returns the config file.
+fn dtls_gateway(
+    dir: &std::path::Path,
+    port: u16,
+    http: u16,
+    id: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    std::fs::write(
+        dir.join("devices.toml"),
+        "[[device]]\nid = \"bed-12\"\n[device.psk]\nidentity = \"bed-12\"\nkey = \"hex:000102030405060708090a0b0c0d0e0f\"\n",
+    )
+    .unwrap();
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"{id}\"\n[registry]\npath = \"devices.toml\"\n\
+             [coap]\nenabled = false\n[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{port}\"]\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[store]\npath = \"{}\"\n{extra}\n\
+             [[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n",
+            dir.join("outbox.db").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// OpenSSL's DTLS client with PSK `identity` (the tests' key) posting one SenML reading of
 /// `value` as a CoAP CON POST to `/v1/readings/{device}` on `127.0.0.1:{port}`. Its stdin stays
 /// open (`-ign_eof`) so it keeps the session until the guard kills it.
@@ -479,4 +481,105 @@ fn openssl_psk_post(port: u16, identity: &str, device: &str, value: u32) -> comm
     std::io::Write::write_all(&mut stdin, &post).unwrap();
     std::mem::forget(stdin);
     common::ChildGuard(c)
+}
+
+/// The traffic monitor on the DTLS endpoint: the capture holds the DTLS records as they crossed
+/// the wire (tshark decodes the handshake; the application data is zeroed under the default
+/// redaction), and the flow record names the device by its proven identity.
+#[test]
+fn dtls_records_are_captured_with_the_handshake_readable_and_flows_carry_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_udp_port();
+    let http = common::free_tcp_port();
+    let monitor = format!(
+        "[monitor.capture]\nenabled = true\ndir = \"{data}/captures\"\n\
+         [monitor.flows]\nenabled = true\ndir = \"{data}/flows\"\n",
+        data = dir.path().display()
+    );
+    let cfg = dtls_gateway(dir.path(), port, http, "ward-dtls-monitor", &monitor);
+    let (mut gateway, rx) = run_with_stdout_lines(&cfg);
+    wait_ready(http);
+    let device = openssl_psk_post(port, "bed-12", "bed-12", 95);
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a reading on stdout");
+    assert!(line.contains("\"bed-12\""), "{line}");
+    drop(device);
+    let status = common::terminate(&mut gateway.0);
+    assert!(status.success(), "{status}");
+
+    // The capture: DTLS records, decoded as DTLS by tshark.
+    let captures: Vec<_> = std::fs::read_dir(dir.path().join("captures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(captures.len(), 1, "{captures:?}");
+    common::require_tool("/usr/bin/tshark");
+    let out = Command::new("/usr/bin/tshark")
+        .args(["-n", "-d"])
+        .arg(format!("udp.port=={port},dtls"))
+        .arg("-r")
+        .arg(&captures[0])
+        .args(["-T", "fields", "-E", "separator=|"])
+        .args(["-e", "udp.dstport", "-e", "dtls.handshake.type"])
+        .args(["-e", "dtls.record.content_type", "-e", "dtls.app_data"])
+        .args(["-e", "frame.comment"])
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('|').collect()).collect();
+    let handshake_types: Vec<&str> = rows
+        .iter()
+        .flat_map(|r| r[1].split(','))
+        .filter(|t| !t.is_empty())
+        .collect();
+    // ClientHello (1) before and after the HelloVerifyRequest (3), the server's flight (2, 14).
+    for t in ["1", "3", "2", "14"] {
+        assert!(handshake_types.contains(&t), "handshake type {t}: {text}");
+    }
+    // (more than two only if the client retransmitted one)
+    assert!(
+        rows.iter()
+            .filter(|r| r[1].split(',').any(|t| t == "1"))
+            .count()
+            >= 2,
+        "{text}"
+    );
+    // The request went in as application data (type 23), its bytes zeroed by redaction.
+    let app: Vec<&Vec<&str>> = rows
+        .iter()
+        .filter(|r| r[0] == port.to_string() && r[2].split(',').any(|t| t == "23"))
+        .collect();
+    assert!(!app.is_empty(), "{text}");
+    for r in &app {
+        assert!(
+            r[3].chars().all(|c| c == '0' || c == ','),
+            "not redacted: {r:?}"
+        );
+    }
+    // After the handshake the identity is on the packets.
+    assert!(rows.iter().any(|r| r[4].contains("psk:bed-12")), "{text}");
+
+    // The flow: one, its device the proven identity, no CoAP counts from encrypted records.
+    let flows = std::fs::read_to_string(dir.path().join("flows").join("flows.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = flows
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{flows}");
+    let f = &records[0];
+    assert_eq!(f["app_protocol"], "coaps");
+    assert_eq!(f["dst_port"], port);
+    assert_eq!(f["device"], "psk:bed-12");
+    assert_eq!(
+        (f["malformed_pkts"].as_u64(), f["coap_con"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(f["tot_fwd_pkts"].as_u64().unwrap() >= 4, "{f}");
+    assert!(f["tot_bwd_pkts"].as_u64().unwrap() >= 3, "{f}");
 }

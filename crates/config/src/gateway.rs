@@ -390,10 +390,17 @@ impl GatewayConfig {
             sel.validate("selector", &names, p);
         }
         self.monitor.validate("monitor", p);
-        if self.monitor.capture.enabled && !self.coap.enabled {
+        let endpoint = self.coap.enabled || self.coaps.enabled;
+        if self.monitor.capture.enabled && !endpoint {
             p.push(
                 "monitor.capture.enabled",
-                "captures tap the plain CoAP endpoint: enable [coap] (DTLS records are not captured yet)",
+                "captures tap the CoAP endpoints: enable [coap] or [coaps]",
+            );
+        }
+        if self.monitor.flows.enabled && !endpoint {
+            p.push(
+                "monitor.flows.enabled",
+                "flow records come from the CoAP endpoints: enable [coap] or [coaps]",
             );
         }
     }
@@ -516,8 +523,9 @@ path = "-"
         );
         assert_eq!(c.max_files, 3);
         let bad = format!(
-            "[coap]\nenabled = false\n[monitor.capture]\nenabled = true\nmax_files = 0\n\
-             addresses = [\"ward\"]\n[store]\nmax_batch = 0\n{UPLINK}"
+            "[coap]\nenabled = false\n[coaps]\nenabled = false\n[monitor.capture]\nenabled = true\n\
+             max_files = 0\naddresses = [\"ward\"]\n[monitor.flows]\nenabled = true\n\
+             [store]\nmax_batch = 0\n{UPLINK}"
         );
         let Err(ConfigError::Invalid(problems)) = parse(&bad, &no_env) else {
             panic!("expected problems");
@@ -528,6 +536,7 @@ path = "-"
             "monitor.capture.max_files",
             "monitor.capture.addresses[0]",
             "monitor.capture.enabled",
+            "monitor.flows.enabled",
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }

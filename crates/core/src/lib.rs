@@ -59,7 +59,7 @@ pub use limit::{Rate, SourceKey, Take, TokenBuckets};
 pub use outcome::{
     DeliveryOutcome, NackReason, OutcomeKind, OutcomeObserver, OutcomeReceiver, OutcomeSender,
 };
-pub use peer::{Identity, IdentityKind, PeerContext, TransportKind};
+pub use peer::{DatagramTap, Identity, IdentityKind, PeerContext, TransportKind};
 pub use pipeline::{
     Accepted, Classify, IngestPipeline, Pending, RecordSubmission, Refused, Submission,
 };

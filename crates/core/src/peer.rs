@@ -113,6 +113,15 @@ impl fmt::Display for Identity {
     }
 }
 
+/// Sees the raw datagrams a transport receives and sends (the traffic monitor's hook for
+/// transports that own their socket, such as DTLS, whose records a wrapper around the
+/// transport would only see decrypted). Called on the transport's hot path: it must only
+/// copy, count or `try_send`, never block.
+pub trait DatagramTap: Send + Sync + fmt::Debug {
+    /// One datagram received from (`inbound`) or sent to `peer`, on the local socket `local`.
+    fn datagram(&self, inbound: bool, peer: &PeerContext, local: SocketAddr, bytes: &[u8]);
+}
+
 /// The peer a message came from. Cheap to clone (the identity is shared).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerContext {

@@ -58,6 +58,9 @@ pub struct DtlsDeps {
     pub audit: Arc<dyn AuditSink>,
     /// Metrics (see [`DtlsMetrics::register`]).
     pub metrics: DtlsMetrics,
+    /// Sees every raw datagram (DTLS records) received and sent, for captures and flow
+    /// records; `None`: nothing is copied.
+    pub tap: Option<Arc<dyn wardgate_core::DatagramTap>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +164,8 @@ struct Inner {
 /// device registry, a stateless cookie front, bounded sessions and handshakes.
 pub struct DtlsTransport {
     socket: UdpSocket,
+    /// The socket's address (for the tap).
+    local: SocketAddr,
     deps: DtlsDeps,
     inner: Mutex<Inner>,
 }
@@ -252,8 +257,10 @@ impl DtlsTransport {
             out: vec![0; 2048],
             raw: vec![0; MAX_WIRE_DATAGRAM],
         };
+        let local = socket.local_addr().map_err(bind_err)?;
         Ok(DtlsTransport {
             socket,
+            local,
             deps,
             inner: Mutex::new(inner),
         })
@@ -297,6 +304,7 @@ impl DtlsTransport {
     fn io(&self) -> Io<'_> {
         Io {
             socket: &self.socket,
+            local: self.local,
             deps: &self.deps,
         }
     }
@@ -305,15 +313,45 @@ impl DtlsTransport {
 /// The parts of the transport the session code needs besides the state.
 struct Io<'a> {
     socket: &'a UdpSocket,
+    local: SocketAddr,
     deps: &'a DtlsDeps,
 }
 
+/// The peer context of `addr` as its session (if any) knows it.
+fn session_context(session: Option<&Session>, addr: SocketAddr) -> PeerContext {
+    let ctx = PeerContext::new(addr, TransportKind::Dtls);
+    let Some(s) = session else {
+        return ctx;
+    };
+    let ctx = ctx.in_session(s.serial);
+    match s.identity.clone() {
+        Some(id) => ctx.with_identity(id),
+        None => ctx,
+    }
+}
+
 impl Io<'_> {
-    fn send(&self, backlog: &mut VecDeque<(Vec<u8>, SocketAddr)>, bytes: &[u8], to: SocketAddr) {
+    /// Shows a datagram to the tap, if there is one.
+    fn tap(&self, inbound: bool, session: Option<&Session>, addr: SocketAddr, bytes: &[u8]) {
+        if let Some(t) = &self.deps.tap {
+            t.datagram(inbound, &session_context(session, addr), self.local, bytes);
+        }
+    }
+
+    /// Sends `bytes` (or queues them in the bounded backlog when the socket is full); the tap
+    /// sees what was sent or queued. `session` names the peer for the tap.
+    fn send(
+        &self,
+        backlog: &mut VecDeque<(Vec<u8>, SocketAddr)>,
+        bytes: &[u8],
+        to: SocketAddr,
+        session: Option<&Session>,
+    ) {
         match self.socket.try_send_to(bytes, to) {
-            Ok(_) => {}
+            Ok(_) => self.tap(false, session, to, bytes),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if backlog.len() < MAX_SEND_BACKLOG {
+                    self.tap(false, session, to, bytes);
                     backlog.push_back((bytes.to_vec(), to));
                 } else {
                     self.deps.metrics.drop_datagram("send_backlog_full");
@@ -464,7 +502,7 @@ impl Inner {
             }
             CookieCheck::Verify(hvr) => {
                 metrics.hello_verify_sent.inc();
-                io.send(&mut self.backlog, &hvr, addr);
+                io.send(&mut self.backlog, &hvr, addr, None);
                 return;
             }
         };
@@ -551,7 +589,7 @@ impl Inner {
         let mut plaintext: Vec<Vec<u8>> = Vec::new();
         let deadline = loop {
             match s.dtls.poll_output(&mut self.out) {
-                Output::Packet(p) => io.send(&mut self.backlog, p, addr),
+                Output::Packet(p) => io.send(&mut self.backlog, p, addr, Some(&*s)),
                 Output::BufferTooSmall { needed } => self.out.resize(needed.min(64 * 1024), 0),
                 Output::Timeout(t) => break t,
                 Output::Connected => connected = true,
@@ -590,7 +628,7 @@ impl Inner {
             }
             loop {
                 match s.dtls.poll_output(&mut self.out) {
-                    Output::Packet(p) => io.send(&mut self.backlog, p, addr),
+                    Output::Packet(p) => io.send(&mut self.backlog, p, addr, Some(&*s)),
                     Output::BufferTooSmall { needed } => self.out.resize(needed.min(64 * 1024), 0),
                     _ => break,
                 }
@@ -725,7 +763,7 @@ impl Inner {
         if !s.closing && s.dtls.close().is_ok() {
             loop {
                 match s.dtls.poll_output(&mut self.out) {
-                    Output::Packet(p) => io.send(&mut self.backlog, p, addr),
+                    Output::Packet(p) => io.send(&mut self.backlog, p, addr, Some(&s)),
                     Output::BufferTooSmall { needed } => self.out.resize(needed.min(64 * 1024), 0),
                     _ => break,
                 }
@@ -922,6 +960,7 @@ impl DtlsTransport {
             match r {
                 Ok((n, addr)) => {
                     let data = raw.get(..n).unwrap_or_default();
+                    io.tap(true, g.sessions.get(&addr), addr, data);
                     g.on_datagram(&io, Instant::now(), addr, data);
                     g.raw = raw;
                 }
@@ -1041,16 +1080,7 @@ impl Transport for DtlsTransport {
     }
 
     fn peer(&self, addr: SocketAddr) -> PeerContext {
-        let ctx = PeerContext::new(addr, TransportKind::Dtls);
-        let g = self.lock();
-        let Some(s) = g.sessions.get(&addr) else {
-            return ctx;
-        };
-        let ctx = ctx.in_session(s.serial);
-        match s.identity.clone() {
-            Some(id) => ctx.with_identity(id),
-            None => ctx,
-        }
+        session_context(self.lock().sessions.get(&addr), addr)
     }
 
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
@@ -1071,6 +1101,7 @@ impl Drop for DtlsTransport {
     fn drop(&mut self) {
         let io = Io {
             socket: &self.socket,
+            local: self.local,
             deps: &self.deps,
         };
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

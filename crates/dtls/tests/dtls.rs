@@ -618,6 +618,7 @@ async fn the_gateways_own_dtls_credential_follows_the_registry_revoked_and_rekey
         credentials,
         audit: Arc::new(MemoryAudit::default()),
         metrics: DtlsMetrics::default(),
+        tap: None,
     };
     // The sensor: a DTLS server that knows the gateway as "gw".
     let sensor_keys = Arc::new(common::Keys::default());

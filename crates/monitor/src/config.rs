@@ -1,5 +1,5 @@
 //! `[monitor]`: the traffic monitor's section of `gateway.toml`: `[monitor.capture]` (pcapng
-//! captures of the plain CoAP endpoint) and `[monitor.flows]` (flow records).
+//! captures of the CoAP and DTLS endpoints) and `[monitor.flows]` (flow records).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -211,7 +211,6 @@ pub struct CaptureConfig {
     /// address). Combined with `devices` by OR.
     pub addresses: Vec<String>,
     /// Only these protocols (`coap`, `coaps`); empty: all. Combined with the above by AND.
-    /// This version taps `coap` only (DTLS records come with the DTLS tap).
     pub protocols: Vec<String>,
 }
 

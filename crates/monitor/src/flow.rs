@@ -76,8 +76,9 @@ pub struct FlowPacket {
     pub device: Option<String>,
     /// The datagram's length (UDP payload).
     pub len: usize,
-    /// Its CoAP header, when it parsed as CoAP.
-    pub coap: Option<CoapMeta>,
+    /// Its CoAP header: `Some(None)` when it did not parse as CoAP (malformed), `None` when it
+    /// is not expected to be readable CoAP (DTLS records).
+    pub coap: Option<Option<CoapMeta>>,
 }
 
 /// Count, sum, sum of squares, min and max of a series.
@@ -204,7 +205,8 @@ impl Flow {
             self.device.clone_from(&p.device);
         }
         match p.coap {
-            Some(m) => {
+            None => {}
+            Some(Some(m)) => {
                 if let Some(t) = self.coap_types.get_mut(usize::from(m.kind)) {
                     *t += 1;
                 }
@@ -218,7 +220,7 @@ impl Flow {
                     }
                 }
             }
-            None => self.malformed += 1,
+            Some(None) => self.malformed += 1,
         }
     }
 
@@ -624,7 +626,7 @@ mod tests {
             protocol: "coap",
             device: None,
             len: bytes.len(),
-            coap: CoapMeta::parse(bytes),
+            coap: Some(CoapMeta::parse(bytes)),
         }
     }
 

@@ -106,7 +106,8 @@ impl FlowHandle {
             protocol,
             device: peer.identity.as_ref().map(identity_name),
             len: datagram.len(),
-            coap: CoapMeta::parse(datagram),
+            // DTLS records: the CoAP inside is encrypted, so no CoAP counts (and no "malformed").
+            coap: (protocol != "coaps").then(|| CoapMeta::parse(datagram)),
         };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(packet)
         {

@@ -1,5 +1,5 @@
 //! wardgate-monitor: the gateway as its own network monitor: **pcapng captures** of the CoAP
-//! traffic it serves and **flow records** for IDS datasets ([`flow`]: CICFlowMeter field names
+//! and DTLS traffic it serves and **flow records** for IDS datasets ([`flow`]: CICFlowMeter field names
 //! plus CoAP counts, JSON lines and CSV, labelled by source prefix); anomaly events will join
 //! them (issue 13).
 //!
@@ -44,8 +44,12 @@
 //! - **Flows on their own thread and queue** ([`FlowHandle`]): the tap sends only a datagram's
 //!   length and CoAP header, so flows cost no payload copy, and a flow backlog never delays a
 //!   capture (or the other way round).
-//! - **Not yet**: DTLS records (tapped inside `wardgate-dtls`, which owns that socket, through
-//!   the same [`CaptureHandle`]) and the keylog file; interface capture mode; LwM2M, DTLS-handshake and auth fields in flows; anomaly events.
+//! - **DTLS records, not plaintext**: the DTLS transport owns its socket and hands its raw
+//!   datagrams to a [`MonitorTap`] (`wardgate_core::DatagramTap`), so a `coaps` capture holds
+//!   the records as they crossed the wire (handshake readable, application data zeroed under
+//!   redaction) with the proven identity as the packet comment.
+//! - **Not yet**: the DTLS keylog file; interface capture mode; LwM2M, DTLS-handshake and auth
+//!   fields in flows; anomaly events.
 //!   With a listener bound to a wildcard address the capture shows the wildcard as the
 //!   gateway's address (the real destination address needs `IP_PKTINFO`).
 #![forbid(unsafe_code)]
@@ -75,4 +79,4 @@ pub use flow_io::{CSV_FILE, FlowHandle, FlowMetrics, FlowWriter, JSONL_FILE, sta
 pub use metrics::CaptureMetrics;
 pub use pcapng::Direction;
 pub use redact::redact;
-pub use tap::TapTransport;
+pub use tap::{MonitorTap, TapTransport};

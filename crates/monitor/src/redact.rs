@@ -7,13 +7,56 @@
 pub const NON_COAP_KEEP: usize = 4;
 
 /// Zeroes the payload of `datagram` in place: for a CoAP message (RFC 7252 §3) everything after
-/// the 0xFF payload marker (header, token and options stay readable); for anything that does
-/// not parse as CoAP, everything after the first [`NON_COAP_KEEP`] bytes.
+/// the 0xFF payload marker (header, token and options stay readable); for DTLS records (RFC 6347
+/// §4.1) the body of every application-data record (the encrypted CoAP; handshake, alert and
+/// change-cipher-spec records stay whole, so the handshake decodes); for anything else,
+/// everything after the first [`NON_COAP_KEEP`] bytes.
 pub fn redact(datagram: &mut [u8]) {
+    if redact_dtls(datagram) {
+        return;
+    }
     let keep = coap_payload_start(datagram).unwrap_or(NON_COAP_KEEP);
     if let Some(rest) = datagram.get_mut(keep..) {
         rest.fill(0);
     }
+}
+
+/// DTLS record content type of application data.
+const DTLS_APPLICATION_DATA: u8 = 23;
+/// A DTLS record header: type, version (2), epoch (2), sequence number (6), length (2).
+const DTLS_HEADER: usize = 13;
+
+/// When `b` starts like DTLS (a content type 20-25 and a DTLS version 0xFEnn), zeroes the body
+/// of each application-data record and returns true; a record whose length runs past the end is
+/// zeroed to the end. False (nothing changed) for anything else.
+fn redact_dtls(b: &mut [u8]) -> bool {
+    let looks_like_dtls =
+        b.len() >= DTLS_HEADER && (20..=25).contains(&b[0]) && b.get(1) == Some(&0xfe);
+    if !looks_like_dtls {
+        return false;
+    }
+    let mut at = 0usize;
+    while at < b.len() {
+        let (Some(&kind), Some(&hi), Some(&lo)) = (b.get(at), b.get(at + 11), b.get(at + 12))
+        else {
+            // A truncated header: nothing after it can be trusted to be a header.
+            if let Some(rest) = b.get_mut(at..) {
+                rest.fill(0);
+            }
+            break;
+        };
+        let body = at + DTLS_HEADER;
+        let end = body
+            .saturating_add(usize::from(u16::from_be_bytes([hi, lo])))
+            .min(b.len());
+        if kind == DTLS_APPLICATION_DATA
+            && let Some(payload) = b.get_mut(body..end)
+        {
+            payload.fill(0);
+        }
+        at = end.max(body);
+    }
+    true
 }
 
 /// Where the payload of a well-formed CoAP message starts (its length when there is none);
@@ -114,12 +157,50 @@ mod tests {
         assert_eq!(&m[m.len() - 2..], &[0, 0]);
     }
 
+    /// A DTLS record: `kind`, DTLS 1.2, epoch 1, sequence 7, `body`.
+    fn record(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut r = vec![kind, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 7];
+        r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        r.extend_from_slice(body);
+        r
+    }
+
+    #[test]
+    fn dtls_application_data_is_zeroed_and_handshake_records_are_kept() {
+        let mut d = record(22, &[1, 2, 3]);
+        d.extend(record(23, &[9, 9, 9, 9]));
+        d.extend(record(21, &[2, 40]));
+        let before = d.clone();
+        redact(&mut d);
+        assert_eq!(d[..16], before[..16], "the handshake record is whole");
+        assert_eq!(
+            d[16..29],
+            before[16..29],
+            "the application-data header is kept"
+        );
+        assert_eq!(&d[29..33], &[0, 0, 0, 0]);
+        assert_eq!(d[33..], before[33..], "the alert is whole");
+        // A length running past the end zeroes to the end; a truncated header is zeroed.
+        let mut long = record(23, &[5; 8]);
+        long.truncate(long.len() - 3);
+        redact(&mut long);
+        assert!(long[13..].iter().all(|&b| b == 0));
+        let mut torn = record(22, &[1]);
+        torn.extend_from_slice(&[23, 0xfe, 0xfd, 0, 1]);
+        redact(&mut torn);
+        assert_eq!(&torn[14..], &[0, 0, 0, 0, 0]);
+        for n in 0..40 {
+            let mut d = before[..n.min(before.len())].to_vec();
+            redact(&mut d);
+        }
+    }
+
     #[test]
     fn a_datagram_that_is_not_coap_keeps_only_its_first_four_bytes() {
-        // A DTLS record header (content type 22) is not CoAP version 1.
-        let mut d = vec![22, 0xfe, 0xfd, 0, 0, 1, 2, 3, 4];
+        // Not CoAP version 1 and not a DTLS record.
+        let mut d = vec![0x99, 0xfe, 0xfd, 0, 0, 1, 2, 3, 4];
         redact(&mut d);
-        assert_eq!(d, vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(d, vec![0x99, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0]);
         let mut short = vec![1, 2];
         redact(&mut short);
         assert_eq!(short, vec![1, 2]);

@@ -9,9 +9,9 @@
 //!
 //! What it sees is what the endpoint sees: for plain UDP, the datagrams on the wire. Wrapped
 //! around the DTLS transport it would see decrypted CoAP, which is not what a capture of
-//! `coaps` should hold; DTLS *records* will be tapped inside `wardgate-dtls`, which owns that
-//! socket, by handing its raw datagrams to the same [`crate::CaptureHandle::offer`] (the handle is
-//! transport-agnostic: direction, peer context, local address, bytes).
+//! `coaps` should hold; DTLS *records* are tapped inside `wardgate-dtls`, which owns that
+//! socket and hands its raw datagrams to a [`MonitorTap`] (the core `DatagramTap` hook) with
+//! the same capture and flow handles.
 
 use std::io;
 use std::net::SocketAddr;
@@ -133,5 +133,37 @@ impl<T: Transport> Transport for TapTransport<T> {
 
     fn poll_timers(&self, now: Instant) {
         self.inner.poll_timers(now);
+    }
+}
+
+/// The monitor as a [`wardgate_core::DatagramTap`]: for transports that own their socket (DTLS),
+/// which hand it their raw datagrams (records, not decrypted CoAP). Same capture and flow
+/// handles as [`TapTransport`].
+#[derive(Debug, Clone)]
+pub struct MonitorTap {
+    capture: Option<CaptureTap>,
+    flows: Option<FlowHandle>,
+}
+
+impl MonitorTap {
+    /// A tap offering to `capture` and `flows`; `None` when both are `None` (nothing to tap).
+    pub fn new(capture: Option<CaptureTap>, flows: Option<FlowHandle>) -> Option<Self> {
+        (capture.is_some() || flows.is_some()).then_some(MonitorTap { capture, flows })
+    }
+}
+
+impl wardgate_core::DatagramTap for MonitorTap {
+    fn datagram(&self, inbound: bool, peer: &PeerContext, local: SocketAddr, bytes: &[u8]) {
+        let direction = if inbound {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
+        if let Some(c) = &self.capture {
+            c.offer(direction, peer, local, bytes);
+        }
+        if let Some(f) = &self.flows {
+            f.offer(direction, peer, local, protocol_name(peer.transport), bytes);
+        }
     }
 }

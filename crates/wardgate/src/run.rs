@@ -267,8 +267,11 @@ impl App {
                         metrics: metrics.clone(),
                         health: health.reporter("coap", ComponentKind::Listener),
                     },
-                    move |udp| {
-                        TapTransport::new(udp, tap.clone()).map(|t| t.with_flows(flows.clone()))
+                    {
+                        let (tap, flows) = (tap.clone(), flows.clone());
+                        move |udp| {
+                            TapTransport::new(udp, tap.clone()).map(|t| t.with_flows(flows.clone()))
+                        }
                     },
                 )
                 .await
@@ -293,6 +296,9 @@ impl App {
                     credentials: credentials.clone(),
                     audit: audit.clone(),
                     metrics: DtlsMetrics::register(&mut registry),
+                    // DTLS records, not the decrypted CoAP a wrapper would see.
+                    tap: wardgate_monitor::MonitorTap::new(tap.clone(), flows.clone())
+                        .map(|t| Arc::new(t) as Arc<dyn wardgate_core::DatagramTap>),
                 },
             )?),
             _ => None,
@@ -502,14 +508,15 @@ impl App {
     }
 }
 
-/// `[monitor.capture]`: the capture control the taps on the plain CoAP sockets follow and the
-/// admin API drives; the configured capture is started now when `enabled`.
+/// `[monitor.capture]`: the capture control the taps (on the plain CoAP sockets and in the DTLS
+/// transport) follow and the admin API drives; the configured capture is started now when
+/// `enabled`.
 fn build_capture(
     cfg: &GatewayConfig,
     registry: &mut Registry,
 ) -> anyhow::Result<Option<wardgate_monitor::CaptureControl>> {
     let c = &cfg.monitor.capture;
-    if !cfg.coap.enabled {
+    if !(cfg.coap.enabled || cfg.coaps.enabled) {
         return Ok(None);
     }
     let metrics = wardgate_monitor::CaptureMetrics::register(registry);
@@ -527,21 +534,16 @@ fn build_capture(
     control
         .start(&request, "config")
         .with_context(|| format!("[monitor.capture] dir {}", c.dir.display()))?;
-    if !c.protocols.is_empty() && !c.protocols.iter().any(|p| p == "coap") {
-        tracing::warn!(
-            "[monitor.capture] protocols does not list \"coap\": nothing is captured yet (DTLS records are not tapped in this version)"
-        );
-    }
     if c.redact_payloads {
-        tracing::info!(dir = %c.dir.display(), "capturing CoAP traffic to pcapng (payloads redacted)");
+        tracing::info!(dir = %c.dir.display(), "capturing CoAP and DTLS traffic to pcapng (payloads redacted)");
     } else {
-        tracing::warn!(dir = %c.dir.display(), "capturing CoAP traffic to pcapng WITH payloads: the files hold patient data");
+        tracing::warn!(dir = %c.dir.display(), "capturing CoAP and DTLS traffic to pcapng WITH payloads: the files hold patient data");
     }
     Ok(Some(control))
 }
 
 /// `[monitor.flows]`: the flow exporter thread, when enabled (the taps on the plain CoAP
-/// sockets get the handle).
+/// sockets and in the DTLS transport get the handle).
 fn build_flows(
     cfg: &GatewayConfig,
     registry: &mut Registry,
@@ -550,7 +552,7 @@ fn build_flows(
     Option<wardgate_monitor::FlowWriter>,
 )> {
     let f = &cfg.monitor.flows;
-    if !(f.enabled && cfg.coap.enabled) {
+    if !(f.enabled && (cfg.coap.enabled || cfg.coaps.enabled)) {
         return Ok((None, None));
     }
     let metrics = wardgate_monitor::FlowMetrics::register(registry);

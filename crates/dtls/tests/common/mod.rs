@@ -135,6 +135,7 @@ impl Gateway {
                 credentials: keys.clone(),
                 audit: audit.clone(),
                 metrics,
+                tap: None,
             },
         )
         .expect("bind");
