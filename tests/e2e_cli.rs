@@ -499,12 +499,22 @@ fn dtls_records_are_captured_with_the_handshake_readable_and_flows_carry_the_ide
     let cfg = dtls_gateway(dir.path(), port, http, "ward-dtls-monitor", &monitor);
     let (mut gateway, rx) = run_with_stdout_lines(&cfg);
     wait_ready(http);
+    let stranger = openssl_psk_post(port, "bed-99", "bed-12", 95);
     let device = openssl_psk_post(port, "bed-12", "bed-12", 95);
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("a reading on stdout");
     assert!(line.contains("\"bed-12\""), "{line}");
-    drop(device);
+    let failed = "wardgate_dtls_handshake_failures_total{reason=\"unknown_identity\"} 1";
+    common::wait_for(
+        "the stranger's failed handshake",
+        Duration::from_secs(30),
+        || {
+            common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics")
+                .filter(|(_, body)| body.contains(failed))
+        },
+    );
+    drop((device, stranger));
     let status = common::terminate(&mut gateway.0);
     assert!(status.success(), "{status}");
 
@@ -565,14 +575,24 @@ fn dtls_records_are_captured_with_the_handshake_readable_and_flows_carry_the_ide
     // After the handshake the identity is on the packets.
     assert!(rows.iter().any(|r| r[4].contains("psk:bed-12")), "{text}");
 
-    // The flow: one, its device the proven identity, no CoAP counts from encrypted records.
+    // The flows: the device's, named by its proven identity, with its handshake established and
+    // no CoAP counts from encrypted records; the stranger's, its handshake failed on the
+    // unknown identity.
     let flows = std::fs::read_to_string(dir.path().join("flows").join("flows.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = flows
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(records.len(), 1, "{flows}");
-    let f = &records[0];
+    assert_eq!(records.len(), 2, "{flows}");
+    let (ok, refused): (Vec<_>, Vec<_>) = records
+        .iter()
+        .partition(|r| r["dtls_handshake"] == "established");
+    assert_eq!((ok.len(), refused.len()), (1, 1), "{flows}");
+    assert_eq!(refused[0]["dtls_handshake"], "unknown_identity");
+    assert_eq!(refused[0]["auth_outcome"], "failed");
+    assert_eq!(refused[0]["device"], "");
+    let f = ok[0];
+    assert_eq!(f["auth_outcome"], "ok");
     assert_eq!(f["app_protocol"], "coaps");
     assert_eq!(f["dst_port"], port);
     assert_eq!(f["device"], "psk:bed-12");

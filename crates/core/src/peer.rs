@@ -120,6 +120,13 @@ impl fmt::Display for Identity {
 pub trait DatagramTap: Send + Sync + fmt::Debug {
     /// One datagram received from (`inbound`) or sent to `peer`, on the local socket `local`.
     fn datagram(&self, inbound: bool, peer: &PeerContext, local: SocketAddr, bytes: &[u8]);
+
+    /// The outcome of a security handshake with `peer`: `"established"`, or the failure
+    /// reason the transport counts (e.g. `unknown_identity`, `bad_key`, `timeout`). Default:
+    /// ignored.
+    fn handshake(&self, peer: &PeerContext, local: SocketAddr, outcome: &'static str) {
+        let _ = (peer, local, outcome);
+    }
 }
 
 /// The peer a message came from. Cheap to clone (the identity is shared).

@@ -331,6 +331,13 @@ fn session_context(session: Option<&Session>, addr: SocketAddr) -> PeerContext {
 }
 
 impl Io<'_> {
+    /// Tells the tap how a handshake with `addr` ended.
+    fn handshake(&self, session: Option<&Session>, addr: SocketAddr, outcome: &'static str) {
+        if let Some(t) = &self.deps.tap {
+            t.handshake(&session_context(session, addr), self.local, outcome);
+        }
+    }
+
     /// Shows a datagram to the tap, if there is one.
     fn tap(&self, inbound: bool, session: Option<&Session>, addr: SocketAddr, bytes: &[u8]) {
         if let Some(t) = &self.deps.tap {
@@ -701,6 +708,7 @@ impl Inner {
         );
         tracing::debug!(%addr, %identity, "DTLS session established");
         s.identity = Some(identity);
+        io.handshake(Some(s), addr, "established");
         let (source, role) = (s.source, s.role);
         if role == Role::Server {
             self.handshake_done(source);
@@ -740,6 +748,7 @@ impl Inner {
             event = event.actor(actor);
         }
         io.audit(event);
+        io.handshake(self.sessions.get(&addr), addr, reason);
         self.remove(io, addr, "handshake_failed");
     }
 

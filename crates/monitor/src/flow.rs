@@ -14,7 +14,9 @@
 //! overlap; times are microseconds as there. "Forward" is the direction of the flow's first
 //! packet, and `src_*` its sender. CoAP adds message type counts (`coap_con` …), request and
 //! response-class counts, the codes seen (`coap_codes`, e.g. `{"2.04": 3, "4.04": 1}`; in CSV
-//! `2.04=3;4.04=1`) and datagrams that were not CoAP (`malformed_pkts`). `device` is the
+//! `2.04=3;4.04=1`) and datagrams that were not CoAP (`malformed_pkts`). DTLS flows add how the
+//! handshake ended (`dtls_handshake`: `established` or the failure reason) and what that says
+//! about the peer's credentials (`auth_outcome`: `ok`, `failed`, or empty). `device` is the
 //! identity the transport proved (DTLS), empty on plain UDP. `label` is the hook for labelled
 //! datasets: the first `[[monitor.flows.labels]]` prefix containing the peer's address names
 //! it (a simulator sends its attacks from its own address), else the default label. The CSV
@@ -152,6 +154,8 @@ struct Flow {
     /// (code byte, count); at most 256 entries (one per code).
     coap_codes: Vec<(u8, u64)>,
     malformed: u64,
+    /// How the security handshake ended (the latest outcome), if the transport told.
+    handshake: Option<&'static str>,
 }
 
 fn micros(d: Duration) -> f64 {
@@ -181,6 +185,7 @@ impl Flow {
             coap_requests: 0,
             coap_codes: Vec::new(),
             malformed: 0,
+            handshake: None,
         }
     }
 
@@ -309,6 +314,14 @@ impl Flow {
                 .map(|(c, n)| (format!("{}.{:02}", c >> 5, c & 0x1f), *n))
                 .collect(),
             malformed_pkts: self.malformed,
+            dtls_handshake: self.handshake.unwrap_or_default(),
+            auth_outcome: match self.handshake {
+                None => "",
+                Some("established") => "ok",
+                Some(r) if AUTH_FAILURES.contains(&r) => "failed",
+                // A timeout or protocol error says nothing about the credentials.
+                Some(_) => "",
+            },
             end_reason,
             label: label.to_owned(),
         }
@@ -375,9 +388,14 @@ pub struct FlowRecord {
     pub coap_405: u64,
     pub coap_codes: std::collections::BTreeMap<String, u64>,
     pub malformed_pkts: u64,
+    pub dtls_handshake: &'static str,
+    pub auth_outcome: &'static str,
     pub end_reason: &'static str,
     pub label: String,
 }
+
+/// Handshake failure reasons that are about the peer's credentials (`auth_outcome = "failed"`).
+pub const AUTH_FAILURES: [&str; 3] = ["unknown_identity", "unknown_certificate", "bad_key"];
 
 /// The CSV header, in the order [`FlowRecord::csv_row`] writes the fields.
 pub const CSV_COLUMNS: &[&str] = &[
@@ -437,6 +455,8 @@ pub const CSV_COLUMNS: &[&str] = &[
     "coap_405",
     "coap_codes",
     "malformed_pkts",
+    "dtls_handshake",
+    "auth_outcome",
     "end_reason",
     "label",
 ];
@@ -571,6 +591,25 @@ impl FlowTable {
         }
         self.flows.entry(key).or_insert_with(|| Flow::new(p)).add(p);
         out
+    }
+
+    /// Records how the security handshake of the flow (`peer`, `local`, `protocol`) ended; a
+    /// flow not open (no packet seen) is left alone.
+    pub fn handshake(
+        &mut self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        protocol: &'static str,
+        outcome: &'static str,
+    ) {
+        let key = FlowKey {
+            peer,
+            local,
+            protocol,
+        };
+        if let Some(f) = self.flows.get_mut(&key) {
+            f.handshake = Some(outcome);
+        }
     }
 
     /// Ends every flow idle for `idle_timeout` at `now`.
@@ -746,6 +785,43 @@ mod tests {
             }
         }
         assert_eq!(fields, CSV_COLUMNS.len());
+    }
+
+    #[test]
+    fn handshake_outcomes_land_in_the_record_and_only_credential_failures_fail_auth() {
+        let mut t = FlowTable::new(params());
+        let local = SocketAddr::from(([127, 0, 0, 1], 5683));
+        for (port, outcome) in [(1, "established"), (2, "bad_key"), (3, "timeout")] {
+            let mut p = pkt(0, Direction::Inbound, port, &[22, 0xfe, 0xfd]);
+            p.protocol = "coaps";
+            p.coap = None;
+            t.observe(&p);
+            t.handshake(p.peer, local, "coaps", outcome);
+        }
+        // No flow for it: ignored.
+        t.handshake(
+            SocketAddr::from(([127, 0, 0, 9], 9)),
+            local,
+            "coaps",
+            "bad_key",
+        );
+        let all = t.drain();
+        assert_eq!(all.len(), 3);
+        let by = |port: u16| all.iter().find(|r| r.src_port == port).unwrap();
+        assert_eq!(
+            (by(1).dtls_handshake, by(1).auth_outcome),
+            ("established", "ok")
+        );
+        assert_eq!(
+            (by(2).dtls_handshake, by(2).auth_outcome),
+            ("bad_key", "failed")
+        );
+        assert_eq!((by(3).dtls_handshake, by(3).auth_outcome), ("timeout", ""));
+        assert_eq!(
+            by(1).malformed_pkts,
+            0,
+            "encrypted records are not malformed CoAP"
+        );
     }
 
     #[test]

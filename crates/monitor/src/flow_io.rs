@@ -80,10 +80,24 @@ impl FlowMetrics {
     }
 }
 
+/// What the flow thread is told.
+#[derive(Debug)]
+enum FlowInput {
+    /// A datagram's metadata.
+    Packet(FlowPacket),
+    /// How a flow's security handshake ended.
+    Handshake {
+        peer: SocketAddr,
+        local: SocketAddr,
+        protocol: &'static str,
+        outcome: &'static str,
+    },
+}
+
 /// Where taps hand datagrams' metadata. Cheap to clone; [`FlowHandle::offer`] never blocks.
 #[derive(Debug, Clone)]
 pub struct FlowHandle {
-    tx: SyncSender<FlowPacket>,
+    tx: SyncSender<FlowInput>,
     metrics: FlowMetrics,
 }
 
@@ -109,7 +123,28 @@ impl FlowHandle {
             // DTLS records: the CoAP inside is encrypted, so no CoAP counts (and no "malformed").
             coap: (protocol != "coaps").then(|| CoapMeta::parse(datagram)),
         };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(packet)
+        self.send(FlowInput::Packet(packet));
+    }
+
+    /// Tells the flow of `peer` how its security handshake ended (`established` or a failure
+    /// reason). Never waits, like `offer`.
+    pub fn handshake(
+        &self,
+        peer: &PeerContext,
+        local: SocketAddr,
+        protocol: &'static str,
+        outcome: &'static str,
+    ) {
+        self.send(FlowInput::Handshake {
+            peer: peer.addr,
+            local,
+            protocol,
+            outcome,
+        });
+    }
+
+    fn send(&self, input: FlowInput) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(input)
         {
             self.metrics.dropped.inc();
         }
@@ -182,15 +217,23 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn run(rx: Receiver<FlowPacket>, mut table: FlowTable, mut files: Files, m: &FlowMetrics) {
+fn run(rx: Receiver<FlowInput>, mut table: FlowTable, mut files: Files, m: &FlowMetrics) {
     // Like the capture writer: blocked while idle (waking every TICK to end idle flows), and
     // under traffic a drain every DRAIN_EVERY, so taps never pay for waking this thread.
     let mut last_tick = Instant::now();
-    let observe = |p: FlowPacket, table: &mut FlowTable, files: &mut Files| {
-        let done = table.observe(&p);
-        m.evicted
-            .inc_by(done.iter().filter(|r| r.end_reason == "evicted").count() as u64);
-        files.write(&done, m);
+    let observe = |input: FlowInput, table: &mut FlowTable, files: &mut Files| match input {
+        FlowInput::Packet(p) => {
+            let done = table.observe(&p);
+            m.evicted
+                .inc_by(done.iter().filter(|r| r.end_reason == "evicted").count() as u64);
+            files.write(&done, m);
+        }
+        FlowInput::Handshake {
+            peer,
+            local,
+            protocol,
+            outcome,
+        } => table.handshake(peer, local, protocol, outcome),
     };
     'outer: loop {
         match rx.recv_timeout(TICK) {

@@ -48,8 +48,8 @@
 //!   datagrams to a [`MonitorTap`] (`wardgate_core::DatagramTap`), so a `coaps` capture holds
 //!   the records as they crossed the wire (handshake readable, application data zeroed under
 //!   redaction) with the proven identity as the packet comment.
-//! - **Not yet**: the DTLS keylog file; interface capture mode; LwM2M, DTLS-handshake and auth
-//!   fields in flows; anomaly events.
+//! - **Not yet**: the DTLS keylog file (dimpl 0.9 exposes no master secret or key-log hook);
+//!   interface capture mode; LwM2M fields in flows; anomaly events.
 //!   With a listener bound to a wildcard address the capture shows the wildcard as the
 //!   gateway's address (the real destination address needs `IP_PKTINFO`).
 #![forbid(unsafe_code)]

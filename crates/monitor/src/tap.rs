@@ -166,4 +166,10 @@ impl wardgate_core::DatagramTap for MonitorTap {
             f.offer(direction, peer, local, protocol_name(peer.transport), bytes);
         }
     }
+
+    fn handshake(&self, peer: &PeerContext, local: SocketAddr, outcome: &'static str) {
+        if let Some(f) = &self.flows {
+            f.handshake(peer, local, protocol_name(peer.transport), outcome);
+        }
+    }
 }
