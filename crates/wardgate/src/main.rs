@@ -101,12 +101,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match wardgate_config::load(&config) {
             Ok(cfg) => {
+                let on = |b: bool| if b { "on" } else { "off" };
                 println!(
-                    "{}: valid ({} uplink(s), CoAP {}, HTTP {})",
+                    "{}: valid ({} uplink(s), CoAP {}, CoAP over DTLS {}, HTTP {})",
                     config.display(),
                     cfg.uplinks.len(),
-                    if cfg.coap.enabled { "on" } else { "off" },
-                    if cfg.http.enabled { "on" } else { "off" },
+                    on(cfg.coap.enabled),
+                    on(cfg.coaps.enabled),
+                    on(cfg.http.enabled),
                 );
                 ExitCode::SUCCESS
             }
