@@ -66,7 +66,8 @@ pub struct StoreConfig {
     /// The delivery record: for each delivered reading, which uplink acknowledged it and when
     /// (one row of about 60 bytes per reading and uplink, written with the acknowledgement;
     /// `GET /admin/v1/readings/{id}` reads it). Records of readings created longer ago than
-    /// this are removed. 0 turns the record off. Default 24 h.
+    /// this are removed. 0 turns the record off (and removes what an earlier run recorded).
+    /// Default 24 h.
     #[serde(with = "humantime_serde")]
     pub delivery_log: Duration,
     /// Most rows the delivery record keeps; the oldest go first. Default 1,000,000

@@ -316,8 +316,6 @@ pub(crate) struct Outcome {
     /// Every seq at or below this was deleted (overflow or expiry: both delete a prefix).
     pub(crate) deleted_through: Option<u64>,
     pub(crate) expired: u64,
-    /// Delivery records pruned.
-    pub(crate) deliveries_pruned: u64,
     /// The expiry sweep stopped at its chunk size; more may be due.
     pub(crate) more_expiry: bool,
     /// Acknowledgements that cleared a pending bit, per uplink index.
@@ -443,7 +441,6 @@ impl Db {
             report.was_clean =
                 meta_get(&conn, "clean").map_err(sq("reading the clean marker"))? == Some(1);
             if version < SCHEMA_VERSION {
-                migrate(&mut conn, version).map_err(sq("migrating the schema"))?;
                 report.migrated_from = Some(version);
             }
         }
@@ -460,6 +457,10 @@ impl Db {
             }
         }
 
+        // After the integrity check: a damaged file is reported, never written to.
+        if let Some(from) = report.migrated_from {
+            migrate(&mut conn, from).map_err(sq("migrating the schema"))?;
+        }
         let mut state =
             prepare(&mut conn, uplinks, &mut report).map_err(sq("registering uplinks"))?;
         (state.deliveries, state.oldest_delivery_ms) =
@@ -551,7 +552,7 @@ impl Db {
         }
         if let Some(cutoff) = work.prune_deliveries_before_ms {
             let max_rows = self.delivery_rows.unwrap_or(0);
-            out.deliveries_pruned = prune_deliveries(&tx, &mut st, cutoff, max_rows)?;
+            prune_deliveries(&tx, &mut st, cutoff, max_rows)?;
         }
         if self.overflow == OverflowPolicy::DropOldest
             && (st.readings > self.max_readings || st.bytes > self.max_bytes)
@@ -683,15 +684,14 @@ fn ulid_ms(blob: &[u8]) -> Option<i64> {
 
 /// Deletes the delivery records of readings created before `cutoff_ms`, then the oldest beyond
 /// `max_rows`, at most about [`PRUNE_CHUNK`] rows per call. Both delete a prefix of the ULID
-/// order. Returns how many went.
+/// order.
 fn prune_deliveries(
     tx: &Transaction<'_>,
     st: &mut State,
     cutoff_ms: i64,
     max_rows: u64,
-) -> rusqlite::Result<u64> {
+) -> rusqlite::Result<()> {
     let cutoff = Ulid::from_parts(u64::try_from(cutoff_ms).unwrap_or(0), 0).to_bytes();
-    let mut pruned = 0u64;
     // The id of the PRUNE_CHUNK-th record (or the excess-th), inclusive bound of one delete.
     let nth = |n: i64| -> rusqlite::Result<Option<Vec<u8>>> {
         tx.query_row(
@@ -706,14 +706,12 @@ fn prune_deliveries(
         Some(end) => tx.execute("DELETE FROM deliveries WHERE id <= ?1", [end])?,
         None => tx.execute("DELETE FROM deliveries WHERE id < ?1", [&cutoff[..]])?,
     };
-    pruned += n as u64;
     st.deliveries = st.deliveries.saturating_sub(n as u64);
     let excess = st.deliveries.saturating_sub(max_rows);
     if excess > 0 {
         let take = i64::try_from(excess).unwrap_or(i64::MAX).min(PRUNE_CHUNK);
         if let Some(end) = nth(take)? {
             let n = tx.execute("DELETE FROM deliveries WHERE id <= ?1", [end])? as u64;
-            pruned += n;
             st.deliveries = st.deliveries.saturating_sub(n);
         }
     }
@@ -723,7 +721,7 @@ fn prune_deliveries(
         })
         .optional()?;
     st.oldest_delivery_ms = oldest.as_deref().and_then(ulid_ms);
-    Ok(pruned)
+    Ok(())
 }
 
 /// Reads the 100-byte SQLite header before SQLite does, so damage gets a precise message.

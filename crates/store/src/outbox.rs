@@ -823,13 +823,18 @@ impl Writer {
                 self.expire_due = true;
             }
         }
+        // Over a bound, or turned off with records left from when it was on (they go, in
+        // chunks, at the next housekeeping ticks).
         let cfg = &self.inner.cfg;
-        if !cfg.delivery_log.is_zero()
-            && (st.deliveries > cfg.delivery_log_rows
+        let due = if cfg.delivery_log.is_zero() {
+            st.deliveries > 0
+        } else {
+            st.deliveries > cfg.delivery_log_rows
                 || st
                     .oldest_delivery_ms
-                    .is_some_and(|ms| ms < self.delivery_log_cutoff()))
-        {
+                    .is_some_and(|ms| ms < self.delivery_log_cutoff())
+        };
+        if due {
             self.prune_due = true;
         }
     }

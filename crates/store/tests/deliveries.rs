@@ -90,8 +90,22 @@ async fn the_record_names_the_uplink_that_delivered_each_reading_including_after
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_turned_off_writes_nothing_and_held_readings_are_still_found() {
+async fn a_record_turned_off_writes_nothing_forgets_the_old_one_and_held_readings_are_still_found()
+{
     let dir = tempfile::tempdir().unwrap();
+    // Recorded while the record was on.
+    let run = Running::start(&cfg(dir.path()), &names(&["cloud"])).unwrap();
+    let early = reading("bed-1", 100);
+    let early_id = early.id;
+    run.bus.submit(vec![early]).await.unwrap();
+    let mut cur = run.outbox.cursor("cloud").unwrap();
+    let got = drain(&mut cur).await;
+    cur.ack(&seqs(&got));
+    run.outbox.flush().await.unwrap();
+    assert_eq!(delivered_by(&trace(&run, early_id)), ["cloud"]);
+    drop(cur);
+    run.stop().await;
+
     let c = StoreConfig {
         delivery_log: Duration::ZERO,
         ..cfg(dir.path())
@@ -101,11 +115,17 @@ async fn a_record_turned_off_writes_nothing_and_held_readings_are_still_found() 
     let (a_id, b_id) = (a.id, b.id);
     run.bus.submit(vec![a, b]).await.unwrap();
     let mut cur = run.outbox.cursor("cloud").unwrap();
-    assert_eq!(seqs(&drain(&mut cur).await), [1, 2]);
-    cur.ack(&[1]);
+    let got = drain(&mut cur).await;
+    assert_eq!(got.len(), 2);
+    cur.ack(&[got[0].seq]);
     run.outbox.flush().await.unwrap();
     assert!(trace(&run, a_id).is_unknown(), "delivered, not recorded");
-    assert_eq!(trace(&run, b_id).pending.unwrap().seq, 2);
+    assert_eq!(trace(&run, b_id).pending.unwrap().seq, got[1].seq);
+    // What the earlier run recorded goes at the next housekeeping.
+    eventually("the old record removed", || {
+        trace(&run, early_id).is_unknown()
+    })
+    .await;
     drop(cur);
     run.stop().await;
 }
