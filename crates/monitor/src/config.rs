@@ -37,7 +37,7 @@ pub struct FlowsConfig {
     /// A flow is cut when it has lasted this long (`"active"`). Default 30 min.
     #[serde(with = "humantime_serde")]
     pub active_timeout: Duration,
-    /// Most flows open at once; beyond it the least recently seen is written early
+    /// Most flows open at once; beyond it the least recently seen 1 % are written early
     /// (`"evicted"`). Default 100,000 (about 40 MB).
     pub max_flows: usize,
     /// Datagrams waiting for the flow thread; beyond it they are dropped and counted

@@ -25,7 +25,7 @@
 //! # Ends of a flow (`end_reason`)
 //! `idle` (no packet for `idle_timeout`), `active` (longer than `active_timeout`: the flow is
 //! cut and a new one starts, as CICFlowMeter does), `evicted` (the table was at `max_flows`:
-//! the least recently seen flow is written early to make room), `shutdown`.
+//! the least recently seen 1 % of flows are written early to make room), `shutdown`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -555,7 +555,7 @@ impl FlowTable {
     }
 
     /// Adds one packet; returns the flows it ended (its own flow cut by `active_timeout` or
-    /// idle since, or the least recently seen flow evicted to make room).
+    /// idle since, or the least recently seen 1 % evicted to make room).
     pub fn observe(&mut self, p: &FlowPacket) -> Vec<FlowRecord> {
         let key = FlowKey {
             peer: p.peer,
@@ -576,17 +576,25 @@ impl FlowTable {
                 self.flows.remove(&key);
             }
         }
-        if !self.flows.contains_key(&key) && self.flows.len() >= self.params.max_flows.max(1) {
-            // O(flows), only when the table is full: the least recently seen goes.
-            let oldest = self
+        let max = self.params.max_flows.max(1);
+        if !self.flows.contains_key(&key) && self.flows.len() >= max {
+            // The least recently seen 1 % go at once: one O(flows) pass per max/100 new flows,
+            // so a flood of new sources (spoofed addresses) costs O(100) per packet, not
+            // O(flows).
+            let k = (max / 100).max(1);
+            let mut by_age: Vec<(SystemTime, FlowKey)> = self
                 .flows
                 .iter()
-                .min_by_key(|(_, f)| f.last)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest
-                && let Some(f) = self.flows.remove(&k)
-            {
-                out.push(self.finish(&k, &f, "evicted"));
+                .map(|(k, f)| (f.last, k.clone()))
+                .collect();
+            if k < by_age.len() {
+                by_age.select_nth_unstable_by_key(k - 1, |(last, _)| *last);
+                by_age.truncate(k);
+            }
+            for (_, old) in by_age {
+                if let Some(f) = self.flows.remove(&old) {
+                    out.push(self.finish(&old, &f, "evicted"));
+                }
             }
         }
         self.flows.entry(key).or_insert_with(|| Flow::new(p)).add(p);
@@ -745,6 +753,25 @@ mod tests {
         let out = t.expire(at(60_010));
         assert_eq!((out[0].src_port, out[0].end_reason), (3, "idle"));
         assert_eq!(t.len(), 1, "port 2's new flow");
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_percent_at_once() {
+        let mut p = params();
+        p.max_flows = 200;
+        let mut t = FlowTable::new(p);
+        for port in 0..200u16 {
+            assert!(
+                t.observe(&pkt(u64::from(port), Direction::Inbound, port, &CON_POST))
+                    .is_empty()
+            );
+        }
+        let out = t.observe(&pkt(1000, Direction::Inbound, 999, &CON_POST));
+        let mut ports: Vec<u16> = out.iter().map(|r| r.src_port).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, [0, 1], "the two least recently seen");
+        assert!(out.iter().all(|r| r.end_reason == "evicted"));
+        assert_eq!(t.len(), 199);
     }
 
     #[test]
