@@ -15,13 +15,11 @@ use common::{Gateway, Mosquitto, coap_send, require_tool, wait_for};
 const TSHARK: &str = "/usr/bin/tshark";
 
 fn capture_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+    wardgate_monitor::ring::list(dir)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
-        .collect();
-    files.sort();
-    files
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
 }
 
 /// One decoded packet of the capture.

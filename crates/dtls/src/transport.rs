@@ -969,7 +969,9 @@ impl DtlsTransport {
             match r {
                 Ok((n, addr)) => {
                     let data = raw.get(..n).unwrap_or_default();
-                    io.tap(true, g.sessions.get(&addr), addr, data);
+                    if io.deps.tap.is_some() {
+                        io.tap(true, g.sessions.get(&addr), addr, data);
+                    }
                     g.on_datagram(&io, Instant::now(), addr, data);
                     g.raw = raw;
                 }

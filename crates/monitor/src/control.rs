@@ -264,32 +264,30 @@ impl CaptureControl {
 
     /// The capture files in the directory, oldest first (none when it does not exist yet).
     pub fn files(&self) -> io::Result<Vec<CaptureFile>> {
-        let mut out: Vec<(u64, CaptureFile)> = Vec::new();
-        let entries = match fs::read_dir(&self.inner.base.dir) {
-            Ok(e) => e,
+        let listed = match crate::ring::list(&self.inner.base.dir) {
+            Ok(l) => l,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        for entry in entries {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
+        let mut out = Vec::with_capacity(listed.len());
+        for (_, path) in listed {
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                // Deleted by the ring between the listing and now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
             };
-            let Some(seq) = parse_seq(&name) else {
-                continue;
-            };
-            let meta = entry.metadata()?;
-            out.push((
-                seq,
-                CaptureFile {
-                    name,
-                    bytes: meta.len(),
-                    modified: meta.modified().map(rfc3339).unwrap_or_default(),
-                },
-            ));
+            out.push(CaptureFile {
+                name: path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                bytes: meta.len(),
+                modified: meta.modified().map(rfc3339).unwrap_or_default(),
+            });
         }
-        out.sort_by_key(|(seq, _)| *seq);
-        Ok(out.into_iter().map(|(_, f)| f).collect())
+        Ok(out)
     }
 
     /// Opens a capture file for download: only names the ring gives (no path can leave the

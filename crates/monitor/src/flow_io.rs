@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use wardgate_core::{Identity, PeerContext};
+use wardgate_core::PeerContext;
 
 use crate::capture::{DRAIN_EVERY, Drained, drain};
 use crate::config::FlowsConfig;
@@ -118,7 +118,7 @@ impl FlowHandle {
             peer: peer.addr,
             local,
             protocol,
-            device: peer.identity.as_ref().map(identity_name),
+            device: peer.identity.as_ref().map(ToString::to_string),
             len: datagram.len(),
             // DTLS records: the CoAP inside is encrypted, so no CoAP counts (and no "malformed").
             coap: (protocol != "coaps").then(|| CoapMeta::parse(datagram)),
@@ -149,10 +149,6 @@ impl FlowHandle {
             self.metrics.dropped.inc();
         }
     }
-}
-
-fn identity_name(i: &Identity) -> String {
-    i.to_string()
 }
 
 /// The running flow writer thread.

@@ -31,6 +31,20 @@ pub fn file_name(at: SystemTime, seq: u64) -> String {
     format!("{PREFIX}{stamp}-{seq:06}{SUFFIX}")
 }
 
+/// The capture files in `dir` with their sequence numbers, oldest first (other files are left
+/// out).
+pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(seq) = entry.file_name().to_str().and_then(parse_seq) {
+            files.push((seq, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// The capture files of a directory, oldest first.
 #[derive(Debug)]
 pub struct Ring {
@@ -48,14 +62,7 @@ impl Ring {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(dir)?;
-        let mut files = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            if let Some(seq) = entry.file_name().to_str().and_then(parse_seq) {
-                files.push((seq, entry.path()));
-            }
-        }
-        files.sort();
+        let files = list(dir)?;
         let next_seq = files.last().map_or(1, |(s, _)| s.saturating_add(1));
         Ok(Ring {
             dir: dir.to_owned(),

@@ -55,13 +55,11 @@ fn tshark_fields_with(file: &Path, extra: &[&str], fields: &[&str]) -> Vec<Strin
 }
 
 fn captures(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+    wardgate_monitor::ring::list(dir)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
-        .collect();
-    files.sort();
-    files
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
 }
 
 fn config(dir: &Path) -> CaptureConfig {
