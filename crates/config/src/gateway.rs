@@ -55,6 +55,8 @@ pub struct GatewayConfig {
     pub lwm2m: Lwm2mConfig,
     /// `[monitor]`: the traffic monitor (`[monitor.capture]`: pcapng captures, off by default).
     pub monitor: MonitorConfig,
+    /// `[split]`: the bus broker of a gateway split into parts (`wardgate run --only`).
+    pub split: crate::split::SplitConfig,
 }
 
 /// `[ingest]`: southbound adapters besides CoAP and LwM2M.
@@ -180,9 +182,9 @@ pub struct FileUplinkConfig {
     pub fsync: bool,
 }
 
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
     "gateway", "log", "bus", "registry", "coap", "coaps", "lwm2m", "http", "admin", "store",
-    "uplinks", "audit", "selector", "ingest", "monitor",
+    "uplinks", "audit", "selector", "ingest", "monitor", "split",
 ];
 
 /// Parses each section on its own so one bad section does not hide problems in the others.
@@ -220,6 +222,7 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
     section(&table, "lwm2m", p, &mut ok, &mut cfg.lwm2m);
     section(&table, "ingest", p, &mut ok, &mut cfg.ingest);
     section(&table, "monitor", p, &mut ok, &mut cfg.monitor);
+    section(&table, "split", p, &mut ok, &mut cfg.split);
     if table.contains_key("selector") {
         let mut sel = SelectorConfig::default();
         section(&table, "selector", p, &mut ok, &mut sel);
@@ -321,6 +324,7 @@ impl GatewayConfig {
         }
         self.store.validate("store", p);
         self.audit.validate("audit", p);
+        self.split.validate("split", p);
         if self.uplinks.is_empty() {
             p.push("uplinks", "at least one [[uplinks]] entry is required");
         }

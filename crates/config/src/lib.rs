@@ -12,6 +12,7 @@ mod audit;
 mod error;
 mod gateway;
 mod interpolate;
+pub mod split;
 
 pub use audit::AuditConfig;
 pub use error::ConfigError;
@@ -19,6 +20,7 @@ pub use gateway::{
     BusConfig, FileUplinkConfig, GatewayConfig, GatewaySection, LogConfig, LogFormat, UplinkConfig,
 };
 pub use interpolate::interpolate;
+pub use split::{Part, SplitConfig};
 pub use wardgate_core::validate::Problem;
 
 use std::path::Path;

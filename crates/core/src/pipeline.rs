@@ -320,6 +320,50 @@ impl IngestPipeline {
     }
 }
 
+impl IngestPipeline {
+    /// Enqueues a reading another part of a split gateway already took, authorized and
+    /// normalized (`wardgate run --only uplinks` receiving the bus): the `wardgate.reading/1`
+    /// JSON is checked against the schema and stored byte for byte, under the id it was given
+    /// where the device was acknowledged, so a redelivered copy carries the same id and the
+    /// backend de-duplicates it. It is not authorized again: the bus is the gateway's own
+    /// (a private broker with credentials), and the part that spoke to the device decided.
+    /// `topic_device`, when the bus topic names a device, must be the reading's.
+    pub fn forward(
+        &self,
+        json: bytes::Bytes,
+        topic_device: Option<&str>,
+    ) -> Result<Pending, Refused> {
+        let reading: Reading = serde_json::from_slice(&json)
+            .map_err(|e| DecodeError::Invalid(format!("not a wardgate.reading/1: {e}")))?;
+        if !crate::reading::valid_device_id(reading.device.as_bytes()) {
+            return Err(DecodeError::Invalid("the device id is not valid".into()).into());
+        }
+        if let Some(d) = topic_device.filter(|d| *d != reading.device) {
+            return Err(DecodeError::Invalid(format!(
+                "the topic names device {d:?}, the reading {:?}",
+                reading.device
+            ))
+            .into());
+        }
+        check_records(&reading.records, &self.limits)?;
+        let accepted = Accepted {
+            id: reading.id,
+            device: reading.device.clone(),
+            class: reading.class,
+        };
+        let rx = self.bus.enqueue(vec![crate::reading::Encoded {
+            id: reading.id,
+            device: reading.device,
+            class: reading.class,
+            json,
+        }])?;
+        Ok(Pending {
+            rx,
+            accepted: Some(accepted),
+        })
+    }
+}
+
 fn check_records(records: &[Record], limits: &Limits) -> Result<(), DecodeError> {
     if records.is_empty() {
         return Err(DecodeError::Empty);
@@ -483,5 +527,65 @@ mod tests {
         let _first = p.submit(&submission(&peer, BODY)).expect("room for one");
         let e = p.submit(&submission(&peer, BODY)).unwrap_err();
         assert!(e.is_retryable() && e.reason() == "busy", "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_reading_keeps_its_id_and_bytes_and_skips_the_authorizer() {
+        // Taken by one part (its authorizer chose the device)...
+        let (adapter, mut rx) = pipeline(Arc::new(ByIdentity));
+        let peer = PeerContext::udp("127.0.0.1:40000".parse().unwrap())
+            .with_identity(Identity::new(IdentityKind::PskIdentity, "bed-7"));
+        let _pending = adapter.submit(&submission(&peer, BODY)).expect("accepted");
+        let original = rx.recv().await.expect("queued").readings.remove(0);
+        // ...forwarded by the uplinks part, whose authorizer would refuse everyone.
+        let (uplinks, mut rx) = pipeline(Arc::new(DenyAll(Denied::Forbidden("acl"))));
+        let pending = uplinks
+            .forward(original.json.clone(), Some("bed-7"))
+            .expect("forwarded");
+        let req = rx.recv().await.expect("queued");
+        assert_eq!(
+            req.readings[0], original,
+            "same id, device, class and bytes"
+        );
+        req.done.send(Ok(())).unwrap();
+        assert_eq!(pending.await.expect("durable").id, original.id);
+    }
+
+    #[test]
+    fn a_forwarded_reading_that_is_not_one_is_refused_as_a_payload() {
+        let (p, mut rx) = pipeline(Arc::new(crate::AllowAll));
+        let reading = Reading::new(
+            "ward-t",
+            "bed-1",
+            Protocol::Coap,
+            MessageClass::Alarm,
+            std::time::UNIX_EPOCH,
+            vec![Record {
+                n: "spo2".into(),
+                v: Some(80.0),
+                t: 1.0,
+                ..Record::default()
+            }],
+        )
+        .into_encoded()
+        .json;
+        let text = std::str::from_utf8(&reading).unwrap().to_owned();
+        let bad = [
+            br#"[{"n":"spo2","v":97}]"#.to_vec(),
+            text.replace("wardgate.reading/1", "wardgate.reading/9")
+                .into_bytes(),
+            text.replace(r#""device":"bed-1""#, r#""device":"bed 1""#)
+                .into_bytes(),
+            text.replace(r#","v":80.0"#, r#","v":80.0,"vb":true"#)
+                .into_bytes(),
+        ];
+        for body in bad {
+            let e = p.forward(body.clone().into(), None).unwrap_err();
+            assert_eq!(e.reason(), "invalid", "{}", String::from_utf8_lossy(&body));
+        }
+        let e = p.forward(reading.clone(), Some("bed-2")).unwrap_err();
+        assert!(e.to_string().contains("bed-2"), "{e}");
+        assert!(rx.try_recv().is_err(), "nothing of a refusal is queued");
+        assert!(p.forward(reading, Some("bed-1")).is_ok());
     }
 }

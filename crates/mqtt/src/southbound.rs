@@ -59,7 +59,9 @@
 //! MQTT 3.1.1 has no Receive Maximum for the client to announce; the broker's own per-client
 //! limit on unacknowledged messages (Mosquitto `max_inflight_messages`, 20 by default) keeps it
 //! from sending more than that, so with `max_inflight` at or above it the window never fills.
-//! rumqttc's request channel is sized above the window, so queueing a PUBACK never blocks.
+//! PUBACKs owed wait in order in a queue of packet ids when rumqttc's request channel is full
+//! (it writes one request per poll while incoming messages keep it busy), so acknowledging never
+//! fails; a warning says when the broker sends more than `max_inflight` unacknowledged.
 //!
 //! # Reconnects
 //! Messages still in the window when the connection ends are dropped unacknowledged (the broker
@@ -241,6 +243,8 @@ impl MqttIngest {
             connected_at: Instant::now(),
             phase: Phase::Running,
             acks_unwritten: 0,
+            acks_waiting: VecDeque::new(),
+            acks_backlog_warned: false,
             disconnect_sent: false,
             backoff: Backoff::new(self.reconnect_min, self.reconnect_max),
             last_failure: None,
@@ -276,8 +280,9 @@ impl MqttIngest {
                 }
             }
             d.ack_front();
+            d.flush_acks();
             match d.phase {
-                Phase::Reconnecting if d.acks_unwritten == 0 => {
+                Phase::Reconnecting if d.acks_unwritten == 0 && d.acks_waiting.is_empty() => {
                     // The PUBACKs owed are written: drop the connection (cancelling the poll
                     // loses nothing now) and start over on a new event loop after the backoff.
                     let delay = d.lost_connection(LinkError::new(
@@ -294,7 +299,8 @@ impl MqttIngest {
                     if d.connected
                         && !d.disconnect_sent
                         && d.window.is_empty()
-                        && d.acks_unwritten == 0 =>
+                        && d.acks_unwritten == 0
+                        && d.acks_waiting.is_empty() =>
                 {
                     d.disconnect_sent = true;
                     if let Err(e) = d.client.try_disconnect() {
@@ -483,6 +489,12 @@ struct Driver<'a> {
     phase: Phase,
     /// PUBACKs queued and not yet reported written by rumqttc.
     acks_unwritten: usize,
+    /// PUBACKs (packet ids, in order) not yet handed to rumqttc because its request channel
+    /// was full: rumqttc writes at most one request per poll while incoming messages keep it
+    /// busy, so under a flood the owed acknowledgements queue here instead of failing.
+    acks_waiting: VecDeque<u16>,
+    /// The warning about a broker sending more than `max_inflight` was logged.
+    acks_backlog_warned: bool,
     disconnect_sent: bool,
     backoff: Backoff,
     /// The last connect failure logged at WARN: kind, label and when.
@@ -522,6 +534,7 @@ impl Driver<'_> {
         el.pending.clear();
         self.window.clear();
         self.acks_unwritten = 0;
+        self.acks_waiting.clear();
         self.connected = true;
         self.connected_at = Instant::now();
         self.last_failure = None;
@@ -629,6 +642,12 @@ impl Driver<'_> {
                 "no configured topic filter matches the topic",
             ));
         };
+        if f.format == PayloadFormat::Reading {
+            return self
+                .pipeline
+                .forward(p.payload.clone(), Some(device))
+                .map_err(Verdict::from);
+        }
         let submission = Submission {
             peer: &self.peer,
             protocol: Protocol::Mqtt,
@@ -681,14 +700,32 @@ impl Driver<'_> {
         if publish.qos == QoS::AtMostOnce {
             return;
         }
-        match self.client.try_ack(publish) {
-            Ok(()) => self.acks_unwritten += 1,
-            Err(e) => {
-                // Cannot happen with the channel sized above the window; if it did, the
-                // message is redelivered after the reconnect.
-                tracing::error!(ingest = %self.up.name, error = %e, "cannot queue PUBACK; reconnecting");
-                self.phase_reconnect();
+        self.acks_waiting.push_back(publish.pkid);
+        self.flush_acks();
+        if self.acks_waiting.len() > self.up.max_inflight && !self.acks_backlog_warned {
+            self.acks_backlog_warned = true;
+            tracing::warn!(
+                ingest = %self.up.name,
+                waiting = self.acks_waiting.len(),
+                "the broker sends more unacknowledged messages than max_inflight; set its \
+                 per-client in-flight limit (Mosquitto max_inflight_messages) at or below \
+                 max_inflight so acknowledgements keep up"
+            );
+        }
+    }
+
+    /// Hands the waiting PUBACKs to rumqttc, in order, while its request channel has room.
+    fn flush_acks(&mut self) {
+        while let Some(&pkid) = self.acks_waiting.front() {
+            let mut ack = Publish::new("", QoS::AtLeastOnce, Vec::new());
+            ack.pkid = pkid;
+            // Fails only when the channel is full (the client outlives its event loop): the
+            // rest wait until rumqttc wrote some (`Outgoing::PubAck`).
+            if self.client.try_ack(&ack).is_err() {
+                break;
             }
+            self.acks_waiting.pop_front();
+            self.acks_unwritten += 1;
         }
     }
 
@@ -732,6 +769,7 @@ impl Driver<'_> {
         let unacked = self.window.len();
         self.drop_window("connection_lost");
         self.acks_unwritten = 0;
+        self.acks_waiting.clear();
         Disconnected {
             reason: e.kind.as_str(),
             error: &e.message,

@@ -8,6 +8,7 @@
 mod audit_cmd;
 mod demo;
 mod file_uplink;
+mod probe;
 mod run;
 mod steer;
 mod telemetry;
@@ -36,12 +37,32 @@ enum Command {
         /// readings to this gateway, so the whole flow is visible at once.
         #[arg(long)]
         demo: bool,
+        /// Run one part of a split gateway (one container per adapter): `coap` (CoAP, CoAP over
+        /// DTLS, LwM2M), `http-in`, `mqtt-in`, or `uplinks` (the outbox of record and the
+        /// uplinks). The parts exchange readings through the `[split]` broker.
+        #[arg(long, env = "WARDGATE_ONLY")]
+        only: Option<wardgate_config::Part>,
     },
     /// Validate a configuration file, report every problem, bind nothing.
     CheckConfig {
         /// Configuration file.
         #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
         config: PathBuf,
+        /// Check the configuration of one part of a split gateway (one container per adapter): `coap` (CoAP, CoAP over
+        /// DTLS, LwM2M), `http-in`, `mqtt-in`, or `uplinks` (the outbox of record and the
+        /// uplinks). The parts exchange readings through the `[split]` broker.
+        #[arg(long, env = "WARDGATE_ONLY")]
+        only: Option<wardgate_config::Part>,
+    },
+    /// Ask a running gateway whether it is ready (`GET /readyz`): exit 0 if it answers 200, 1
+    /// otherwise. For container health checks, where no curl is installed.
+    Probe {
+        /// Address of the gateway's `[http]` listener.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "WARDGATE_PROBE_ADDR")]
+        addr: String,
+        /// Path to ask (`/healthz` for liveness).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
     },
     /// Outbox maintenance.
     Store {
@@ -80,6 +101,11 @@ enum StoreCommand {
         /// Configuration file (its `[store] path` is recovered).
         #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
         config: PathBuf,
+        /// Recover the outbox of one part of a split gateway (one container per adapter): `coap` (CoAP, CoAP over
+        /// DTLS, LwM2M), `http-in`, `mqtt-in`, or `uplinks` (the outbox of record and the
+        /// uplinks). The parts exchange readings through the `[split]` broker.
+        #[arg(long, env = "WARDGATE_ONLY")]
+        only: Option<wardgate_config::Part>,
     },
 }
 
@@ -99,12 +125,13 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckConfig { config } => match wardgate_config::load(&config) {
+        Command::CheckConfig { config, only } => match load(&config, only) {
             Ok(cfg) => {
                 let on = |b: bool| if b { "on" } else { "off" };
                 println!(
-                    "{}: valid ({} uplink(s), CoAP {}, CoAP over DTLS {}, HTTP {})",
+                    "{}: valid{} ({} uplink(s), CoAP {}, CoAP over DTLS {}, HTTP {})",
                     config.display(),
+                    only.map(|p| format!(" for part {p}")).unwrap_or_default(),
                     cfg.uplinks.len(),
                     on(cfg.coap.enabled),
                     on(cfg.coaps.enabled),
@@ -112,12 +139,13 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
-                ExitCode::from(EXIT_USAGE)
-            }
+            Err(code) => code,
         },
-        Command::Run { config, demo } => run::main(&config, demo),
+        Command::Run { config, demo, only } => match load(&config, only) {
+            Ok(cfg) => run::main(cfg, only, demo),
+            Err(code) => code,
+        },
+        Command::Probe { addr, path } => probe::main(&addr, &path),
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -127,14 +155,11 @@ fn main() -> ExitCode {
                 },
         } => audit_cmd::verify(key, from_start, &files),
         Command::Store {
-            command: StoreCommand::Recover { config },
+            command: StoreCommand::Recover { config, only },
         } => {
-            let cfg = match wardgate_config::load(&config) {
+            let cfg = match load(&config, only) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{}: {e}", config.display());
-                    return ExitCode::from(EXIT_USAGE);
-                }
+                Err(code) => return code,
             };
             match wardgate_store::recover(&cfg.store.path) {
                 Ok(report) => {
@@ -148,4 +173,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Loads and validates the configuration, restricted to one part with `--only`; a problem is
+/// printed and becomes the exit code (64).
+fn load(
+    path: &std::path::Path,
+    only: Option<wardgate_config::Part>,
+) -> Result<wardgate_config::GatewayConfig, ExitCode> {
+    let restricted = wardgate_config::load(path).and_then(|cfg| match only {
+        None => Ok(cfg),
+        Some(part) => wardgate_config::split::restrict(&cfg, part)
+            .map_err(|p| wardgate_config::ConfigError::Invalid(p.into_vec())),
+    });
+    restricted.map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        ExitCode::from(EXIT_USAGE)
+    })
 }

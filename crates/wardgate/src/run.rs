@@ -35,20 +35,20 @@ use wardgate_monitor::TapTransport;
 use wardgate_store::{Cursor, Outbox};
 
 use crate::file_uplink::{FileUplink, FileUplinkMetrics};
-use crate::{EXIT_DATAERR, EXIT_USAGE, demo, telemetry};
+use crate::{EXIT_DATAERR, demo, telemetry};
 
 /// Longest wait for each shutdown phase.
 const PHASE_DEADLINE: Duration = Duration::from_secs(10);
 
-pub(crate) fn main(config: &Path, demo: bool) -> ExitCode {
-    let cfg = match wardgate_config::load(config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{}: {e}", config.display());
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+pub(crate) fn main(
+    cfg: GatewayConfig,
+    only: Option<wardgate_config::Part>,
+    demo: bool,
+) -> ExitCode {
     telemetry::init(&cfg.log);
+    if let Some(part) = only {
+        tracing::info!(%part, "running one part of a split gateway");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wardgate")
@@ -202,11 +202,14 @@ impl App {
                 (reg.clone(), reg.clone(), Some(reg))
             }
             None => {
-                // Say so once, loudly.
-                tracing::warn!(
-                    "devices are NOT authenticated: any host that can reach the ingest ports \
+                // Say so once, loudly (not in the `uplinks` part of a split gateway: its only
+                // ingest is the gateway's own bus, whose readings the adapter parts authorized).
+                if device_facing(&cfg) {
+                    tracing::warn!(
+                        "devices are NOT authenticated: any host that can reach the ingest ports \
                          may submit readings for any device id (no [registry] configured)"
-                );
+                    );
+                }
                 (Arc::new(AllowAll), Arc::new(NoCredentials), None)
             }
         };
@@ -506,6 +509,19 @@ impl App {
             admin,
         }
     }
+}
+
+/// Whether anything takes readings from devices (rather than only from the split bus).
+fn device_facing(cfg: &GatewayConfig) -> bool {
+    let from_devices = |m: &wardgate_mqtt::southbound::MqttIngestConfig| {
+        m.topics
+            .iter()
+            .any(|t| t.format != wardgate_mqtt::southbound::PayloadFormat::Reading)
+    };
+    cfg.coap.enabled
+        || cfg.coaps.enabled
+        || cfg.ingest.http.enabled
+        || cfg.ingest.mqtt.iter().any(from_devices)
 }
 
 /// `[monitor.capture]`: the capture control the taps (on the plain CoAP sockets and in the DTLS

@@ -26,6 +26,12 @@ pub enum PayloadFormat {
     /// an unsupported format.
     #[default]
     Auto,
+    /// A `wardgate.reading/1` another part of a split gateway took and normalized (the bus of
+    /// `wardgate run --only uplinks`): stored as it is, under its own id, without a second
+    /// authorization. Only the split wiring sets it; a config file cannot (it would let any
+    /// publisher on the broker write for any device).
+    #[serde(skip)]
+    Reading,
 }
 
 /// One subscription: a topic filter and how to read what arrives on it.

@@ -152,6 +152,8 @@ pub(crate) fn content_format(format: PayloadFormat, body: &[u8]) -> Option<Conte
         PayloadFormat::SenmlCbor => Some(ContentFormat::SenmlCbor),
         PayloadFormat::Json => Some(ContentFormat::Json),
         PayloadFormat::Cbor => Some(ContentFormat::Cbor),
+        // Not decoded: forwarded as a normalized reading (`IngestPipeline::forward`).
+        PayloadFormat::Reading => None,
         PayloadFormat::Auto => {
             let first_json = body
                 .iter()

@@ -1,0 +1,329 @@
+//! Split mode (`wardgate run --only <part>`) as processes on loopback: a `coap` part and an
+//! `uplinks` part exchanging readings over a real Mosquitto bus, delivering to a second Mosquitto
+//! upstream. The promise under test: a reading the device saw acknowledged reaches the backend,
+//! under the id the device was given, whichever part is killed with `kill -9` and when.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{
+    ChildGuard, Mosquitto, Subscriber, WARDGATE, free_tcp_port, free_udp_port, http_get, load,
+    schema, valid_reading, wait_for,
+};
+
+/// One part of the split gateway: the same `gateway.toml` for every part, its own HTTP port.
+struct Part {
+    name: &'static str,
+    config: PathBuf,
+    http: SocketAddr,
+    log: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Part {
+    fn start(dir: &Path, name: &'static str) -> Part {
+        let mut p = Part {
+            name,
+            config: dir.join("gateway.toml"),
+            http: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
+    /// Starts the process (again) and waits until it is ready (`/readyz`: for `uplinks`, the
+    /// bus subscription is in place and the upstream connected; for `coap`, the bus connected).
+    fn restart(&mut self) {
+        self.child.take();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(WARDGATE)
+            .args(["run", "--only", self.name, "--config"])
+            .arg(&self.config)
+            .env("WG_HTTP", self.http.to_string())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn wardgate");
+        self.child = Some(ChildGuard(child));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(self.http, "/readyz").is_none_or(|(s, _)| s != 200) {
+            let exited = self.child.as_mut().and_then(|c| c.0.try_wait().unwrap());
+            assert!(exited.is_none(), "{} exited: {}", self.name, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready: {}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut g) = self.child.take() {
+            let _ = g.0.kill();
+            let _ = g.0.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The one configuration every part reads.
+fn write_config(dir: &Path, coap: SocketAddr, bus: &Mosquitto, cloud: &Mosquitto) {
+    std::fs::write(
+        dir.join("gateway.toml"),
+        format!(
+            r#"
+[gateway]
+id = "ward-split"
+[coap]
+listen = ["{coap}"]
+[http]
+listen = "${{WG_HTTP}}"
+[store]
+path = "{dir}/outbox.db"
+[split]
+broker = "{bus}"
+[[uplinks]]
+type = "mqtt"
+name = "cloud"
+url = "{cloud}"
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+"#,
+            dir = dir.display(),
+            bus = bus.url(),
+            cloud = cloud.url(),
+        ),
+    )
+    .unwrap();
+}
+
+/// Reads upstream readings until every id in `want` arrived or `timeout` passed: id -> copies.
+fn delivered(
+    sub: &Subscriber,
+    want: &HashSet<String>,
+    timeout: Duration,
+) -> HashMap<String, usize> {
+    let validator = schema();
+    let deadline = Instant::now() + timeout;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while !want.iter().all(|id| seen.contains_key(id)) && Instant::now() < deadline {
+        let Some((topic, payload)) = sub.next(Duration::from_millis(500)) else {
+            continue;
+        };
+        if topic.ends_with("/status") {
+            continue;
+        }
+        let v = valid_reading(&validator, &payload);
+        assert_eq!(v["gateway"], "ward-split");
+        assert_eq!(
+            v["protocol"], "coap",
+            "the protocol the device used, not the bus"
+        );
+        *seen
+            .entry(v["id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    seen
+}
+
+/// Runs load against the `coap` part, kills `victim` after `after`, restarts it, and returns the
+/// ids the devices saw acknowledged.
+fn load_and_kill(
+    coap: SocketAddr,
+    victim: &mut Part,
+    after: Duration,
+    prefix: &str,
+) -> HashSet<String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let prefix = prefix.to_owned();
+    let loader = std::thread::spawn(move || {
+        load::run_as(
+            &prefix,
+            coap,
+            1_000_000,
+            32,
+            Duration::from_secs(30),
+            &|| s2.load(Ordering::SeqCst),
+        )
+    });
+    std::thread::sleep(after);
+    victim.kill();
+    // A little more load while the victim is down (the coap part then answers nothing; the
+    // uplinks part being down must not stop the coap part from acknowledging).
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let report = loader.join().unwrap();
+    victim.restart();
+    report.acked.into_iter().map(|(_, id)| id).collect()
+}
+
+#[test]
+fn a_split_gateway_delivers_every_acknowledged_reading_through_kills_of_either_part() {
+    let bus = Mosquitto::start_persistent();
+    let cloud = Mosquitto::start();
+    let sub = Subscriber::start(cloud.port, "wardgate/#");
+    let dir = tempfile::tempdir().unwrap();
+    let coap_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    write_config(dir.path(), coap_addr, &bus, &cloud);
+    // The uplinks part subscribes first: its persistent session then holds what adapters
+    // publish while it is away.
+    let mut uplinks = Part::start(dir.path(), "uplinks");
+    let mut coap = Part::start(dir.path(), "coap");
+    assert!(
+        dir.path().join("outbox-coap.db").exists() && dir.path().join("outbox-uplinks.db").exists(),
+        "each part has its own outbox"
+    );
+
+    let mut acked = HashSet::new();
+    for (trial, after) in [(0, 700), (1, 400), (2, 900)] {
+        let first = load_and_kill(
+            coap_addr,
+            &mut coap,
+            Duration::from_millis(after),
+            &format!("c{trial}"),
+        );
+        assert!(
+            !first.is_empty(),
+            "trial {trial}: nothing acknowledged before killing coap"
+        );
+        acked.extend(first);
+        let second = load_and_kill(
+            coap_addr,
+            &mut uplinks,
+            Duration::from_millis(after),
+            &format!("u{trial}"),
+        );
+        assert!(
+            !second.is_empty(),
+            "trial {trial}: nothing acknowledged before killing uplinks"
+        );
+        acked.extend(second);
+    }
+    let seen = delivered(&sub, &acked, Duration::from_secs(90));
+    let lost: Vec<&String> = acked.iter().filter(|id| !seen.contains_key(*id)).collect();
+    let duplicated = seen.values().filter(|n| **n > 1).count();
+    println!(
+        "split kill harness: acked {}, lost {}, duplicated {duplicated}, delivered ids {}",
+        acked.len(),
+        lost.len(),
+        seen.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged readings never reached the backend, e.g. {:?}\n--- coap\n{}\n--- uplinks\n{}",
+        lost.len(),
+        lost.iter().take(5).collect::<Vec<_>>(),
+        coap.log(),
+        uplinks.log()
+    );
+    // What the uplinks part stored came from the bus (forwarded, not decoded again).
+    let metrics = http_get(uplinks.http, "/metrics").unwrap().1;
+    let ingested: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("wardgate_mqtt_ingest_readings_ingested_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        ingested >= 1.0,
+        "the bus subscriber counts what it stored:\n{metrics}"
+    );
+}
+
+#[test]
+fn the_uplinks_part_refuses_what_is_not_a_reading_and_a_part_needs_its_adapter() {
+    let bus = Mosquitto::start();
+    let cloud = Mosquitto::start();
+    let sub = Subscriber::start(cloud.port, "wardgate/#");
+    let dir = tempfile::tempdir().unwrap();
+    let coap_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    write_config(dir.path(), coap_addr, &bus, &cloud);
+    let uplinks = Part::start(dir.path(), "uplinks");
+    // Anyone who can publish on the bus can try: a SenML payload, a reading under another
+    // device's topic, and one good reading.
+    let good = r#"{"schema":"wardgate.reading/1","id":"01JD0000000000000000000001","gateway":"ward-split","device":"bed-1","protocol":"coap","class":"vital","received_at":"2026-11-30T00:00:00.000Z","records":[{"n":"spo2","v":97.0,"t":1764460800.0}]}"#;
+    for (topic, payload) in [
+        (
+            "wardgate/bus/readings/ward-split/vital/bed-1",
+            r#"[{"n":"spo2","v":97}]"#,
+        ),
+        ("wardgate/bus/readings/ward-split/vital/bed-2", good),
+        ("wardgate/bus/readings/ward-split/vital/bed-1", good),
+    ] {
+        let status = Command::new("mosquitto_pub")
+            .args([
+                "-p",
+                &bus.port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let (topic, payload) = sub
+        .collect(1, Duration::from_secs(20), |t| !t.ends_with("/status"))
+        .pop()
+        .expect("the good reading is delivered");
+    assert_eq!(payload, good, "stored and delivered byte for byte");
+    assert_eq!(topic, "wardgate/ward-split/bed-1/vital");
+    wait_for("refusals to be counted", Duration::from_secs(10), || {
+        let m = http_get(uplinks.http, "/metrics").unwrap().1;
+        m.lines()
+            .any(|l| {
+                l.starts_with("wardgate_mqtt_ingest_messages_refused")
+                    && l.contains("invalid")
+                    && !l.ends_with(" 0")
+            })
+            .then_some(())
+    });
+    assert!(
+        sub.next(Duration::from_millis(500))
+            .is_none_or(|(t, _)| t.ends_with("/status")),
+        "nothing else is delivered"
+    );
+
+    // `--only mqtt-in` without `[[ingest.mqtt]]`: refused at start, naming what is missing.
+    let out = Command::new(WARDGATE)
+        .args(["check-config", "--only", "mqtt-in", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .env("WG_HTTP", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--only") && err.contains("[[ingest.mqtt]]"),
+        "{err}"
+    );
+    let out = Command::new(WARDGATE)
+        .args(["run", "--only", "lwm2m", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("coap, http-in, mqtt-in, uplinks"));
+}
