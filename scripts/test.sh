@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the real peers the tests talk to
-# (Mosquitto, libcoap's tools, curl for the admin API over TLS, tshark for captures, aiocoap), then runs every test in the workspace.
+# (Mosquitto, libcoap's tools, curl for the admin API over TLS, tshark for captures, aiocoap), then runs every test in the workspace,
+# then the Compose deployment (scripts/compose-test.sh) and the deployment manifests (scripts/deploy-check.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +31,16 @@ fi
 # A package install may start a system-wide Mosquitto on 1883; the tests never use it (each test
 # starts its own broker on a free loopback port).
 cargo test --workspace --locked "$@"
+
+# The container deployment against the real Docker engine: images built locally (debootstrap,
+# no registry), docker-compose up, readings end to end, SIGKILL of the container holding them.
+# Only with a full run (no cargo test filter); WARDGATE_SKIP_DOCKER=1 skips it on a machine
+# without a Docker engine, and says so.
+if [ $# -eq 0 ]; then
+  if [ "${WARDGATE_SKIP_DOCKER:-0}" = 1 ]; then
+    echo "SKIPPED: the Compose deployment test (WARDGATE_SKIP_DOCKER=1)"
+  else
+    ./scripts/compose-test.sh
+    ./scripts/deploy-check.sh
+  fi
+fi

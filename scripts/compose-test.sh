@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The Compose deployment against the real Docker engine (part of scripts/test.sh):
+#   - every image built locally (scripts/docker-images.sh: no registry), `docker-compose config`
+#     validates, `up` brings bus, uplinks, coap and a stand-in upstream broker to healthy;
+#   - /readyz answers 200 through the published port; a sensor container (coap-client) and the
+#     host's coap-client post readings that reach the upstream broker as wardgate.reading/1;
+#   - the container holding acknowledged readings (`uplinks`, cut off from the upstream) is
+#     killed with SIGKILL and started again: every acknowledged reading arrives;
+#   - `docker-compose down -v` removes containers, networks and volumes.
+# Runs in its own Compose project on free ports; cleans up whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { echo "compose-test: FAIL: $*" >&2; exit 1; }
+say() { echo "compose-test: $*"; }
+
+./scripts/docker-images.sh
+
+work=$(mktemp -d)
+project="wardgate-ci-$$"
+free_port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET,getattr(socket,sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
+COAP_PORT=$(free_port SOCK_DGRAM)
+COAPS_PORT=$(free_port SOCK_DGRAM)
+COAP_HTTP_PORT=$(free_port SOCK_STREAM)
+UPLINKS_HTTP_PORT=$(free_port SOCK_STREAM)
+cat >"$work/env" <<ENV
+WARDGATE_ID=ward-ci
+WARDGATE_BUS_USER=wardgate
+WARDGATE_BUS_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+WARDGATE_CLOUD_URL=mqtt://upstream:1883
+COAP_PORT=$COAP_PORT
+COAPS_PORT=$COAPS_PORT
+COAP_HTTP_PORT=$COAP_HTTP_PORT
+UPLINKS_HTTP_PORT=$UPLINKS_HTTP_PORT
+WARDGATE_TAG=local
+COMPOSE_PROFILES=upstream
+ENV
+dc() { docker-compose --env-file "$work/env" -p "$project" "$@"; }
+cleanup() {
+  status=$?
+  if [ $status -ne 0 ]; then
+    dc logs --no-color --tail 60 >&2 || true
+  fi
+  [ -n "${sub_pid:-}" ] && kill "$sub_pid" 2>/dev/null || true
+  dc down -v --remove-orphans >/dev/null 2>&1 || true
+  rm -rf "$work"
+  exit $status
+}
+trap cleanup EXIT
+
+dc config -q || fail "docker-compose config does not validate"
+say "docker-compose config validates"
+
+# Compose v1 reads COMPOSE_PROFILES from the environment, not from --env-file.
+export COMPOSE_PROFILES=upstream
+started=$(date +%s)
+dc up -d >/dev/null 2>&1 || { dc up -d; fail "docker-compose up"; }
+health() { docker inspect -f '{{.State.Health.Status}}' "$(dc ps -q "$1")" 2>/dev/null || echo none; }
+for svc in bus upstream uplinks coap; do
+  for _ in $(seq 1 120); do
+    [ "$(health "$svc")" = healthy ] && break
+    sleep 1
+  done
+  [ "$(health "$svc")" = healthy ] || fail "$svc is not healthy: $(health "$svc")"
+done
+say "bus, upstream, uplinks and coap healthy after $(( $(date +%s) - started )) s"
+
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$COAP_HTTP_PORT/readyz")
+[ "$code" = 200 ] || fail "/readyz through the published port answered $code"
+say "/readyz through the published port: 200"
+
+# Everything the upstream broker receives, from a subscriber that stays connected throughout.
+dc exec -T upstream mosquitto_sub -h 127.0.0.1 -t 'wardgate/ward-ci/+/+' -q 1 >"$work/received" 2>"$work/sub.err" &
+sub_pid=$!
+sleep 1
+
+post() { # device value: the host's coap-client through the published UDP port
+  coap-client-notls -m post -t 110 -B 10 -e "[{\"n\":\"seq\",\"v\":$2}]" \
+    "coap://127.0.0.1:$COAP_PORT/v1/readings/$1" >/dev/null
+}
+dc run --rm -T --no-deps -e DEVICE=bed-sensor -e COUNT=3 -e INTERVAL=0 bed-1 >/dev/null 2>&1 \
+  || fail "the sensor container's readings were not acknowledged"
+for v in 0 1 2; do post bed-host "$v" || fail "host reading $v not acknowledged"; done
+wait_received() { # pattern count seconds
+  for _ in $(seq 1 "$3"); do
+    [ "$(grep -c "$1" "$work/received" || true)" -ge "$2" ] && return 0
+    sleep 1
+  done
+  return 1
+}
+wait_received '"device":"bed-sensor"' 3 60 || fail "the sensor container's readings did not reach upstream"
+wait_received '"device":"bed-host"' 3 60 || fail "the host's readings did not reach upstream"
+grep -q '"schema":"wardgate.reading/1"' "$work/received" || fail "not wardgate.reading/1"
+say "readings from a sensor container and from the host reached the upstream broker"
+
+# Cut uplinks off from the upstream, so acknowledged readings wait in its outbox; kill it.
+uplinks=$(dc ps -q uplinks)
+cloud_net="${project}_cloud"
+docker network disconnect "$cloud_net" "$uplinks"
+n=40
+for v in $(seq 1 $n); do post bed-kill "$v" || fail "reading $v not acknowledged while upstream is cut off"; done
+held=0
+for _ in $(seq 1 60); do
+  held=$(curl -s "http://127.0.0.1:$UPLINKS_HTTP_PORT/metrics" | awk '$1 == "wardgate_store_depth_readings" {print int($2)}')
+  [ "${held:-0}" -ge $n ] && break
+  sleep 1
+done
+[ "${held:-0}" -ge $n ] || fail "uplinks holds ${held:-0} readings, expected $n"
+docker kill -s KILL "$uplinks" >/dev/null
+say "uplinks killed holding $held acknowledged readings"
+docker network connect "$cloud_net" "$uplinks"
+docker start "$uplinks" >/dev/null
+wait_received '"device":"bed-kill"' $n 90 || fail "after the kill only $(grep -c '"device":"bed-kill"' "$work/received") of $n arrived"
+for v in $(seq 1 $n); do
+  grep -q "\"device\":\"bed-kill\".*\"v\":$v\.0\b\|\"device\":\"bed-kill\".*\"v\":$v[,}]" "$work/received" \
+    || fail "reading $v of bed-kill was lost"
+done
+say "all $n readings acknowledged before the kill arrived"
+
+dc down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v"
+left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; docker volume ls -q --filter "label=com.docker.compose.project=$project")
+[ -z "$left" ] || fail "down -v left: $left"
+say "down -v removed every container and volume"
+say "PASS"
