@@ -30,11 +30,17 @@ struct Part {
 
 impl Part {
     fn start(dir: &Path, name: &'static str) -> Part {
+        Part::start_with(&dir.join("gateway.toml"), name)
+    }
+
+    /// A part reading `config`; its log is beside it, named after the config and the part.
+    fn start_with(config: &Path, name: &'static str) -> Part {
+        let stem = config.file_stem().unwrap().to_string_lossy().into_owned();
         let mut p = Part {
             name,
-            config: dir.join("gateway.toml"),
+            config: config.to_owned(),
             http: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
-            log: dir.join(format!("{name}.log")),
+            log: config.with_file_name(format!("{stem}-{name}.log")),
             child: None,
         };
         p.restart();
@@ -59,7 +65,8 @@ impl Part {
             .spawn()
             .expect("spawn wardgate");
         self.child = Some(ChildGuard(child));
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A NATS cluster elects its JetStream leaders before the first MQTT session can exist.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(self.http, "/readyz").is_none_or(|(s, _)| s != 200) {
             let exited = self.child.as_mut().and_then(|c| c.0.try_wait().unwrap());
             assert!(exited.is_none(), "{} exited: {}", self.name, self.log());
@@ -87,18 +94,29 @@ impl Part {
 
 /// The one configuration every part reads.
 fn write_config(dir: &Path, coap: SocketAddr, bus: &Mosquitto, cloud: &Mosquitto) {
+    write_gateway(
+        &dir.join("gateway.toml"),
+        "ward-split",
+        coap,
+        &bus.url(),
+        &cloud.url(),
+    );
+}
+
+/// A gateway's configuration at `path` (its outbox files beside it).
+fn write_gateway(path: &Path, id: &str, coap: SocketAddr, bus: &str, cloud: &str) {
     std::fs::write(
-        dir.join("gateway.toml"),
+        path,
         format!(
             r#"
 [gateway]
-id = "ward-split"
+id = "{id}"
 [coap]
 listen = ["{coap}"]
 [http]
 listen = "${{WG_HTTP}}"
 [store]
-path = "{dir}/outbox.db"
+path = "{dir}/{id}-outbox.db"
 [split]
 broker = "{bus}"
 [[uplinks]]
@@ -108,9 +126,7 @@ url = "{cloud}"
 reconnect_min = "50ms"
 reconnect_max = "500ms"
 "#,
-            dir = dir.display(),
-            bus = bus.url(),
-            cloud = cloud.url(),
+            dir = path.parent().unwrap().display(),
         ),
     )
     .unwrap();
@@ -133,7 +149,6 @@ fn delivered(
             continue;
         }
         let v = valid_reading(&validator, &payload);
-        assert_eq!(v["gateway"], "ward-split");
         assert_eq!(
             v["protocol"], "coap",
             "the protocol the device used, not the bus"
@@ -190,7 +205,8 @@ fn a_split_gateway_delivers_every_acknowledged_reading_through_kills_of_either_p
     let mut uplinks = Part::start(dir.path(), "uplinks");
     let mut coap = Part::start(dir.path(), "coap");
     assert!(
-        dir.path().join("outbox-coap.db").exists() && dir.path().join("outbox-uplinks.db").exists(),
+        dir.path().join("ward-split-outbox-coap.db").exists()
+            && dir.path().join("ward-split-outbox-uplinks.db").exists(),
         "each part has its own outbox"
     );
 
@@ -326,4 +342,186 @@ fn the_uplinks_part_refuses_what_is_not_a_reading_and_a_part_needs_its_adapter()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("coap, http-in, mqtt-in, uplinks"));
+}
+
+/// A three-node NATS cluster with JetStream and its MQTT listener: the bus of a split gateway
+/// that must survive the loss of a node.
+struct NatsCluster {
+    /// Per node: its MQTT port, its monitoring port, the process.
+    nodes: Vec<(u16, u16, Option<ChildGuard>)>,
+}
+
+impl NatsCluster {
+    const NATS: &'static str = "/usr/sbin/nats-server";
+
+    fn start(dir: &Path) -> NatsCluster {
+        common::require_tool(Self::NATS);
+        let ports: Vec<[u16; 4]> = (0..3)
+            .map(|_| {
+                [
+                    free_tcp_port(),
+                    free_tcp_port(),
+                    free_tcp_port(),
+                    free_tcp_port(),
+                ]
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, [client, route, mqtt, monitor]) in ports.iter().enumerate() {
+            let routes: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats-route://127.0.0.1:{}", p[1]))
+                .collect();
+            let conf = dir.join(format!("n{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                     jetstream {{ store_dir: \"{store}\" }}\n\
+                     cluster {{ name: wardgate-test, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n\
+                     mqtt {{ listen: 127.0.0.1:{mqtt}, stream_replicas: 3 }}\n",
+                    store = dir.join(format!("js-n{i}")).display(),
+                    routes = routes.join(", "),
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.join(format!("n{i}.log"))).unwrap();
+            let child = Command::new(Self::NATS)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn nats-server");
+            nodes.push((*mqtt, *monitor, Some(ChildGuard(child))));
+        }
+        let c = NatsCluster { nodes };
+        // JetStream is usable once the cluster elected its meta leader.
+        for (_, monitor, _) in &c.nodes {
+            let addr = SocketAddr::from(([127, 0, 0, 1], *monitor));
+            wait_for("a JetStream meta leader", Duration::from_secs(60), || {
+                let (_, body) = http_get(addr, "/jsz")?;
+                body.contains("\"meta_cluster\"")
+                    .then_some(())
+                    .filter(|()| body.contains("\"leader\""))
+            });
+        }
+        c
+    }
+
+    /// The index of the node that is the JetStream meta leader now.
+    fn meta_leader(&self) -> usize {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.nodes[0].1));
+        wait_for("the meta leader's name", Duration::from_secs(30), || {
+            let (_, body) = http_get(addr, "/jsz")?;
+            let name = body
+                .split("\"leader\":")
+                .nth(1)?
+                .split('"')
+                .nth(1)?
+                .to_owned();
+            name.strip_prefix('n')?.parse().ok()
+        })
+    }
+
+    fn mqtt_url(&self, node: usize) -> String {
+        format!("mqtt://127.0.0.1:{}", self.nodes[node].0)
+    }
+
+    fn kill(&mut self, node: usize) {
+        if let Some(mut g) = self.nodes[node].2.take() {
+            let _ = g.0.kill();
+            let _ = g.0.wait();
+        }
+    }
+}
+
+#[test]
+fn two_gateways_through_different_nodes_of_a_nats_cluster_lose_nothing_when_a_node_dies() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NatsCluster::start(dir.path());
+    println!("cluster up after {:?}", t0.elapsed());
+    // The node to kill is the JetStream meta leader (the hardest loss: a new leader must be
+    // elected while both gateways publish); the parts connect to the other two.
+    let victim = cluster.meta_leader();
+    let (first, second) = match victim {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let cloud = Mosquitto::start();
+    let sub = Subscriber::start(cloud.port, "wardgate/#");
+    // The hub's uplinks part takes both wards' readings from the bus; each ward's coap part
+    // publishes through its own node.
+    let (coap_a, coap_b) = (
+        SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+    );
+    let unused = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let config = |name: &str, coap, node| {
+        let path = dir.path().join(format!("{name}.toml"));
+        write_gateway(&path, name, coap, &cluster.mqtt_url(node), &cloud.url());
+        path
+    };
+    let (hub, ward_a, ward_b) = (
+        config("hub", unused, first),
+        config("ward-a", coap_a, first),
+        config("ward-b", coap_b, second),
+    );
+    let uplinks = Part::start_with(&hub, "uplinks");
+    let parts = [
+        Part::start_with(&ward_a, "coap"),
+        Part::start_with(&ward_b, "coap"),
+    ];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = [("a", coap_a), ("b", coap_b)]
+        .into_iter()
+        .map(|(prefix, target)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                load::run_as(
+                    prefix,
+                    target,
+                    1_000_000,
+                    8,
+                    Duration::from_secs(30),
+                    &|| stop.load(Ordering::SeqCst),
+                )
+            })
+        })
+        .collect();
+    println!("parts ready after {:?}", t0.elapsed());
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.kill(victim);
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = HashSet::new();
+    for (l, who) in loaders.into_iter().zip(["ward-a", "ward-b"]) {
+        let report = l.join().unwrap();
+        assert!(!report.acked.is_empty(), "{who}: nothing acknowledged");
+        acked.extend(report.acked.into_iter().map(|(_, id)| id));
+    }
+    println!("load done after {:?}", t0.elapsed());
+    let seen = delivered(&sub, &acked, Duration::from_secs(120));
+    let lost: Vec<&String> = acked.iter().filter(|id| !seen.contains_key(*id)).collect();
+    println!(
+        "NATS cluster, meta leader n{victim} killed mid-run: acked {} \
+         (two gateways), lost {}, duplicated {}, all delivered after {:?}",
+        acked.len(),
+        lost.len(),
+        seen.values().filter(|n| **n > 1).count(),
+        t0.elapsed()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged readings lost, e.g. {:?}\n--- hub\n{}\n--- ward-a\n{}",
+        lost.len(),
+        lost.iter().take(5).collect::<Vec<_>>(),
+        uplinks.log(),
+        parts[0].log()
+    );
 }

@@ -239,6 +239,8 @@ fn bus_uplink(cfg: &GatewayConfig, broker: &str, part: Part) -> Result<UplinkCon
     let mut t = connection(cfg, broker, "bus", format!("{id}-{part}"));
     t.insert("type".into(), "mqtt".into());
     t.insert("qos".into(), 1.into());
+    // 3.1.1 like the subscriber: every broker speaks it (NATS refuses MQTT 5 at CONNECT).
+    t.insert("version".into(), "3.1.1".into());
     t.insert(
         "topic".into(),
         format!("{prefix}/readings/{{gateway}}/{{class}}/{{device}}").into(),
@@ -316,6 +318,7 @@ mod tests {
             "wardgate/bus/readings/{gateway}/{class}/{device}"
         );
         assert_eq!(bus.qos, 1);
+        assert_eq!(bus.version, wardgate_mqtt::MqttVersion::V311);
         assert_eq!(bus.password.as_deref(), Some("s3cret"));
         assert_eq!(
             coap.store.path,
