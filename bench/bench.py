@@ -1185,6 +1185,10 @@ def report(raw_path, out_path, command):
     w("`bench/run.sh` (full, about 15 min on this machine, rewrites this file and `docs/bench-raw/`) or "
       "`bench/run.sh --quick` (smoke check, 1 short run per scenario, writes to a temp dir). Single runs: "
       "`target/release/wardgate-bench coap-load --help`, `udp-echo`, `broker-limit`, `sample`.")
+    # Containers and split mode: measured by bench/deploy.sh, which writes this section.
+    deploy = Path(raw_path).with_name("deploy.md")
+    if deploy.exists():
+        w("\n" + deploy.read_text().rstrip())
     notes = Path(raw_path).with_name("notes.md")
     if notes.exists():
         w("\n" + notes.read_text())

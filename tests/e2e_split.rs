@@ -100,11 +100,13 @@ fn write_config(dir: &Path, coap: SocketAddr, bus: &Mosquitto, cloud: &Mosquitto
         coap,
         &bus.url(),
         &cloud.url(),
+        "",
     );
 }
 
-/// A gateway's configuration at `path` (its outbox files beside it).
-fn write_gateway(path: &Path, id: &str, coap: SocketAddr, bus: &str, cloud: &str) {
+/// A gateway's configuration at `path` (its outbox files beside it); `split` adds lines to
+/// `[split]`.
+fn write_gateway(path: &Path, id: &str, coap: SocketAddr, bus: &str, cloud: &str, split: &str) {
     std::fs::write(
         path,
         format!(
@@ -119,6 +121,7 @@ listen = "${{WG_HTTP}}"
 path = "{dir}/{id}-outbox.db"
 [split]
 broker = "{bus}"
+{split}
 [[uplinks]]
 type = "mqtt"
 name = "cloud"
@@ -463,7 +466,7 @@ fn two_gateways_through_different_nodes_of_a_nats_cluster_lose_nothing_when_a_no
     let unused = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
     let config = |name: &str, coap, node| {
         let path = dir.path().join(format!("{name}.toml"));
-        write_gateway(&path, name, coap, &cluster.mqtt_url(node), &cloud.url());
+        write_gateway(&path, name, coap, &cluster.mqtt_url(node), &cloud.url(), "");
         path
     };
     let (hub, ward_a, ward_b) = (
@@ -523,5 +526,94 @@ fn two_gateways_through_different_nodes_of_a_nats_cluster_lose_nothing_when_a_no
         lost.iter().take(5).collect::<Vec<_>>(),
         uplinks.log(),
         parts[0].log()
+    );
+}
+
+/// The sum of a counter's samples in a part's /metrics.
+fn counter(part: &Part, name: &str) -> f64 {
+    http_get(part.http, "/metrics")
+        .map(|(_, m)| {
+            m.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn two_uplinks_workers_share_the_bus_and_a_killed_one_loses_nothing() {
+    let bus = Mosquitto::start_persistent();
+    let cloud = Mosquitto::start();
+    let sub = Subscriber::start(cloud.port, "wardgate/#");
+    let dir = tempfile::tempdir().unwrap();
+    let coap = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let unused = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let config = |name: &str, coap, split: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        write_gateway(&path, name, coap, &bus.url(), &cloud.url(), split);
+        path
+    };
+    let shared = "shared_group = \"hub\"";
+    let mut workers = [
+        Part::start_with(&config("hub-1", unused, shared), "uplinks"),
+        Part::start_with(&config("hub-2", unused, shared), "uplinks"),
+    ];
+    let ward = Part::start_with(&config("ward", coap, ""), "coap");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let loader = std::thread::spawn(move || {
+        load::run(coap, 1_000_000, 16, Duration::from_secs(30), &|| {
+            s2.load(Ordering::SeqCst)
+        })
+    });
+    let ingested = "wardgate_mqtt_ingest_readings_ingested_total";
+    wait_for(
+        "both workers to take readings",
+        Duration::from_secs(20),
+        || (workers.iter().all(|w| counter(w, ingested) >= 1.0)).then_some(()),
+    );
+    let shares = [
+        counter(&workers[0], ingested),
+        counter(&workers[1], ingested),
+    ];
+    workers[1].kill();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::SeqCst);
+    let acked: HashSet<String> = loader
+        .join()
+        .unwrap()
+        .acked
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    workers[1].restart();
+    let seen = delivered(&sub, &acked, Duration::from_secs(90));
+    let lost: Vec<&String> = acked.iter().filter(|id| !seen.contains_key(*id)).collect();
+    let duplicated = seen.values().filter(|n| **n > 1).count();
+    println!(
+        "shared bus: acked {}, taken before the kill by hub-1 {} and hub-2 {}, lost {}, duplicated {duplicated}",
+        acked.len(),
+        shares[0],
+        shares[1],
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged readings lost, e.g. {:?}\n--- hub-1\n{}\n--- hub-2\n{}\n--- ward\n{}",
+        lost.len(),
+        lost.iter().take(5).collect::<Vec<_>>(),
+        workers[0].log(),
+        workers[1].log(),
+        ward.log()
+    );
+    // Shared, not copied (each worker does not get every reading): the only copies are the
+    // at-least-once redeliveries of what the killed worker had made durable but not yet
+    // acknowledged, at most its window (`[split] max_inflight`, 256).
+    assert!(
+        duplicated <= 256,
+        "{duplicated} of {} readings came more than once",
+        acked.len()
     );
 }

@@ -45,6 +45,12 @@ pub struct SplitConfig {
     /// Readings the `uplinks` part holds un-acknowledged while they become durable
     /// (default 256; keep it at or above the broker's per-client in-flight limit).
     pub max_inflight: u16,
+    /// Several `uplinks` parts share the bus: each subscribes as a member of this shared
+    /// subscription group (`$share/<group>/…`), and the broker hands each reading to one of them.
+    /// Each worker needs its own `[gateway] id` (its session is kept under it). Unset: one
+    /// `uplinks` part takes everything. Needs a broker with shared subscriptions for MQTT 3.1.1
+    /// clients (Mosquitto 2, EMQX, HiveMQ; not NATS).
+    pub shared_group: Option<String>,
     /// TLS for `mqtts://`.
     pub tls: TlsConfig,
 }
@@ -57,6 +63,7 @@ impl Default for SplitConfig {
             password: None,
             topic_prefix: "wardgate/bus".into(),
             max_inflight: 256,
+            shared_group: None,
             tls: TlsConfig::default(),
         }
     }
@@ -73,6 +80,7 @@ impl std::fmt::Debug for SplitConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("topic_prefix", &self.topic_prefix)
             .field("max_inflight", &self.max_inflight)
+            .field("shared_group", &self.shared_group)
             .field("tls", &self.tls)
             .finish()
     }
@@ -98,6 +106,14 @@ impl SplitConfig {
         }
         if self.max_inflight == 0 {
             p.push(format!("{at}.max_inflight"), "must be at least 1");
+        }
+        if let Some(g) = &self.shared_group
+            && (g.is_empty() || g.contains(['/', '+', '#', '\0']))
+        {
+            p.push(
+                format!("{at}.shared_group"),
+                "must be a non-empty name without /, + or #",
+            );
         }
     }
 }
@@ -261,10 +277,12 @@ fn bus_subscriber(cfg: &GatewayConfig, broker: &str) -> Result<MqttIngestConfig,
     let id = &cfg.gateway.id;
     let mut t = connection(cfg, broker, "bus", format!("{id}-uplinks"));
     let mut topic = toml::Table::new();
-    topic.insert(
-        "filter".into(),
-        format!("{}/readings/+/+/+", cfg.split.topic_prefix).into(),
-    );
+    let filter = format!("{}/readings/+/+/+", cfg.split.topic_prefix);
+    let filter = match &cfg.split.shared_group {
+        Some(group) => format!("$share/{group}/{filter}"),
+        None => filter,
+    };
+    topic.insert("filter".into(), filter.into());
     let levels = cfg.split.topic_prefix.split('/').count();
     topic.insert(
         "device_level".into(),
@@ -351,6 +369,12 @@ mod tests {
         assert_eq!(sub.topics[0].device_level, 6);
         assert_eq!(sub.topics[0].format, PayloadFormat::Reading);
         assert_eq!(sub.max_inflight, 256);
+        let shared = cfg(&format!("{SPLIT}shared_group = \"hub\"\n"));
+        let up = restrict(&shared, Part::Uplinks).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            up.ingest.mqtt[0].topics[0].filter,
+            "$share/hub/wardgate/bus/readings/+/+/+"
+        );
         let mut problems = Problems::new();
         sub.validate("x", &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
@@ -377,12 +401,16 @@ mod tests {
     #[test]
     fn split_settings_are_validated_and_the_password_is_not_printed() {
         let text = "[split]\nbroker = \"ftp://x\"\ntopic_prefix = \"a/#\"\npassword = \"s3cret\"\n\
+                    shared_group = \"a/b\"\n\
                     [[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n";
         let Err(crate::ConfigError::Invalid(problems)) = crate::parse(text, &|_| None) else {
             panic!("expected problems");
         };
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["split.broker", "split.topic_prefix"]);
+        assert_eq!(
+            paths,
+            ["split.broker", "split.topic_prefix", "split.shared_group"]
+        );
         let c = cfg(SPLIT);
         assert!(!format!("{:?}", c.split).contains("s3cret"));
     }

@@ -55,7 +55,23 @@ impl TopicFilter {
         if f.contains('\0') {
             return Err("the filter contains a NUL character".into());
         }
-        let parts: Vec<&str> = f.split('/').collect();
+        // A shared subscription (`$share/<group>/<filter>`, MQTT 5 §4.8.2, which Mosquitto,
+        // EMQX and HiveMQ also offer to 3.1.1 clients): the broker hands each message to one
+        // subscriber of the group. Topics are matched against the filter after the group.
+        let matched = match f.strip_prefix("$share/") {
+            Some(rest) => {
+                let (group, filter) = rest.split_once('/').unwrap_or((rest, ""));
+                if group.is_empty() || group.contains(['+', '#']) {
+                    return Err("a shared subscription is $share/<group>/<filter>, the group without wildcards".into());
+                }
+                if filter.is_empty() {
+                    return Err("the shared subscription has no filter after its group".into());
+                }
+                filter
+            }
+            None => f.as_str(),
+        };
+        let parts: Vec<&str> = matched.split('/').collect();
         let mut levels = Vec::with_capacity(parts.len());
         for (i, p) in parts.iter().enumerate() {
             levels.push(match *p {
@@ -102,6 +118,7 @@ impl TopicFilter {
     /// Whether `topic` matches this filter and, if so, the device it names.
     pub(crate) fn classify<'t>(&self, topic: &'t str) -> TopicMatch<'t> {
         // MQTT 3.1.1 §4.7.2: a filter starting with a wildcard does not match `$` topics.
+        // (`levels` is the filter after a `$share/<group>/` prefix.)
         if topic.starts_with('$') && !matches!(self.levels.first(), Some(Level::Literal(_))) {
             return TopicMatch::NoMatch;
         }
@@ -195,6 +212,32 @@ mod tests {
         assert_eq!(f.classify("ward/senml"), TopicMatch::NoMatch);
         assert_eq!(f.classify("ward//senml"), TopicMatch::BadDeviceId);
         assert_eq!(f.classify("ward/b d/senml"), TopicMatch::BadDeviceId);
+    }
+
+    #[test]
+    fn a_shared_subscription_matches_topics_after_its_group() {
+        let f = filter("$share/uplinks/ward/+/senml", 2).unwrap();
+        assert_eq!(
+            f.filter, "$share/uplinks/ward/+/senml",
+            "subscribed as written"
+        );
+        assert_eq!(
+            f.classify("ward/bed-12/senml"),
+            TopicMatch::Device("bed-12")
+        );
+        assert_eq!(
+            f.classify("$share/uplinks/ward/bed-12/senml"),
+            TopicMatch::NoMatch
+        );
+        for (bad, why) in [
+            ("$share//ward/+", "group"),
+            ("$share/g+/ward/+", "group"),
+            ("$share/uplinks", "no filter"),
+            ("$share/uplinks/", "no filter"),
+        ] {
+            let e = filter(bad, 2).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
