@@ -4,6 +4,8 @@
 #     validates, `up` brings bus, uplinks, coap and a stand-in upstream broker to healthy;
 #   - /readyz answers 200 through the published port; a sensor container (coap-client) and the
 #     host's coap-client post readings that reach the upstream broker as wardgate.reading/1;
+#   - the `monitor` profile (`wardgate monitor` on the host's network) reads the bridge of the
+#     ward network and counts and captures the sensor container's CoAP exchanges;
 #   - the container holding acknowledged readings (`uplinks`, cut off from the upstream) is
 #     killed with SIGKILL and started again: every acknowledged reading arrives;
 #   - `docker-compose down -v` removes containers, networks and volumes.
@@ -42,7 +44,7 @@ cleanup() {
     dc logs --no-color --tail 60 >&2 || true
   fi
   [ -n "${sub_pid:-}" ] && kill "$sub_pid" 2>/dev/null || true
-  dc down -v --remove-orphans >/dev/null 2>&1 || true
+  COMPOSE_PROFILES=upstream,ward,mqtt,monitor dc down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$work"
   exit $status
 }
@@ -93,6 +95,34 @@ wait_received '"device":"bed-host"' 3 60 || fail "the host's readings did not re
 grep -q '"schema":"wardgate.reading/1"' "$work/received" || fail "not wardgate.reading/1"
 say "readings from a sensor container and from the host reached the upstream broker"
 
+# The traffic monitor on the host's network, reading the Linux bridge of the ward network (its
+# promiscuous mode makes the bridge see frames between the containers).
+ward_bridge="br-$(docker network inspect -f '{{.Id}}' "${project}_ward" | cut -c1-12)"
+MONITOR_HTTP_PORT=$(free_port SOCK_STREAM)
+export MONITOR_INTERFACE="$ward_bridge" MONITOR_HTTP_PORT
+COMPOSE_PROFILES=upstream,monitor dc up -d monitor >/dev/null 2>&1 || { COMPOSE_PROFILES=upstream,monitor dc up -d monitor; fail "the monitor did not start"; }
+for _ in $(seq 1 60); do
+  [ "$(health monitor)" = healthy ] && break
+  sleep 1
+done
+[ "$(health monitor)" = healthy ] || fail "the monitor is not healthy: $(health monitor)"
+dc run --rm -T --no-deps -e DEVICE=bed-monitored -e COUNT=3 -e INTERVAL=0 bed-1 >/dev/null 2>&1 \
+  || fail "the monitored sensor's readings were not acknowledged"
+monitor_metric() {
+  curl -s "http://127.0.0.1:$MONITOR_HTTP_PORT/metrics" | awk -v m="$1" '$1 == m {print int($2)}'
+}
+seen=0
+for _ in $(seq 1 30); do
+  seen=$(monitor_metric wardgate_monitor_interface_datagrams_total)
+  [ "${seen:-0}" -ge 6 ] && break
+  sleep 1
+done
+[ "${seen:-0}" -ge 6 ] || fail "the monitor saw ${seen:-0} CoAP datagrams on $ward_bridge, expected at least 6"
+captured=$(monitor_metric wardgate_monitor_capture_packets_total)
+[ "${captured:-0}" -ge 6 ] || fail "the monitor captured ${captured:-0} datagrams"
+say "the monitor on $ward_bridge saw $seen CoAP datagrams of the sensor container and captured $captured"
+COMPOSE_PROFILES=upstream,monitor dc rm -sf monitor >/dev/null 2>&1 || fail "removing the monitor"
+
 # Cut uplinks off from the upstream, so acknowledged readings wait in its outbox; kill it.
 uplinks=$(dc ps -q uplinks)
 cloud_net="${project}_cloud"
@@ -117,7 +147,7 @@ for v in $(seq 1 $n); do
 done
 say "all $n readings acknowledged before the kill arrived"
 
-dc down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v"
+COMPOSE_PROFILES=upstream,ward,mqtt,monitor dc down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v"
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; docker volume ls -q --filter "label=com.docker.compose.project=$project")
 [ -z "$left" ] || fail "down -v left: $left"
 say "down -v removed every container and volume"

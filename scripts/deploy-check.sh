@@ -3,7 +3,7 @@
 #   - deploy/k8s: the example overlay renders (kubectl kustomize) and every resource validates
 #     against the Kubernetes schemas (kubernetes-validate --strict, from PyPI);
 #   - the image's gateway.toml (Compose and Kubernetes) is valid for every part it runs
-#     (`wardgate check-config --only <part>`);
+#     (`wardgate check-config --only <part>`), and its monitor.toml for `wardgate monitor`;
 #   - deploy/systemd/wardgate.service passes `systemd-analyze verify`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,7 @@ wg=target/release/wardgate
 for part in coap uplinks mqtt-in; do
   WARDGATE_BUS_PASSWORD=p "$wg" check-config --only "$part" --config deploy/docker/gateway.toml
 done
+"$wg" check-config --monitor --config deploy/docker/monitor.toml
 
 if command -v systemd-analyze >/dev/null 2>&1; then
   sed "s|/usr/local/bin/wardgate|$PWD/$wg|" deploy/systemd/wardgate.service >"$work/wardgate.service"

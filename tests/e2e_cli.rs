@@ -524,25 +524,19 @@ fn dtls_records_are_captured_with_the_handshake_readable_and_flows_carry_the_ide
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(captures.len(), 1, "{captures:?}");
-    common::require_tool("/usr/bin/tshark");
-    let out = Command::new("/usr/bin/tshark")
-        .args(["-n", "-d"])
-        .arg(format!("udp.port=={port},dtls"))
-        .arg("-r")
-        .arg(&captures[0])
-        .args(["-T", "fields", "-E", "separator=|"])
-        .args(["-e", "udp.dstport", "-e", "dtls.handshake.type"])
-        .args(["-e", "dtls.record.content_type", "-e", "dtls.app_data"])
-        .args(["-e", "frame.comment"])
-        .output()
-        .expect("run tshark");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let dtls = format!("udp.port=={port},dtls");
+    let rows = common::tshark_fields(
+        &captures[0],
+        &["-d", &dtls],
+        &[
+            "udp.dstport",
+            "dtls.handshake.type",
+            "dtls.record.content_type",
+            "dtls.app_data",
+            "frame.comment",
+        ],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('|').collect()).collect();
+    let text = format!("{rows:?}");
     let handshake_types: Vec<&str> = rows
         .iter()
         .flat_map(|r| r[1].split(','))
@@ -561,7 +555,7 @@ fn dtls_records_are_captured_with_the_handshake_readable_and_flows_carry_the_ide
         "{text}"
     );
     // The request went in as application data (type 23), its bytes zeroed by redaction.
-    let app: Vec<&Vec<&str>> = rows
+    let app: Vec<&Vec<String>> = rows
         .iter()
         .filter(|r| r[0] == port.to_string() && r[2].split(',').any(|t| t == "23"))
         .collect();
@@ -602,4 +596,74 @@ fn dtls_records_are_captured_with_the_handshake_readable_and_flows_carry_the_ide
     );
     assert!(f["tot_fwd_pkts"].as_u64().unwrap() >= 4, "{f}");
     assert!(f["tot_bwd_pkts"].as_u64().unwrap() >= 3, "{f}");
+}
+
+/// The anomaly detectors on the DTLS endpoint, against OpenSSL's DTLS client: three handshakes
+/// with an identity the registry does not know become one `auth_failures` event, and their
+/// ClientHellos (two per handshake: before and after the cookie) one `handshake_flood` event,
+/// each a `security`-class reading on the file uplink naming the source.
+#[test]
+fn failed_dtls_handshakes_become_auth_failure_and_handshake_flood_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_udp_port();
+    let http = common::free_tcp_port();
+    let monitor = "[monitor.anomalies]\nenabled = true\nlearning = \"0s\"\nwindow = \"60s\"\n\
+                   auth_failure_threshold = 3\nhandshake_threshold = 4\n";
+    let cfg = dtls_gateway(dir.path(), port, http, "ward-dtls-anomaly", monitor);
+    let (mut gateway, rx) = run_with_stdout_lines(&cfg);
+    wait_ready(http);
+    let metrics = || {
+        common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    for n in 1..=3 {
+        let stranger = openssl_psk_post(port, "bed-99", "bed-12", 90);
+        let failed =
+            format!("wardgate_dtls_handshake_failures_total{{reason=\"unknown_identity\"}} {n}");
+        common::wait_for(
+            "the stranger's failed handshake",
+            Duration::from_secs(30),
+            || metrics().contains(&failed).then_some(()),
+        );
+        drop(stranger);
+    }
+    let mut kinds = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kinds.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("two security readings on stdout");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["class"] != "security" {
+            continue;
+        }
+        assert_eq!(v["device"], "ward-dtls-anomaly", "{line}");
+        let records = v["records"].as_array().unwrap();
+        let value = |n: &str| {
+            records
+                .iter()
+                .find(|r| r["n"] == n)
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(
+            value("peer")["vs"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{line}"
+        );
+        kinds.push(value("anomaly")["vs"].as_str().unwrap().to_owned());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["auth_failures", "handshake_flood"]);
+    let text = metrics();
+    for kind in ["auth_failures", "handshake_flood"] {
+        let series = format!("wardgate_monitor_anomalies_total{{kind=\"{kind}\"}} 1");
+        assert!(text.contains(&series), "{series}\n{text}");
+    }
+    let status = common::terminate(&mut gateway.0);
+    assert!(status.success(), "{status}");
 }

@@ -360,3 +360,379 @@ fn an_administrator_starts_a_capture_stops_it_and_downloads_a_file_tshark_decode
         assert_eq!(status, 404, "{bad}");
     }
 }
+
+/// Sends `n` datagrams that are not CoAP from `from` (an address of the loopback network) to
+/// the gateway.
+fn send_junk(from: &str, to: std::net::SocketAddr, n: usize) {
+    let s = std::net::UdpSocket::bind((from, 0)).unwrap();
+    for i in 0..n {
+        // Version 3 in the first byte: not CoAP (RFC 7252 §3 requires version 1).
+        s.send_to(&[0xff, 0x00, i as u8, 0x42, 0x13, 0x37], to)
+            .unwrap();
+    }
+}
+
+/// The anomaly detectors through the real binary, with a simulated attacker on three loopback
+/// addresses: a resource scan (libcoap GETs of paths that do not exist, 4.04), a flood of
+/// datagrams that are not CoAP, and a burst of unauthenticated posts (4.01 from the registry).
+/// Each becomes one `security`-class reading from the gateway itself at the upstream broker
+/// (schema-valid, naming the source), a metric and an audit record, and the flow records of
+/// the same traffic carry the labels the simulator's addresses are given.
+#[test]
+fn a_scan_a_malformed_flood_and_an_auth_failure_burst_arrive_upstream_as_security_readings() {
+    let broker = Mosquitto::start();
+    let sub = common::Subscriber::start(broker.port, "wardgate/#");
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    let devices = dir.path().join("devices.toml");
+    let audit = dir.path().join("audit.log");
+    std::fs::write(
+        &devices,
+        "[[device]]\nid = \"bed-12\"\n[device.psk]\nidentity = \"bed-12\"\nkey = \"hex:000102030405060708090a0b0c0d0e0f\"\n",
+    )
+    .unwrap();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &broker.url(),
+        &format!(
+            "[registry]\npath = \"{}\"\n[audit]\npath = \"{}\"\n\
+             [monitor.flows]\nenabled = true\ndir = \"{}\"\n\
+             [[monitor.flows.labels]]\naddresses = [\"127.0.0.66\"]\nlabel = \"scan\"\n\
+             [[monitor.flows.labels]]\naddresses = [\"127.0.0.67\"]\nlabel = \"malformed\"\n\
+             [[monitor.flows.labels]]\naddresses = [\"127.0.0.68\"]\nlabel = \"auth-failure\"\n\
+             [monitor.anomalies]\nenabled = true\nlearning = \"0s\"\nwindow = \"60s\"\n\
+             scan_threshold = 5\nmalformed_threshold = 5\nauth_failure_threshold = 5\n",
+            devices.display(),
+            audit.display(),
+            flows.display()
+        ),
+    );
+    for i in 0..5 {
+        let run = common::coap_client(&[
+            "-a",
+            "127.0.0.66",
+            "-m",
+            "get",
+            &gw.coap_uri(&format!("probe-{i}")),
+        ]);
+        assert!(run.text().contains("4.04"), "{}", run.text());
+    }
+    send_junk("127.0.0.67", gw.coap, 5);
+    for v in 0..5 {
+        let run = common::coap_client(&[
+            "-a",
+            "127.0.0.68",
+            "-m",
+            "post",
+            "-e",
+            &format!("{v}"),
+            &gw.coap_uri("v1/readings/bed-12/spo2"),
+        ]);
+        assert!(run.text().contains("4.01"), "{}", run.text());
+    }
+
+    let validator = common::schema();
+    let events = sub.collect(3, Duration::from_secs(30), |t| t.ends_with("/security"));
+    let mut seen = Vec::new();
+    for (topic, payload) in &events {
+        assert_eq!(topic, "wardgate/test-ward/test-ward/security");
+        let v = common::valid_reading(&validator, payload);
+        assert_eq!(
+            (v["class"].as_str(), v["device"].as_str()),
+            (Some("security"), Some("test-ward"))
+        );
+        let records = v["records"].as_array().unwrap();
+        let text = |n: &str| {
+            records
+                .iter()
+                .find(|r| r["n"] == n)
+                .and_then(|r| r["vs"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let count = records.iter().find(|r| r["n"] == "count").unwrap()["v"].as_f64();
+        assert_eq!(count, Some(5.0), "{payload}");
+        let ip = text("peer")
+            .rsplit_once(':')
+            .map(|(ip, _)| ip.to_owned())
+            .unwrap_or_default();
+        seen.push((text("anomaly"), ip));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("auth_failures".to_owned(), "127.0.0.68".to_owned()),
+            ("malformed_flood".to_owned(), "127.0.0.67".to_owned()),
+            ("resource_scan".to_owned(), "127.0.0.66".to_owned()),
+        ]
+    );
+    // The task that stored them counts each once its commit is answered, which may be a moment
+    // after the uplink already delivered it.
+    let text = wait_for(
+        "3 anomaly readings counted",
+        Duration::from_secs(10),
+        || {
+            let text = gw.metrics();
+            (metric(&text, "wardgate_monitor_anomaly_readings_total") == Some(3)).then_some(text)
+        },
+    );
+    for kind in ["resource_scan", "malformed_flood", "auth_failures"] {
+        let series = format!("wardgate_monitor_anomalies_total{{kind=\"{kind}\"}}");
+        assert_eq!(metric(&text, &series), Some(1), "{series}\n{text}");
+    }
+    assert_eq!(
+        metric(
+            &text,
+            "wardgate_monitor_anomalies_total{kind=\"rate_spike\"}"
+        ),
+        Some(0)
+    );
+    let status = gw.terminate();
+    assert!(status.success(), "{status}\n{}", gw.log());
+    // Nothing else was raised in the meantime (the shutdown stores what was queued).
+    assert!(
+        sub.next(Duration::from_millis(500))
+            .is_none_or(|(t, _)| !t.ends_with("/security"))
+    );
+
+    // The audit trail has the three events, chained.
+    common::assert_audit_verifies(&audit);
+    let trail = std::fs::read_to_string(&audit).unwrap();
+    for kind in ["resource_scan", "malformed_flood", "auth_failures"] {
+        assert!(
+            trail
+                .lines()
+                .any(|l| l.contains("\"kind\":\"anomaly\"") && l.contains(kind)),
+            "{kind} in {trail}"
+        );
+    }
+    // The flow records of the simulated attacks carry its labels.
+    let json = std::fs::read_to_string(flows.join("flows.jsonl")).unwrap();
+    for line in json.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let want = match r["src_ip"].as_str() {
+            Some("127.0.0.66") => "scan",
+            Some("127.0.0.67") => "malformed",
+            Some("127.0.0.68") => "auth-failure",
+            _ => "benign",
+        };
+        assert_eq!(r["label"], want, "{r}");
+    }
+    for label in ["scan", "malformed", "auth-failure"] {
+        assert!(
+            json.contains(&format!("\"label\":\"{label}\"")),
+            "{label} in {json}"
+        );
+    }
+}
+
+/// A network namespace holding one end of a veth pair whose other end stays here: a ward LAN
+/// of two hosts made by the test (root and `ip` from iproute2 needed). Removed on drop.
+struct VethLan {
+    netns: String,
+    host_if: String,
+    /// The address of this side (where the CoAP server listens).
+    host_ip: String,
+    /// The address of the namespace's side (the sensor).
+    sensor_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {} (the interface-mode test creates a network namespace: it needs root)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl VethLan {
+    fn create() -> VethLan {
+        let id = std::process::id();
+        let lan = VethLan {
+            netns: format!("wardgate-mon-{id}"),
+            host_if: format!("wgm{id}h"),
+            host_ip: format!("10.203.{}.1", id % 250),
+            sensor_ip: format!("10.203.{}.2", id % 250),
+        };
+        let sensor_if = format!("wgm{id}n");
+        ip(&["netns", "add", &lan.netns]);
+        ip(&[
+            "link",
+            "add",
+            &lan.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &sensor_if,
+        ]);
+        ip(&["link", "set", &sensor_if, "netns", &lan.netns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", lan.host_ip),
+            "dev",
+            &lan.host_if,
+        ]);
+        ip(&["link", "set", &lan.host_if, "up"]);
+        let ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &lan.netns, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        ns(&[
+            "addr",
+            "add",
+            &format!("{}/30", lan.sensor_ip),
+            "dev",
+            &sensor_if,
+        ]);
+        ns(&["link", "set", &sensor_if, "up"]);
+        ns(&["link", "set", "lo", "up"]);
+        lan
+    }
+
+    /// Runs `cmd` inside the namespace (the sensor's host).
+    fn exec(&self, cmd: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .args(cmd)
+            .output()
+            .expect("ip netns exec")
+    }
+}
+
+impl Drop for VethLan {
+    fn drop(&mut self) {
+        // Deleting one end deletes the pair; then the namespace.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+/// Interface capture mode: `wardgate monitor` reads a veth interface the test creates, while a
+/// sensor in a network namespace talks CoAP (libcoap's client) to a CoAP server (libcoap's
+/// `coap-server-notls`) on the other end. The monitor writes the same pcapng (tshark decodes
+/// the requests and answers, payloads redacted) and the same flow records as the gateway's
+/// own taps, and counts what it saw in `/metrics`.
+#[test]
+fn interface_mode_captures_and_records_the_flows_of_a_veth_lan() {
+    require_tool(TSHARK);
+    require_tool("/usr/bin/coap-server-notls");
+    let lan = VethLan::create();
+    let server = common::ChildGuard(
+        Command::new("/usr/bin/coap-server-notls")
+            .args(["-A", &lan.host_ip, "-p", "5683"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start coap-server-notls"),
+    );
+    // The server is up once its address can no longer be bound.
+    wait_for("coap-server-notls bound", Duration::from_secs(10), || {
+        std::net::UdpSocket::bind((lan.host_ip.as_str(), 5683))
+            .is_err()
+            .then_some(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::free_tcp_port();
+    let cfg = dir.path().join("monitor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"ward-monitor\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [monitor.capture]\nenabled = true\ndir = \"{data}/captures\"\n\
+             [monitor.flows]\nenabled = true\ndir = \"{data}/flows\"\n\
+             [[monitor.flows.labels]]\naddresses = [\"{sensor}\"]\nlabel = \"sensor\"\n",
+            data = dir.path().display(),
+            sensor = lan.sensor_ip
+        ),
+    )
+    .unwrap();
+    let mut monitor = common::ChildGuard(
+        Command::new(common::WARDGATE)
+            .args(["monitor", "--config"])
+            .arg(&cfg)
+            .args(["--interface", &lan.host_if])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("monitor.log")).unwrap())
+            .spawn()
+            .expect("start wardgate monitor"),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    wait_for("the monitor ready", Duration::from_secs(30), || {
+        common::http_get(addr, "/readyz").filter(|(code, _)| *code == 200)
+    });
+    // The sensor asks the server three times (three client runs: three flows).
+    let uri = format!("coap://{}:5683/", lan.host_ip);
+    for _ in 0..3 {
+        let out = lan.exec(&["/usr/bin/coap-client-notls", "-m", "get", "-B", "5", &uri]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let datagrams = "wardgate_monitor_interface_datagrams_total";
+    wait_for("six datagrams seen", Duration::from_secs(30), || {
+        let (_, text) = common::http_get(addr, "/metrics")?;
+        (metric(&text, datagrams)? >= 6).then_some(())
+    });
+    let status = common::terminate(&mut monitor.0);
+    let log = std::fs::read_to_string(dir.path().join("monitor.log")).unwrap_or_default();
+    assert!(status.success(), "{status}\n{log}");
+    drop(server);
+
+    // tshark: the requests and the answers, between the two ends of the veth.
+    let files = capture_files(&dir.path().join("captures"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    let rows = common::tshark_fields(
+        &files[0],
+        &["-Y", "coap"],
+        &["ip.src", "ip.dst", "udp.dstport", "coap.code"],
+    );
+    let gets = rows
+        .iter()
+        .filter(|r| r[0] == lan.sensor_ip && r[1] == lan.host_ip && r[2] == "5683" && r[3] == "1")
+        .count();
+    let contents = rows
+        .iter()
+        .filter(|r| r[0] == lan.host_ip && r[1] == lan.sensor_ip && r[3] == "69")
+        .count();
+    assert!(
+        gets >= 3 && contents >= 3,
+        "GETs {gets}, 2.05s {contents}: {rows:?}"
+    );
+
+    // The flows: one per client run, from the sensor to the server, labelled.
+    let json = std::fs::read_to_string(dir.path().join("flows").join("flows.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["src_ip"] == lan.sensor_ip.as_str())
+        .collect();
+    assert_eq!(records.len(), 3, "{json}");
+    for r in &records {
+        assert_eq!(
+            (r["dst_ip"].as_str(), r["dst_port"].as_u64()),
+            (Some(lan.host_ip.as_str()), Some(5683)),
+            "{r}"
+        );
+        assert_eq!(r["label"], "sensor");
+        assert_eq!(r["app_protocol"], "coap");
+        assert!(
+            r["coap_requests"].as_u64() >= Some(1) && r["coap_2xx"].as_u64() >= Some(1),
+            "{r}"
+        );
+    }
+}

@@ -176,6 +176,29 @@ pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     )
 }
 
+/// `tshark -n -r FILE ARGS -T fields -E separator=| -e FIELD…`: one row of the fields per packet
+/// (a field with several values holds them comma-separated). Panics naming tshark's error.
+pub fn tshark_fields(file: &Path, args: &[&str], fields: &[&str]) -> Vec<Vec<String>> {
+    const TSHARK: &str = "/usr/bin/tshark";
+    require_tool(TSHARK);
+    let mut cmd = Command::new(TSHARK);
+    cmd.args(["-n", "-r"]).arg(file).args(args);
+    cmd.args(["-T", "fields", "-E", "separator=|"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('|').map(str::to_owned).collect())
+        .collect()
+}
+
 /// `wardgate audit verify FILE` must succeed.
 pub fn assert_audit_verifies(path: &Path) {
     let out = Command::new(WARDGATE)

@@ -25,13 +25,28 @@ pub use wardgate_core::validate::Problem;
 
 use std::path::Path;
 
+/// What a configuration is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `wardgate run` (and `check-config`, `store recover`): every rule.
+    Gateway,
+    /// `wardgate monitor` (interface capture mode): it stores and delivers nothing, so
+    /// `[[uplinks]]` may be absent.
+    Monitor,
+}
+
 /// Reads, interpolates (with the process environment), parses and validates a config file.
 pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+    load_for(path, Purpose::Gateway)
+}
+
+/// [`load`] for `purpose`.
+pub fn load_for(path: &Path, purpose: Purpose) -> Result<GatewayConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let mut cfg = parse(&text, &|name| std::env::var(name).ok())?;
+    let mut cfg = parse_for(&text, &|name| std::env::var(name).ok(), purpose)?;
     // Files the configuration names are relative to the configuration's own directory.
     if let Some(dir) = path.parent() {
         let admin_tls = cfg.admin.tls.as_mut();
@@ -69,21 +84,50 @@ pub fn parse(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<GatewayConfig, ConfigError> {
+    parse_for(text, lookup, Purpose::Gateway)
+}
+
+/// [`parse`] for `purpose`.
+pub fn parse_for(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    purpose: Purpose,
+) -> Result<GatewayConfig, ConfigError> {
     let mut problems = wardgate_core::validate::Problems::new();
     let expanded = interpolate(text, lookup, &mut problems);
     let cfg = gateway::parse_sections(&expanded, &mut problems);
     if let Some(cfg) = &cfg {
         cfg.validate(&mut problems);
     }
+    let mut problems = problems.into_vec();
+    if purpose == Purpose::Monitor {
+        problems.retain(|p| p.path != "uplinks");
+    }
     match cfg {
         Some(cfg) if problems.is_empty() => Ok(cfg),
-        _ => Err(ConfigError::Invalid(problems.into_vec())),
+        _ => Err(ConfigError::Invalid(problems)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_monitor_needs_no_uplinks_the_gateway_does() {
+        let text = "[monitor.flows]\nenabled = true\n";
+        let none = &|_: &str| None;
+        assert!(parse_for(text, none, Purpose::Monitor).is_ok());
+        let Err(ConfigError::Invalid(p)) = parse_for(text, none, Purpose::Gateway) else {
+            panic!("a gateway without uplinks passed");
+        };
+        assert_eq!(
+            p.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(),
+            ["uplinks"]
+        );
+        // Other problems still count.
+        assert!(parse_for("[monitor.flows]\nmax_flows = 0\n", none, Purpose::Monitor).is_err());
+    }
 
     #[test]
     fn admin_tls_files_are_relative_to_the_configs_directory() {

@@ -32,6 +32,9 @@ pub enum AuditKind {
     RegistryChange,
     /// The configuration (or the registry file) was reloaded.
     ConfigReload,
+    /// The traffic monitor saw an anomaly (a scan, a flood, an authentication-failure burst,
+    /// a rate spike, a new port); `reason` names the kind.
+    Anomaly,
 }
 
 impl AuditKind {
@@ -45,6 +48,7 @@ impl AuditKind {
             AuditKind::AdminAction => "admin_action",
             AuditKind::RegistryChange => "registry_change",
             AuditKind::ConfigReload => "config_reload",
+            AuditKind::Anomaly => "anomaly",
         }
     }
 }

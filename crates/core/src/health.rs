@@ -35,6 +35,8 @@ pub struct Check {
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     inner: Arc<Mutex<BTreeMap<String, Check>>>,
+    /// A process without uplinks (`wardgate monitor`): readiness needs none.
+    no_uplinks: bool,
 }
 
 /// The gateway's overall readiness, as served by `/readyz`.
@@ -52,6 +54,15 @@ impl Health {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty table for a process that has no uplinks by design (the interface monitor):
+    /// ready when every component is, without the "at least one uplink" rule.
+    pub fn without_uplinks() -> Self {
+        Health {
+            no_uplinks: true,
+            ..Self::default()
+        }
     }
 
     /// Registers a component, not ready until it says so.
@@ -102,7 +113,7 @@ impl Health {
             .values()
             .filter(|c| c.kind == ComponentKind::Uplink)
             .collect();
-        if uplinks.is_empty() || !uplinks.iter().any(|c| c.ready) {
+        if !self.no_uplinks && (uplinks.is_empty() || !uplinks.iter().any(|c| c.ready)) {
             failing.push("uplinks".into());
         }
         Readiness {
@@ -148,6 +159,11 @@ mod tests {
         coap.ready("udp 0.0.0.0:5683");
         store.ready("ok");
         assert_eq!(h.readiness().failing, vec!["uplinks".to_string()]);
+        let monitor = Health::without_uplinks();
+        let iface = monitor.reporter("interface", ComponentKind::Listener);
+        assert!(!monitor.readiness().ready);
+        iface.ready("eth1");
+        assert!(monitor.readiness().ready);
         a.ready("connected");
         assert!(h.readiness().ready);
         store.not_ready("disk full");

@@ -223,6 +223,7 @@ impl IngestPipeline {
     /// Authorizes, decodes, normalizes and enqueues one message's reading. Never waits: a full
     /// bus is `Refused::Store(Busy)` at once.
     pub fn submit(&self, s: &Submission<'_>) -> Result<Pending, Refused> {
+        refuse_security_claim(s.class)?;
         let device = self.authorizer.authorize(&AuthRequest {
             peer: s.peer,
             protocol: s.protocol,
@@ -261,6 +262,11 @@ impl IngestPipeline {
         if peer.identity.is_some() {
             reading = reading.with_source(peer);
         }
+        self.enqueue_reading(reading)
+    }
+
+    /// Enqueues a normalized reading; the [`Pending`] resolves when it is durable.
+    fn enqueue_reading(&self, reading: Reading) -> Result<Pending, Refused> {
         let accepted = Accepted {
             id: reading.id,
             device: reading.device.clone(),
@@ -299,6 +305,7 @@ impl IngestPipeline {
     /// name limit, exactly one finite value each), so every reading obeys the published schema
     /// whichever path made it.
     pub fn submit_records(&self, s: RecordSubmission<'_>) -> Result<Pending, Refused> {
+        refuse_security_claim(s.class)?;
         let device = self.authorizer.authorize(&AuthRequest {
             peer: s.peer,
             protocol: s.protocol,
@@ -361,6 +368,43 @@ impl IngestPipeline {
             rx,
             accepted: Some(accepted),
         })
+    }
+}
+
+/// The `security` class is the gateway's own (its monitor's events): a device claiming it
+/// could forge security events or jump the priority lane, so it is refused (CoAP 4.03,
+/// HTTP 403). An operator's `[[selector.classes]]` rule may still classify into it.
+fn refuse_security_claim(class: MessageClass) -> Result<(), Denied> {
+    if class == MessageClass::Security {
+        return Err(Denied::Forbidden("security_class_reserved"));
+    }
+    Ok(())
+}
+
+impl IngestPipeline {
+    /// Enqueues a reading the gateway makes itself (an anomaly event of its traffic monitor):
+    /// from `device` (the gateway's own id), not authorized (no peer sent it), checked like
+    /// every reading and made durable like every reading. Resolves like [`Self::submit`].
+    pub fn submit_own(
+        &self,
+        device: &str,
+        protocol: Protocol,
+        class: MessageClass,
+        records: Vec<Record>,
+    ) -> Result<Pending, Refused> {
+        if !crate::reading::valid_device_id(device.as_bytes()) {
+            return Err(DecodeError::Invalid("the device id is not valid".into()).into());
+        }
+        check_records(&records, &self.limits)?;
+        let now = self.clock.now();
+        self.enqueue_reading(Reading::new(
+            self.gateway.as_ref(),
+            device,
+            protocol,
+            class,
+            now,
+            records,
+        ))
     }
 }
 
@@ -491,6 +535,74 @@ mod tests {
         assert_eq!(json["source"]["identity"], "psk:bed-7");
         assert_eq!(json["source"]["transport"], "udp");
         assert_eq!(json["source"]["addr"], "127.0.0.1:40000");
+    }
+
+    #[tokio::test]
+    async fn a_device_may_not_claim_the_security_class_the_gateway_may_use_it() {
+        let (p, mut rx) = pipeline(Arc::new(crate::AllowAll));
+        let peer = PeerContext::udp("127.0.0.1:40000".parse().unwrap());
+        let mut s = submission(&peer, BODY);
+        s.class = MessageClass::Security;
+        let e = p.submit(&s).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Refused::Denied(Denied::Forbidden("security_class_reserved"))
+            ),
+            "{e:?}"
+        );
+        let r = p.submit_records(RecordSubmission {
+            peer: &peer,
+            protocol: Protocol::Lwm2m,
+            device: "bed-1",
+            class: MessageClass::Security,
+            resource: "/dp",
+            records: vec![Record {
+                n: "x".into(),
+                v: Some(1.0),
+                ..Record::default()
+            }],
+        });
+        assert!(matches!(r, Err(Refused::Denied(Denied::Forbidden(_)))));
+        assert!(rx.try_recv().is_err(), "nothing was queued");
+
+        let records = vec![Record {
+            n: "anomaly".into(),
+            vs: Some("resource_scan".into()),
+            ..Record::default()
+        }];
+        let pending = p
+            .submit_own("ward-t", Protocol::Coap, MessageClass::Security, records)
+            .expect("accepted");
+        let req = rx.recv().await.expect("queued");
+        let json: serde_json::Value = serde_json::from_slice(&req.readings[0].json).unwrap();
+        assert_eq!(
+            (json["class"].as_str(), json["device"].as_str()),
+            (Some("security"), Some("ward-t"))
+        );
+        req.done.send(Ok(())).unwrap();
+        assert_eq!(
+            pending.await.expect("durable").class,
+            MessageClass::Security
+        );
+        // Its own readings are checked like any other.
+        assert!(
+            p.submit_own("ward-t", Protocol::Coap, MessageClass::Security, Vec::new())
+                .is_err()
+        );
+        assert!(
+            p.submit_own(
+                "no spaces",
+                Protocol::Coap,
+                MessageClass::Security,
+                vec![Record {
+                    n: "x".into(),
+                    v: Some(1.0),
+                    ..Record::default()
+                }]
+            )
+            .is_err()
+        );
     }
 
     #[test]

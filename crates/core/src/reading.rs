@@ -61,16 +61,39 @@ pub enum MessageClass {
     Telemetry,
     /// Large or deferred uploads (waveforms, logs).
     Bulk,
+    /// Security events the gateway itself raises (the traffic monitor's anomaly events). Alarm
+    /// priority; devices may not send it (the pipeline refuses a device's claim to it).
+    Security,
 }
 
 impl MessageClass {
-    /// Every class, in priority order.
-    pub const ALL: [MessageClass; 4] = [
+    /// How many classes there are (arrays indexed by [`MessageClass::index`]).
+    pub const COUNT: usize = 5;
+
+    /// Every class, in [`MessageClass::index`] order.
+    pub const ALL: [MessageClass; MessageClass::COUNT] = [
         MessageClass::Alarm,
         MessageClass::Vital,
         MessageClass::Telemetry,
         MessageClass::Bulk,
+        MessageClass::Security,
     ];
+
+    /// Its position in [`MessageClass::ALL`], for per-class arrays.
+    pub fn index(self) -> usize {
+        match self {
+            MessageClass::Alarm => 0,
+            MessageClass::Vital => 1,
+            MessageClass::Telemetry => 2,
+            MessageClass::Bulk => 3,
+            MessageClass::Security => 4,
+        }
+    }
+
+    /// Whether its readings travel on the priority lane (alarms and security events).
+    pub fn is_priority(self) -> bool {
+        matches!(self, MessageClass::Alarm | MessageClass::Security)
+    }
 
     /// The lower-case wire name, also used as a metric label.
     pub fn as_str(self) -> &'static str {
@@ -79,6 +102,7 @@ impl MessageClass {
             MessageClass::Vital => "vital",
             MessageClass::Telemetry => "telemetry",
             MessageClass::Bulk => "bulk",
+            MessageClass::Security => "security",
         }
     }
 }
@@ -91,7 +115,7 @@ impl fmt::Display for MessageClass {
 
 /// Error for an unknown message class name.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown message class {0:?} (expected alarm, vital, telemetry or bulk)")]
+#[error("unknown message class {0:?} (expected alarm, vital, telemetry, bulk or security)")]
 pub struct UnknownClass(pub String);
 
 impl FromStr for MessageClass {

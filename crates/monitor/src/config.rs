@@ -1,5 +1,6 @@
 //! `[monitor]`: the traffic monitor's section of `gateway.toml`: `[monitor.capture]` (pcapng
-//! captures of the CoAP and DTLS endpoints) and `[monitor.flows]` (flow records).
+//! captures of the CoAP and DTLS endpoints), `[monitor.flows]` (flow records) and
+//! `[monitor.anomalies]` (anomaly events).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +18,119 @@ pub struct MonitorConfig {
     pub capture: CaptureConfig,
     /// `[monitor.flows]`: flow records (off by default).
     pub flows: FlowsConfig,
+    /// `[monitor.anomalies]`: anomaly events (off by default).
+    pub anomalies: AnomaliesConfig,
+    /// `[monitor.interface]`: the interface `wardgate monitor` reads (interface capture mode).
+    pub interface: crate::interface::InterfaceConfig,
+}
+
+/// `[monitor.anomalies]`: scans, floods, authentication-failure bursts, rate spikes and new
+/// ports turned into `security`-class readings (see [`crate::anomaly`] for each detector).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomaliesConfig {
+    /// Detect at all. Default `false`.
+    pub enabled: bool,
+    /// The per-source counting window (tumbling). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// `resource_scan`: 4.04/4.05 answers to one source in a window. Default 20.
+    pub scan_threshold: u32,
+    /// `malformed_flood`: datagrams from one source that are not CoAP, in a window. Default 20.
+    pub malformed_threshold: u32,
+    /// `auth_failures`: 4.01/4.03 answers and DTLS credential failures of one source in a
+    /// window. Default 10.
+    pub auth_failure_threshold: u32,
+    /// `handshake_flood`: DTLS ClientHellos from one source in a window. Default 30.
+    pub handshake_threshold: u32,
+    /// `new_sources`: never-seen source addresses in a window, gateway-wide. Default 50.
+    pub new_sources_threshold: u32,
+    /// `rate_spike`: the interval a device's datagram rate is measured over. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub rate_interval: Duration,
+    /// The weight of the newest interval in the baseline (EWMA), in (0, 1]. Default 0.1.
+    pub rate_alpha: f64,
+    /// The z-score against the baseline that makes a spike. Default 4.
+    pub rate_zscore: f64,
+    /// Intervals of history before a device's rate is judged. Default 6.
+    pub rate_warmup: u32,
+    /// Fewest datagrams in an interval for a spike. Default 20.
+    pub rate_min_packets: u32,
+    /// No `new_sources` events this long after start (every device is new then), and a device
+    /// must be known this long before `new_port` fires for it. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub learning: Duration,
+    /// Least time between two events of one kind about one source or device. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// Most sources (and most devices) tracked; a full table forgets its least recently seen
+    /// 1 %. Default 10,000 (a few MB).
+    pub max_tracked: usize,
+    /// Events waiting to become readings; beyond it they are dropped and counted
+    /// (`wardgate_monitor_anomalies_dropped_total`). Default 1024.
+    pub queue_events: usize,
+}
+
+impl Default for AnomaliesConfig {
+    fn default() -> Self {
+        AnomaliesConfig {
+            enabled: false,
+            window: Duration::from_secs(10),
+            scan_threshold: 20,
+            malformed_threshold: 20,
+            auth_failure_threshold: 10,
+            handshake_threshold: 30,
+            new_sources_threshold: 50,
+            rate_interval: Duration::from_secs(10),
+            rate_alpha: 0.1,
+            rate_zscore: 4.0,
+            rate_warmup: 6,
+            rate_min_packets: 20,
+            learning: Duration::from_secs(300),
+            cooldown: Duration::from_secs(60),
+            max_tracked: 10_000,
+            queue_events: 1024,
+        }
+    }
+}
+
+impl AnomaliesConfig {
+    /// Checks every value (also when disabled), reporting all problems under `at`
+    /// (`monitor.anomalies`).
+    pub fn validate(&self, at: &str, p: &mut Problems) {
+        let ms = Duration::from_millis(100);
+        for (key, d) in [
+            ("window", self.window),
+            ("rate_interval", self.rate_interval),
+        ] {
+            if d < ms || d > Duration::from_secs(3600) {
+                p.push(format!("{at}.{key}"), "must be between 100ms and 1h");
+            }
+        }
+        for (key, n) in [
+            ("scan_threshold", self.scan_threshold),
+            ("malformed_threshold", self.malformed_threshold),
+            ("auth_failure_threshold", self.auth_failure_threshold),
+            ("handshake_threshold", self.handshake_threshold),
+            ("new_sources_threshold", self.new_sources_threshold),
+        ] {
+            if n == 0 {
+                p.push(format!("{at}.{key}"), "must be at least 1");
+            }
+        }
+        if !(self.rate_alpha > 0.0 && self.rate_alpha <= 1.0) {
+            p.push(format!("{at}.rate_alpha"), "must be in (0, 1]");
+        }
+        if !(self.rate_zscore.is_finite() && self.rate_zscore > 0.0) {
+            p.push(format!("{at}.rate_zscore"), "must be a positive number");
+        }
+        if !(1..=1_000_000).contains(&self.max_tracked) {
+            p.push(format!("{at}.max_tracked"), "must be between 1 and 1000000");
+        }
+        if self.queue_events == 0 {
+            p.push(format!("{at}.queue_events"), "must be at least 1");
+        }
+    }
 }
 
 /// Default `[monitor.flows] dir`.
@@ -236,6 +350,8 @@ impl MonitorConfig {
     pub fn validate(&self, at: &str, p: &mut Problems) {
         self.capture.validate(&format!("{at}.capture"), p);
         self.flows.validate(&format!("{at}.flows"), p);
+        self.anomalies.validate(&format!("{at}.anomalies"), p);
+        self.interface.validate(&format!("{at}.interface"), p);
     }
 }
 
@@ -316,6 +432,33 @@ mod tests {
         assert!(toml::from_str::<MonitorConfig>("[capture]\nredact = false\n").is_err());
         assert!(toml::from_str::<MonitorConfig>("[flow]\n").is_err());
         assert!(toml::from_str::<MonitorConfig>("[flows]\nidle = \"1s\"\n").is_err());
+    }
+
+    #[test]
+    fn anomalies_default_off_parse_and_report_every_problem() {
+        let cfg: MonitorConfig =
+            toml::from_str("[anomalies]\nenabled = true\nwindow = \"5s\"\nlearning = \"0s\"\n")
+                .unwrap();
+        assert!(cfg.anomalies.enabled);
+        assert_eq!(cfg.anomalies.window, Duration::from_secs(5));
+        assert_eq!(cfg.anomalies.learning, Duration::ZERO);
+        let mut p = Problems::new();
+        cfg.validate("monitor", &mut p);
+        assert!(p.is_empty(), "{:?}", p.into_vec());
+        assert_eq!(
+            problem_paths(
+                "[anomalies]\nwindow = \"1ms\"\nscan_threshold = 0\nrate_alpha = 0.0\n\
+                 rate_zscore = -1.0\nmax_tracked = 0\nqueue_events = 0\n"
+            ),
+            [
+                "monitor.anomalies.window",
+                "monitor.anomalies.scan_threshold",
+                "monitor.anomalies.rate_alpha",
+                "monitor.anomalies.rate_zscore",
+                "monitor.anomalies.max_tracked",
+                "monitor.anomalies.queue_events",
+            ]
+        );
     }
 
     #[test]

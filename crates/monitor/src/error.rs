@@ -17,6 +17,14 @@ pub enum MonitorError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The monitored interface cannot be opened (`wardgate monitor`).
+    #[error("interface {name:?}: {reason}")]
+    Interface {
+        /// The interface name.
+        name: String,
+        /// Why (no such interface, no permission).
+        reason: String,
+    },
     /// A writer thread could not be started.
     #[error("cannot start a monitor writer thread: {0}")]
     Thread(std::io::Error),

@@ -81,6 +81,15 @@ pub struct FlowPacket {
     /// Its CoAP header: `Some(None)` when it did not parse as CoAP (malformed), `None` when it
     /// is not expected to be readable CoAP (DTLS records).
     pub coap: Option<Option<CoapMeta>>,
+    /// A received DTLS datagram that starts with a ClientHello (see [`is_client_hello`]).
+    pub client_hello: bool,
+}
+
+/// Whether a DTLS datagram starts with a ClientHello: a handshake record (content type 22,
+/// DTLS version 0xfeXX) whose first handshake message has type 1 (RFC 6347 §4.1, §4.2.2).
+/// Only the first record is looked at: a client puts its ClientHello first.
+pub fn is_client_hello(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&22) && datagram.get(1) == Some(&0xfe) && datagram.get(13) == Some(&1)
 }
 
 /// Count, sum, sum of squares, min and max of a series.
@@ -674,6 +683,7 @@ mod tests {
             device: None,
             len: bytes.len(),
             coap: Some(CoapMeta::parse(bytes)),
+            client_hello: false,
         }
     }
 

@@ -1,5 +1,7 @@
-//! Running the flow table: [`FlowHandle`] (what taps call, never waits) and [`FlowWriter`] (the
-//! thread that owns the [`FlowTable`] and appends records to `flows.jsonl` and `flows.csv`).
+//! Running the flow table and the anomaly detectors: [`FlowHandle`] (what taps call, never
+//! waits) and [`FlowWriter`] (the monitor's analysis thread: it owns the [`FlowTable`] and
+//! appends records to `flows.jsonl` and `flows.csv`, and runs the [`AnomalyDetector`] whose
+//! events go to a sink).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -14,10 +16,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use wardgate_core::PeerContext;
 
+use crate::anomaly::{Anomaly, AnomalyDetector};
 use crate::capture::{DRAIN_EVERY, Drained, drain};
+use crate::config::AnomaliesConfig;
 use crate::config::FlowsConfig;
 use crate::error::MonitorError;
-use crate::flow::{CSV_COLUMNS, CoapMeta, FlowPacket, FlowRecord, FlowTable};
+use crate::flow::{CSV_COLUMNS, CoapMeta, FlowPacket, FlowRecord, FlowTable, is_client_hello};
+use crate::metrics::AnomalyMetrics;
 use crate::pcapng::Direction;
 
 /// The JSON lines file in `dir`.
@@ -53,7 +58,7 @@ impl FlowMetrics {
         );
         registry.register(
             "wardgate_monitor_flow_packets_dropped",
-            "Datagrams not counted in any flow because the flow queue was full (ingest is never slowed)",
+            "Datagrams neither counted in a flow nor seen by the anomaly detectors because the monitor's queue was full (ingest is never slowed)",
             m.dropped.clone(),
         );
         registry.register(
@@ -87,6 +92,7 @@ enum FlowInput {
     Packet(FlowPacket),
     /// How a flow's security handshake ended.
     Handshake {
+        at: SystemTime,
         peer: SocketAddr,
         local: SocketAddr,
         protocol: &'static str,
@@ -122,6 +128,9 @@ impl FlowHandle {
             len: datagram.len(),
             // DTLS records: the CoAP inside is encrypted, so no CoAP counts (and no "malformed").
             coap: (protocol != "coaps").then(|| CoapMeta::parse(datagram)),
+            client_hello: direction == Direction::Inbound
+                && protocol == "coaps"
+                && is_client_hello(datagram),
         };
         self.send(FlowInput::Packet(packet));
     }
@@ -136,6 +145,7 @@ impl FlowHandle {
         outcome: &'static str,
     ) {
         self.send(FlowInput::Handshake {
+            at: SystemTime::now(),
             peer: peer.addr,
             local,
             protocol,
@@ -155,13 +165,13 @@ impl FlowHandle {
 #[derive(Debug)]
 pub struct FlowWriter {
     thread: JoinHandle<()>,
-    dir: PathBuf,
+    dir: Option<PathBuf>,
 }
 
 impl FlowWriter {
-    /// The directory the records go to.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory the flow records go to (`None`: anomaly detection only).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
     /// Waits for the thread: it ends every open flow (`shutdown`), writes them and returns
@@ -173,34 +183,75 @@ impl FlowWriter {
     }
 }
 
-/// Starts the flow exporter of `cfg` (which must have passed validation): the queue and its
-/// writer thread, appending to `dir/flows.jsonl` and `dir/flows.csv` (created, mode 0700).
+/// The anomaly detectors as the monitor thread runs them: the detector, where its events go
+/// (called on the monitor thread: it must not block; the gateway queues them for the ingest
+/// pipeline) and its metrics.
+pub struct Anomalies {
+    /// The detectors' settings.
+    pub params: AnomaliesConfig,
+    /// Receives every event, after it is counted.
+    pub sink: Box<dyn FnMut(Anomaly) + Send>,
+    /// `wardgate_monitor_anomalies_total{kind}`.
+    pub metrics: AnomalyMetrics,
+}
+
+impl std::fmt::Debug for Anomalies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Anomalies")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the monitor's analysis thread: flow records of `flows` (which must have passed
+/// validation; appended to `dir/flows.jsonl` and `dir/flows.csv`, created mode 0700) and/or
+/// the anomaly detectors of `anomalies`, fed by one bounded queue of `queue` datagrams.
+pub fn start_analysis(
+    flows: Option<&FlowsConfig>,
+    anomalies: Option<Anomalies>,
+    queue: usize,
+    metrics: FlowMetrics,
+) -> Result<(FlowHandle, FlowWriter), MonitorError> {
+    let flows = match flows {
+        None => None,
+        Some(cfg) => {
+            let params = cfg
+                .params()
+                .map_err(|p| MonitorError::Filter(p.join("; ")))?;
+            let dir_error = |source| MonitorError::Dir {
+                path: cfg.dir.clone(),
+                source,
+            };
+            create_private_dir(&cfg.dir).map_err(dir_error)?;
+            let files = Files::open(&cfg.dir, cfg.max_file_bytes).map_err(dir_error)?;
+            Some((FlowTable::new(params), files, cfg.dir.clone()))
+        }
+    };
+    let dir = flows.as_ref().map(|(_, _, d)| d.clone());
+    let analysis = Analysis {
+        flows: flows.map(|(t, f, _)| (t, f)),
+        anomalies: anomalies.map(|a| Detecting {
+            detector: AnomalyDetector::new(a.params, SystemTime::now()),
+            sink: a.sink,
+            metrics: a.metrics,
+            out: Vec::new(),
+        }),
+    };
+    let (tx, rx) = sync_channel(queue.max(1));
+    let m = metrics.clone();
+    let thread = std::thread::Builder::new()
+        .name("wardgate-flows".into())
+        .spawn(move || run(rx, analysis, &m))
+        .map_err(MonitorError::Thread)?;
+    Ok((FlowHandle { tx, metrics }, FlowWriter { thread, dir }))
+}
+
+/// Starts the flow exporter of `cfg` alone (no anomaly detection).
 pub fn start_flows(
     cfg: &FlowsConfig,
     metrics: FlowMetrics,
 ) -> Result<(FlowHandle, FlowWriter), MonitorError> {
-    let params = cfg
-        .params()
-        .map_err(|p| MonitorError::Filter(p.join("; ")))?;
-    let dir_error = |source| MonitorError::Dir {
-        path: cfg.dir.clone(),
-        source,
-    };
-    create_private_dir(&cfg.dir).map_err(dir_error)?;
-    let files = Files::open(&cfg.dir, cfg.max_file_bytes).map_err(dir_error)?;
-    let (tx, rx) = sync_channel(cfg.queue_packets.max(1));
-    let m = metrics.clone();
-    let thread = std::thread::Builder::new()
-        .name("wardgate-flows".into())
-        .spawn(move || run(rx, FlowTable::new(params), files, &m))
-        .map_err(MonitorError::Thread)?;
-    Ok((
-        FlowHandle { tx, metrics },
-        FlowWriter {
-            thread,
-            dir: cfg.dir.clone(),
-        },
-    ))
+    start_analysis(Some(cfg), None, cfg.queue_packets, metrics)
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -213,30 +264,96 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn run(rx: Receiver<FlowInput>, mut table: FlowTable, mut files: Files, m: &FlowMetrics) {
-    // Like the capture writer: blocked while idle (waking every TICK to end idle flows), and
-    // under traffic a drain every DRAIN_EVERY, so taps never pay for waking this thread.
-    let mut last_tick = Instant::now();
-    let observe = |input: FlowInput, table: &mut FlowTable, files: &mut Files| match input {
-        FlowInput::Packet(p) => {
-            let done = table.observe(&p);
-            m.evicted
-                .inc_by(done.iter().filter(|r| r.end_reason == "evicted").count() as u64);
-            files.write(&done, m);
+struct Detecting {
+    detector: AnomalyDetector,
+    sink: Box<dyn FnMut(Anomaly) + Send>,
+    metrics: AnomalyMetrics,
+    out: Vec<Anomaly>,
+}
+
+impl Detecting {
+    fn emit(&mut self) {
+        for a in self.out.drain(..) {
+            self.metrics.fired(a.kind);
+            (self.sink)(a);
         }
-        FlowInput::Handshake {
-            peer,
-            local,
-            protocol,
-            outcome,
-        } => table.handshake(peer, local, protocol, outcome),
-    };
+    }
+}
+
+/// What the monitor thread keeps: the flow table and its files, the anomaly detectors.
+struct Analysis {
+    flows: Option<(FlowTable, Files)>,
+    anomalies: Option<Detecting>,
+}
+
+impl Analysis {
+    fn input(&mut self, input: FlowInput, m: &FlowMetrics) {
+        match input {
+            FlowInput::Packet(p) => {
+                if let Some((table, files)) = &mut self.flows {
+                    let done = table.observe(&p);
+                    m.evicted
+                        .inc_by(done.iter().filter(|r| r.end_reason == "evicted").count() as u64);
+                    files.write(&done, m);
+                }
+                if let Some(a) = &mut self.anomalies {
+                    a.detector.packet(&p, &mut a.out);
+                    a.emit();
+                }
+            }
+            FlowInput::Handshake {
+                at,
+                peer,
+                local,
+                protocol,
+                outcome,
+            } => {
+                if let Some((table, _)) = &mut self.flows {
+                    table.handshake(peer, local, protocol, outcome);
+                }
+                if let Some(a) = &mut self.anomalies {
+                    a.detector.handshake(peer, outcome, at, &mut a.out);
+                    a.emit();
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, m: &FlowMetrics) {
+        let now = SystemTime::now();
+        if let Some((table, files)) = &mut self.flows {
+            let done = table.expire(now);
+            files.write(&done, m);
+            files.flush(m);
+            m.active.set(i64::try_from(table.len()).unwrap_or(i64::MAX));
+        }
+        if let Some(a) = &mut self.anomalies {
+            a.detector.tick(now, &mut a.out);
+            a.emit();
+        }
+    }
+
+    fn finish(&mut self, m: &FlowMetrics) {
+        if let Some((table, files)) = &mut self.flows {
+            let done = table.drain();
+            files.write(&done, m);
+            files.flush(m);
+        }
+        m.active.set(0);
+    }
+}
+
+fn run(rx: Receiver<FlowInput>, mut analysis: Analysis, m: &FlowMetrics) {
+    // Like the capture writer: blocked while idle (waking every TICK to end idle flows and
+    // close rate intervals), and under traffic a drain every DRAIN_EVERY, so taps never pay
+    // for waking this thread.
+    let mut last_tick = Instant::now();
     'outer: loop {
         match rx.recv_timeout(TICK) {
             Ok(p) => {
-                observe(p, &mut table, &mut files);
+                analysis.input(p, m);
                 loop {
-                    match drain(&rx, |p| observe(p, &mut table, &mut files)) {
+                    match drain(&rx, |p| analysis.input(p, m)) {
                         Drained::Some => {}
                         Drained::Nothing => break,
                         Drained::Closed => break 'outer,
@@ -252,16 +369,10 @@ fn run(rx: Receiver<FlowInput>, mut table: FlowTable, mut files: Files, m: &Flow
         }
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
-            let done = table.expire(SystemTime::now());
-            files.write(&done, m);
-            files.flush(m);
+            analysis.tick(m);
         }
-        m.active.set(i64::try_from(table.len()).unwrap_or(i64::MAX));
     }
-    let done = table.drain();
-    files.write(&done, m);
-    files.flush(m);
-    m.active.set(0);
+    analysis.finish(m);
 }
 
 /// The two output files, each rotated to `<name>.1` when it would pass `max_bytes`.
@@ -419,6 +530,36 @@ mod tests {
         drop(handle);
         writer.join();
         metrics
+    }
+
+    #[test]
+    fn anomalies_without_flow_files_reach_the_sink_counted_by_kind() {
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let anomaly_metrics = AnomalyMetrics::default();
+        let anomalies = Anomalies {
+            params: AnomaliesConfig {
+                malformed_threshold: 3,
+                ..AnomaliesConfig::default()
+            },
+            sink: Box::new(move |a: Anomaly| seen.lock().unwrap().push(a)),
+            metrics: anomaly_metrics.clone(),
+        };
+        let (handle, writer) =
+            start_analysis(None, Some(anomalies), 64, FlowMetrics::default()).unwrap();
+        assert!(writer.dir().is_none());
+        let local = SocketAddr::from(([127, 0, 0, 1], 5683));
+        let peer = PeerContext::new(SocketAddr::from(([127, 0, 0, 9], 4000)), TransportKind::Udp);
+        for _ in 0..3 {
+            handle.offer(Direction::Inbound, &peer, local, "coap", b"\xff not CoAP");
+        }
+        drop(handle);
+        writer.join();
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, crate::AnomalyKind::MalformedFlood);
+        assert_eq!(events[0].peer, Some(peer.addr));
+        assert_eq!(anomaly_metrics.count(crate::AnomalyKind::MalformedFlood), 1);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! wardgate-monitor: the gateway as its own network monitor: **pcapng captures** of the CoAP
-//! and DTLS traffic it serves and **flow records** for IDS datasets ([`flow`]: CICFlowMeter field names
-//! plus CoAP counts, JSON lines and CSV, labelled by source prefix); anomaly events will join
-//! them (issue 13).
+//! and DTLS traffic it serves, **flow records** for IDS datasets ([`flow`]: CICFlowMeter field
+//! names plus CoAP counts, JSON lines and CSV, labelled by source prefix) and **anomaly events**
+//! ([`anomaly`]: scans, floods, authentication-failure bursts, handshake floods, new sources,
+//! rate spikes against each device's baseline, new ports; the gateway stores each as a
+//! `security`-class reading). The same captures and flows can be made apart from the gateway
+//! from a network interface or a mirrored port ([`interface`], `wardgate monitor`).
 //!
 //! - [`TapTransport`] wraps a `wardgate_coap::Transport` and offers every datagram received
 //!   and sent, with its `PeerContext` and the local address, to a [`CaptureHandle`];
@@ -48,13 +51,17 @@
 //!   datagrams to a [`MonitorTap`] (`wardgate_core::DatagramTap`), so a `coaps` capture holds
 //!   the records as they crossed the wire (handshake readable, application data zeroed under
 //!   redaction) with the proven identity as the packet comment.
+//! - **Anomalies on the flow thread**: the detectors need the same per-datagram metadata as the
+//!   flows, so they share its queue and thread ([`start_analysis`]); the thread never waits on
+//!   the store, its sink only queues.
 //! - **Not yet**: the DTLS keylog file (dimpl 0.9 exposes no master secret or key-log hook);
-//!   interface capture mode; LwM2M fields in flows; anomaly events.
+//!   LwM2M fields in flows; TCP (MQTT, HTTPS) sessions.
 //!   With a listener bound to a wildcard address the capture shows the wildcard as the
 //!   gateway's address (the real destination address needs `IP_PKTINFO`).
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod anomaly;
 mod capture;
 pub mod config;
 pub mod control;
@@ -63,20 +70,27 @@ pub mod filter;
 pub mod flow;
 mod flow_io;
 pub mod frame;
+pub mod interface;
 mod metrics;
 pub mod pcapng;
 pub mod redact;
 pub mod ring;
 pub mod tap;
+pub mod wire;
 
+pub use anomaly::{Anomaly, AnomalyDetector, AnomalyKind};
 pub use capture::{CaptureHandle, CaptureQueue, CaptureWriter, CapturedPacket, start};
-pub use config::{CaptureConfig, FlowLabel, FlowsConfig, MonitorConfig};
+pub use config::{AnomaliesConfig, CaptureConfig, FlowLabel, FlowsConfig, MonitorConfig};
 pub use control::{CaptureControl, CaptureTap};
 pub use error::MonitorError;
 pub use filter::CaptureFilter;
 pub use flow::{FlowRecord, FlowTable};
-pub use flow_io::{CSV_FILE, FlowHandle, FlowMetrics, FlowWriter, JSONL_FILE, start_flows};
-pub use metrics::CaptureMetrics;
+pub use flow_io::{
+    Anomalies, CSV_FILE, FlowHandle, FlowMetrics, FlowWriter, JSONL_FILE, start_analysis,
+    start_flows,
+};
+pub use interface::{InterfaceConfig, InterfaceMetrics, InterfaceReader, start_interface};
+pub use metrics::{AnomalyMetrics, CaptureMetrics};
 pub use pcapng::Direction;
 pub use redact::redact;
 pub use tap::{MonitorTap, TapTransport};

@@ -1,6 +1,9 @@
-//! The capture's metrics (prometheus-client, explicit registry). No labels.
+//! The capture's metrics (prometheus-client, explicit registry; no labels) and the anomaly
+//! detectors' (labelled by kind, a closed set).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 /// Every capture metric. Cheap to clone (the counters are shared handles).
@@ -85,5 +88,73 @@ impl CaptureMetrics {
 
     pub(crate) fn write_failed(&self) {
         self.write_errors.inc();
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// The anomaly detectors' metrics. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct AnomalyMetrics {
+    fired: Family<KindLabel, Counter>,
+    dropped: Counter,
+    delivered: Counter,
+}
+
+impl AnomalyMetrics {
+    /// Registers every anomaly metric in `registry`, each kind at 0 so alert rules and
+    /// dashboards find every series before the first event.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = AnomalyMetrics::default();
+        for k in crate::anomaly::AnomalyKind::ALL {
+            let _ = m.fired.get_or_create(&KindLabel { kind: k.as_str() });
+        }
+        registry.register(
+            "wardgate_monitor_anomalies",
+            "Anomaly events detected, by kind (each becomes a security-class reading)",
+            m.fired.clone(),
+        );
+        registry.register(
+            "wardgate_monitor_anomalies_dropped",
+            "Anomaly events that did not become a reading (the event queue was full or the store refused it for good)",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "wardgate_monitor_anomaly_readings",
+            "Anomaly events stored as security-class readings",
+            m.delivered.clone(),
+        );
+        m
+    }
+
+    /// Counts an event of `kind`.
+    pub fn fired(&self, kind: crate::anomaly::AnomalyKind) {
+        self.fired
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Events of `kind` so far.
+    pub fn count(&self, kind: crate::anomaly::AnomalyKind) -> u64 {
+        self.fired
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .get()
+    }
+
+    /// Counts an event that did not become a reading.
+    pub fn dropped(&self) {
+        self.dropped.inc();
+    }
+
+    /// Counts an event stored as a reading.
+    pub fn stored(&self) {
+        self.delivered.inc();
     }
 }

@@ -165,22 +165,13 @@ impl MqttMetrics {
     }
 }
 
-fn class_index(class: MessageClass) -> usize {
-    match class {
-        MessageClass::Alarm => 0,
-        MessageClass::Vital => 1,
-        MessageClass::Telemetry => 2,
-        MessageClass::Bulk => 3,
-    }
-}
-
 /// One uplink's metric handles.
 #[derive(Debug, Clone)]
 pub(crate) struct UplinkMetrics {
     uplink: String,
     connects: Counter,
-    published: [Counter; 4],
-    acked: [Counter; 4],
+    published: [Counter; MessageClass::COUNT],
+    acked: [Counter; MessageClass::COUNT],
     ack_latency: Histogram,
     inflight: Gauge,
     connected: Gauge,
@@ -189,11 +180,11 @@ pub(crate) struct UplinkMetrics {
 
 impl UplinkMetrics {
     pub(crate) fn published(&self, class: MessageClass) {
-        self.published[class_index(class)].inc();
+        self.published[class.index()].inc();
     }
 
     pub(crate) fn acked(&self, class: MessageClass, latency: Option<Duration>) {
-        self.acked[class_index(class)].inc();
+        self.acked[class.index()].inc();
         if let Some(l) = latency {
             self.ack_latency.observe(l.as_secs_f64());
         }

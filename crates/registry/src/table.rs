@@ -20,6 +20,8 @@ pub(crate) const PROTOCOL_NAMES: [&str; 8] = [
 ];
 /// The default: every protocol, over its secure transport only.
 const SECURE_PROTOCOLS: u8 = 0b1010_1010;
+/// Every class a device may send: not `security`, which is the gateway's own (the pipeline
+/// refuses a device's claim to it whatever the ACL says).
 const ALL_CLASSES: u8 = 0b1111;
 /// PSK key length bounds, bytes (RFC 7925 wants at least 16; 64 is generous).
 pub(crate) const KEY_LEN: std::ops::RangeInclusive<usize> = 16..=64;
@@ -44,6 +46,7 @@ fn class_bit(c: MessageClass) -> u8 {
         MessageClass::Vital => 2,
         MessageClass::Telemetry => 4,
         MessageClass::Bulk => 8,
+        MessageClass::Security => 16,
     }
 }
 

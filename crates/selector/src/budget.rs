@@ -71,6 +71,12 @@ pub struct Budgets {
         skip_serializing_if = "Option::is_none"
     )]
     pub bulk: Option<Duration>,
+    /// The monitor's security events. Default 1 s, like alarms.
+    #[serde(
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub security: Option<Duration>,
 }
 
 impl Default for Budgets {
@@ -80,6 +86,7 @@ impl Default for Budgets {
             vital: None,
             telemetry: None,
             bulk: None,
+            security: Some(DEFAULT_ALARM_BUDGET),
         }
     }
 }
@@ -92,6 +99,7 @@ impl Budgets {
             MessageClass::Vital => self.vital,
             MessageClass::Telemetry => self.telemetry,
             MessageClass::Bulk => self.bulk,
+            MessageClass::Security => self.security,
         }
     }
 
@@ -140,7 +148,7 @@ pub struct DeliveryBudget {
     budgets: Budgets,
     age: Family<AgeLabels, Histogram, fn() -> Histogram>,
     over: Family<AgeLabels, Counter>,
-    log: Mutex<[BreachLog; 4]>,
+    log: Mutex<[BreachLog; MessageClass::COUNT]>,
 }
 
 impl DeliveryBudget {
@@ -206,7 +214,7 @@ impl DeliveryBudget {
             .log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let log = &mut logs[class_index(class)];
+        let log = &mut logs[class.index()];
         log.since += 1;
         log.worst = log.worst.max(age);
         if log
@@ -228,15 +236,6 @@ impl DeliveryBudget {
             };
         }
         true
-    }
-}
-
-fn class_index(c: MessageClass) -> usize {
-    match c {
-        MessageClass::Alarm => 0,
-        MessageClass::Vital => 1,
-        MessageClass::Telemetry => 2,
-        MessageClass::Bulk => 3,
     }
 }
 

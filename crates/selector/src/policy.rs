@@ -38,10 +38,11 @@ pub enum Policy {
 
 impl Policy {
     /// The policy of a class without a `[[selector.classes]]` entry, as in DESIGN.md:
-    /// alarms `redundant`, vitals `lowest-latency`, telemetry and bulk `most-reliable`.
+    /// alarms `redundant`, vitals `lowest-latency`, telemetry and bulk `most-reliable`;
+    /// the monitor's security events like alarms.
     pub fn default_for(class: MessageClass) -> Policy {
         match class {
-            MessageClass::Alarm => Policy::Redundant,
+            MessageClass::Alarm | MessageClass::Security => Policy::Redundant,
             MessageClass::Vital => Policy::LowestLatency,
             MessageClass::Telemetry | MessageClass::Bulk => Policy::MostReliable,
         }

@@ -72,21 +72,12 @@ pub struct UplinkSnapshot {
 pub struct Selector {
     uplinks: Vec<UplinkHealth>,
     /// Indexed like [`MessageClass::ALL`].
-    policies: [Policy; 4],
+    policies: [Policy; MessageClass::COUNT],
     classes: ClassMap,
     capacity: usize,
     decisions: VecDeque<Decision>,
     transitions: VecDeque<Transition>,
     transitions_dropped: u64,
-}
-
-fn class_index(class: MessageClass) -> usize {
-    match class {
-        MessageClass::Alarm => 0,
-        MessageClass::Vital => 1,
-        MessageClass::Telemetry => 2,
-        MessageClass::Bulk => 3,
-    }
 }
 
 impl Selector {
@@ -107,7 +98,7 @@ impl Selector {
         let mut policies = MessageClass::ALL.map(Policy::default_for);
         for c in &config.classes {
             if let Some(policy) = c.to_policy() {
-                policies[class_index(c.class)] = policy;
+                policies[c.class.index()] = policy;
             }
         }
         Ok(Selector {
@@ -136,7 +127,7 @@ impl Selector {
 
     /// The policy of `class`.
     pub fn policy(&self, class: MessageClass) -> &Policy {
-        &self.policies[class_index(class)]
+        &self.policies[class.index()]
     }
 
     /// The class for a reading after the `[[selector.rules]]` mapping (see [`ClassMap`]).
@@ -190,7 +181,7 @@ impl Selector {
         now: Instant,
     ) -> Decision {
         self.tick(now);
-        let policy = &self.policies[class_index(class)];
+        let policy = &self.policies[class.index()];
         let policy_name = policy.name();
         let excluded = |i: usize| tried.iter().any(|t| t == self.uplinks[i].name());
         let Plan {
@@ -253,7 +244,7 @@ impl Selector {
     /// Where a reading of `class` goes when `name` gives it up at `now`: the first uplink of
     /// the class's order without `name`, if it is healthy. Changes nothing.
     pub fn alternative(&self, class: MessageClass, name: &str, now: Instant) -> Option<Arc<str>> {
-        let policy = &self.policies[class_index(class)];
+        let policy = &self.policies[class.index()];
         let excluded = |i: usize| &**self.uplinks[i].name() == name;
         let Plan { order, .. } = plan(policy, &self.uplinks, &excluded, now);
         order
@@ -265,7 +256,7 @@ impl Selector {
     /// What [`Self::choose`] would send a reading of `class` to at `now`, without taking a
     /// probe slot or logging the decision (for the admin API and metrics).
     pub fn preview(&self, class: MessageClass, now: Instant) -> Vec<Arc<str>> {
-        let policy = &self.policies[class_index(class)];
+        let policy = &self.policies[class.index()];
         let Plan { order, send, .. } = plan(policy, &self.uplinks, &|_| false, now);
         order[..send.min(order.len())]
             .iter()

@@ -137,6 +137,7 @@ pub(crate) fn class_code(c: MessageClass) -> i64 {
         MessageClass::Vital => 1,
         MessageClass::Telemetry => 2,
         MessageClass::Bulk => 3,
+        MessageClass::Security => 4,
     }
 }
 
@@ -148,6 +149,7 @@ pub(crate) fn class_from_code(code: i64) -> MessageClass {
         1 => MessageClass::Vital,
         2 => MessageClass::Telemetry,
         3 => MessageClass::Bulk,
+        4 => MessageClass::Security,
         other => {
             tracing::warn!(
                 code = other,
@@ -889,10 +891,11 @@ fn prepare(
         // A file opened without lanes (the store's own unit tests) has no priority lane.
         let priority = if priority == 0 { normal } else { priority };
         let alarm = class_code(MessageClass::Alarm);
+        let security = class_code(MessageClass::Security);
         report.adopted = tx.execute(
-            "UPDATE readings SET pending = pending & (CASE WHEN class = ?3 THEN ?1 ELSE ?4 END) \
+            "UPDATE readings SET pending = pending & (CASE WHEN class IN (?3, ?5) THEN ?1 ELSE ?4 END) \
              WHERE pending = ?2",
-            params![priority, ADOPT_ALL, alarm, normal],
+            params![priority, ADOPT_ALL, alarm, normal, security],
         )? as u64;
         // Salvaged rows whose own bits matched no configured uplink.
         report.orphans_deleted += tx.execute("DELETE FROM readings WHERE pending = 0", [])? as u64;

@@ -66,7 +66,7 @@ pub(crate) const NORMAL_LANE: usize = 1;
 
 /// The lane a reading of `class` is owed on.
 pub(crate) fn lane_of(class: MessageClass) -> usize {
-    if class == MessageClass::Alarm {
+    if class.is_priority() {
         PRIORITY_LANE
     } else {
         NORMAL_LANE

@@ -5,9 +5,11 @@
 //! trail that `wardgate audit verify` found damaged. Command-line usage errors exit 64 too.
 #![forbid(unsafe_code)]
 
+mod anomalies;
 mod audit_cmd;
 mod demo;
 mod file_uplink;
+mod monitor_cmd;
 mod probe;
 mod run;
 mod steer;
@@ -53,6 +55,10 @@ enum Command {
         /// uplinks). The parts exchange readings through the `[split]` broker.
         #[arg(long, env = "WARDGATE_ONLY")]
         only: Option<wardgate_config::Part>,
+        /// Check it as `wardgate monitor` reads it (interface capture mode: no `[[uplinks]]`
+        /// needed).
+        #[arg(long, conflicts_with = "only")]
+        monitor: bool,
     },
     /// Ask a running gateway whether it is ready (`GET /readyz`): exit 0 if it answers 200, 1
     /// otherwise. For container health checks, where no curl is installed.
@@ -63,6 +69,20 @@ enum Command {
         /// Path to ask (`/healthz` for liveness).
         #[arg(long, default_value = "/readyz")]
         path: String,
+    },
+    /// Interface capture mode: the traffic monitor apart from the gateway. Reads a network
+    /// interface or a mirrored switch port (AF_PACKET; needs CAP_NET_RAW) and writes the
+    /// pcapng captures (`[monitor.capture]`) and flow records (`[monitor.flows]`) of the
+    /// CoAP and DTLS traffic on it, with /metrics on `[http]`.
+    ///
+    /// Example: `wardgate monitor --config monitor.toml --interface eth1`
+    Monitor {
+        /// Configuration file (its `[monitor]`, `[http]` and `[log]` sections are used).
+        #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
+        config: PathBuf,
+        /// The interface to read (overrides `[monitor.interface] name`).
+        #[arg(long, short, env = "WARDGATE_MONITOR_INTERFACE")]
+        interface: Option<String>,
     },
     /// Outbox maintenance.
     Store {
@@ -110,7 +130,7 @@ enum StoreCommand {
 }
 
 /// EX_USAGE from sysexits.h.
-const EXIT_USAGE: u8 = 64;
+pub(crate) const EXIT_USAGE: u8 = 64;
 /// EX_DATAERR from sysexits.h.
 const EXIT_DATAERR: u8 = 65;
 
@@ -125,7 +145,25 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckConfig { config, only } => match load(&config, only) {
+        Command::CheckConfig {
+            config,
+            monitor: true,
+            ..
+        } => match load_monitor(&config) {
+            Ok(cfg) => {
+                let on = |b: bool| if b { "on" } else { "off" };
+                println!(
+                    "{}: valid for wardgate monitor (capture {}, flows {}, HTTP {})",
+                    config.display(),
+                    on(cfg.monitor.capture.enabled),
+                    on(cfg.monitor.flows.enabled),
+                    on(cfg.http.enabled),
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::CheckConfig { config, only, .. } => match load(&config, only) {
             Ok(cfg) => {
                 let on = |b: bool| if b { "on" } else { "off" };
                 println!(
@@ -146,6 +184,10 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Probe { addr, path } => probe::main(&addr, &path),
+        Command::Monitor { config, interface } => match load_monitor(&config) {
+            Ok(cfg) => monitor_cmd::main(cfg, interface),
+            Err(code) => code,
+        },
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -173,6 +215,15 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Loads and validates the configuration of `wardgate monitor` (no `[[uplinks]]` needed); a
+/// problem is printed and becomes the exit code (64).
+fn load_monitor(path: &std::path::Path) -> Result<wardgate_config::GatewayConfig, ExitCode> {
+    wardgate_config::load_for(path, wardgate_config::Purpose::Monitor).map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        ExitCode::from(EXIT_USAGE)
+    })
 }
 
 /// Loads and validates the configuration, restricted to one part with `--only`; a problem is

@@ -8,7 +8,8 @@
 //! 1. ingest stops: the CoAP endpoint stops accepting and answers its in-flight requests
 //!    (their readings are already queued to the store, so their acknowledgements stay truthful);
 //!    then the capture writer (`[monitor.capture]`) writes what its taps queued and closes,
-//!    and the flow writer (`[monitor.flows]`) writes every open flow;
+//!    the monitor thread (`[monitor.flows]`, `[monitor.anomalies]`) writes every open flow,
+//!    and the anomaly events it raised are stored;
 //! 2. uplinks stop: they stop taking from the outbox, wait briefly for outstanding peer
 //!    acknowledgements and say goodbye (MQTT retained `offline`);
 //! 3. the store writer drains the bus, commits the last acknowledgements, checkpoints and closes;
@@ -100,8 +101,10 @@ struct App {
     coap: Option<wardgate_coap::CoapEndpoint<TapTransport<UdpTransport>>>,
     /// The capture control (whatever runs is stopped at shutdown).
     capture: Option<wardgate_monitor::CaptureControl>,
-    /// The flow exporter thread, when `[monitor.flows]` is enabled.
+    /// The monitor thread, when `[monitor.flows]` or `[monitor.anomalies]` is enabled.
     flows: Option<wardgate_monitor::FlowWriter>,
+    /// Stores the anomaly events (`[monitor.anomalies]`).
+    anomalies: Option<crate::anomalies::AnomalyStore>,
     coaps: Option<wardgate_coap::CoapEndpoint<DtlsTransport>>,
     http: Option<wardgate_http::HttpServer>,
     admin: Option<wardgate_http::AdminServer>,
@@ -257,7 +260,8 @@ impl App {
             .partition(|t| t.uri.starts_with("coaps://"));
         let capture = build_capture(&cfg, &mut registry)?;
         let tap = capture.as_ref().map(wardgate_monitor::CaptureControl::tap);
-        let (flows, flows_writer) = build_flows(&cfg, &mut registry)?;
+        let (flows, flows_writer, anomalies) =
+            build_analysis(&cfg, &mut registry, &ingest_pipeline, &audit)?;
         let mut coap = match (&coap_metrics, cfg.coap.enabled) {
             (Some(metrics), true) => Some(
                 wardgate_coap::CoapEndpoint::bind_wrapped(
@@ -352,25 +356,15 @@ impl App {
         };
 
         // HTTP binds last: the registry is complete now.
-        let http = if cfg.http.enabled {
-            let deps = wardgate_http::HttpDeps {
-                registry: Arc::new(registry),
-                health: health.clone(),
-                on_scrape: vec![Arc::new(move || {
-                    bus_depth.set(i64::try_from(bus.depth()).unwrap_or(i64::MAX));
-                })],
-            };
-            let server = wardgate_http::HttpServer::bind(
-                &cfg.http,
-                deps,
-                health.reporter("http", ComponentKind::Listener),
-            )
-            .await
-            .context("HTTP server")?;
-            Some(server)
-        } else {
-            None
-        };
+        let http = bind_http(
+            &cfg,
+            registry,
+            &health,
+            vec![Arc::new(move || {
+                bus_depth.set(i64::try_from(bus.depth()).unwrap_or(i64::MAX));
+            })],
+        )
+        .await?;
         Ok(App {
             health,
             outbox,
@@ -379,6 +373,7 @@ impl App {
             coap,
             capture: capture.clone(),
             flows: flows_writer,
+            anomalies,
             coaps,
             http,
             admin,
@@ -503,12 +498,38 @@ impl App {
             ingest,
             capture: self.capture,
             flows: self.flows,
+            anomalies: self.anomalies.map(|a| tokio::spawn(a.run())),
             uplinks,
             writer,
             http,
             admin,
         }
     }
+}
+
+/// The `[http]` server (`/healthz`, `/readyz`, `/metrics` of `registry`), when enabled.
+pub(crate) async fn bind_http(
+    cfg: &GatewayConfig,
+    registry: Registry,
+    health: &Health,
+    on_scrape: Vec<wardgate_http::ScrapeHook>,
+) -> anyhow::Result<Option<wardgate_http::HttpServer>> {
+    if !cfg.http.enabled {
+        return Ok(None);
+    }
+    let deps = wardgate_http::HttpDeps {
+        registry: Arc::new(registry),
+        health: health.clone(),
+        on_scrape,
+    };
+    let server = wardgate_http::HttpServer::bind(
+        &cfg.http,
+        deps,
+        health.reporter("http", ComponentKind::Listener),
+    )
+    .await
+    .context("HTTP server")?;
+    Ok(Some(server))
 }
 
 /// Whether anything takes readings from devices (rather than only from the split bus).
@@ -531,14 +552,22 @@ fn build_capture(
     cfg: &GatewayConfig,
     registry: &mut Registry,
 ) -> anyhow::Result<Option<wardgate_monitor::CaptureControl>> {
-    let c = &cfg.monitor.capture;
     if !(cfg.coap.enabled || cfg.coaps.enabled) {
         return Ok(None);
     }
+    start_capture(&cfg.monitor.capture, registry).map(Some)
+}
+
+/// The capture control of `c` with its metrics; the configured capture started when `enabled`
+/// (also `wardgate monitor`'s).
+pub(crate) fn start_capture(
+    c: &wardgate_monitor::CaptureConfig,
+    registry: &mut Registry,
+) -> anyhow::Result<wardgate_monitor::CaptureControl> {
     let metrics = wardgate_monitor::CaptureMetrics::register(registry);
     let control = wardgate_monitor::CaptureControl::new(c.clone(), metrics);
     if !c.enabled {
-        return Ok(Some(control));
+        return Ok(control);
     }
     let request = wardgate_monitor::control::CaptureRequest {
         devices: c.devices.clone(),
@@ -555,27 +584,57 @@ fn build_capture(
     } else {
         tracing::warn!(dir = %c.dir.display(), "capturing CoAP and DTLS traffic to pcapng WITH payloads: the files hold patient data");
     }
-    Ok(Some(control))
+    Ok(control)
 }
 
-/// `[monitor.flows]`: the flow exporter thread, when enabled (the taps on the plain CoAP
-/// sockets and in the DTLS transport get the handle).
-fn build_flows(
+/// The monitor thread (`[monitor.flows]` and/or `[monitor.anomalies]`), when either is enabled
+/// and a CoAP endpoint exists for its taps (the plain CoAP sockets and the DTLS transport get
+/// the handle); with anomalies, the task that stores their events.
+fn build_analysis(
     cfg: &GatewayConfig,
     registry: &mut Registry,
+    pipeline: &IngestPipeline,
+    audit: &Arc<dyn AuditSink>,
 ) -> anyhow::Result<(
     Option<wardgate_monitor::FlowHandle>,
     Option<wardgate_monitor::FlowWriter>,
+    Option<crate::anomalies::AnomalyStore>,
 )> {
-    let f = &cfg.monitor.flows;
-    if !(f.enabled && (cfg.coap.enabled || cfg.coaps.enabled)) {
-        return Ok((None, None));
+    let (f, a) = (&cfg.monitor.flows, &cfg.monitor.anomalies);
+    if !((f.enabled || a.enabled) && (cfg.coap.enabled || cfg.coaps.enabled)) {
+        return Ok((None, None, None));
     }
     let metrics = wardgate_monitor::FlowMetrics::register(registry);
-    let (handle, writer) = wardgate_monitor::start_flows(f, metrics)
-        .with_context(|| format!("[monitor.flows] dir {}", f.dir.display()))?;
-    tracing::info!(dir = %f.dir.display(), "writing flow records of the CoAP traffic");
-    Ok((Some(handle), Some(writer)))
+    let (detectors, store) = if a.enabled {
+        let metrics = wardgate_monitor::AnomalyMetrics::register(registry);
+        let (tx, rx) = tokio::sync::mpsc::channel(a.queue_events.max(1));
+        let detectors = wardgate_monitor::Anomalies {
+            params: a.clone(),
+            sink: crate::anomalies::sink(tx, metrics.clone()),
+            metrics: metrics.clone(),
+        };
+        let store = crate::anomalies::AnomalyStore {
+            rx,
+            pipeline: pipeline.clone(),
+            device: cfg.gateway.id.clone(),
+            audit: audit.clone(),
+            metrics,
+        };
+        (Some(detectors), Some(store))
+    } else {
+        (None, None)
+    };
+    let queue = if f.enabled { f.queue_packets } else { 8192 };
+    let (handle, writer) =
+        wardgate_monitor::start_analysis(f.enabled.then_some(f), detectors, queue, metrics)
+            .with_context(|| format!("[monitor.flows] dir {}", f.dir.display()))?;
+    if f.enabled {
+        tracing::info!(dir = %f.dir.display(), "writing flow records of the CoAP traffic");
+    }
+    if a.enabled {
+        tracing::info!("detecting traffic anomalies (security-class readings)");
+    }
+    Ok((Some(handle), Some(writer), store))
 }
 
 /// The LwM2M server: its object model, its registrations restored from disk, its metrics.
@@ -780,6 +839,8 @@ struct Running {
     capture: Option<wardgate_monitor::CaptureControl>,
     /// Likewise; writes every open flow (`shutdown`) before it ends.
     flows: Option<wardgate_monitor::FlowWriter>,
+    /// Ends once the monitor thread has (its queue closed) and every event it raised is stored.
+    anomalies: Option<tokio::task::JoinHandle<()>>,
     uplinks: JoinSet<()>,
     writer: tokio::task::JoinHandle<Result<(), wardgate_store::StoreError>>,
     http: Option<tokio::task::JoinHandle<Result<(), wardgate_http::HttpError>>>,
@@ -808,6 +869,11 @@ impl Running {
             if tokio::time::timeout(PHASE_DEADLINE, joined).await.is_err() {
                 tracing::warn!("the flow writer did not finish within {PHASE_DEADLINE:?}");
             }
+        }
+        if let Some(t) = self.anomalies.take()
+            && tokio::time::timeout(PHASE_DEADLINE, t).await.is_err()
+        {
+            tracing::warn!("anomaly events were still being stored after {PHASE_DEADLINE:?}");
         }
         tracing::info!("shutting down: stopping uplinks");
         self.stops.uplinks.cancel();
@@ -876,7 +942,7 @@ async fn reload_on_sighup(devices: Arc<wardgate_registry::Registry>, stop: Shutd
     }
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -125,21 +125,12 @@ impl HttpsUplinkMetrics {
     }
 }
 
-fn class_index(class: MessageClass) -> usize {
-    match class {
-        MessageClass::Alarm => 0,
-        MessageClass::Vital => 1,
-        MessageClass::Telemetry => 2,
-        MessageClass::Bulk => 3,
-    }
-}
-
 /// One uplink's metric handles.
 #[derive(Debug, Clone)]
 pub(crate) struct UplinkMetrics {
     pub(crate) uplink: String,
     batches: Counter,
-    delivered: [Counter; 4],
+    delivered: [Counter; MessageClass::COUNT],
     duration: Histogram,
     shared: HttpsUplinkMetrics,
 }
@@ -171,7 +162,7 @@ impl BatchDelivered<'_> {
         m.request("2xx", self.took);
         m.batches.inc();
         for c in self.classes {
-            m.delivered[class_index(*c)].inc();
+            m.delivered[c.index()].inc();
         }
         if self.after_failures > 0 {
             tracing::info!(uplink = %m.uplink, readings = self.classes.len(), failed_attempts = self.after_failures, "HTTPS uplink delivering again");

@@ -1,0 +1,314 @@
+//! Interface capture mode (`wardgate monitor`): the monitor apart from the gateway, reading a
+//! network interface or a mirrored switch port through an `AF_PACKET` socket and writing the
+//! same pcapng captures and flow records as the gateway's own taps.
+//!
+//! Each frame is parsed ([`crate::wire`]) to its UDP datagram; a datagram to or from one of
+//! `server_ports` (the gateway's CoAP and DTLS ports: 5683, 5684) is offered to the capture and
+//! the flows exactly as a tap would offer it, the server side standing where the gateway's own
+//! address stands (received = sent to a server port). A datagram whose first bytes are a DTLS
+//! record header is `coaps`, else `coap`. Everything else (other ports, TCP, ARP, fragments) is
+//! counted and skipped. There is no identity (nothing proved one to a passive observer), so
+//! device filters match nothing and flows have no `device`.
+//!
+//! Why `pnet_datalink`: the `AF_PACKET` socket needs `unsafe` FFI that the monitor crate
+//! forbids itself; `pnet_datalink` is the maintained pure-Rust wrapper (no C library to link,
+//! unlike the `pcap` crate's libpcap, which would make every wardgate binary depend on
+//! `libpcap.so` for a mode few sites use). It reads with a timeout, so the reader thread
+//! notices a stop within [`READ_TIMEOUT`]. It needs `CAP_NET_RAW`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use wardgate_core::validate::Problems;
+use wardgate_core::{PeerContext, TransportKind};
+
+use crate::control::CaptureTap;
+use crate::error::MonitorError;
+use crate::filter::protocol_name;
+use crate::flow_io::FlowHandle;
+use crate::pcapng::Direction;
+use crate::wire::{Skip, parse_ethernet};
+
+/// How long a read waits before the reader looks at its stop flag.
+pub const READ_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// `[monitor.interface]`: where `wardgate monitor` reads.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterfaceConfig {
+    /// The interface (`eth1`, a mirrored port); `wardgate monitor --interface` overrides it.
+    pub name: String,
+    /// The gateway side's UDP ports: datagrams to them are "received", from them "sent".
+    /// Default `[5683, 5684]`.
+    pub server_ports: Vec<u16>,
+    /// Put the interface in promiscuous mode (a mirrored port delivers frames for other MACs).
+    /// Default `true`.
+    pub promiscuous: bool,
+}
+
+impl Default for InterfaceConfig {
+    fn default() -> Self {
+        InterfaceConfig {
+            name: String::new(),
+            server_ports: vec![5683, 5684],
+            promiscuous: true,
+        }
+    }
+}
+
+impl InterfaceConfig {
+    /// Checks every value, reporting all problems under `at` (`monitor.interface`). The name
+    /// is checked when the mode starts (it may come from the command line).
+    pub fn validate(&self, at: &str, p: &mut Problems) {
+        if self.server_ports.is_empty() || self.server_ports.contains(&0) {
+            p.push(
+                format!("{at}.server_ports"),
+                "must list at least one port, none of them 0",
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The interface reader's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct InterfaceMetrics {
+    frames: Counter,
+    datagrams: Counter,
+    skipped: Family<ReasonLabel, Counter>,
+    read_errors: Counter,
+}
+
+impl InterfaceMetrics {
+    /// Registers every interface metric in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = InterfaceMetrics::default();
+        registry.register(
+            "wardgate_monitor_interface_frames",
+            "Frames read from the monitored interface",
+            m.frames.clone(),
+        );
+        registry.register(
+            "wardgate_monitor_interface_datagrams",
+            "UDP datagrams to or from a server port, offered to the capture and the flows",
+            m.datagrams.clone(),
+        );
+        for r in ["truncated", "not_ip", "not_udp", "fragment", "other_port"] {
+            let _ = m.skipped.get_or_create(&ReasonLabel { reason: r });
+        }
+        registry.register(
+            "wardgate_monitor_interface_skipped",
+            "Frames skipped, by reason",
+            m.skipped.clone(),
+        );
+        registry.register(
+            "wardgate_monitor_interface_read_errors",
+            "Reads from the interface that failed",
+            m.read_errors.clone(),
+        );
+        m
+    }
+
+    /// Datagrams offered so far.
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams.get()
+    }
+}
+
+/// Whether `payload` starts with a DTLS record header (content type 20-25, version 0xfeXX).
+fn looks_like_dtls(payload: &[u8]) -> bool {
+    matches!(payload, [20..=25, 0xfe, ..])
+}
+
+/// What a datagram is to the monitor: its direction, the peer's side and the server's side.
+fn orient(
+    src: SocketAddr,
+    dst: SocketAddr,
+    server_ports: &[u16],
+) -> Option<(Direction, SocketAddr, SocketAddr)> {
+    if server_ports.contains(&dst.port()) {
+        Some((Direction::Inbound, src, dst))
+    } else if server_ports.contains(&src.port()) {
+        Some((Direction::Outbound, dst, src))
+    } else {
+        None
+    }
+}
+
+/// Offers one frame to the capture and the flows.
+fn offer(
+    frame: &[u8],
+    cfg: &InterfaceConfig,
+    capture: Option<&CaptureTap>,
+    flows: Option<&FlowHandle>,
+    m: &InterfaceMetrics,
+) {
+    m.frames.inc();
+    let skip = |r: &'static str| {
+        m.skipped.get_or_create(&ReasonLabel { reason: r }).inc();
+    };
+    let d = match parse_ethernet(frame) {
+        Ok(d) => d,
+        Err(e) => return skip(Skip::as_str(e)),
+    };
+    let Some((direction, peer, local)) = orient(d.src, d.dst, &cfg.server_ports) else {
+        return skip("other_port");
+    };
+    m.datagrams.inc();
+    let kind = if looks_like_dtls(d.payload) {
+        TransportKind::Dtls
+    } else {
+        TransportKind::Udp
+    };
+    let ctx = PeerContext::new(peer, kind);
+    if let Some(c) = capture {
+        c.offer(direction, &ctx, local, d.payload);
+    }
+    if let Some(f) = flows {
+        f.offer(direction, &ctx, local, protocol_name(kind), d.payload);
+    }
+}
+
+/// The running reader thread.
+#[derive(Debug)]
+pub struct InterfaceReader {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl InterfaceReader {
+    /// Stops reading (within [`READ_TIMEOUT`]) and waits for the thread; the capture and flow
+    /// handles it held are dropped.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if self.thread.join().is_err() {
+            tracing::error!("the interface reader thread panicked");
+        }
+    }
+}
+
+/// Opens `cfg.name` (an `AF_PACKET` socket, promiscuous if asked) and starts the reader thread.
+pub fn start_interface(
+    cfg: &InterfaceConfig,
+    capture: Option<CaptureTap>,
+    flows: Option<FlowHandle>,
+    metrics: InterfaceMetrics,
+) -> Result<InterfaceReader, MonitorError> {
+    let iface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == cfg.name)
+        .ok_or_else(|| MonitorError::Interface {
+            name: cfg.name.clone(),
+            reason: "no such interface".into(),
+        })?;
+    let config = pnet_datalink::Config {
+        read_timeout: Some(READ_TIMEOUT),
+        read_buffer_size: 65_536,
+        promiscuous: cfg.promiscuous,
+        ..pnet_datalink::Config::default()
+    };
+    let mut rx = match pnet_datalink::channel(&iface, config) {
+        Ok(pnet_datalink::Channel::Ethernet(_tx, rx)) => rx,
+        Ok(_) => {
+            return Err(MonitorError::Interface {
+                name: cfg.name.clone(),
+                reason: "not an Ethernet channel".into(),
+            });
+        }
+        Err(e) => {
+            return Err(MonitorError::Interface {
+                name: cfg.name.clone(),
+                reason: format!("{e} (the monitor needs CAP_NET_RAW)"),
+            });
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let cfg = cfg.clone();
+    let thread = std::thread::Builder::new()
+        .name("wardgate-iface".into())
+        .spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match rx.next() {
+                    Ok(frame) => offer(frame, &cfg, capture.as_ref(), flows.as_ref(), &metrics),
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+                    Err(e) => {
+                        metrics.read_errors.inc();
+                        tracing::warn!(interface = %cfg.name, error = %e, "reading the interface failed");
+                        std::thread::sleep(READ_TIMEOUT);
+                    }
+                }
+            }
+        })
+        .map_err(MonitorError::Thread)?;
+    Ok(InterfaceReader { stop, thread })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_are_oriented_by_the_server_ports() {
+        let dev: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let gw: SocketAddr = "10.0.0.1:5683".parse().unwrap();
+        let ports = [5683, 5684];
+        assert_eq!(orient(dev, gw, &ports), Some((Direction::Inbound, dev, gw)));
+        assert_eq!(
+            orient(gw, dev, &ports),
+            Some((Direction::Outbound, dev, gw))
+        );
+        let other: SocketAddr = "10.0.0.1:53".parse().unwrap();
+        assert_eq!(orient(dev, other, &ports), None);
+    }
+
+    #[test]
+    fn dtls_records_are_told_from_coap_by_their_header() {
+        assert!(looks_like_dtls(&[22, 0xfe, 0xfd, 0, 0]));
+        assert!(looks_like_dtls(&[23, 0xfe, 0xfd]));
+        assert!(!looks_like_dtls(&[0x40, 0x02, 0, 1]));
+        assert!(!looks_like_dtls(&[22]));
+    }
+
+    #[test]
+    fn frames_are_counted_and_skipped_by_reason() {
+        let m = InterfaceMetrics::default();
+        let cfg = InterfaceConfig::default();
+        offer(&[0u8; 10], &cfg, None, None, &m);
+        let mut arp = vec![0u8; 12];
+        arp.extend_from_slice(&[0x08, 0x06]);
+        arp.extend_from_slice(&[0; 28]);
+        offer(&arp, &cfg, None, None, &m);
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        let src: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        f.extend_from_slice(&crate::frame::udp_packet(
+            src,
+            "10.0.0.1:5683".parse().unwrap(),
+            &[0x40, 1, 0, 1],
+        ));
+        offer(&f, &cfg, None, None, &m);
+        let get = |r: &'static str| m.skipped.get_or_create(&ReasonLabel { reason: r }).get();
+        assert_eq!(
+            (
+                m.frames.get(),
+                m.datagrams(),
+                get("truncated"),
+                get("not_ip")
+            ),
+            (3, 1, 1, 1)
+        );
+    }
+}
