@@ -20,20 +20,6 @@ const TOKEN: &str = "e2e-admin-token-5b1c9d";
 const TOKEN_SHA256: &str = "171af1420a6b96d677b85fe0e59f95055a264ba254305abf807e17a7cee758f6";
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f";
 
-/// A CoAP CON POST /rd?ep=..&lt=60&lwm2m=1.1 with a link-format object list (no token).
-fn register_datagram(endpoint: &str) -> Vec<u8> {
-    let mut m = vec![0x40, 0x02, 0x12, 0x34, 0xB2, b'r', b'd', 0x11, 40];
-    let ep = format!("ep={endpoint}");
-    for (i, q) in [ep.as_str(), "lt=60", "lwm2m=1.1"].iter().enumerate() {
-        let delta = if i == 0 { 3 } else { 0 };
-        m.push((delta << 4) | u8::try_from(q.len()).unwrap());
-        m.extend_from_slice(q.as_bytes());
-    }
-    m.push(0xFF);
-    m.extend_from_slice(b"</1/0>,</3/0>");
-    m
-}
-
 /// OpenSSL's DTLS client: what it receives accumulates in the returned buffer.
 struct DtlsClient {
     guard: common::ChildGuard,
@@ -175,7 +161,7 @@ path = "-"
 
     // Over DTLS with bed-12's PSK: 2.01 with Location-Path rd/{id}.
     let mut client = DtlsClient::start(coaps, "bed-12");
-    client.send(&register_datagram("bed-12"));
+    client.send(&common::lwm2m_register_datagram("bed-12"));
     let answer = client.wait_for_bytes(4, "the answer to Register");
     assert_eq!(
         &answer[..4],

@@ -736,3 +736,81 @@ fn interface_mode_captures_and_records_the_flows_of_a_veth_lan() {
         );
     }
 }
+
+/// Sends `request` (a CON with message id `mid`) from `sock` and returns the ACK that answers
+/// it, passing over the gateway's own requests to the client (observations after a
+/// registration).
+fn exchange(sock: &std::net::UdpSocket, to: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mid = [request[2], request[3]];
+    sock.send_to(request, to).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 1500];
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer to {request:?}"
+        );
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if n >= 4 && buf[0] >> 4 & 0x03 == 2 && buf[2..4] == mid {
+                return buf[..n].to_vec();
+            }
+        }
+    }
+}
+
+/// LwM2M operations in the flow records: a client made by hand on a UDP socket registers,
+/// updates and deregisters with the gateway's LwM2M server; its flow counts each operation.
+#[test]
+fn flow_records_count_the_lwm2m_operations_of_a_client() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    let mut gw = Gateway::start(
+        dir.path(),
+        &broker.url(),
+        &format!(
+            "[lwm2m]\nenabled = true\n[monitor.flows]\nenabled = true\ndir = \"{}\"\n",
+            flows.display()
+        ),
+    );
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let created = exchange(&sock, gw.coap, &common::lwm2m_register_datagram("bed-lw"));
+    let answer = wardgate_coap::codec::Message::parse(&created).unwrap();
+    assert_eq!(created[1], 0x41, "2.01 Created: {created:?}");
+    let location: Vec<&[u8]> = answer
+        .options()
+        .filter(|o| o.number == 8)
+        .map(|o| o.value)
+        .collect();
+    assert_eq!(location.first(), Some(&&b"rd"[..]), "{created:?}");
+    let id = location[1];
+    // Update (CON POST /rd/{id}) and Deregister (CON DELETE /rd/{id}), message ids 2 and 3.
+    for (code, mid) in [(0x02u8, 2u8), (0x04, 3)] {
+        let mut m = vec![0x40, code, 0, mid, 0xB2, b'r', b'd'];
+        m.push(u8::try_from(id.len()).unwrap());
+        m.extend_from_slice(id);
+        let a = exchange(&sock, gw.coap, &m);
+        assert_eq!(a[1] >> 5, 2, "2.xx for {code}: {a:?}");
+    }
+    let status = gw.terminate();
+    assert!(status.success(), "{status}\n{}", gw.log());
+    let json = std::fs::read_to_string(flows.join("flows.jsonl")).unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let record: serde_json::Value = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["src_port"] == port)
+        .unwrap_or_else(|| panic!("no flow from port {port}: {json}"));
+    let ops = &record["lwm2m_ops"];
+    assert_eq!(
+        (
+            ops["register"].as_u64(),
+            ops["update"].as_u64(),
+            ops["deregister"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{record}"
+    );
+}

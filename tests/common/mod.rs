@@ -176,6 +176,21 @@ pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     )
 }
 
+/// A hand-made LwM2M Register request (CON POST `/rd?ep={endpoint}&lt=60&lwm2m=1.1`,
+/// link format, objects 1 and 3), message id 0x1234.
+pub fn lwm2m_register_datagram(endpoint: &str) -> Vec<u8> {
+    let mut m = vec![0x40, 0x02, 0x12, 0x34, 0xB2, b'r', b'd', 0x11, 40];
+    let ep = format!("ep={endpoint}");
+    for (i, q) in [ep.as_str(), "lt=60", "lwm2m=1.1"].iter().enumerate() {
+        let delta = if i == 0 { 3 } else { 0 };
+        m.push((delta << 4) | u8::try_from(q.len()).unwrap());
+        m.extend_from_slice(q.as_bytes());
+    }
+    m.push(0xFF);
+    m.extend_from_slice(b"</1/0>,</3/0>");
+    m
+}
+
 /// `tshark -n -r FILE ARGS -T fields -E separator=| -e FIELD…`: one row of the fields per packet
 /// (a field with several values holds them comma-separated). Panics naming tshark's error.
 pub fn tshark_fields(file: &Path, args: &[&str], fields: &[&str]) -> Vec<Vec<String>> {

@@ -611,6 +611,7 @@ mod tests {
             len: 40,
             coap,
             client_hello: false,
+            lwm2m: None,
         }
     }
 

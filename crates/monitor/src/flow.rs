@@ -14,7 +14,8 @@
 //! overlap; times are microseconds as there. "Forward" is the direction of the flow's first
 //! packet, and `src_*` its sender. CoAP adds message type counts (`coap_con` …), request and
 //! response-class counts, the codes seen (`coap_codes`, e.g. `{"2.04": 3, "4.04": 1}`; in CSV
-//! `2.04=3;4.04=1`) and datagrams that were not CoAP (`malformed_pkts`). DTLS flows add how the
+//! `2.04=3;4.04=1`), datagrams that were not CoAP (`malformed_pkts`) and LwM2M operations by
+//! name (`lwm2m_ops`, [`Lwm2mOp`]). DTLS flows add how the
 //! handshake ended (`dtls_handshake`: `established` or the failure reason) and what that says
 //! about the peer's credentials (`auth_outcome`: `ok`, `failed`, or empty). `device` is the
 //! identity the transport proved (DTLS), empty on plain UDP. `label` is the hook for labelled
@@ -83,6 +84,121 @@ pub struct FlowPacket {
     pub coap: Option<Option<CoapMeta>>,
     /// A received DTLS datagram that starts with a ClientHello (see [`is_client_hello`]).
     pub client_hello: bool,
+    /// The LwM2M operation the datagram carries, if it is one (plain CoAP only; see
+    /// [`Lwm2mOp::of`]).
+    pub lwm2m: Option<Lwm2mOp>,
+}
+
+/// An LwM2M operation, recognized from a CoAP request's method, Uri-Path and Observe option
+/// (OMA-TS-LightweightM2M-Core 1.1 §6.3-6.5, Transport §6): from the client, the registration
+/// interface (`POST /rd` register, `POST /rd/{location}` update, `DELETE /rd/{location}`
+/// deregister), `POST /bs` bootstrap and `POST /dp` send; from the server, device management
+/// on numeric object paths (`GET` read, `GET` with Observe observe, `PUT` write, `POST` to an
+/// object create, `POST` to a resource execute, `DELETE` delete) and `POST /bs` (bootstrap
+/// finish). Over DTLS the requests are encrypted where the tap sees them: no operations there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lwm2mOp {
+    /// Register.
+    Register,
+    /// Registration update.
+    Update,
+    /// Deregister.
+    Deregister,
+    /// Bootstrap request or finish.
+    Bootstrap,
+    /// Send (`/dp`).
+    Send,
+    /// Read.
+    Read,
+    /// Observe (or its cancellation).
+    Observe,
+    /// Write.
+    Write,
+    /// Create.
+    Create,
+    /// Execute.
+    Execute,
+    /// Delete.
+    Delete,
+}
+
+impl Lwm2mOp {
+    /// How many there are.
+    pub const COUNT: usize = 11;
+
+    /// The name in flow records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lwm2mOp::Register => "register",
+            Lwm2mOp::Update => "update",
+            Lwm2mOp::Deregister => "deregister",
+            Lwm2mOp::Bootstrap => "bootstrap",
+            Lwm2mOp::Send => "send",
+            Lwm2mOp::Read => "read",
+            Lwm2mOp::Observe => "observe",
+            Lwm2mOp::Write => "write",
+            Lwm2mOp::Create => "create",
+            Lwm2mOp::Execute => "execute",
+            Lwm2mOp::Delete => "delete",
+        }
+    }
+
+    /// The operation a CoAP datagram carries, `inbound` meaning sent by the peer to the
+    /// gateway (the LwM2M client's side); `None` for anything else (responses, other paths,
+    /// options that do not parse).
+    pub fn of(datagram: &[u8], inbound: bool) -> Option<Lwm2mOp> {
+        let meta = CoapMeta::parse(datagram)?;
+        let (first, segments, observe) = uri_path(datagram)?;
+        let (get, post, put, delete) = (1, 2, 3, 4);
+        if inbound {
+            match (meta.code, first, segments) {
+                (c, b"rd", 1) if c == post => Some(Lwm2mOp::Register),
+                (c, b"rd", 2) if c == post => Some(Lwm2mOp::Update),
+                (c, b"rd", 2) if c == delete => Some(Lwm2mOp::Deregister),
+                (c, b"bs", _) if c == post => Some(Lwm2mOp::Bootstrap),
+                (c, b"dp", _) if c == post => Some(Lwm2mOp::Send),
+                _ => None,
+            }
+        } else {
+            if first == b"bs" && meta.code == post {
+                return Some(Lwm2mOp::Bootstrap);
+            }
+            if first.is_empty() || !first.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            match meta.code {
+                c if c == get && observe => Some(Lwm2mOp::Observe),
+                c if c == get => Some(Lwm2mOp::Read),
+                c if c == put => Some(Lwm2mOp::Write),
+                c if c == post && segments >= 3 => Some(Lwm2mOp::Execute),
+                c if c == post => Some(Lwm2mOp::Create),
+                c if c == delete => Some(Lwm2mOp::Delete),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// A request's first Uri-Path segment, how many segments it has and whether it carries an
+/// Observe option; `None` when the datagram does not parse (the CoAP crate's codec, which
+/// validates the whole message without allocating).
+fn uri_path(d: &[u8]) -> Option<(&[u8], usize, bool)> {
+    let m = wardgate_coap::codec::Message::parse(d).ok()?;
+    let (mut first, mut segments, mut observe) = (&[][..], 0, false);
+    // Options come in order: nothing after Uri-Path (11) matters here.
+    for o in m.options().take_while(|o| o.number <= 11) {
+        match o.number {
+            6 => observe = true,
+            11 => {
+                if segments == 0 {
+                    first = o.value;
+                }
+                segments += 1;
+            }
+            _ => {}
+        }
+    }
+    Some((first, segments, observe))
 }
 
 /// Whether a DTLS datagram starts with a ClientHello: a handshake record (content type 22,
@@ -163,6 +279,8 @@ struct Flow {
     /// (code byte, count); at most 256 entries (one per code).
     coap_codes: Vec<(u8, u64)>,
     malformed: u64,
+    /// LwM2M operations, indexed like [`Lwm2mOp`].
+    lwm2m_ops: [u64; Lwm2mOp::COUNT],
     /// How the security handshake ended (the latest outcome), if the transport told.
     handshake: Option<&'static str>,
 }
@@ -194,6 +312,7 @@ impl Flow {
             coap_requests: 0,
             coap_codes: Vec::new(),
             malformed: 0,
+            lwm2m_ops: [0; Lwm2mOp::COUNT],
             handshake: None,
         }
     }
@@ -235,6 +354,9 @@ impl Flow {
                 }
             }
             Some(None) => self.malformed += 1,
+        }
+        if let Some(op) = p.lwm2m {
+            self.lwm2m_ops[op as usize] += 1;
         }
     }
 
@@ -323,6 +445,11 @@ impl Flow {
                 .map(|(c, n)| (format!("{}.{:02}", c >> 5, c & 0x1f), *n))
                 .collect(),
             malformed_pkts: self.malformed,
+            lwm2m_ops: LWM2M_OPS
+                .iter()
+                .filter(|op| self.lwm2m_ops[**op as usize] > 0)
+                .map(|op| (op.as_str(), self.lwm2m_ops[*op as usize]))
+                .collect(),
             dtls_handshake: self.handshake.unwrap_or_default(),
             auth_outcome: match self.handshake {
                 None => "",
@@ -397,11 +524,26 @@ pub struct FlowRecord {
     pub coap_405: u64,
     pub coap_codes: std::collections::BTreeMap<String, u64>,
     pub malformed_pkts: u64,
+    pub lwm2m_ops: std::collections::BTreeMap<&'static str, u64>,
     pub dtls_handshake: &'static str,
     pub auth_outcome: &'static str,
     pub end_reason: &'static str,
     pub label: String,
 }
+
+const LWM2M_OPS: [Lwm2mOp; Lwm2mOp::COUNT] = [
+    Lwm2mOp::Register,
+    Lwm2mOp::Update,
+    Lwm2mOp::Deregister,
+    Lwm2mOp::Bootstrap,
+    Lwm2mOp::Send,
+    Lwm2mOp::Read,
+    Lwm2mOp::Observe,
+    Lwm2mOp::Write,
+    Lwm2mOp::Create,
+    Lwm2mOp::Execute,
+    Lwm2mOp::Delete,
+];
 
 /// Handshake failure reasons that are about the peer's credentials (`auth_outcome = "failed"`).
 pub const AUTH_FAILURES: [&str; 3] = ["unknown_identity", "unknown_certificate", "bad_key"];
@@ -464,6 +606,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "coap_405",
     "coap_codes",
     "malformed_pkts",
+    "lwm2m_ops",
     "dtls_handshake",
     "auth_outcome",
     "end_reason",
@@ -684,6 +827,7 @@ mod tests {
             len: bytes.len(),
             coap: Some(CoapMeta::parse(bytes)),
             client_hello: false,
+            lwm2m: Lwm2mOp::of(bytes, dir == Direction::Inbound),
         }
     }
 
@@ -822,6 +966,115 @@ mod tests {
             }
         }
         assert_eq!(fields, CSV_COLUMNS.len());
+    }
+
+    /// A CoAP request (token `7`): Observe (6) when `observe`, one Uri-Path (11) per segment,
+    /// one Uri-Query (15) when given, then a payload marker and a byte.
+    fn request(code: u8, observe: bool, path: &[&str], query: Option<&str>) -> Vec<u8> {
+        let mut d = vec![0x41, code, 0x12, 0x34, 7];
+        let mut last = 0u8;
+        let mut option = |d: &mut Vec<u8>, number: u8, value: &[u8]| {
+            let delta = number - last;
+            last = number;
+            assert!(delta < 13 && value.len() < 13);
+            d.push(delta << 4 | value.len() as u8);
+            d.extend_from_slice(value);
+        };
+        if observe {
+            option(&mut d, 6, &[]);
+        }
+        for seg in path {
+            option(&mut d, 11, seg.as_bytes());
+        }
+        if let Some(q) = query {
+            option(&mut d, 15, q.as_bytes());
+        }
+        d.extend_from_slice(&[0xff, b'x']);
+        d
+    }
+
+    #[test]
+    fn lwm2m_operations_are_told_from_method_path_and_observe() {
+        let (get, post, put, delete) = (1, 2, 3, 4);
+        let client =
+            |code, path: &[&str]| Lwm2mOp::of(&request(code, false, path, Some("ep=bed")), true);
+        assert_eq!(client(post, &["rd"]), Some(Lwm2mOp::Register));
+        assert_eq!(client(post, &["rd", "5a3f"]), Some(Lwm2mOp::Update));
+        assert_eq!(client(delete, &["rd", "5a3f"]), Some(Lwm2mOp::Deregister));
+        assert_eq!(client(post, &["bs"]), Some(Lwm2mOp::Bootstrap));
+        assert_eq!(client(post, &["dp"]), Some(Lwm2mOp::Send));
+        assert_eq!(client(post, &["v1", "readings", "bed"]), None);
+        assert_eq!(client(get, &["rd"]), None);
+        let server =
+            |code, observe, path: &[&str]| Lwm2mOp::of(&request(code, observe, path, None), false);
+        assert_eq!(
+            server(get, false, &["3303", "0", "5700"]),
+            Some(Lwm2mOp::Read)
+        );
+        assert_eq!(
+            server(get, true, &["3303", "0", "5700"]),
+            Some(Lwm2mOp::Observe)
+        );
+        assert_eq!(server(put, false, &["1", "0", "1"]), Some(Lwm2mOp::Write));
+        assert_eq!(
+            server(post, false, &["3", "0", "4"]),
+            Some(Lwm2mOp::Execute)
+        );
+        assert_eq!(server(post, false, &["3303"]), Some(Lwm2mOp::Create));
+        assert_eq!(server(delete, false, &["3303", "1"]), Some(Lwm2mOp::Delete));
+        assert_eq!(server(post, false, &["bs"]), Some(Lwm2mOp::Bootstrap));
+        // The gateway observing a plain CoAP sensor is not LwM2M (no numeric object path).
+        assert_eq!(server(get, true, &["sensors", "temp"]), None);
+        // Responses, empty messages, broken options: nothing.
+        assert_eq!(Lwm2mOp::of(&[0x60, 0x44, 0, 1], false), None);
+        assert_eq!(Lwm2mOp::of(&[0x40, 0x00, 0, 1], true), None);
+        let mut broken = request(post, false, &["rd"], None);
+        broken[5] = 0xbf; // delta 11, length nibble 15: invalid
+        assert_eq!(Lwm2mOp::of(&broken, true), None);
+        for cut in 0..broken.len() {
+            let _ = Lwm2mOp::of(
+                &request(post, true, &["rd", "x"], Some("ep=a"))[..cut],
+                true,
+            );
+        }
+    }
+
+    #[test]
+    fn a_flow_counts_its_lwm2m_operations_in_the_record_and_the_csv() {
+        let mut t = FlowTable::new(params());
+        for (ms, bytes, dir) in [
+            (
+                0,
+                request(2, false, &["rd"], Some("ep=bed")),
+                Direction::Inbound,
+            ),
+            (
+                10,
+                request(1, true, &["3303", "0", "5700"], None),
+                Direction::Outbound,
+            ),
+            (
+                20,
+                request(2, false, &["rd", "ab"], None),
+                Direction::Inbound,
+            ),
+            (
+                30,
+                request(2, false, &["rd", "ab"], None),
+                Direction::Inbound,
+            ),
+        ] {
+            t.observe(&pkt(ms, dir, 9, &bytes));
+        }
+        let r = t.drain().remove(0);
+        let ops: Vec<(&str, u64)> = r.lwm2m_ops.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(ops, [("observe", 1), ("register", 1), ("update", 2)]);
+        let col = CSV_COLUMNS.iter().position(|c| *c == "lwm2m_ops").unwrap();
+        let row = r.csv_row();
+        assert_eq!(
+            row.split(',').nth(col),
+            Some("observe=1;register=1;update=2")
+        );
     }
 
     #[test]

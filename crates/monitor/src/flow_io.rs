@@ -21,7 +21,9 @@ use crate::capture::{DRAIN_EVERY, Drained, drain};
 use crate::config::AnomaliesConfig;
 use crate::config::FlowsConfig;
 use crate::error::MonitorError;
-use crate::flow::{CSV_COLUMNS, CoapMeta, FlowPacket, FlowRecord, FlowTable, is_client_hello};
+use crate::flow::{
+    CSV_COLUMNS, CoapMeta, FlowPacket, FlowRecord, FlowTable, Lwm2mOp, is_client_hello,
+};
 use crate::metrics::AnomalyMetrics;
 use crate::pcapng::Direction;
 
@@ -131,6 +133,9 @@ impl FlowHandle {
             client_hello: direction == Direction::Inbound
                 && protocol == "coaps"
                 && is_client_hello(datagram),
+            lwm2m: (protocol != "coaps")
+                .then(|| Lwm2mOp::of(datagram, direction == Direction::Inbound))
+                .flatten(),
         };
         self.send(FlowInput::Packet(packet));
     }
