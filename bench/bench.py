@@ -41,8 +41,9 @@ REPEAT_BUDGET_S = 480
 
 WARDGATE_SYSTEMS = ("wardgate-ingest", "wardgate-e2e-fsync", "wardgate-e2e-nofsync")
 # The traffic monitor's overhead (issue 13): wardgate-ingest with flow records only, and with
-# flow records plus a full pcapng capture of every datagram (payloads redacted, the default).
-MONITOR_SYSTEMS = ("wardgate-ingest-flows", "wardgate-ingest-capture")
+# flow records plus a full pcapng capture of every datagram (payloads redacted, the default), and
+# with flow records plus every anomaly detector (learning 0: all of them judging from the start).
+MONITOR_SYSTEMS = ("wardgate-ingest-flows", "wardgate-ingest-capture", "wardgate-ingest-anomalies")
 
 
 def log(msg):
@@ -56,6 +57,8 @@ def monitor_config(system, data):
         out += f'\n[monitor.flows]\nenabled = true\ndir = "{data}/flows"\n'
     if system == "wardgate-ingest-capture":
         out += f'\n[monitor.capture]\nenabled = true\ndir = "{data}/captures"\n'
+    if system == "wardgate-ingest-anomalies":
+        out += '\n[monitor.anomalies]\nenabled = true\nlearning = "0s"\n'
     return out
 
 
@@ -355,6 +358,7 @@ class Bench:
             ("wardgate-ingest", "wardgate-ingest", {}),
             ("wardgate-ingest-flows", "wardgate-ingest-flows", {}),
             ("wardgate-ingest-capture", "wardgate-ingest-capture", {}),
+            ("wardgate-ingest-anomalies", "wardgate-ingest-anomalies", {}),
             ("wardgate-e2e-fsync", "wardgate-e2e-fsync", {}),
             ("wardgate-e2e-nofsync", "wardgate-e2e-nofsync", {}),
             ("wardgate-e2e-cbor", "wardgate-e2e-fsync", {"format": "senml-cbor"}),
@@ -876,6 +880,7 @@ def headline(by):
         "cpu_ingest": med_of("wardgate-ingest", lambda x: x["cpu"].get("sut_cpu_ms_per_1k")),
         "ingest_flows": med_of("wardgate-ingest-flows", throughput_of),
         "ingest_capture": med_of("wardgate-ingest-capture", throughput_of),
+        "ingest_anomalies": med_of("wardgate-ingest-anomalies", throughput_of),
         "cpu_ingest_flows": med_of("wardgate-ingest-flows", lambda x: x["cpu"].get("sut_cpu_ms_per_1k")),
         "cpu_ingest_capture": med_of("wardgate-ingest-capture", lambda x: x["cpu"].get("sut_cpu_ms_per_1k")),
         "p99_ack_closed": med_of("wardgate-e2e-fsync", lambda x: latency_of(x).get("p99_ms")),
@@ -987,7 +992,7 @@ def report(raw_path, out_path, command):
     w("| scenario | runs | throughput /s | p50 ms | p99 ms | max ms | e2e p99 ms | delivered | 5.03 / timeouts | CPU ms/1k | peak RSS MiB | load-side CPU % | other-CPU % |")
     w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = ["limit-udp", "limit-broker", "libcoap", "naive-bridge", "wardgate-ingest", "wardgate-ingest-flows",
-             "wardgate-ingest-capture", "wardgate-e2e-fsync",
+             "wardgate-ingest-capture", "wardgate-ingest-anomalies", "wardgate-e2e-fsync",
              "wardgate-e2e-nofsync", "wardgate-e2e-cbor", "wardgate-e2e-non", "wardgate-e2e-20k-open"]
     for sc in order:
         recs = by.get(sc, [])
@@ -1148,6 +1153,8 @@ def report(raw_path, out_path, command):
          overhead(h["ingest_flows"], ing), "<= 0.15", lambda v: v <= 0.15),
         ("monitor overhead, flows + pcapng capture: 1 - ingest-capture / ingest (ack rate)",
          overhead(h["ingest_capture"], ing), "<= 0.35", lambda v: v <= 0.35),
+        ("monitor overhead, flows + anomaly detectors: 1 - ingest-anomalies / ingest (ack rate)",
+         overhead(h["ingest_anomalies"], ing), "(context)", None),
         ("CPU per 1k readings, ingest / + flows / + flows and capture, ms",
          None if h["cpu_ingest"] is None else " / ".join(
              "–" if v is None else f"{v:.1f}"
