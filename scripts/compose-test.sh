@@ -4,6 +4,8 @@
 #     validates, `up` brings bus, uplinks, coap and a stand-in upstream broker to healthy;
 #   - /readyz answers 200 through the published port; a sensor container (coap-client) and the
 #     host's coap-client post readings that reach the upstream broker as wardgate.reading/1;
+#   - the `monitoring` profile's Prometheus scrapes both parts (`up` and a gateway metric through
+#     its query API);
 #   - the `monitor` profile (`wardgate monitor` on the host's network) reads the bridge of the
 #     ward network and counts and captures the sensor container's CoAP exchanges;
 #   - the container holding acknowledged readings (`uplinks`, cut off from the upstream) is
@@ -25,6 +27,7 @@ COAP_PORT=$(free_port SOCK_DGRAM)
 COAPS_PORT=$(free_port SOCK_DGRAM)
 COAP_HTTP_PORT=$(free_port SOCK_STREAM)
 UPLINKS_HTTP_PORT=$(free_port SOCK_STREAM)
+PROMETHEUS_PORT=$(free_port SOCK_STREAM)
 cat >"$work/env" <<ENV
 WARDGATE_ID=ward-ci
 WARDGATE_BUS_USER=wardgate
@@ -34,8 +37,9 @@ COAP_PORT=$COAP_PORT
 COAPS_PORT=$COAPS_PORT
 COAP_HTTP_PORT=$COAP_HTTP_PORT
 UPLINKS_HTTP_PORT=$UPLINKS_HTTP_PORT
+PROMETHEUS_PORT=$PROMETHEUS_PORT
 WARDGATE_TAG=local
-COMPOSE_PROFILES=upstream
+COMPOSE_PROFILES=upstream,monitoring
 ENV
 dc() { docker-compose --env-file "$work/env" -p "$project" "$@"; }
 cleanup() {
@@ -44,7 +48,7 @@ cleanup() {
     dc logs --no-color --tail 60 >&2 || true
   fi
   [ -n "${sub_pid:-}" ] && kill "$sub_pid" 2>/dev/null || true
-  COMPOSE_PROFILES=upstream,ward,mqtt,monitor dc down -v --remove-orphans >/dev/null 2>&1 || true
+  COMPOSE_PROFILES=upstream,ward,mqtt,monitor,monitoring dc down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$work"
   exit $status
 }
@@ -54,18 +58,18 @@ dc config -q || fail "docker-compose config does not validate"
 say "docker-compose config validates"
 
 # Compose v1 reads COMPOSE_PROFILES from the environment, not from --env-file.
-export COMPOSE_PROFILES=upstream
+export COMPOSE_PROFILES=upstream,monitoring
 started=$(date +%s)
 dc up -d >/dev/null 2>&1 || { dc up -d; fail "docker-compose up"; }
 health() { docker inspect -f '{{.State.Health.Status}}' "$(dc ps -q "$1")" 2>/dev/null || echo none; }
-for svc in bus upstream uplinks coap; do
+for svc in bus upstream uplinks coap prometheus; do
   for _ in $(seq 1 120); do
     [ "$(health "$svc")" = healthy ] && break
     sleep 1
   done
   [ "$(health "$svc")" = healthy ] || fail "$svc is not healthy: $(health "$svc")"
 done
-say "bus, upstream, uplinks and coap healthy after $(( $(date +%s) - started )) s"
+say "bus, upstream, uplinks, coap and prometheus healthy after $(( $(date +%s) - started )) s"
 
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$COAP_HTTP_PORT/readyz")
 [ "$code" = 200 ] || fail "/readyz through the published port answered $code"
@@ -95,12 +99,33 @@ wait_received '"device":"bed-host"' 3 60 || fail "the host's readings did not re
 grep -q '"schema":"wardgate.reading/1"' "$work/received" || fail "not wardgate.reading/1"
 say "readings from a sensor container and from the host reached the upstream broker"
 
+# Prometheus (the `monitoring` profile) scrapes both parts.
+promql() { # query: the first result's value, or nothing
+  curl -s -G "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/query" --data-urlencode "query=$1" \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "")'
+}
+up=""
+for _ in $(seq 1 60); do
+  up=$(promql 'sum(up{job="wardgate"})')
+  [ "$up" = 2 ] && break
+  sleep 1
+done
+[ "$up" = 2 ] || fail "Prometheus sees ${up:-no} wardgate targets up, expected 2"
+received=""
+for _ in $(seq 1 30); do
+  received=$(promql 'sum(wardgate_coap_messages_received_total{job="wardgate"})')
+  [ -n "$received" ] && [ "${received%.*}" -ge 6 ] && break
+  sleep 1
+done
+[ -n "$received" ] && [ "${received%.*}" -ge 6 ] || fail "Prometheus has ${received:-no} CoAP messages received"
+say "Prometheus scrapes both parts (up = $up; CoAP messages received: $received)"
+
 # The traffic monitor on the host's network, reading the Linux bridge of the ward network (its
 # promiscuous mode makes the bridge see frames between the containers).
 ward_bridge="br-$(docker network inspect -f '{{.Id}}' "${project}_ward" | cut -c1-12)"
 MONITOR_HTTP_PORT=$(free_port SOCK_STREAM)
 export MONITOR_INTERFACE="$ward_bridge" MONITOR_HTTP_PORT
-COMPOSE_PROFILES=upstream,monitor dc up -d monitor >/dev/null 2>&1 || { COMPOSE_PROFILES=upstream,monitor dc up -d monitor; fail "the monitor did not start"; }
+COMPOSE_PROFILES=upstream,monitoring,monitor dc up -d monitor >/dev/null 2>&1 || { COMPOSE_PROFILES=upstream,monitoring,monitor dc up -d monitor; fail "the monitor did not start"; }
 for _ in $(seq 1 60); do
   [ "$(health monitor)" = healthy ] && break
   sleep 1
@@ -121,7 +146,7 @@ done
 captured=$(monitor_metric wardgate_monitor_capture_packets_total)
 [ "${captured:-0}" -ge 6 ] || fail "the monitor captured ${captured:-0} datagrams"
 say "the monitor on $ward_bridge saw $seen CoAP datagrams of the sensor container and captured $captured"
-COMPOSE_PROFILES=upstream,monitor dc rm -sf monitor >/dev/null 2>&1 || fail "removing the monitor"
+COMPOSE_PROFILES=upstream,monitoring,monitor dc rm -sf monitor >/dev/null 2>&1 || fail "removing the monitor"
 
 # Cut uplinks off from the upstream, so acknowledged readings wait in its outbox; kill it.
 uplinks=$(dc ps -q uplinks)
@@ -147,7 +172,7 @@ for v in $(seq 1 $n); do
 done
 say "all $n readings acknowledged before the kill arrived"
 
-COMPOSE_PROFILES=upstream,ward,mqtt,monitor dc down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v"
+COMPOSE_PROFILES=upstream,ward,mqtt,monitor,monitoring dc down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v"
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; docker volume ls -q --filter "label=com.docker.compose.project=$project")
 [ -z "$left" ] || fail "down -v left: $left"
 say "down -v removed every container and volume"

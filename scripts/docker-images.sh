@@ -7,6 +7,8 @@
 #   wardgate-base/cc:bookworm      only glibc, libgcc, CA roots and a nonroot user (like distroless/cc)
 #   wardgate:local                 the gateway (Dockerfile, PREBUILT=1 on the cc base)
 #   wardgate-tools:local           Mosquitto for the bus and the test upstream, coap-client for sensors
+#   wardgate-prometheus:local      Prometheus for the `monitoring` profile (Debian's package on the
+#                                  Debian base, installed from the mirror at build time)
 #
 # Usage: scripts/docker-images.sh [--rebuild-bases]
 # Needs root (debootstrap) and Docker; installs debootstrap with apt-get if missing.
@@ -84,4 +86,7 @@ docker build -q -t wardgate:local \
 docker build -q -t wardgate-tools:local \
   --build-arg BASE_IMAGE="$DEBIAN_IMAGE" \
   -f deploy/docker/tools.Dockerfile deploy/docker >/dev/null
+docker build -q -t wardgate-prometheus:local \
+  --build-arg BASE_IMAGE="$DEBIAN_IMAGE" \
+  -f deploy/docker/prometheus.Dockerfile deploy/docker >/dev/null
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^wardgate'
