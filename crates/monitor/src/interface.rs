@@ -199,61 +199,84 @@ impl InterfaceReader {
     }
 }
 
-/// Opens `cfg.name` (an `AF_PACKET` socket, promiscuous if asked) and starts the reader thread.
-pub fn start_interface(
-    cfg: &InterfaceConfig,
-    capture: Option<CaptureTap>,
-    flows: Option<FlowHandle>,
-    metrics: InterfaceMetrics,
-) -> Result<InterfaceReader, MonitorError> {
-    let iface = pnet_datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == cfg.name)
-        .ok_or_else(|| MonitorError::Interface {
+/// The interface, opened (an `AF_PACKET` socket, promiscuous if asked), not read yet: opening
+/// first lets `wardgate monitor` fail on a missing interface or permission before it creates
+/// any file.
+pub struct InterfaceSource {
+    cfg: InterfaceConfig,
+    rx: Box<dyn pnet_datalink::DataLinkReceiver>,
+}
+
+impl std::fmt::Debug for InterfaceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InterfaceSource")
+            .field("name", &self.cfg.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InterfaceSource {
+    /// Opens `cfg.name`.
+    pub fn open(cfg: &InterfaceConfig) -> Result<Self, MonitorError> {
+        let fail = |reason: String| MonitorError::Interface {
             name: cfg.name.clone(),
-            reason: "no such interface".into(),
-        })?;
-    let config = pnet_datalink::Config {
-        read_timeout: Some(READ_TIMEOUT),
-        read_buffer_size: 65_536,
-        promiscuous: cfg.promiscuous,
-        ..pnet_datalink::Config::default()
-    };
-    let mut rx = match pnet_datalink::channel(&iface, config) {
-        Ok(pnet_datalink::Channel::Ethernet(_tx, rx)) => rx,
-        Ok(_) => {
-            return Err(MonitorError::Interface {
-                name: cfg.name.clone(),
-                reason: "not an Ethernet channel".into(),
-            });
+            reason,
+        };
+        let iface = pnet_datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == cfg.name)
+            .ok_or_else(|| fail("no such interface".into()))?;
+        let config = pnet_datalink::Config {
+            read_timeout: Some(READ_TIMEOUT),
+            read_buffer_size: 65_536,
+            promiscuous: cfg.promiscuous,
+            ..pnet_datalink::Config::default()
+        };
+        match pnet_datalink::channel(&iface, config) {
+            Ok(pnet_datalink::Channel::Ethernet(_tx, rx)) => Ok(InterfaceSource {
+                cfg: cfg.clone(),
+                rx,
+            }),
+            Ok(_) => Err(fail("not an Ethernet channel".into())),
+            Err(e) => Err(fail(format!("{e} (the monitor needs CAP_NET_RAW)"))),
         }
-        Err(e) => {
-            return Err(MonitorError::Interface {
-                name: cfg.name.clone(),
-                reason: format!("{e} (the monitor needs CAP_NET_RAW)"),
-            });
-        }
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    let cfg = cfg.clone();
-    let thread = std::thread::Builder::new()
-        .name("wardgate-iface".into())
-        .spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                match rx.next() {
-                    Ok(frame) => offer(frame, &cfg, capture.as_ref(), flows.as_ref(), &metrics),
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
-                    Err(e) => {
-                        metrics.read_errors.inc();
-                        tracing::warn!(interface = %cfg.name, error = %e, "reading the interface failed");
-                        std::thread::sleep(READ_TIMEOUT);
+    }
+
+    /// Starts the reader thread, offering every datagram to `capture` and `flows`.
+    pub fn start(
+        self,
+        capture: Option<CaptureTap>,
+        flows: Option<FlowHandle>,
+        metrics: InterfaceMetrics,
+    ) -> Result<InterfaceReader, MonitorError> {
+        let InterfaceSource { cfg, mut rx } = self;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wardgate-iface".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    match rx.next() {
+                        Ok(frame) => {
+                            offer(frame, &cfg, capture.as_ref(), flows.as_ref(), &metrics);
+                        }
+                        Err(e) if is_timeout(&e) => {}
+                        Err(e) => {
+                            metrics.read_errors.inc();
+                            tracing::warn!(interface = %cfg.name, error = %e, "reading the interface failed");
+                            std::thread::sleep(READ_TIMEOUT);
+                        }
                     }
                 }
-            }
-        })
-        .map_err(MonitorError::Thread)?;
-    Ok(InterfaceReader { stop, thread })
+            })
+            .map_err(MonitorError::Thread)?;
+        Ok(InterfaceReader { stop, thread })
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+    matches!(e.kind(), TimedOut | WouldBlock | Interrupted)
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ pub use flow_io::{
     Anomalies, CSV_FILE, FlowHandle, FlowMetrics, FlowWriter, JSONL_FILE, start_analysis,
     start_flows,
 };
-pub use interface::{InterfaceConfig, InterfaceMetrics, InterfaceReader, start_interface};
+pub use interface::{InterfaceConfig, InterfaceMetrics, InterfaceReader, InterfaceSource};
 pub use metrics::{AnomalyMetrics, CaptureMetrics};
 pub use pcapng::Direction;
 pub use redact::redact;

@@ -9,9 +9,10 @@
 //! Stops on SIGINT/SIGTERM: the reader stops, the capture writes what is queued and closes,
 //! the flow thread writes every open flow.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use std::process::ExitCode;
 use wardgate_config::GatewayConfig;
 use wardgate_core::health::ComponentKind;
 use wardgate_core::{Health, Shutdown};
@@ -68,6 +69,8 @@ async fn serve(
     cfg: &GatewayConfig,
     icfg: &wardgate_monitor::InterfaceConfig,
 ) -> anyhow::Result<()> {
+    // Open the interface first: a missing interface or permission stops here, before any file.
+    let source = wardgate_monitor::InterfaceSource::open(icfg)?;
     let mut registry = Registry::default();
     let health = Health::without_uplinks();
     let interface_health = health.reporter("interface", ComponentKind::Listener);
@@ -87,8 +90,7 @@ async fn serve(
         None
     };
     let metrics = wardgate_monitor::InterfaceMetrics::register(&mut registry);
-    let reader = wardgate_monitor::start_interface(
-        icfg,
+    let reader = source.start(
         capture.as_ref().map(wardgate_monitor::CaptureControl::tap),
         flows.as_ref().map(|(h, _)| h.clone()),
         metrics,
