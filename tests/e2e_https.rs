@@ -443,3 +443,97 @@ allow_plain = true
     assert_in_device_order("broker", &seen, true);
     broker.assert_no_dropped_messages();
 }
+
+/// The traffic monitor on the HTTPS ingest: each TLS session (curl posting one reading) becomes
+/// a flow record (`protocol` 6, `app_protocol` `https`, the handshake outcome, bytes each way
+/// counted above TLS, never their content).
+#[test]
+fn https_ingest_sessions_become_flow_records() {
+    common::require_tool("/usr/bin/curl");
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = wardgate_testkit::Pki::generate();
+    let port = free_tcp_port();
+    let flows = dir.path().join("flows");
+    let mut gw = Gateway::start(
+        dir.path(),
+        &broker.url(),
+        &format!(
+            "[ingest.http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
+             [ingest.http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             [monitor.flows]\nenabled = true\ndir = \"{}\"\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            flows.display()
+        ),
+    );
+    let url = format!("https://127.0.0.1:{port}/v1/devices/bed-tls/readings");
+    let curl = || {
+        std::process::Command::new("/usr/bin/curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&pki.ca)
+            .args(["-H", "Content-Type: application/senml+json"])
+            .args(["--data", r#"[{"n":"spo2","u":"%","v":97}]"#, &url])
+            .output()
+            .expect("run curl")
+    };
+    wait_for("HTTPS ingest to answer", Duration::from_secs(20), || {
+        let out = curl();
+        (out.stdout == b"201").then_some(())
+    });
+    let out = curl();
+    assert_eq!(
+        out.stdout,
+        b"201",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Plain HTTP to the TLS port: the handshake fails, and that is a flow of its own.
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(post(addr, "bed-plain", 0).is_none());
+    let failed = "wardgate_http_ingest_tls_handshake_failures_total{reason=\"error\"}";
+    wait_for(
+        "the failed handshake counted",
+        Duration::from_secs(10),
+        || (gw.metric(failed) >= 1.0).then_some(()),
+    );
+    let status = gw.terminate();
+    assert!(status.success(), "{status}\n{}", gw.log());
+
+    let json = std::fs::read_to_string(flows.join("flows.jsonl")).unwrap();
+    let sessions: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["dst_port"] == port)
+        .collect();
+    let (failed, sessions): (Vec<_>, Vec<_>) = sessions
+        .into_iter()
+        .partition(|r| r["dtls_handshake"] == "error");
+    assert_eq!(failed.len(), 1, "{json}");
+    assert_eq!(
+        (
+            failed[0]["tot_fwd_pkts"].as_u64(),
+            failed[0]["protocol"].as_u64()
+        ),
+        (Some(0), Some(6)),
+        "{json}"
+    );
+    assert!(sessions.len() >= 2, "one flow per curl session: {json}");
+    for r in &sessions {
+        assert_eq!(
+            (r["protocol"].as_u64(), r["app_protocol"].as_str()),
+            (Some(6), Some("https")),
+            "{r}"
+        );
+        assert_eq!(r["dtls_handshake"], "established", "{r}");
+        assert_eq!(r["src_ip"], "127.0.0.1");
+        // A request went in, an answer came out; nothing of CoAP.
+        assert!(r["totlen_fwd_pkts"].as_f64() > Some(100.0), "{r}");
+        assert!(r["totlen_bwd_pkts"].as_f64() > Some(50.0), "{r}");
+        assert_eq!(
+            (r["coap_requests"].as_u64(), r["malformed_pkts"].as_u64()),
+            (Some(0), Some(0)),
+            "{r}"
+        );
+    }
+}

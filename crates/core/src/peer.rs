@@ -127,6 +127,13 @@ pub trait DatagramTap: Send + Sync + fmt::Debug {
     fn handshake(&self, peer: &PeerContext, local: SocketAddr, outcome: &'static str) {
         let _ = (peer, local, outcome);
     }
+
+    /// `len` bytes read from (`inbound`) or written to `peer` on a stream session (HTTPS
+    /// ingest): only how many, never what (a stream tap sits above TLS, where the bytes are
+    /// plaintext patient data). Default: ignored.
+    fn stream(&self, inbound: bool, peer: &PeerContext, local: SocketAddr, len: usize) {
+        let _ = (inbound, peer, local, len);
+    }
 }
 
 /// The peer a message came from. Cheap to clone (the identity is shared).

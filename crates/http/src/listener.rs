@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use wardgate_core::{DatagramTap, PeerContext, TransportKind};
 
 /// The listener's bounds.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +40,25 @@ pub(crate) struct Limits {
 
 /// Told about every failed handshake: `error` or `timeout` (a metric label).
 pub(crate) type OnHandshakeFailure = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// The traffic monitor's view of a stream listener's sessions: each connection's handshake
+/// outcome and the length of every read and write (`DatagramTap::stream`), never the bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionTap {
+    tap: Arc<dyn DatagramTap>,
+    local: SocketAddr,
+}
+
+impl SessionTap {
+    fn peer(addr: SocketAddr, tls: bool) -> PeerContext {
+        let kind = if tls {
+            TransportKind::Https
+        } else {
+            TransportKind::Http
+        };
+        PeerContext::new(addr, kind)
+    }
+}
 
 /// Who is on the other end of a connection, as the transport proved it.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +90,7 @@ pub(crate) struct BoundedListener {
     handshakes: JoinSet<Handshake>,
     limits: Limits,
     on_failure: OnHandshakeFailure,
+    tap: Option<SessionTap>,
 }
 
 impl std::fmt::Debug for BoundedListener {
@@ -98,7 +119,20 @@ impl BoundedListener {
             handshakes: JoinSet::new(),
             limits,
             on_failure,
+            tap: None,
         }
+    }
+
+    /// Hands every connection's handshake outcome and read and write lengths to `tap`.
+    pub(crate) fn with_tap(mut self, tap: Option<Arc<dyn DatagramTap>>) -> io::Result<Self> {
+        self.tap = match tap {
+            Some(tap) => Some(SessionTap {
+                tap,
+                local: self.tcp.local_addr()?,
+            }),
+            None => None,
+        };
+        Ok(self)
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -145,7 +179,8 @@ impl Listener for BoundedListener {
                     let idle = self.limits.idle_timeout;
                     let Some(acceptor) = self.tls.clone() else {
                         let peer = PeerInfo { addr, tls: false, client_cert: None };
-                        return (Conn::new(Io::Plain(tcp), slot, idle), peer);
+                        let tap = self.tap.clone().map(|t| (SessionTap::peer(addr, false), t));
+                        return (Conn::new(Io::Plain(tcp), slot, idle, tap), peer);
                     };
                     self.handshakes.spawn(handshake(
                         self.what,
@@ -153,6 +188,7 @@ impl Listener for BoundedListener {
                         (tcp, addr, slot),
                         self.limits,
                         self.on_failure.clone(),
+                        self.tap.clone(),
                     ));
                 }
             }
@@ -174,7 +210,14 @@ async fn handshake(
     (tcp, addr, slot): (TcpStream, SocketAddr, OwnedSemaphorePermit),
     limits: Limits,
     on_failure: OnHandshakeFailure,
+    tap: Option<SessionTap>,
 ) -> Handshake {
+    let ctx = SessionTap::peer(addr, true);
+    let outcome = |what: &'static str| {
+        if let Some(t) = &tap {
+            t.tap.handshake(&ctx, t.local, what);
+        }
+    };
     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
             let client_cert = tls
@@ -188,17 +231,21 @@ async fn handshake(
                 tls: true,
                 client_cert,
             };
-            let conn = Conn::new(Io::Tls(Box::new(tls)), slot, limits.idle_timeout);
+            outcome("established");
+            let tap = tap.map(|t| (ctx.clone(), t));
+            let conn = Conn::new(Io::Tls(Box::new(tls)), slot, limits.idle_timeout, tap);
             Some((conn, peer))
         }
         Ok(Err(e)) => {
             on_failure("error");
+            outcome("error");
             // Debug only: anyone can make handshakes fail; the counter is the signal.
             tracing::debug!(listener = what, peer = %addr, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
             on_failure("timeout");
+            outcome("timeout");
             tracing::debug!(listener = what, peer = %addr, "TLS handshake timed out");
             None
         }
@@ -224,6 +271,7 @@ pub(crate) struct Conn {
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     _slot: OwnedSemaphorePermit,
+    tap: Option<(PeerContext, SessionTap)>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -239,12 +287,24 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    fn new(io: Io, slot: OwnedSemaphorePermit, idle_timeout: Duration) -> Conn {
+    fn new(
+        io: Io,
+        slot: OwnedSemaphorePermit,
+        idle_timeout: Duration,
+        tap: Option<(PeerContext, SessionTap)>,
+    ) -> Conn {
         Conn {
             io,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             _slot: slot,
+            tap,
+        }
+    }
+
+    fn tapped(&self, inbound: bool, len: usize) {
+        if let (Some((peer, t)), true) = (&self.tap, len > 0) {
+            t.tap.stream(inbound, peer, t.local, len);
         }
     }
 }
@@ -263,8 +323,10 @@ impl AsyncRead for Conn {
         };
         match polled {
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
+                let read = buf.filled().len() - before;
+                if read > 0 {
                     this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
+                    this.tapped(true, read);
                 }
                 Poll::Ready(result)
             }
@@ -285,10 +347,14 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.io {
+        let polled = match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.tapped(false, *n);
         }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -152,6 +152,7 @@ impl Gateway {
             pipeline,
             credentials,
             metrics: IngestMetrics::default(),
+            tap: None,
         };
         let server = IngestServer::bind(
             &cfg,

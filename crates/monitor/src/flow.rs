@@ -392,7 +392,12 @@ impl Flow {
             src_port: src.port(),
             dst_ip: dst.ip().to_canonical().to_string(),
             dst_port: dst.port(),
-            protocol: 17,
+            // TCP for stream sessions (HTTPS ingest), UDP for CoAP and DTLS.
+            protocol: if key.protocol.starts_with("http") {
+                6
+            } else {
+                17
+            },
             app_protocol: key.protocol,
             device: self.device.clone().unwrap_or_default(),
             flow_duration: micros(duration),
@@ -728,48 +733,74 @@ impl FlowTable {
                 self.flows.remove(&key);
             }
         }
-        let max = self.params.max_flows.max(1);
-        if !self.flows.contains_key(&key) && self.flows.len() >= max {
-            // The least recently seen 1 % go at once: one O(flows) pass per max/100 new flows,
-            // so a flood of new sources (spoofed addresses) costs O(100) per packet, not
-            // O(flows).
-            let k = (max / 100).max(1);
-            let mut by_age: Vec<(SystemTime, FlowKey)> = self
-                .flows
-                .iter()
-                .map(|(k, f)| (f.last, k.clone()))
-                .collect();
-            if k < by_age.len() {
-                by_age.select_nth_unstable_by_key(k - 1, |(last, _)| *last);
-                by_age.truncate(k);
-            }
-            for (_, old) in by_age {
-                if let Some(f) = self.flows.remove(&old) {
-                    out.push(self.finish(&old, &f, "evicted"));
-                }
-            }
-        }
+        self.make_room(&key, &mut out);
         self.flows.entry(key).or_insert_with(|| Flow::new(p)).add(p);
         out
     }
 
-    /// Records how the security handshake of the flow (`peer`, `local`, `protocol`) ended; a
-    /// flow not open (no packet seen) is left alone.
+    /// Before `key` is added: when the table is full, the least recently seen 1 % go at once
+    /// (into `out`): one O(flows) pass per max/100 new flows, so a flood of new sources
+    /// (spoofed addresses) costs O(100) per packet, not O(flows).
+    fn make_room(&mut self, key: &FlowKey, out: &mut Vec<FlowRecord>) {
+        let max = self.params.max_flows.max(1);
+        if self.flows.contains_key(key) || self.flows.len() < max {
+            return;
+        }
+        let k = (max / 100).max(1);
+        let mut by_age: Vec<(SystemTime, FlowKey)> = self
+            .flows
+            .iter()
+            .map(|(k, f)| (f.last, k.clone()))
+            .collect();
+        if k < by_age.len() {
+            by_age.select_nth_unstable_by_key(k - 1, |(last, _)| *last);
+            by_age.truncate(k);
+        }
+        for (_, old) in by_age {
+            if let Some(f) = self.flows.remove(&old) {
+                out.push(self.finish(&old, &f, "evicted"));
+            }
+        }
+    }
+
+    /// Records how the security handshake of the flow (`peer`, `local`, `protocol`) ended at
+    /// `at`. A flow not open yet starts here, without packets: a stream session's handshake
+    /// (TLS on the HTTPS ingest) is reported before its first byte is read, and a failed one
+    /// has no bytes at all (its record is the failure). Returns the flows evicted to make room.
     pub fn handshake(
         &mut self,
         peer: SocketAddr,
         local: SocketAddr,
         protocol: &'static str,
         outcome: &'static str,
-    ) {
+        at: SystemTime,
+    ) -> Vec<FlowRecord> {
         let key = FlowKey {
             peer,
             local,
             protocol,
         };
+        let mut out = Vec::new();
         if let Some(f) = self.flows.get_mut(&key) {
             f.handshake = Some(outcome);
+            return out;
         }
+        self.make_room(&key, &mut out);
+        let mut f = Flow::new(&FlowPacket {
+            at,
+            direction: Direction::Inbound,
+            peer,
+            local,
+            protocol,
+            device: None,
+            len: 0,
+            coap: None,
+            client_hello: false,
+            lwm2m: None,
+        });
+        f.handshake = Some(outcome);
+        self.flows.insert(key, f);
+        out
     }
 
     /// Ends every flow idle for `idle_timeout` at `now`.
@@ -1086,17 +1117,24 @@ mod tests {
             p.protocol = "coaps";
             p.coap = None;
             t.observe(&p);
-            t.handshake(p.peer, local, "coaps", outcome);
+            t.handshake(p.peer, local, "coaps", outcome, p.at);
         }
-        // No flow for it: ignored.
-        t.handshake(
-            SocketAddr::from(([127, 0, 0, 9], 9)),
-            local,
-            "coaps",
-            "bad_key",
+        // A handshake before any byte (a TLS session) starts its flow: a failed one is a
+        // record without packets.
+        let stranger = SocketAddr::from(([127, 0, 0, 9], 9));
+        let at = UNIX_EPOCH + Duration::from_secs(T0);
+        assert!(
+            t.handshake(stranger, local, "https", "error", at)
+                .is_empty()
         );
         let all = t.drain();
-        assert_eq!(all.len(), 3);
+        assert_eq!(all.len(), 4);
+        let tls = all.iter().find(|r| r.src_port == 9).unwrap();
+        assert_eq!(
+            (tls.protocol, tls.app_protocol, tls.dtls_handshake),
+            (6, "https", "error")
+        );
+        assert_eq!((tls.tot_fwd_pkts, tls.tot_bwd_pkts), (0, 0));
         let by = |port: u16| all.iter().find(|r| r.src_port == port).unwrap();
         assert_eq!(
             (by(1).dtls_handshake, by(1).auth_outcome),

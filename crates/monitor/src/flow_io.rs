@@ -140,6 +140,29 @@ impl FlowHandle {
         self.send(FlowInput::Packet(packet));
     }
 
+    /// Queues one read or write of a stream session (`https`): its length only.
+    pub fn offer_segment(
+        &self,
+        direction: Direction,
+        peer: &PeerContext,
+        local: SocketAddr,
+        protocol: &'static str,
+        len: usize,
+    ) {
+        self.send(FlowInput::Packet(FlowPacket {
+            at: SystemTime::now(),
+            direction,
+            peer: peer.addr,
+            local,
+            protocol,
+            device: peer.identity.as_ref().map(ToString::to_string),
+            len,
+            coap: None,
+            client_hello: false,
+            lwm2m: None,
+        }));
+    }
+
     /// Tells the flow of `peer` how its security handshake ended (`established` or a failure
     /// reason). Never waits, like `offer`.
     pub fn handshake(
@@ -313,8 +336,10 @@ impl Analysis {
                 protocol,
                 outcome,
             } => {
-                if let Some((table, _)) = &mut self.flows {
-                    table.handshake(peer, local, protocol, outcome);
+                if let Some((table, files)) = &mut self.flows {
+                    let done = table.handshake(peer, local, protocol, outcome, at);
+                    m.evicted.inc_by(done.len() as u64);
+                    files.write(&done, m);
                 }
                 if let Some(a) = &mut self.anomalies {
                     a.detector.handshake(peer, outcome, at, &mut a.out);

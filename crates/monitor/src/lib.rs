@@ -55,7 +55,8 @@
 //!   flows, so they share its queue and thread ([`start_analysis`]); the thread never waits on
 //!   the store, its sink only queues.
 //! - **Not yet**: the DTLS keylog file (dimpl 0.9 exposes no master secret or key-log hook);
-//!   LwM2M operations inside DTLS (encrypted where the tap sits); TCP (MQTT, HTTPS) sessions.
+//!   LwM2M operations inside DTLS (encrypted where the tap sits); the MQTT southbound session;
+//!   TCP segments in captures (HTTPS ingest sessions are flows only, see [`MonitorTap`]).
 //!   With a listener bound to a wildcard address the capture shows the wildcard as the
 //!   gateway's address (the real destination address needs `IP_PKTINFO`).
 #![forbid(unsafe_code)]

@@ -172,4 +172,18 @@ impl wardgate_core::DatagramTap for MonitorTap {
             f.handshake(peer, local, protocol_name(peer.transport), outcome);
         }
     }
+
+    /// Stream sessions (HTTPS ingest) become flows (`protocol` 6, `app_protocol` `https` or
+    /// `http`), each read and write a "packet" of its length; never captured (the bytes at the
+    /// tap are plaintext, and a pcapng of them would need real TCP segments).
+    fn stream(&self, inbound: bool, peer: &PeerContext, local: SocketAddr, len: usize) {
+        if let Some(f) = &self.flows {
+            let direction = if inbound {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            };
+            f.offer_segment(direction, peer, local, protocol_name(peer.transport), len);
+        }
+    }
 }

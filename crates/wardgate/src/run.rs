@@ -341,6 +341,9 @@ impl App {
                 pipeline: ingest_pipeline.clone(),
                 credentials: credentials.clone(),
                 metrics: wardgate_http::ingest::IngestMetrics::register(&mut registry),
+                // Sessions become flows (never captured: the bytes at the tap are plaintext).
+                tap: wardgate_monitor::MonitorTap::new(None, flows.clone())
+                    .map(|t| Arc::new(t) as Arc<dyn wardgate_core::DatagramTap>),
             };
             Some(
                 wardgate_http::ingest::IngestServer::bind(
@@ -588,8 +591,8 @@ pub(crate) fn start_capture(
 }
 
 /// The monitor thread (`[monitor.flows]` and/or `[monitor.anomalies]`), when either is enabled
-/// and a CoAP endpoint exists for its taps (the plain CoAP sockets and the DTLS transport get
-/// the handle); with anomalies, the task that stores their events.
+/// and something exists for its taps (the plain CoAP sockets, the DTLS transport and the HTTPS
+/// ingest listener get the handle); with anomalies, the task that stores their events.
 fn build_analysis(
     cfg: &GatewayConfig,
     registry: &mut Registry,
@@ -601,7 +604,8 @@ fn build_analysis(
     Option<crate::anomalies::AnomalyStore>,
 )> {
     let (f, a) = (&cfg.monitor.flows, &cfg.monitor.anomalies);
-    if !((f.enabled || a.enabled) && (cfg.coap.enabled || cfg.coaps.enabled)) {
+    let tapped = cfg.coap.enabled || cfg.coaps.enabled || cfg.ingest.http.enabled;
+    if !((f.enabled || a.enabled) && tapped) {
         return Ok((None, None, None));
     }
     let metrics = wardgate_monitor::FlowMetrics::register(registry);

@@ -92,6 +92,9 @@ pub struct IngestDeps {
     pub credentials: Arc<dyn CredentialStore>,
     /// Its counters.
     pub metrics: IngestMetrics,
+    /// The traffic monitor's tap: every connection's TLS handshake outcome and read/write
+    /// lengths become flow records (`app_protocol` `https`). `None`: not monitored.
+    pub tap: Option<Arc<dyn wardgate_core::DatagramTap>>,
 }
 
 impl fmt::Debug for IngestDeps {
@@ -179,7 +182,12 @@ impl IngestServer {
                 idle_timeout: cfg.idle_timeout,
             },
             Arc::new(move |reason| metrics.handshake_failed(reason)),
-        );
+        )
+        .with_tap(deps.tap)
+        .map_err(|source| HttpError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
         let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         reporter.ready(format!("ingest {scheme} {addr}"));
         let state = IngestState {
