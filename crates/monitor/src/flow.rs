@@ -89,6 +89,31 @@ pub struct FlowPacket {
     pub lwm2m: Option<Lwm2mOp>,
 }
 
+impl FlowPacket {
+    /// A packet of `len` bytes seen now, with no protocol detail (no CoAP header, no
+    /// ClientHello, no LwM2M operation).
+    pub fn plain(
+        direction: Direction,
+        peer: &wardgate_core::PeerContext,
+        local: SocketAddr,
+        protocol: &'static str,
+        len: usize,
+    ) -> FlowPacket {
+        FlowPacket {
+            at: SystemTime::now(),
+            direction,
+            peer: peer.addr,
+            local,
+            protocol,
+            device: peer.identity.as_ref().map(ToString::to_string),
+            len,
+            coap: None,
+            client_hello: false,
+            lwm2m: None,
+        }
+    }
+}
+
 /// An LwM2M operation, recognized from a CoAP request's method, Uri-Path and Observe option
 /// (OMA-TS-LightweightM2M-Core 1.1 §6.3-6.5, Transport §6): from the client, the registration
 /// interface (`POST /rd` register, `POST /rd/{location}` update, `DELETE /rd/{location}`

@@ -120,23 +120,14 @@ impl FlowHandle {
         protocol: &'static str,
         datagram: &[u8],
     ) {
-        let packet = FlowPacket {
-            at: SystemTime::now(),
-            direction,
-            peer: peer.addr,
-            local,
-            protocol,
-            device: peer.identity.as_ref().map(ToString::to_string),
-            len: datagram.len(),
-            // DTLS records: the CoAP inside is encrypted, so no CoAP counts (and no "malformed").
-            coap: (protocol != "coaps").then(|| CoapMeta::parse(datagram)),
-            client_hello: direction == Direction::Inbound
-                && protocol == "coaps"
-                && is_client_hello(datagram),
-            lwm2m: (protocol != "coaps")
-                .then(|| Lwm2mOp::of(datagram, direction == Direction::Inbound))
-                .flatten(),
-        };
+        let mut packet = FlowPacket::plain(direction, peer, local, protocol, datagram.len());
+        // DTLS records: the CoAP inside is encrypted, so no CoAP counts (and no "malformed").
+        if protocol == "coaps" {
+            packet.client_hello = direction == Direction::Inbound && is_client_hello(datagram);
+        } else {
+            packet.coap = Some(CoapMeta::parse(datagram));
+            packet.lwm2m = Lwm2mOp::of(datagram, direction == Direction::Inbound);
+        }
         self.send(FlowInput::Packet(packet));
     }
 
@@ -149,18 +140,8 @@ impl FlowHandle {
         protocol: &'static str,
         len: usize,
     ) {
-        self.send(FlowInput::Packet(FlowPacket {
-            at: SystemTime::now(),
-            direction,
-            peer: peer.addr,
-            local,
-            protocol,
-            device: peer.identity.as_ref().map(ToString::to_string),
-            len,
-            coap: None,
-            client_hello: false,
-            lwm2m: None,
-        }));
+        let packet = FlowPacket::plain(direction, peer, local, protocol, len);
+        self.send(FlowInput::Packet(packet));
     }
 
     /// Tells the flow of `peer` how its security handshake ended (`established` or a failure
