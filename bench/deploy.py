@@ -140,6 +140,19 @@ class Run:
         ready(http_c)
         return {"coap": coap, "pids": [c.pid] + pids}
 
+    def measure(self, label, sut, cloud):
+        """One closed-loop run against `sut` (its CPU summed over every part), then every process
+        started after the first two (the cloud broker and the bus) is stopped."""
+        before = sum(cpu_ms(p) for p in sut["pids"])
+        rep = self.load(label, sut["coap"], sut["pids"], cloud, [self.procs[0].pid])
+        rep["sut_cpu_ms_all_parts"] = sum(cpu_ms(p) for p in sut["pids"]) - before
+        for p in self.procs[2:]:
+            p.terminate()
+        for p in self.procs[2:]:
+            p.wait(timeout=30)
+        self.procs = self.procs[:2]
+        return rep
+
     def load(self, label, target, pids, cloud, peer_pids):
         cmd = ["taskset", "-c", LOAD_CORE, self.bench, "coap-load", "--target", f"127.0.0.1:{target}",
                "--pid", str(pids[0]), "--peer-pid", str(peer_pids[0]), "--timeout", "2", "--label", label,
@@ -217,16 +230,9 @@ def main():
                     sut = r.single(cloud) if mode == "single" else r.split(cloud, bus)
                     if mode == "split":
                         startup["split"].append(sut["ready_s"])
-                    before = sum(cpu_ms(p) for p in sut["pids"])
-                    rep = r.load(f"deploy-{mode}", sut["coap"], sut["pids"], cloud, [r.procs[0].pid])
-                    rep["sut_cpu_ms_all_parts"] = sum(cpu_ms(p) for p in sut["pids"]) - before
+                    rep = r.measure(f"deploy-{mode}", sut, cloud)
                     e2e[mode].append(rep)
                     recs.append({"kind": "e2e", "mode": mode, "run": run, "report": rep})
-                    for p in r.procs[2:]:
-                        p.terminate()
-                    for p in r.procs[2:]:
-                        p.wait(timeout=30)
-                    r.procs = r.procs[:2]
                     print(f"{mode} run {run}: acked {rep['ok_rps']:.0f}/s delivered "
                           f"{rep['e2e']['delivered_per_s']:.0f}/s e2e p99 {rep['e2e']['latency']['p99_ms']:.1f} ms",
                           file=sys.stderr)
@@ -237,16 +243,9 @@ def main():
                     # keep their shares of the stream queued on a shared bus (see docs/scale-out.md).
                     _, wbus = r.mosquitto()
                     sut = r.workers(cloud, wbus, n, run)
-                    before = sum(cpu_ms(p) for p in sut["pids"])
-                    rep = r.load(f"deploy-workers-{n}", sut["coap"], sut["pids"], cloud, [r.procs[0].pid])
-                    rep["sut_cpu_ms_all_parts"] = sum(cpu_ms(p) for p in sut["pids"]) - before
+                    rep = r.measure(f"deploy-workers-{n}", sut, cloud)
                     workers[n].append(rep)
                     recs.append({"kind": "workers", "workers": n, "run": run, "report": rep})
-                    for p in r.procs[2:]:
-                        p.terminate()
-                    for p in r.procs[2:]:
-                        p.wait(timeout=30)
-                    r.procs = r.procs[:2]
                     print(f"{n} workers run {run}: acked {rep['ok_rps']:.0f}/s delivered "
                           f"{rep['e2e']['delivered_per_s']:.0f}/s lost {rep['e2e']['lost_acked']}",
                           file=sys.stderr)
