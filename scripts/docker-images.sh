@@ -88,5 +88,5 @@ docker build -q -t wardgate-tools:local \
   -f deploy/docker/tools.Dockerfile deploy/docker >/dev/null
 docker build -q -t wardgate-prometheus:local \
   --build-arg BASE_IMAGE="$DEBIAN_IMAGE" \
-  -f deploy/docker/prometheus.Dockerfile deploy/docker >/dev/null
+  -f deploy/docker/prometheus.Dockerfile deploy >/dev/null
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^wardgate'

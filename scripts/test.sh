@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the real peers the tests talk to
 # (Mosquitto, libcoap's tools, curl for the admin API over TLS, tshark for captures, nats-server,
-# iproute2 for a test network namespace, aiocoap), then runs every test in the workspace,
+# iproute2 for a test network namespace, promtool for the alert rules, aiocoap), then runs every test in the workspace,
 # then the Compose deployment (scripts/compose-test.sh) and the deployment manifests (scripts/deploy-check.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 # A three-node NATS JetStream cluster is the replicated bus of the scale-out test (tests/e2e_split.rs).
 [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+# promtool checks and unit-tests the alert rules (tests/e2e_alerts.rs).
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Interface capture mode's test makes a veth pair and a network namespace (tests/e2e_monitor.rs).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then

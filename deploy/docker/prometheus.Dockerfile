@@ -12,7 +12,9 @@ RUN set -eu; \
     # The UI loads moment-timezone-with-data.min.js; the per-zone data files are 212 MB.
     rm -rf /usr/share/javascript/moment-timezone/data; \
     mkdir -p /var/lib/prometheus
-COPY prometheus.yml /etc/prometheus/wardgate.yml
+# Built with deploy/ as the context: the scrape configuration and the alert rules.
+COPY docker/prometheus.yml /etc/prometheus/wardgate.yml
+COPY prometheus/alerts.yml /etc/prometheus/alerts.yml
 EXPOSE 9090/tcp
 ENTRYPOINT ["/usr/bin/prometheus"]
 CMD ["--config.file=/etc/prometheus/wardgate.yml", "--storage.tsdb.path=/var/lib/prometheus/wardgate", "--web.listen-address=0.0.0.0:9090"]

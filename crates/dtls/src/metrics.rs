@@ -38,10 +38,30 @@ pub struct DtlsMetrics {
     pub handshakes_in_progress: Gauge,
 }
 
+/// Every handshake failure reason, created at 0 at registration so dashboards and alert rules
+/// find the family (and each series) before the first failure.
+pub(crate) const HANDSHAKE_FAILURE_REASONS: [&str; 12] = [
+    "unknown_identity",
+    "bad_key",
+    "unknown_certificate",
+    "timeout",
+    "rate_limited",
+    "sessions_full",
+    "handshakes_full",
+    "source_full",
+    "library_panic",
+    "replayed_hello",
+    "no_shared_suite",
+    "protocol_error",
+];
+
 impl DtlsMetrics {
     /// Registers every metric under `wardgate_dtls_*`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = DtlsMetrics::default();
+        for reason in HANDSHAKE_FAILURE_REASONS {
+            let _ = m.handshake_failures.get_or_create(&ReasonLabel { reason });
+        }
         let r = registry.sub_registry_with_prefix("wardgate_dtls");
         r.register(
             "handshakes",

@@ -190,6 +190,22 @@ impl DeliveryBudget {
         d
     }
 
+    /// Creates the over-budget counter of every budgeted class for each of `uplinks` at 0, so
+    /// dashboards and alert rules find the series before the first breach.
+    pub fn announce<S: AsRef<str>>(&self, uplinks: &[S]) {
+        for class in MessageClass::ALL {
+            if self.budgets.get(class).is_none() {
+                continue;
+            }
+            for u in uplinks {
+                let _ = self.over.get_or_create(&AgeLabels {
+                    class: class.as_str(),
+                    uplink: u.as_ref().to_owned(),
+                });
+            }
+        }
+    }
+
     /// The budgets measured against.
     pub fn budgets(&self) -> &Budgets {
         &self.budgets

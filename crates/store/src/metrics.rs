@@ -196,6 +196,8 @@ struct CommitLabels {
 pub struct StoreMetrics {
     depth_readings: Gauge,
     depth_bytes: Gauge,
+    capacity_readings: Gauge,
+    capacity_bytes: Gauge,
     delivery_log_rows: Gauge,
     uplink_depth: Family<UplinkLabels, Gauge>,
     oldest_age: Family<UplinkLabels, Gauge<f64, AtomicU64>>,
@@ -227,6 +229,16 @@ impl StoreMetrics {
             "wardgate_store_depth_bytes",
             "Bytes of reading JSON held in the outbox",
             m.depth_bytes.clone(),
+        );
+        registry.register(
+            "wardgate_store_capacity_readings",
+            "The outbox's bound in readings ([store] max_readings); beyond it ingest is refused",
+            m.capacity_readings.clone(),
+        );
+        registry.register(
+            "wardgate_store_capacity_bytes",
+            "The outbox's bound in bytes ([store] max_bytes); beyond it ingest is refused",
+            m.capacity_bytes.clone(),
         );
         registry.register(
             "wardgate_store_delivery_log_rows",
@@ -356,6 +368,8 @@ impl StoreMetrics {
         StoreMetrics {
             depth_readings: Gauge::default(),
             depth_bytes: Gauge::default(),
+            capacity_readings: Gauge::default(),
+            capacity_bytes: Gauge::default(),
             delivery_log_rows: Gauge::default(),
             uplink_depth: Family::default(),
             oldest_age: Family::default(),
@@ -451,6 +465,12 @@ impl StoreMetrics {
                 uplink: uplink.to_owned(),
             })
             .get()
+    }
+
+    /// Exports the outbox's bounds (for alert rules: depth / capacity).
+    pub fn set_capacity(&self, readings: u64, bytes: u64) {
+        self.capacity_readings.set(clamp_i64(readings));
+        self.capacity_bytes.set(clamp_i64(bytes));
     }
 
     pub(crate) fn set_depth(&self, readings: u64, bytes: u64, delivery_log: u64) {

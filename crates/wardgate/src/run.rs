@@ -150,7 +150,9 @@ impl App {
                 .unwrap_or_default(),
             &mut registry,
         ));
+        budget.0.announce(&uplink_names);
         let store_metrics = wardgate_store::StoreMetrics::register(&mut registry);
+        store_metrics.set_capacity(cfg.store.max_readings, cfg.store.max_bytes);
         let mut open = wardgate_store::OpenOptions {
             observer: Some(Arc::new(budget)),
             ..wardgate_store::OpenOptions::default()
