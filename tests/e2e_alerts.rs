@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Gateway, Mosquitto, require_tool};
+use common::{Gateway, Mosquitto, require_tool, wait_for};
 
 const PROMTOOL: &str = "/usr/bin/promtool";
 const RULES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/prometheus");
@@ -54,25 +54,30 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     out
 }
 
-#[test]
-fn every_metric_the_alert_rules_name_is_exported_by_the_gateway() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let devices = dir.path().join("devices.toml");
+/// A `[registry]` section whose file (written in `dir`) holds bed-12 with the tests' PSK.
+fn registry(dir: &Path) -> String {
+    let devices = dir.join("devices.toml");
     std::fs::write(
         &devices,
         "[[device]]\nid = \"bed-12\"\n[device.psk]\nidentity = \"bed-12\"\nkey = \"hex:000102030405060708090a0b0c0d0e0f\"\n",
     )
     .unwrap();
+    format!("[registry]\npath = \"{}\"\n", devices.display())
+}
+
+#[test]
+fn every_metric_the_alert_rules_name_is_exported_by_the_gateway() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
     let coaps = common::free_udp_port();
     // Every part a rule looks at: the MQTT uplink, the selector, DTLS, the anomaly detectors.
     let gw = Gateway::start(
         dir.path(),
         &broker.url(),
         &format!(
-            "[registry]\npath = \"{}\"\n[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{coaps}\"]\n\
+            "{}[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{coaps}\"]\n\
              [selector]\n[monitor.anomalies]\nenabled = true\n",
-            devices.display()
+            registry(dir.path())
         ),
     );
     let exported = gw.metrics();
@@ -99,4 +104,114 @@ fn every_metric_the_alert_rules_name_is_exported_by_the_gateway() {
         missing.is_empty(),
         "alert rules name metrics the gateway does not export: {missing:?}\nexported families: {families:?}"
     );
+}
+
+/// `s` percent-encoded for a URL query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The dashboard (`deploy/grafana/wardgate-dashboard.json`) against Debian's Prometheus scraping
+/// a running gateway that took readings and delivered them to Mosquitto: every panel's query,
+/// with Grafana's variables filled in, returns data (a renamed metric, a wrong label or a broken
+/// query fails here).
+#[test]
+fn every_dashboard_query_returns_data_from_prometheus_scraping_a_gateway() {
+    const PROMETHEUS: &str = "/usr/bin/prometheus";
+    require_tool(PROMETHEUS);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(RULES_DIR).join("../grafana/wardgate-dashboard.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let queries: Vec<(String, String)> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let title = p["title"].as_str().unwrap_or_default().to_owned();
+            p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |t| (title.clone(), t["expr"].as_str().unwrap().to_owned()))
+        })
+        .collect();
+    assert!(queries.len() >= 12, "{queries:?}");
+
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let coaps = common::free_udp_port();
+    let gw = Gateway::start(
+        dir.path(),
+        &broker.url(),
+        &format!(
+            "{}[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{coaps}\"]\n[lwm2m]\nenabled = true\n\
+             [selector]\n[monitor.anomalies]\nenabled = true\n",
+            registry(dir.path())
+        ),
+    );
+    let web = common::free_tcp_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: wardgate\n    static_configs:\n      - targets: [\"{}\"]\n",
+            gw.http
+        ),
+    )
+    .unwrap();
+    let _prometheus = common::ChildGuard(
+        Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    // A reading in over DTLS and delivered to Mosquitto, so the rates and histograms have
+    // something to say.
+    let _device = common::openssl_psk_post(coaps, "bed-12", "bed-12", 97);
+    wait_for(
+        "a reading delivered",
+        std::time::Duration::from_secs(30),
+        || (gw.metric("wardgate_store_acks_total{uplink=\"cloud\"}") >= 1.0).then_some(()),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+    let empty = |expr: &str| -> bool {
+        let filled = expr
+            .replace("$instance", ".*")
+            .replace("$__rate_interval", "1m");
+        let path = format!("/api/v1/query?query={}", encode(&filled));
+        common::http_get(addr, &path)
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v["data"]["result"].as_array().map(Vec::is_empty))
+            .unwrap_or(true)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let missing: Vec<&(String, String)> = queries.iter().filter(|(_, e)| empty(e)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dashboard panels without data after 60 s: {missing:#?}\n{}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }

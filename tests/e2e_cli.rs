@@ -207,8 +207,8 @@ fn a_device_in_the_registry_posts_over_coaps_and_its_reading_carries_its_identit
     // Ready once /readyz answers 200 (the DTLS listener is bound by then).
     wait_ready(http);
     // The stranger claims bed-12's readings path with an identity no device holds.
-    let stranger = openssl_psk_post(port, "bed-99", "bed-12", 97);
-    let device = openssl_psk_post(port, "bed-12", "bed-12", 97);
+    let stranger = common::openssl_psk_post(port, "bed-99", "bed-12", 97);
+    let device = common::openssl_psk_post(port, "bed-12", "bed-12", 97);
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("a reading on stdout");
@@ -381,7 +381,7 @@ fn sighup_reloads_the_device_registry_without_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _client = openssl_psk_post(port, "bed-13", "bed-13", 95);
+    let _client = common::openssl_psk_post(port, "bed-13", "bed-13", 95);
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("bed-13's reading after the reload");
@@ -456,33 +456,6 @@ fn dtls_gateway(
     cfg
 }
 
-/// OpenSSL's DTLS client with PSK `identity` (the tests' key) posting one SenML reading of
-/// `value` as a CoAP CON POST to `/v1/readings/{device}` on `127.0.0.1:{port}`. Its stdin stays
-/// open (`-ign_eof`) so it keeps the session until the guard kills it.
-fn openssl_psk_post(port: u16, identity: &str, device: &str, value: u32) -> common::ChildGuard {
-    let mut post = vec![0x40, 0x02, 0x12, 0x34, 0xB2, b'v', b'1', 0x08];
-    post.extend_from_slice(b"readings");
-    post.push(device.len() as u8);
-    post.extend_from_slice(device.as_bytes());
-    post.extend_from_slice(&[0x11, 110, 0xFF]);
-    post.extend_from_slice(format!(r#"[{{"n":"spo2","u":"%","v":{value}}}]"#).as_bytes());
-    let mut c = Command::new("/usr/bin/openssl")
-        .args(["s_client", "-dtls1_2", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["-psk_identity", identity])
-        .args(["-psk", "000102030405060708090a0b0c0d0e0f"])
-        .args(["-cipher", "PSK-AES128-CCM8", "-quiet", "-ign_eof"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = c.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, &post).unwrap();
-    std::mem::forget(stdin);
-    common::ChildGuard(c)
-}
-
 /// The traffic monitor on the DTLS endpoint: the capture holds the DTLS records as they crossed
 /// the wire (tshark decodes the handshake; the application data is zeroed under the default
 /// redaction), and the flow record names the device by its proven identity.
@@ -499,8 +472,8 @@ fn dtls_records_are_captured_with_the_handshake_readable_and_flows_carry_the_ide
     let cfg = dtls_gateway(dir.path(), port, http, "ward-dtls-monitor", &monitor);
     let (mut gateway, rx) = run_with_stdout_lines(&cfg);
     wait_ready(http);
-    let stranger = openssl_psk_post(port, "bed-99", "bed-12", 95);
-    let device = openssl_psk_post(port, "bed-12", "bed-12", 95);
+    let stranger = common::openssl_psk_post(port, "bed-99", "bed-12", 95);
+    let device = common::openssl_psk_post(port, "bed-12", "bed-12", 95);
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("a reading on stdout");
@@ -618,7 +591,7 @@ fn failed_dtls_handshakes_become_auth_failure_and_handshake_flood_readings() {
             .unwrap_or_default()
     };
     for n in 1..=3 {
-        let stranger = openssl_psk_post(port, "bed-99", "bed-12", 90);
+        let stranger = common::openssl_psk_post(port, "bed-99", "bed-12", 90);
         let failed =
             format!("wardgate_dtls_handshake_failures_total{{reason=\"unknown_identity\"}} {n}");
         common::wait_for(

@@ -191,6 +191,33 @@ pub fn lwm2m_register_datagram(endpoint: &str) -> Vec<u8> {
     m
 }
 
+/// OpenSSL's DTLS client with PSK `identity` (the tests' key) posting one SenML reading of
+/// `value` as a CoAP CON POST to `/v1/readings/{device}` on `127.0.0.1:{port}`. Its stdin stays
+/// open (`-ign_eof`) so it keeps the session until the guard kills it.
+pub fn openssl_psk_post(port: u16, identity: &str, device: &str, value: u32) -> ChildGuard {
+    let mut post = vec![0x40, 0x02, 0x12, 0x34, 0xB2, b'v', b'1', 0x08];
+    post.extend_from_slice(b"readings");
+    post.push(device.len() as u8);
+    post.extend_from_slice(device.as_bytes());
+    post.extend_from_slice(&[0x11, 110, 0xFF]);
+    post.extend_from_slice(format!(r#"[{{"n":"spo2","u":"%","v":{value}}}]"#).as_bytes());
+    let mut c = Command::new("/usr/bin/openssl")
+        .args(["s_client", "-dtls1_2", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-psk_identity", identity])
+        .args(["-psk", "000102030405060708090a0b0c0d0e0f"])
+        .args(["-cipher", "PSK-AES128-CCM8", "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &post).unwrap();
+    std::mem::forget(stdin);
+    ChildGuard(c)
+}
+
 /// `tshark -n -r FILE ARGS -T fields -E separator=| -e FIELD…`: one row of the fields per packet
 /// (a field with several values holds them comma-separated). Panics naming tshark's error.
 pub fn tshark_fields(file: &Path, args: &[&str], fields: &[&str]) -> Vec<Vec<String>> {
