@@ -65,21 +65,27 @@ fn registry(dir: &Path) -> String {
     format!("[registry]\npath = \"{}\"\n", devices.display())
 }
 
+/// A gateway with every part a rule or panel looks at: the MQTT uplink to `broker`, the
+/// selector, DTLS (with the registry), LwM2M, the anomaly detectors; and its DTLS port.
+fn full_gateway(dir: &Path, broker: &Mosquitto) -> (Gateway, u16) {
+    let coaps = common::free_udp_port();
+    let gw = Gateway::start(
+        dir,
+        &broker.url(),
+        &format!(
+            "{}[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{coaps}\"]\n[lwm2m]\nenabled = true\n\
+             [selector]\n[monitor.anomalies]\nenabled = true\n",
+            registry(dir)
+        ),
+    );
+    (gw, coaps)
+}
+
 #[test]
 fn every_metric_the_alert_rules_name_is_exported_by_the_gateway() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let coaps = common::free_udp_port();
-    // Every part a rule looks at: the MQTT uplink, the selector, DTLS, the anomaly detectors.
-    let gw = Gateway::start(
-        dir.path(),
-        &broker.url(),
-        &format!(
-            "{}[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{coaps}\"]\n\
-             [selector]\n[monitor.anomalies]\nenabled = true\n",
-            registry(dir.path())
-        ),
-    );
+    let (gw, _) = full_gateway(dir.path(), &broker);
     let exported = gw.metrics();
     // Families are announced by their `# TYPE` line even before their first sample.
     let families: BTreeSet<&str> = exported
@@ -148,16 +154,7 @@ fn every_dashboard_query_returns_data_from_prometheus_scraping_a_gateway() {
 
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let coaps = common::free_udp_port();
-    let gw = Gateway::start(
-        dir.path(),
-        &broker.url(),
-        &format!(
-            "{}[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{coaps}\"]\n[lwm2m]\nenabled = true\n\
-             [selector]\n[monitor.anomalies]\nenabled = true\n",
-            registry(dir.path())
-        ),
-    );
+    let (gw, coaps) = full_gateway(dir.path(), &broker);
     let web = common::free_tcp_port();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
