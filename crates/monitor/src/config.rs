@@ -69,6 +69,10 @@ pub struct AnomaliesConfig {
     /// Events waiting to become readings; beyond it they are dropped and counted
     /// (`wardgate_monitor_anomalies_dropped_total`). Default 1024.
     pub queue_events: usize,
+    /// Most events stored as `security` readings per minute, gateway-wide; beyond it they are
+    /// counted (`wardgate_monitor_anomalies_suppressed_total`, and by kind) but not stored, so a
+    /// flood from many spoofed sources cannot crowd the alarm lane. Default 60.
+    pub max_events_per_minute: u32,
 }
 
 impl Default for AnomaliesConfig {
@@ -90,6 +94,7 @@ impl Default for AnomaliesConfig {
             cooldown: Duration::from_secs(60),
             max_tracked: 10_000,
             queue_events: 1024,
+            max_events_per_minute: 60,
         }
     }
 }
@@ -129,6 +134,9 @@ impl AnomaliesConfig {
         }
         if self.queue_events == 0 {
             p.push(format!("{at}.queue_events"), "must be at least 1");
+        }
+        if self.max_events_per_minute == 0 {
+            p.push(format!("{at}.max_events_per_minute"), "must be at least 1");
         }
     }
 }

@@ -173,6 +173,11 @@ impl Lwm2mOp {
     /// options that do not parse).
     pub fn of(datagram: &[u8], inbound: bool) -> Option<Lwm2mOp> {
         let meta = CoapMeta::parse(datagram)?;
+        // Only GET, POST, PUT and DELETE carry an operation: everything else (half the traffic
+        // is responses) returns before the options are parsed.
+        if !(1..=4).contains(&meta.code) {
+            return None;
+        }
         let (first, segments, observe) = uri_path(datagram)?;
         let (get, post, put, delete) = (1, 2, 3, 4);
         if inbound {

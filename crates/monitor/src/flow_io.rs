@@ -240,6 +240,8 @@ pub fn start_analysis(
     let analysis = Analysis {
         flows: flows.map(|(t, f, _)| (t, f)),
         anomalies: anomalies.map(|a| Detecting {
+            per_minute: a.params.max_events_per_minute,
+            minute: (Instant::now(), 0),
             detector: AnomalyDetector::new(a.params, SystemTime::now()),
             sink: a.sink,
             metrics: a.metrics,
@@ -278,12 +280,32 @@ struct Detecting {
     sink: Box<dyn FnMut(Anomaly) + Send>,
     metrics: AnomalyMetrics,
     out: Vec<Anomaly>,
+    /// `max_events_per_minute` and the current minute's count: security readings ride the
+    /// alarm lane, so an attacker spoofing many sources must not be able to crowd out alarms
+    /// with them. Every detection is still counted by kind.
+    per_minute: u32,
+    minute: (Instant, u32),
 }
 
 impl Detecting {
     fn emit(&mut self) {
         for a in self.out.drain(..) {
             self.metrics.fired(a.kind);
+            let now = Instant::now();
+            if now.duration_since(self.minute.0) >= Duration::from_secs(60) {
+                self.minute = (now, 0);
+            }
+            if self.minute.1 >= self.per_minute {
+                if self.metrics.suppress() == 1 {
+                    tracing::warn!(
+                        limit = self.per_minute,
+                        "more anomaly events than [monitor.anomalies] max_events_per_minute: \
+                         the rest are counted (wardgate_monitor_anomalies_suppressed_total), not stored"
+                    );
+                }
+                continue;
+            }
+            self.minute.1 += 1;
             (self.sink)(a);
         }
     }
@@ -571,6 +593,36 @@ mod tests {
         assert_eq!(events[0].kind, crate::AnomalyKind::MalformedFlood);
         assert_eq!(events[0].peer, Some(peer.addr));
         assert_eq!(anomaly_metrics.count(crate::AnomalyKind::MalformedFlood), 1);
+    }
+
+    #[test]
+    fn events_beyond_the_per_minute_limit_are_counted_not_stored() {
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let metrics = AnomalyMetrics::default();
+        let anomalies = Anomalies {
+            params: AnomaliesConfig {
+                malformed_threshold: 1,
+                max_events_per_minute: 2,
+                ..AnomaliesConfig::default()
+            },
+            sink: Box::new(move |a: Anomaly| seen.lock().unwrap().push(a)),
+            metrics: metrics.clone(),
+        };
+        let (handle, writer) =
+            start_analysis(None, Some(anomalies), 64, FlowMetrics::default()).unwrap();
+        let local = SocketAddr::from(([127, 0, 0, 1], 5683));
+        // Five spoofed sources, one malformed datagram each: five detections.
+        for i in 1..=5u8 {
+            let peer =
+                PeerContext::new(SocketAddr::from(([10, 9, 9, i], 4000)), TransportKind::Udp);
+            handle.offer(Direction::Inbound, &peer, local, "coap", b"\xff junk");
+        }
+        drop(handle);
+        writer.join();
+        assert_eq!(events.lock().unwrap().len(), 2);
+        assert_eq!(metrics.count(crate::AnomalyKind::MalformedFlood), 5);
+        assert_eq!(metrics.suppressed(), 3);
     }
 
     #[test]

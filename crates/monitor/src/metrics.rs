@@ -101,6 +101,7 @@ struct KindLabel {
 pub struct AnomalyMetrics {
     fired: Family<KindLabel, Counter>,
     dropped: Counter,
+    suppressed: Counter,
     delivered: Counter,
 }
 
@@ -121,6 +122,11 @@ impl AnomalyMetrics {
             "wardgate_monitor_anomalies_dropped",
             "Anomaly events that did not become a reading (the event queue was full or the store refused it for good)",
             m.dropped.clone(),
+        );
+        registry.register(
+            "wardgate_monitor_anomalies_suppressed",
+            "Anomaly events beyond [monitor.anomalies] max_events_per_minute: counted by kind, not stored",
+            m.suppressed.clone(),
         );
         registry.register(
             "wardgate_monitor_anomaly_readings",
@@ -151,6 +157,16 @@ impl AnomalyMetrics {
     /// Counts an event that did not become a reading.
     pub fn dropped(&self) {
         self.dropped.inc();
+    }
+
+    /// Counts an event over the per-minute limit; returns the total so far.
+    pub fn suppress(&self) -> u64 {
+        self.suppressed.inc() + 1
+    }
+
+    /// Events over the per-minute limit so far.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed.get()
     }
 
     /// Counts an event stored as a reading.
