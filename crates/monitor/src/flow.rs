@@ -172,7 +172,11 @@ impl Lwm2mOp {
     /// gateway (the LwM2M client's side); `None` for anything else (responses, other paths,
     /// options that do not parse).
     pub fn of(datagram: &[u8], inbound: bool) -> Option<Lwm2mOp> {
-        let meta = CoapMeta::parse(datagram)?;
+        Lwm2mOp::with_meta(CoapMeta::parse(datagram)?, datagram, inbound)
+    }
+
+    /// [`Lwm2mOp::of`] for a datagram whose header the caller already parsed.
+    pub fn with_meta(meta: CoapMeta, datagram: &[u8], inbound: bool) -> Option<Lwm2mOp> {
         // Only GET, POST, PUT and DELETE carry an operation: everything else (half the traffic
         // is responses) returns before the options are parsed.
         if !(1..=4).contains(&meta.code) {

@@ -125,8 +125,10 @@ impl FlowHandle {
         if protocol == "coaps" {
             packet.client_hello = direction == Direction::Inbound && is_client_hello(datagram);
         } else {
-            packet.coap = Some(CoapMeta::parse(datagram));
-            packet.lwm2m = Lwm2mOp::of(datagram, direction == Direction::Inbound);
+            let meta = CoapMeta::parse(datagram);
+            packet.coap = Some(meta);
+            packet.lwm2m =
+                meta.and_then(|m| Lwm2mOp::with_meta(m, datagram, direction == Direction::Inbound));
         }
         self.send(FlowInput::Packet(packet));
     }

@@ -630,10 +630,14 @@ fn build_analysis(
     } else {
         (None, None)
     };
-    let queue = if f.enabled { f.queue_packets } else { 8192 };
-    let (handle, writer) =
-        wardgate_monitor::start_analysis(f.enabled.then_some(f), detectors, queue, metrics)
-            .with_context(|| format!("[monitor.flows] dir {}", f.dir.display()))?;
+    // One queue for flows and detectors: `[monitor.flows] queue_packets` sizes it either way.
+    let (handle, writer) = wardgate_monitor::start_analysis(
+        f.enabled.then_some(f),
+        detectors,
+        f.queue_packets,
+        metrics,
+    )
+    .with_context(|| format!("[monitor.flows] dir {}", f.dir.display()))?;
     if f.enabled {
         tracing::info!(dir = %f.dir.display(), "writing flow records of the CoAP traffic");
     }
