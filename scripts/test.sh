@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the real peers the tests talk to
 # (Mosquitto, libcoap's tools, curl for the admin API over TLS, tshark for captures, nats-server,
-# iproute2 for a test network namespace, promtool for the alert rules, aiocoap), then runs every test in the workspace,
+# iproute2 for a test network namespace, promtool for the alert rules, chromium and its WebDriver
+# for the status page, aiocoap), then runs every test in the workspace,
 # then the Compose deployment (scripts/compose-test.sh) and the deployment manifests (scripts/deploy-check.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Interface capture mode's test makes a veth pair and a network namespace (tests/e2e_monitor.rs).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# The status page is tested in a real browser over WebDriver (tests/e2e_status_page.rs).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test peers: ${need[*]}"
   SUDO=""

@@ -201,11 +201,7 @@ fn flow_records_count_coap_exchanges_per_flow_and_label_the_attackers_address() 
     let status = gw.terminate();
     assert!(status.success(), "{status}\n{}", gw.log());
 
-    let json = std::fs::read_to_string(flows.join("flows.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = json
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (json, records) = common::flow_records(&flows);
     assert_eq!(records.len(), 4, "{json}");
     let port = gw.coap.port();
     let n = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or(0);
@@ -715,11 +711,10 @@ fn interface_mode_captures_and_records_the_flows_of_a_veth_lan() {
     );
 
     // The flows: one per client run, from the sensor to the server, labelled.
-    let json = std::fs::read_to_string(dir.path().join("flows").join("flows.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = json
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|r: &serde_json::Value| r["src_ip"] == lan.sensor_ip.as_str())
+    let (json, records) = common::flow_records(&dir.path().join("flows"));
+    let records: Vec<serde_json::Value> = records
+        .into_iter()
+        .filter(|r| r["src_ip"] == lan.sensor_ip.as_str())
         .collect();
     assert_eq!(records.len(), 3, "{json}");
     for r in &records {

@@ -31,6 +31,8 @@ pub struct Gateway {
     pub config: PathBuf,
     child: Option<ChildGuard>,
     stderr_log: PathBuf,
+    /// Extra `wardgate run` arguments (`--demo`).
+    run_args: Vec<String>,
 }
 
 impl Gateway {
@@ -42,6 +44,17 @@ impl Gateway {
 
     /// Like `start`, with `store_extra` lines placed in the `[store]` section.
     pub fn start_with(dir: &Path, mqtt_url: &str, store_extra: &str, extra: &str) -> Gateway {
+        Self::start_run(dir, mqtt_url, store_extra, extra, &[])
+    }
+
+    /// Like `start_with`, with `run_args` after `wardgate run --config FILE` (`--demo`).
+    pub fn start_run(
+        dir: &Path,
+        mqtt_url: &str,
+        store_extra: &str,
+        extra: &str,
+        run_args: &[&str],
+    ) -> Gateway {
         let coap = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let config = dir.join("gateway.toml");
@@ -79,6 +92,7 @@ reconnect_max = "500ms"
             config,
             child: None,
             stderr_log: dir.join("wardgate.log"),
+            run_args: run_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         g.restart();
         g
@@ -95,6 +109,7 @@ reconnect_max = "500ms"
         let child = Command::new(WARDGATE)
             .args(["run", "--config"])
             .arg(&self.config)
+            .args(&self.run_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -270,6 +285,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
+}
+
+/// The monitor's flow records in `dir/flows.jsonl`: the file's text (for failure messages) and
+/// each record.
+pub fn flow_records(dir: &Path) -> (String, Vec<serde_json::Value>) {
+    let json = std::fs::read_to_string(dir.join("flows.jsonl")).expect("flows.jsonl");
+    let records = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a flow record"))
+        .collect();
+    (json, records)
 }
 
 /// The published reading schema, compiled.

@@ -117,6 +117,7 @@ mod tests {
             id: ulid::Ulid::new(),
             device: "d".into(),
             class: MessageClass::Vital,
+            protocol: crate::reading::Protocol::Coap,
             json: bytes::Bytes::from_static(b"{}"),
         }
     }

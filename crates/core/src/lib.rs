@@ -32,6 +32,7 @@
 pub mod audit;
 pub mod authorize;
 pub mod backoff;
+pub mod board;
 pub mod bus;
 pub mod clock;
 pub mod credentials;
@@ -51,13 +52,15 @@ pub mod validate;
 pub use audit::{AuditEvent, AuditKind, AuditSink, MemoryAudit, NoAudit};
 pub use authorize::{Action, AllowAll, AuthRequest, Authorizer, Denied};
 pub use backoff::Backoff;
+pub use board::StatusBoard;
 pub use bus::{Bus, BusReceiver, IngestError, IngestRequest};
 pub use clock::{Clock, SystemClock};
 pub use credentials::{CredentialStore, NoCredentials, Secret};
 pub use health::{Health, HealthReporter};
 pub use limit::{Rate, SourceKey, Take, TokenBuckets};
 pub use outcome::{
-    DeliveryOutcome, NackReason, OutcomeKind, OutcomeObserver, OutcomeReceiver, OutcomeSender,
+    CommitObserver, DeliveryOutcome, NackReason, OutcomeKind, OutcomeObserver, OutcomeReceiver,
+    OutcomeSender,
 };
 pub use peer::{DatagramTap, Identity, IdentityKind, PeerContext, TransportKind};
 pub use pipeline::{

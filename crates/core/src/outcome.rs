@@ -95,6 +95,14 @@ pub trait OutcomeObserver: Send + Sync + std::fmt::Debug {
     fn observe(&self, ev: &DeliveryOutcome);
 }
 
+/// Sees every batch of readings the store made durable, synchronously on the store's writer
+/// task, after the commit and before the devices are answered. It must be cheap and must never
+/// block or wait (the status board's counters and live feed).
+pub trait CommitObserver: Send + Sync + std::fmt::Debug {
+    /// `readings` are durable.
+    fn committed(&self, readings: &[crate::reading::Encoded]);
+}
+
 /// The publishing side: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct OutcomeSender {

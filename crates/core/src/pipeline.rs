@@ -362,6 +362,7 @@ impl IngestPipeline {
             id: reading.id,
             device: reading.device,
             class: reading.class,
+            protocol: reading.protocol,
             json,
         }])?;
         Ok(Pending {

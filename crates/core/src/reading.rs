@@ -328,6 +328,7 @@ impl Reading {
             id: self.id,
             device: self.device.clone(),
             class: self.class,
+            protocol: self.protocol,
             json: Bytes::from(self.to_json()),
         }
     }
@@ -340,6 +341,7 @@ impl Reading {
             id: self.id,
             device: self.device,
             class: self.class,
+            protocol: self.protocol,
             json,
         }
     }
@@ -463,6 +465,8 @@ pub struct Encoded {
     pub device: String,
     /// Message class (routing policy; topic template field).
     pub class: MessageClass,
+    /// The protocol it came in over (the status board's device list).
+    pub protocol: Protocol,
     /// The `wardgate.reading/1` JSON.
     pub json: Bytes,
 }

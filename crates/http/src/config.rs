@@ -73,6 +73,21 @@ pub struct AdminToken {
     pub id: String,
     /// Hex SHA-256 of the token's bytes (`printf %s "$TOKEN" | sha256sum`). Never the token.
     pub sha256: String,
+    /// `admin` (default): everything; `viewer`: reads only (`GET`: the live feed of readings
+    /// on the status page, device and LwM2M listings), for a nurse-station screen.
+    #[serde(default)]
+    pub role: TokenRole,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    /// Read and edit.
+    #[default]
+    Admin,
+    /// Read only.
+    Viewer,
 }
 
 // A hash of a weak token can be brute-forced: keep it out of logs, like the token itself.
@@ -80,6 +95,7 @@ impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminToken")
             .field("id", &self.id)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }

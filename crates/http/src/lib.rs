@@ -46,6 +46,6 @@ mod tls;
 pub mod uplink;
 
 pub use admin::{AdminDeps, AdminMetrics, AdminServer};
-pub use config::{AdminConfig, AdminTlsConfig, AdminToken, HttpConfig};
+pub use config::{AdminConfig, AdminTlsConfig, AdminToken, HttpConfig, TokenRole};
 pub use error::HttpError;
 pub use server::{HttpDeps, HttpServer, ScrapeHook};

@@ -6,7 +6,8 @@
 //! [`JoinSet`] owned by the listener, each bounded by [`Limits::handshake_timeout`]; a slow or
 //! silent client never holds up the others. At most [`Limits::max_connections`] connections
 //! (handshaking or serving) exist at once: past that, new TCP connections wait in the kernel's
-//! backlog. A connection that sends nothing for [`Limits::idle_timeout`] is closed.
+//! backlog. A connection on which nothing is read or written for [`Limits::idle_timeout`] is
+//! closed.
 
 use std::future::Future;
 use std::io;
@@ -347,12 +348,18 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = match &mut self.io {
+        let this = &mut *self;
+        let polled = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
         };
         if let Poll::Ready(Ok(n)) = &polled {
-            self.tapped(false, *n);
+            // A long answer the peer keeps reading (the status page's live feed) is not idle;
+            // a peer that stops reading stops these writes, and the read side times it out.
+            if *n > 0 {
+                this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
+            }
+            this.tapped(false, *n);
         }
         polled
     }

@@ -58,6 +58,7 @@ impl Admin {
             tokens: vec![AdminToken {
                 id: "ops-1".into(),
                 sha256: sha256_hex(TOKEN.as_bytes()),
+                role: wardgate_http::TokenRole::Admin,
             }],
             ..AdminConfig::default()
         };
@@ -70,6 +71,8 @@ impl Admin {
             selector: None,
             outbox: None,
             captures: None,
+            board: None,
+            health: Health::new(),
         };
         let health = Health::new();
         let server = AdminServer::bind(

@@ -29,6 +29,7 @@ fn reading() -> Encoded {
         id,
         device: "bed-12-spo2".into(),
         class: MessageClass::Vital,
+        protocol: wardgate_core::Protocol::Coap,
         json: Bytes::from(json),
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use wardgate_core::{
-    AllUplinks, BusReceiver, Clock, Encoded, HealthReporter, IngestError, IngestRequest,
-    MessageClass, OutcomeObserver, OutcomeReceiver, OutcomeSender, Router, Shutdown, SystemClock,
+    AllUplinks, BusReceiver, Clock, CommitObserver, Encoded, HealthReporter, IngestError,
+    IngestRequest, MessageClass, OutcomeObserver, OutcomeReceiver, OutcomeSender, Router, Shutdown,
+    SystemClock,
 };
 
 use crate::config::{Durability, OverflowPolicy, StoreConfig};
@@ -137,6 +138,8 @@ pub(crate) struct Inner {
     pub(crate) outcomes: OutcomeSender,
     /// Called with every outcome before it is published.
     pub(crate) observer: Option<Arc<dyn OutcomeObserver>>,
+    /// Called with every batch of readings once it is durable.
+    pub(crate) on_commit: Option<Arc<dyn CommitObserver>>,
     /// Callers of [`Outbox::flush`] waiting for the next commit (true: it committed).
     pub(crate) flushes: Mutex<Vec<oneshot::Sender<bool>>>,
 }
@@ -232,6 +235,9 @@ pub struct OpenOptions {
     /// Sees every delivery outcome synchronously (lossless, unlike
     /// [`Outbox::subscribe_outcomes`]); none by default.
     pub observer: Option<Arc<dyn OutcomeObserver>>,
+    /// Sees every batch of readings once it is durable, before the devices are answered (the
+    /// status board); none by default.
+    pub on_commit: Option<Arc<dyn CommitObserver>>,
 }
 
 impl Default for OpenOptions {
@@ -241,6 +247,7 @@ impl Default for OpenOptions {
             clock: Arc::new(SystemClock),
             router: Arc::new(AllUplinks),
             observer: None,
+            on_commit: None,
         }
     }
 }
@@ -316,6 +323,7 @@ impl Outbox {
             clock,
             router,
             observer,
+            on_commit,
         } = opts;
         if uplinks.len() > MAX_UPLINKS {
             return Err(StoreError::TooManyUplinks {
@@ -384,6 +392,7 @@ impl Outbox {
             routing,
             outcomes,
             observer,
+            on_commit,
             flushes: Mutex::new(Vec::new()),
         };
         for u in uplinks {
@@ -1020,6 +1029,14 @@ impl Writer {
         self.failed = None;
         self.expire_again = out.more_expiry;
         self.update_health();
+        if let Some(o) = self
+            .inner
+            .on_commit
+            .as_deref()
+            .filter(|_| !work.readings.is_empty())
+        {
+            o.committed(&work.readings);
+        }
         for done in dones {
             let _ = done.send(Ok(()));
         }
@@ -1175,6 +1192,7 @@ mod tests {
             id: ulid::Ulid::new(),
             device: "d".into(),
             class: MessageClass::Alarm,
+            protocol: wardgate_core::Protocol::Coap,
             json: Bytes::from(vec![b'x'; len]),
         }
     }

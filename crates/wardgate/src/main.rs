@@ -12,6 +12,7 @@ mod file_uplink;
 mod monitor_cmd;
 mod probe;
 mod run;
+mod simulate;
 mod steer;
 mod telemetry;
 
@@ -83,6 +84,56 @@ enum Command {
         /// The interface to read (overrides `[monitor.interface] name`).
         #[arg(long, short, env = "WARDGATE_MONITOR_INTERFACE")]
         interface: Option<String>,
+    },
+    /// Simulate a ward: beds of devices sending a running gateway realistic vital signs over
+    /// every southbound protocol its configuration turns on (CoAP, LwM2M, HTTPS ingest, the
+    /// sensors' MQTT broker), with desaturation alarms, sensor dropouts and optional attack
+    /// traffic; live progress on stderr, a summary on stdout. Exit 1 if no reading was
+    /// accepted.
+    #[command(after_help = "Examples:\n  \
+        wardgate simulate --beds 8 --duration 2m\n  \
+        wardgate simulate --config gateway.toml --beds 40 --attack --seed 7\n  \
+        wardgate simulate --coap 10.0.4.2:5683 --no-lwm2m --duration 30s")]
+    Simulate {
+        /// The gateway's configuration file: where its endpoints are.
+        #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
+        config: PathBuf,
+        /// Beds (1-500); each has up to six devices.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=i64::from(simulate::MAX_BEDS)))]
+        beds: u32,
+        /// Stop after this long (`90s`, `10m`); default: until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Mean time between a patient's desaturation episodes (alarms); `0s`: none.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        alarm_every: std::time::Duration,
+        /// Mean time between a sensor's dropouts; `0s`: none.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        dropout_every: std::time::Duration,
+        /// Seed for every random choice (the same seed, the same ward).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Also send attack traffic (resource scans, forged security-class readings,
+        /// malformed datagrams) from `--attack-from`.
+        #[arg(long)]
+        attack: bool,
+        /// Source address of the attack traffic (label its flows with
+        /// `[[monitor.flows.labels]]`).
+        #[arg(long, default_value = "127.0.0.66")]
+        attack_from: std::net::IpAddr,
+        /// Send CoAP here instead of the configuration's first `[coap] listen`.
+        #[arg(long)]
+        coap: Option<std::net::SocketAddr>,
+        /// Do not run the LwM2M thermometers.
+        #[arg(long)]
+        no_lwm2m: bool,
+        /// CA certificate (PEM) to check the HTTPS ingest certificate against (default: the
+        /// configuration's `[ingest.http.tls] cert_file`).
+        #[arg(long)]
+        https_ca: Option<PathBuf>,
+        /// No progress line.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Outbox maintenance.
     Store {
@@ -180,10 +231,78 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config, demo, only } => match load(&config, only) {
-            Ok(cfg) => run::main(cfg, only, demo),
+            Ok(mut cfg) => {
+                if demo && only.is_none() {
+                    match demo::enable_status_page(&mut cfg) {
+                        Ok(Some(path)) => eprintln!(
+                            "demo: status page at http://{}/status; its admin token is in {}",
+                            cfg.admin.listen,
+                            path.display()
+                        ),
+                        Ok(None) => {}
+                        Err(e) => eprintln!(
+                            "demo: cannot write the admin token file ({e}); the status page is off"
+                        ),
+                    }
+                }
+                run::main(cfg, only, demo)
+            }
             Err(code) => code,
         },
         Command::Probe { addr, path } => probe::main(&addr, &path),
+        Command::Simulate {
+            config,
+            beds,
+            duration,
+            alarm_every,
+            dropout_every,
+            seed,
+            attack,
+            attack_from,
+            coap,
+            no_lwm2m,
+            https_ca,
+            quiet,
+        } => {
+            let cfg = match load(&config, None) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let mut targets = simulate::Targets::of(&cfg, https_ca);
+            if let Some(c) = coap {
+                targets.coap = Some(c);
+                targets.lwm2m = cfg.lwm2m.enabled;
+            }
+            if no_lwm2m {
+                targets.lwm2m = false;
+            }
+            if !targets.any() {
+                eprintln!(
+                    "{}: no southbound endpoint to simulate against ([coap], [ingest.http], \
+                     [[ingest.mqtt]] are all off); give one with --coap",
+                    config.display()
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            // Warnings only (RUST_LOG overrides): the progress line is the output.
+            telemetry::init(&wardgate_config::LogConfig {
+                level: "warn".into(),
+                ..cfg.log.clone()
+            });
+            let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+            simulate::main(
+                simulate::Plan {
+                    beds,
+                    duration,
+                    seed: seed.unwrap_or_else(rand::random),
+                    alarm_every: nonzero(alarm_every),
+                    dropout_every: nonzero(dropout_every),
+                    targets,
+                    attack_from: attack.then_some(attack_from),
+                },
+                quiet,
+            )
+        }
         Command::Monitor { config, interface } => match load_monitor(&config) {
             Ok(cfg) => monitor_cmd::main(cfg, interface),
             Err(code) => code,

@@ -151,10 +151,16 @@ impl App {
             &mut registry,
         ));
         budget.0.announce(&uplink_names);
+        // What the status page shows: durable readings, delivery ages, security events.
+        let board = wardgate_core::StatusBoard::new(cfg.gateway.id.as_str());
         let store_metrics = wardgate_store::StoreMetrics::register(&mut registry);
         store_metrics.set_capacity(cfg.store.max_readings, cfg.store.max_bytes);
         let mut open = wardgate_store::OpenOptions {
-            observer: Some(Arc::new(budget)),
+            observer: Some(Arc::new(crate::steer::Observers {
+                budget,
+                board: board.clone(),
+            })),
+            on_commit: Some(Arc::new(board.clone())),
             ..wardgate_store::OpenOptions::default()
         };
         if let Some(s) = &selector {
@@ -197,6 +203,7 @@ impl App {
                 Arc::new(NoAudit)
             }
         };
+        let audit = board.audit_tee(audit);
         let (authorizer, credentials, device_registry): Devices = match &cfg.registry.path {
             Some(path) => {
                 let metrics = wardgate_registry::RegistryMetrics::register(&mut registry);
@@ -327,6 +334,8 @@ impl App {
                 selector: selector.clone(),
                 outbox: Some(outbox.clone()),
                 captures: capture.clone(),
+                board: Some(board.clone()),
+                health: health.clone(),
             };
             let reporter = health.reporter("admin", ComponentKind::Listener);
             Some(
@@ -483,17 +492,23 @@ impl App {
         let admin = self.admin.map(|server| {
             if let Some(a) = server.local_addr() {
                 tracing::info!(addr = %a, "admin API listening");
+                // TLS is on for anything but loopback (validation refuses plain HTTP elsewhere).
+                let scheme = if a.ip().is_loopback() {
+                    "http"
+                } else {
+                    "https"
+                };
+                tracing::info!("status page: {scheme}://{a}/status");
             }
             tokio::spawn(server.run(stops.admin.clone()))
         });
         if self.demo {
             match demo::target(&coap_addrs) {
                 Some(target) => {
-                    tracing::info!(%target, "demo: starting simulated ward sensors");
-                    ingest.spawn(demo::run(target, stops.ingest.clone()));
-                    if self.demo_lwm2m {
-                        ingest.spawn(demo::run_lwm2m(target, stops.ingest.clone()));
-                    }
+                    tracing::info!(%target, "demo: starting a simulated ward of two beds");
+                    let plan = crate::simulate::demo_plan(target, self.demo_lwm2m);
+                    let stats = std::sync::Arc::new(crate::simulate::Stats::default());
+                    ingest.spawn(crate::simulate::run(plan, stats, stops.ingest.clone()));
                 }
                 None => tracing::warn!("demo: CoAP is disabled; no simulated sensors started"),
             }

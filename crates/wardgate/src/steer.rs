@@ -46,12 +46,23 @@ struct Link {
 #[derive(Debug)]
 pub(crate) struct Budget(pub(crate) DeliveryBudget);
 
-impl OutcomeObserver for Budget {
+/// Every acknowledged delivery's age, measured once: against its class's budget, and into the
+/// status board's latency series.
+#[derive(Debug)]
+pub(crate) struct Observers {
+    pub(crate) budget: Budget,
+    pub(crate) board: wardgate_core::StatusBoard,
+}
+
+impl OutcomeObserver for Observers {
     fn observe(&self, ev: &DeliveryOutcome) {
         if ev.outcome == OutcomeKind::Acked {
-            let age = age(ev.id, SystemTime::now());
-            self.0
+            let now = SystemTime::now();
+            let age = age(ev.id, now);
+            self.budget
+                .0
                 .record(ev.class, &ev.uplink_name, age, std::time::Instant::now());
+            self.board.delivered_at(age, now);
         }
     }
 }

@@ -23,7 +23,7 @@ use axum::http::header::AUTHORIZATION;
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
-use crate::config::{AdminConfig, parse_sha256_hex};
+use crate::config::{AdminConfig, TokenRole, parse_sha256_hex};
 use crate::listener::sha256;
 
 /// Failed attempts a source may make per window.
@@ -39,22 +39,31 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The authenticated administrator.
+/// The authenticated administrator (or viewer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Principal {
     /// By bearer token: its configured id.
     Token(Box<str>),
+    /// By a `role = "viewer"` bearer token: its configured id. May read (`GET`), never edit.
+    Viewer(Box<str>),
     /// By client certificate: its fingerprint.
     Certificate([u8; 32]),
 }
 
 impl Principal {
-    /// The audit actor: `admin:<token id>` or `admin-cert:<first 16 hex digits>`.
+    /// The audit actor: `admin:<token id>`, `viewer:<token id>` or
+    /// `admin-cert:<first 16 hex digits>`.
     pub(crate) fn actor(&self) -> String {
         match self {
             Principal::Token(id) => format!("admin:{id}"),
+            Principal::Viewer(id) => format!("viewer:{id}"),
             Principal::Certificate(fp) => format!("admin-cert:{}", hex(fp.get(..8).unwrap_or(fp))),
         }
+    }
+
+    /// Whether it may only read.
+    pub(crate) fn read_only(&self) -> bool {
+        matches!(self, Principal::Viewer(_))
     }
 }
 
@@ -81,14 +90,14 @@ impl Failure {
 
 /// The configured credentials, decoded once.
 pub(crate) struct Credentials {
-    tokens: Vec<([u8; 32], Box<str>)>,
+    tokens: Vec<([u8; 32], Box<str>, TokenRole)>,
     certificates: Vec<[u8; 32]>,
 }
 
 // Hashes of weak tokens can be brute-forced: Debug names token ids only.
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ids: Vec<&str> = self.tokens.iter().map(|(_, id)| &**id).collect();
+        let ids: Vec<&str> = self.tokens.iter().map(|(_, id, _)| &**id).collect();
         f.debug_struct("Credentials")
             .field("tokens", &ids)
             .field("certificates", &self.certificates.len())
@@ -104,7 +113,7 @@ impl Credentials {
             tokens: cfg
                 .tokens
                 .iter()
-                .filter_map(|t| Some((parse_sha256_hex(&t.sha256)?, t.id.as_str().into())))
+                .filter_map(|t| Some((parse_sha256_hex(&t.sha256)?, t.id.as_str().into(), t.role)))
                 .collect(),
             certificates: cfg
                 .client_certificates
@@ -132,18 +141,20 @@ impl Credentials {
             });
         };
         let token = bearer(value.as_bytes()).ok_or(Failure::BadToken)?;
-        self.token(token)
-            .map(Principal::Token)
-            .ok_or(Failure::BadToken)
+        match self.token(token) {
+            Some((id, TokenRole::Admin)) => Ok(Principal::Token(id)),
+            Some((id, TokenRole::Viewer)) => Ok(Principal::Viewer(id)),
+            None => Err(Failure::BadToken),
+        }
     }
 
     /// The id of the token whose hash matches, comparing every hash in constant time.
-    fn token(&self, token: &[u8]) -> Option<Box<str>> {
+    fn token(&self, token: &[u8]) -> Option<(Box<str>, TokenRole)> {
         let presented = sha256(token);
         let mut found = None;
-        for (hash, id) in &self.tokens {
+        for (hash, id, role) in &self.tokens {
             if bool::from(hash.ct_eq(&presented)) {
-                found = Some(id.clone());
+                found = Some((id.clone(), *role));
             }
         }
         found
@@ -214,10 +225,18 @@ mod tests {
 
     fn creds() -> Credentials {
         let cfg = AdminConfig {
-            tokens: vec![AdminToken {
-                id: "ops-1".into(),
-                sha256: hex(&sha256(b"right")),
-            }],
+            tokens: vec![
+                AdminToken {
+                    id: "ops-1".into(),
+                    sha256: hex(&sha256(b"right")),
+                    role: TokenRole::Admin,
+                },
+                AdminToken {
+                    id: "screen-1".into(),
+                    sha256: hex(&sha256(b"look")),
+                    role: TokenRole::Viewer,
+                },
+            ],
             ..AdminConfig::default()
         };
         Credentials::from_config(&cfg)
@@ -238,6 +257,10 @@ mod tests {
             c.authenticate(None, &auth("bearer  right ")).unwrap(),
             Principal::Token("ops-1".into())
         );
+        let viewer = c.authenticate(None, &auth("Bearer look")).unwrap();
+        assert_eq!(viewer, Principal::Viewer("screen-1".into()));
+        assert_eq!(viewer.actor(), "viewer:screen-1");
+        assert!(viewer.read_only() && !p.read_only());
         assert_eq!(
             c.authenticate(None, &auth("Bearer wrong")),
             Err(Failure::BadToken)

@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,12 +24,15 @@ pub struct AdminMetrics {
     auth_failures: Family<Reason, Counter>,
     actions: Family<ActionLabels, Counter>,
     handshake_failures: Family<Reason, Counter>,
+    pub(crate) feed_clients: Gauge,
+    feed_dropped: Counter,
 }
 
 impl AdminMetrics {
     /// Registers the counters: `wardgate_admin_auth_failures_total{reason}`,
     /// `wardgate_admin_actions_total{action,outcome}`,
-    /// `wardgate_admin_tls_handshake_failures_total{reason}`.
+    /// `wardgate_admin_tls_handshake_failures_total{reason}`, `wardgate_admin_feed_clients`,
+    /// `wardgate_admin_feed_dropped_total`.
     pub fn register(registry: &mut Registry) -> AdminMetrics {
         let m = AdminMetrics::default();
         registry.register(
@@ -46,7 +50,21 @@ impl AdminMetrics {
             "Admin API TLS handshakes that failed or timed out",
             m.handshake_failures.clone(),
         );
+        registry.register(
+            "wardgate_admin_feed_clients",
+            "Clients of the status page's live feed of readings now",
+            m.feed_clients.clone(),
+        );
+        registry.register(
+            "wardgate_admin_feed_dropped",
+            "Live-feed clients disconnected for falling too far behind",
+            m.feed_dropped.clone(),
+        );
         m
+    }
+
+    pub(crate) fn feed_dropped(&self) {
+        self.feed_dropped.inc();
     }
 
     pub(crate) fn auth_failed(&self, reason: &'static str) {

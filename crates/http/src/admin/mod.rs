@@ -20,6 +20,7 @@ mod captures;
 mod lwm2m;
 mod metrics;
 mod routes;
+mod status;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,12 +29,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use tokio::time::Instant;
-use wardgate_core::{AuditEvent, AuditKind, AuditSink, HealthReporter, Shutdown, TransportKind};
+use wardgate_core::{
+    AuditEvent, AuditKind, AuditSink, Health, HealthReporter, Shutdown, TransportKind,
+};
 use wardgate_registry::Registry;
 
 use crate::config::AdminConfig;
@@ -74,6 +77,10 @@ pub struct AdminDeps {
     pub outbox: Option<wardgate_store::Outbox>,
     /// The traffic capture control; without one, the capture endpoints answer 503.
     pub captures: Option<wardgate_monitor::CaptureControl>,
+    /// What the status page shows of the traffic; without one, the status page answers 503.
+    pub board: Option<wardgate_core::StatusBoard>,
+    /// The readiness table the status page shows.
+    pub health: Health,
 }
 
 impl fmt::Debug for AdminDeps {
@@ -91,6 +98,9 @@ pub(crate) struct AdminState {
     selector: Option<wardgate_selector::SharedSelector>,
     outbox: Option<wardgate_store::Outbox>,
     captures: Option<wardgate_monitor::CaptureControl>,
+    board: Option<wardgate_core::StatusBoard>,
+    health: Health,
+    feed_slots: status::FeedSlots,
     audit: Arc<dyn AuditSink>,
     metrics: AdminMetrics,
     credentials: Credentials,
@@ -150,6 +160,9 @@ impl AdminServer {
             selector: deps.selector,
             outbox: deps.outbox,
             captures: deps.captures,
+            board: deps.board,
+            health: deps.health,
+            feed_slots: status::FeedSlots::new(deps.metrics.feed_clients.clone()),
             audit: deps.audit,
             metrics: deps.metrics,
             credentials: Credentials::from_config(cfg),
@@ -274,6 +287,13 @@ fn router(state: Arc<AdminState>) -> Router {
             post(lwm2m::run_operation),
         )
         .route("/admin/v1/lwm2m/bootstrap", get(lwm2m::list_bootstrap))
+        .route("/", get(status::root))
+        .route("/status", get(status::page))
+        .route("/status/v1/panels", get(status::panels))
+        .route("/status/v1/snapshot", get(status::snapshot_json))
+        .route("/status/v1/feed", get(status::feed))
+        .route("/status/assets/status.css", get(status::css))
+        .route("/status/assets/status.js", get(status::js))
         .route(
             "/admin/v1/lwm2m/bootstrap/{pattern}",
             axum::routing::put(lwm2m::put_bootstrap).delete(lwm2m::delete_bootstrap),
@@ -310,6 +330,10 @@ async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
+    // The status page is read-only and shows no reading values, keys or tokens.
+    if status::is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
     let ip = peer.addr.ip();
     let now = Instant::now();
     if st.limit.blocked(ip, now) {
@@ -325,6 +349,21 @@ async fn authenticate(
         .authenticate(peer.client_cert.as_ref(), req.headers())
     {
         Ok(principal) => {
+            if principal.read_only() && !matches!(*req.method(), Method::GET | Method::HEAD) {
+                st.metrics.auth_failed("admin_read_only");
+                tracing::warn!(peer = %peer.addr, actor = %principal.actor(), "admin API: a viewer token may only read");
+                st.audit.record(
+                    AuditEvent::new(AuditKind::AclDenied, "admin_read_only")
+                        .actor(principal.actor())
+                        .peer(peer.addr, transport(&peer))
+                        .subject(req.uri().path().to_owned()),
+                );
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "this token may only read (role = \"viewer\")",
+                )
+                .into_response();
+            }
             req.extensions_mut().insert(principal);
             return next.run(req).await;
         }

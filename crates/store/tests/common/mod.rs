@@ -40,6 +40,7 @@ pub fn reading(device: &str, len: usize) -> Encoded {
         id,
         device: device.to_owned(),
         class: MessageClass::Vital,
+        protocol: wardgate_core::Protocol::Coap,
         json: Bytes::from(json),
     }
 }
