@@ -663,3 +663,65 @@ fn failed_dtls_handshakes_become_auth_failure_and_handshake_flood_readings() {
     let status = common::terminate(&mut gateway.0);
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for cmd in [
+        &["run"][..],
+        &["check-config"],
+        &["probe"],
+        &["monitor"],
+        &["simulate"],
+        &["store", "recover"],
+        &["audit", "verify"],
+    ] {
+        let out = Command::new(WARDGATE)
+            .args(cmd)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd:?}: {help}");
+        assert!(help.contains("Examples:\n  wardgate "), "{cmd:?}:\n{help}");
+    }
+}
+
+#[test]
+fn check_config_names_the_line_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str| -> String {
+        let cfg = dir.path().join(name);
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(WARDGATE)
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Keys of the wrong type or misspelt (each section reports its first).
+    let err = check(
+        "typos.toml",
+        "# a gateway with typos\n[coap]\nlisten = \"0.0.0.0:5683\"\n[http]\nlisen = \"127.0.0.1:8080\"\n\
+         [[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n",
+    );
+    for needle in [
+        "line 3, column 1: coap.listen: invalid type: string \"0.0.0.0:5683\", expected a sequence (write a list",
+        "line 5, column 1: http.lisen: unknown field `lisen`",
+        "did you mean `listen`?",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    // Values out of range, found once the file reads.
+    let err = check(
+        "values.toml",
+        "[store]\nmax_batch = 0\n[[uplinks]]\ntype = \"mqtt\"\nname = \"cloud\"\nurl = \"ftp://x\"\n",
+    );
+    for needle in [
+        "line 2, column 1: store.max_batch:",
+        "line 6, column 1: uplinks[0].url:",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}

@@ -20,10 +20,16 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
+/// One problem a line, with where it is when known:
+/// `  - line 12, column 1: uplinks[1].url: ...`.
 fn list(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("  - {p}"))
+        .map(|p| match (p.line, p.column) {
+            (Some(l), Some(c)) => format!("  - line {l}, column {c}: {p}"),
+            (Some(l), None) => format!("  - line {l}: {p}"),
+            _ => format!("  - {p}"),
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }

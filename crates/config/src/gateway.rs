@@ -232,11 +232,11 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
         None => {}
         Some(toml::Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                match UplinkConfig::deserialize(item.clone()) {
+                match typed::<UplinkConfig>(item, &format!("uplinks[{i}]")) {
                     Ok(u) => cfg.uplinks.push(u),
-                    Err(e) => {
+                    Err((path, message)) => {
                         ok = false;
-                        p.push(format!("uplinks[{i}]"), e.to_string().trim_end().to_owned());
+                        p.push(path, message);
                     }
                 }
             }
@@ -257,13 +257,112 @@ fn section<T: DeserializeOwned>(
     into: &mut T,
 ) {
     if let Some(v) = table.get(key) {
-        match T::deserialize(v.clone()) {
+        match typed::<T>(v, key) {
             Ok(parsed) => *into = parsed,
-            Err(e) => {
+            Err((path, message)) => {
                 *ok = false;
-                p.push(key, e.to_string().trim_end().to_owned());
+                p.push(path, message);
             }
         }
+    }
+}
+
+/// Deserializes the value at `at`; on failure, the full path of the offending key and a message
+/// that says what would be right.
+fn typed<T: DeserializeOwned>(v: &toml::Value, at: &str) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let inner = e.path().to_string();
+        let mut path = if inner == "." || inner.is_empty() {
+            at.to_owned()
+        } else {
+            format!("{at}.{inner}")
+        };
+        // toml appends "in `key`" lines the path already says.
+        let raw = e.inner().to_string();
+        let message: String = raw
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("in `"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let message = message.trim().to_owned();
+        // The path may stop at the table holding an unknown key, or name the key itself.
+        if let Some(field) = unknown_field(&message).or_else(|| missing_field(&message))
+            && !path.ends_with(&format!(".{field}"))
+        {
+            path = format!("{path}.{field}");
+        }
+        (path, with_fix(message))
+    })
+}
+
+/// The field an "unknown field `x`, expected ..." error names.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// The field a "missing field `x`" error names.
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
+
+/// `message` with what to write instead, for the errors people make most.
+fn with_fix(message: String) -> String {
+    if let Some(field) = unknown_field(&message) {
+        // serde lists the expected fields: suggest the closest.
+        let expected: Vec<&str> = message
+            .split_once("expected ")
+            .map(|(_, list)| {
+                list.split('`')
+                    .enumerate()
+                    .filter(|(i, _)| i % 2 == 1)
+                    .map(|(_, s)| s)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let best = expected
+            .iter()
+            .map(|e| (strsim::jaro_winkler(field, e), *e))
+            .filter(|(score, _)| *score > 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        return match best {
+            Some((_, e)) => format!("{message}; did you mean `{e}`?"),
+            None => format!("{message}; remove it, or check the section it is in"),
+        };
+    }
+    let hint = if message.contains("invalid socket address") {
+        Some("write an address and port, e.g. \"0.0.0.0:5683\" or \"[::]:5683\"")
+    } else if message.contains("expected a sequence") {
+        Some("write a list, e.g. [\"…\"]")
+    } else if [
+        "expected usize",
+        "expected u64",
+        "expected u32",
+        "expected u16",
+        "expected u8",
+    ]
+    .iter()
+    .any(|t| message.contains(t))
+    {
+        Some("write a whole number, without quotes")
+    } else if message.contains("expected a boolean") {
+        Some("write true or false (no quotes)")
+    } else if message.contains("time unit")
+        || message.contains("expected number")
+        || message.contains("unknown unit")
+    {
+        Some("write a duration such as \"500ms\", \"30s\", \"5m\" or \"1h\"")
+    } else if message.contains("missing field") {
+        Some("add it: it has no default")
+    } else if message.contains("unknown variant") {
+        Some("use one of the values listed")
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => format!("{message} ({h})"),
+        None => message,
     }
 }
 
@@ -494,8 +593,71 @@ path = "-"
         let Err(ConfigError::Invalid(problems)) = parse(text, &no_env) else {
             panic!("expected problems");
         };
-        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, vec!["coap", "store", "uplinks[0]"], "{problems:?}");
+        // Each names the key itself, its line, and what to write instead.
+        let got: Vec<(&str, Option<usize>)> =
+            problems.iter().map(|p| (p.path.as_str(), p.line)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("coap.listen", Some(2)),
+                ("store.max_batch", Some(4)),
+                ("uplinks[0].type", Some(6))
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0]
+                .message
+                .ends_with("(write a list, e.g. [\"…\"])")
+        );
+        assert!(
+            problems[1]
+                .message
+                .ends_with("(write a whole number, without quotes)")
+        );
+        assert!(
+            problems[2]
+                .message
+                .contains("expected one of `mqtt`, `https`, `file`")
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named_with_the_closest_right_one() {
+        let text = "[http]\nlisen = \"127.0.0.1:8080\"\n[[uplinks]]\ntype = \"file\"\nname = \"x\"\npath = \"-\"\n";
+        let Err(ConfigError::Invalid(problems)) = parse(text, &no_env) else {
+            panic!("expected problems");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert_eq!(
+            (p.path.as_str(), p.line, p.column),
+            ("http.lisen", Some(2), Some(1))
+        );
+        assert!(
+            p.message.ends_with("did you mean `listen`?"),
+            "{}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_named_and_located_at_its_table() {
+        let text = "[gateway]\nid = \"w\"\n[[uplinks]]\ntype = \"file\"\npath = \"-\"\n";
+        let Err(ConfigError::Invalid(problems)) = parse(text, &no_env) else {
+            panic!("expected problems");
+        };
+        let p = &problems[0];
+        assert_eq!(
+            (p.path.as_str(), p.line),
+            ("uplinks[0].name", Some(3)),
+            "{p:?}"
+        );
+        assert!(
+            p.message.ends_with("(add it: it has no default)"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]

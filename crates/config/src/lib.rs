@@ -12,6 +12,7 @@ mod audit;
 mod error;
 mod gateway;
 mod interpolate;
+mod locate;
 pub mod split;
 
 pub use audit::AuditConfig;
@@ -102,6 +103,9 @@ pub fn parse_for(
     let mut problems = problems.into_vec();
     if purpose == Purpose::Monitor {
         problems.retain(|p| p.path != "uplinks");
+    }
+    if !problems.is_empty() {
+        locate::locate(text, &expanded, &mut problems);
     }
     match cfg {
         Some(cfg) if problems.is_empty() => Ok(cfg),

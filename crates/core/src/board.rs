@@ -407,14 +407,20 @@ impl Inner {
         );
     }
 
-    /// Drops the least recently seen eighth of the rows (amortized: one sort per
-    /// `MAX_DEVICES / 8` new devices).
+    /// Drops the least recently seen eighth of the rows, exactly that many even when many were
+    /// last seen in the same millisecond (amortized: one selection pass per `MAX_DEVICES / 8`
+    /// new devices).
     fn evict(&mut self) {
-        let mut lasts: Vec<i64> = self.devices.values().map(|d| d.last_ms).collect();
-        let k = (MAX_DEVICES / 8).max(1).min(lasts.len().saturating_sub(1));
-        let (_, cut, _) = lasts.select_nth_unstable(k);
-        let cut = *cut;
-        self.devices.retain(|_, d| d.last_ms > cut);
+        let mut by_age: Vec<(i64, &String)> =
+            self.devices.iter().map(|(id, d)| (d.last_ms, id)).collect();
+        let k = (MAX_DEVICES / 8).max(1).min(by_age.len());
+        if k < by_age.len() {
+            by_age.select_nth_unstable(k);
+        }
+        let gone: Vec<String> = by_age[..k].iter().map(|(_, id)| (*id).clone()).collect();
+        for id in gone {
+            self.devices.remove(&id);
+        }
     }
 }
 
@@ -524,10 +530,27 @@ mod tests {
         }
         let s = b.snapshot_at(at(t0 + 1_000_000));
         assert!(s.devices.len() <= MAX_DEVICES);
+        assert!(
+            s.devices.len() > MAX_DEVICES - MAX_DEVICES / 8 - 1,
+            "{}",
+            s.devices.len()
+        );
         // The newest survive.
         let last = format!("d-{}", MAX_DEVICES + 999);
         assert_eq!(s.devices[0].device, last);
         assert!(!s.devices.iter().any(|d| d.device == "d-0"));
+    }
+
+    #[test]
+    fn devices_seen_in_one_commit_are_evicted_an_eighth_at_a_time() {
+        let b = StatusBoard::new("gw");
+        let batch: Vec<Encoded> = (0..MAX_DEVICES + 1)
+            .map(|i| enc(&format!("d-{i}"), MessageClass::Vital))
+            .collect();
+        // One commit, one millisecond for all of them.
+        b.committed_at(&batch, at(1_700_000_000_000));
+        let n = b.snapshot_at(at(1_700_000_001_000)).devices.len();
+        assert_eq!(n, MAX_DEVICES + 1 - MAX_DEVICES / 8);
     }
 
     #[test]

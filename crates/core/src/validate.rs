@@ -9,6 +9,10 @@ pub struct Problem {
     pub path: String,
     /// What is wrong and, where possible, what would be right.
     pub message: String,
+    /// The 1-based line of the file the path points at, when known.
+    pub line: Option<usize>,
+    /// The 1-based column on that line, when known.
+    pub column: Option<usize>,
 }
 
 impl fmt::Display for Problem {
@@ -32,6 +36,8 @@ impl Problems {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
+            line: None,
+            column: None,
         });
     }
 

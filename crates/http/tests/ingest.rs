@@ -480,6 +480,15 @@ async fn unknown_paths_and_methods_get_problem_json() {
     let url = format!("https://127.0.0.1:{}/v1/other", gw.addr.port());
     let a = post(&client, &url, Some(TOKEN), "application/senml+json", SENML).await;
     problem(&a, 404);
+    // The API's description, at its stable path, without a token.
+    let url = format!("https://127.0.0.1:{}/v1/openapi.json", gw.addr.port());
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!(
+        v["paths"]["/v1/devices/{id}/readings"]["post"].is_object(),
+        "{v}"
+    );
     gw.stop().await;
 }
 

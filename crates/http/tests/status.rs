@@ -214,6 +214,12 @@ async fn the_page_and_snapshot_are_open_and_show_the_board_without_values() {
         assert!(head.contains(kind), "{head}");
         assert!(!body.is_empty());
     }
+    // The API's description is open too, at a stable path.
+    let (status, _, json) = get(f.addr, "GET", "/admin/v1/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["openapi"].as_str().unwrap().starts_with("3."), "{v}");
+    assert!(v["paths"]["/admin/v1/devices"].is_object());
     // Everything else on the listener still needs a token.
     let (status, _, _) = get(f.addr, "GET", "/status/v1/feed", None).await;
     assert_eq!(status, 401);

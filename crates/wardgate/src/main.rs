@@ -32,6 +32,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway.
+    #[command(after_help = "Examples:\n  \
+        wardgate run --demo                      # embedded defaults, a simulated ward, the status page\n  \
+        wardgate run --config /etc/wardgate/gateway.toml\n  \
+        WARDGATE_ONLY=coap wardgate run          # one part of a split gateway (docs/scale-out.md)")]
     Run {
         /// Configuration file.
         #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
@@ -47,6 +51,11 @@ enum Command {
         only: Option<wardgate_config::Part>,
     },
     /// Validate a configuration file, report every problem, bind nothing.
+    #[command(after_help = "Examples:\n  \
+        wardgate check-config --config gateway.toml\n  \
+        wardgate check-config --only uplinks     # as the uplinks part of a split gateway reads it\n  \
+        wardgate check-config --monitor --config monitor.toml\n\n\
+        Every problem is listed with its line, its key and what to write instead; exit 64 if any.")]
     CheckConfig {
         /// Configuration file.
         #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
@@ -63,6 +72,9 @@ enum Command {
     },
     /// Ask a running gateway whether it is ready (`GET /readyz`): exit 0 if it answers 200, 1
     /// otherwise. For container health checks, where no curl is installed.
+    #[command(after_help = "Examples:\n  \
+        wardgate probe                           # GET /readyz on 127.0.0.1:8080\n  \
+        wardgate probe --path /healthz --addr 10.0.4.2:8080")]
     Probe {
         /// Address of the gateway's `[http]` listener.
         #[arg(long, default_value = "127.0.0.1:8080", env = "WARDGATE_PROBE_ADDR")]
@@ -75,8 +87,9 @@ enum Command {
     /// interface or a mirrored switch port (AF_PACKET; needs CAP_NET_RAW) and writes the
     /// pcapng captures (`[monitor.capture]`) and flow records (`[monitor.flows]`) of the
     /// CoAP and DTLS traffic on it, with /metrics on `[http]`.
-    ///
-    /// Example: `wardgate monitor --config monitor.toml --interface eth1`
+    #[command(after_help = "Examples:\n  \
+        wardgate monitor --config monitor.toml --interface eth1\n  \
+        docker compose --profile monitor up      # the same, as a container on the host network")]
     Monitor {
         /// Configuration file (its `[monitor]`, `[http]` and `[log]` sections are used).
         #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
@@ -151,6 +164,9 @@ enum Command {
 enum AuditCommand {
     /// Check audit files: every record's hash, the chain across records and rotated files,
     /// gap-free seq and (with --key) every MAC. Exit 0 if intact, 1 at the first problem.
+    #[command(after_help = "Examples:\n  \
+        wardgate audit verify wardgate-data/audit.log\n  \
+        wardgate audit verify --key /etc/wardgate/audit.key --from-start wardgate-data/")]
     Verify {
         /// The HMAC key file the gateway signs with (`[audit] hmac_key_file`).
         #[arg(long)]
@@ -168,6 +184,9 @@ enum AuditCommand {
 enum StoreCommand {
     /// Salvage every readable reading from a corrupt outbox into a fresh file; the damaged file
     /// is kept beside it as `<path>.corrupt-<unix-time>`.
+    #[command(after_help = "Examples:\n  \
+        wardgate store recover --config gateway.toml\n  \
+        wardgate store recover --only uplinks    # the outbox of a split gateway's uplinks part")]
     Recover {
         /// Configuration file (its `[store] path` is recovered).
         #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]

@@ -251,6 +251,15 @@ async fn reading_trace(
     Ok(axum::Json(trace))
 }
 
+/// `GET /admin/v1/openapi.json` (no token needed): the API's description.
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../../../docs/admin-api.openapi.json"),
+    )
+        .into_response()
+}
+
 fn router(state: Arc<AdminState>) -> Router {
     let devices = "/admin/v1/devices/{id}";
     Router::new()
@@ -288,6 +297,7 @@ fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/admin/v1/lwm2m/bootstrap", get(lwm2m::list_bootstrap))
         .route("/", get(status::root))
+        .route("/admin/v1/openapi.json", get(openapi))
         .route("/status", get(status::page))
         .route("/status/v1/panels", get(status::panels))
         .route("/status/v1/snapshot", get(status::snapshot_json))

@@ -51,6 +51,7 @@ pub(crate) fn is_public(path: &str) -> bool {
     matches!(
         path,
         "/" | "/status"
+            | "/admin/v1/openapi.json"
             | "/status/v1/panels"
             | "/status/v1/snapshot"
             | "/status/assets/status.css"

@@ -275,9 +275,23 @@ impl IngestServer {
     }
 }
 
+/// The API's description, served at [`OPENAPI_PATH`] for device makers and their tools.
+const OPENAPI: &str = include_str!("../../../../docs/ingest-api.openapi.json");
+/// Where the description is served (no token needed).
+pub const OPENAPI_PATH: &str = "/v1/openapi.json";
+
 fn router(state: Arc<IngestState>) -> Router {
     Router::new()
         .route(ROUTE, post(post_readings))
+        .route(
+            OPENAPI_PATH,
+            axum::routing::get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    OPENAPI,
+                )
+            }),
+        )
         .method_not_allowed_fallback(|| async {
             Problem::new(Kind::MethodNotAllowed, "use POST").into_response()
         })
