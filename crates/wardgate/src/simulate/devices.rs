@@ -19,6 +19,8 @@ use super::{Outcome, Plan, Proto, Stats};
 
 /// Longest wait for one answer before the send counts as failed.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the run, how long the MQTT devices wait for the broker's last PUBACKs.
+const DRAIN: Duration = Duration::from_secs(3);
 
 /// What the beds share: the HTTPS client and the MQTT connection.
 pub(crate) struct Shared {
@@ -48,39 +50,65 @@ impl Shared {
             );
             opts.set_keep_alive(Duration::from_secs(30));
             let (client, mut events) = rumqttc::AsyncClient::new(opts, 256);
-            // The event loop: counts the broker's PUBACKs; reconnects after a pause on error.
+            let closer = client.clone();
+            // The event loop counts the broker's PUBACKs and reconnects after a pause on error.
+            // Once `stop` comes it goes on for up to DRAIN so the last PUBACKs are counted;
+            // whatever is still unacknowledged then counts as failed.
             let task = tokio::spawn(async move {
+                let mut until: Option<tokio::time::Instant> = None;
                 loop {
+                    let c = stats.of(Proto::Mqtt);
+                    let open = c
+                        .sent
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(c.accepted.load(Ordering::Relaxed))
+                        .saturating_sub(c.failed.load(Ordering::Relaxed));
+                    if until.is_some() && open == 0 {
+                        break;
+                    }
+                    let deadline = until.unwrap_or_else(|| {
+                        tokio::time::Instant::now() + Duration::from_secs(3600)
+                    });
                     tokio::select! {
-                        () = stop.cancelled() => break,
+                        () = stop.cancelled(), if until.is_none() => {
+                            until = Some(tokio::time::Instant::now() + DRAIN);
+                        }
+                        () = tokio::time::sleep_until(deadline), if until.is_some() => {
+                            c.failed.fetch_add(open, Ordering::Relaxed);
+                            break;
+                        }
                         ev = events.poll() => match ev {
                             Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                                let c = stats.of(Proto::Mqtt);
                                 c.accepted.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok(_) => {}
                             Err(e) => {
+                                if until.is_some() {
+                                    c.failed.fetch_add(open, Ordering::Relaxed);
+                                    break;
+                                }
                                 tracing::warn!(error = %e, "simulate: MQTT broker connection failed");
                                 tokio::select! {
-                                    () = stop.cancelled() => break,
+                                    () = stop.cancelled() => {}
                                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                                 }
                             }
                         }
                     }
                 }
-                // Whatever was not acknowledged by now counts as failed (see `close`).
+                // DISCONNECT goes out with the next poll.
+                let _ = closer.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_millis(500), events.poll()).await;
             });
             (client, t, task)
         });
         Ok(Shared { https, mqtt })
     }
 
-    /// Disconnects from the MQTT broker.
+    /// Waits for the MQTT event loop to count the last PUBACKs and disconnect.
     pub(crate) async fn close(&self) {
-        if let Some((client, _, task)) = &self.mqtt {
-            let _ = client.try_disconnect();
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if let Some((_, _, task)) = &self.mqtt {
+            let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
                 while !task.is_finished() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
