@@ -130,10 +130,14 @@ fn demo_on_the_shipped_config_prints_valid_readings_and_stops_cleanly_on_sigterm
     let mut devices = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut lwm2m_path = None;
-    // Bed 1's three CoAP sensors and its LwM2M thermometer (which Sends its temperature
-    // object); bed 2 has the same.
-    let bed1 = ["bed-01-resp", "bed-01-spo2", "bed-01-temp", "bed-01-thermo"];
-    while !bed1.iter().all(|d| devices.contains(*d)) {
+    // Each kind of device, from either bed: the three CoAP sensors and the LwM2M thermometer
+    // (which Sends its temperature object). A sensor may drop out for up to 40 s at any time,
+    // so one bed's set may be incomplete for a while; both beds' the same kind is unlikely.
+    let kinds = ["resp", "spo2", "temp", "thermo"];
+    let seen = |devices: &std::collections::BTreeSet<String>, kind: &str| {
+        devices.contains(&format!("bed-01-{kind}")) || devices.contains(&format!("bed-02-{kind}"))
+    };
+    while !kinds.iter().all(|k| seen(&devices, k)) {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("demo readings on stdout; seen {devices:?}"));
@@ -157,7 +161,10 @@ fn demo_on_the_shipped_config_prints_valid_readings_and_stops_cleanly_on_sigterm
     // may read.
     let (status, page) = common::http_get(([127, 0, 0, 1], admin).into(), "/status").unwrap();
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("bed-01-spo2"), "{page}");
+    assert!(
+        page.contains("bed-01-") || page.contains("bed-02-"),
+        "{page}"
+    );
     let token = dir.path().join("data/demo-admin-token");
     let meta = std::fs::metadata(&token).unwrap();
     assert_eq!(
@@ -173,7 +180,7 @@ fn demo_on_the_shipped_config_prints_valid_readings_and_stops_cleanly_on_sigterm
         "",
     );
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("bed-01-thermo"), "{body}");
+    assert!(body.contains("-thermo"), "{body}");
 
     Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
