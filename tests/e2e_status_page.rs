@@ -26,17 +26,11 @@ const ADMIN_TOKEN: &str = "e2e-status-admin-7c2d";
 const VIEWER_TOKEN: &str = "e2e-status-viewer-91fe";
 
 fn sha256_hex(s: &str) -> String {
-    let out = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(s.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("sha256sum");
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// chromedriver on a free loopback port, and a session of headless chromium through it.

@@ -685,11 +685,16 @@ fn render_devices(o: &mut String, s: &Snapshot, now: i64) {
         r#"<section id="devices" aria-labelledby="devices-h"><h2 id="devices-h">Devices <span class="count">({})</span></h2>"#,
         s.board.devices.len()
     );
+    // Indexed once: this page is open without a token, and a registry may hold thousands.
+    let registered: Option<std::collections::HashMap<&str, bool>> = s
+        .registry
+        .as_ref()
+        .map(|r| r.iter().map(|d| (d.id.as_str(), d.revoked)).collect());
     let revoked = |id: &str| {
-        s.registry.as_ref().map(|r| {
-            r.iter().find(|d| d.id == id).map_or("not registered", |d| {
-                if d.revoked { "revoked" } else { "registered" }
-            })
+        registered.as_ref().map(|r| match r.get(id) {
+            None => "not registered",
+            Some(true) => "revoked",
+            Some(false) => "registered",
         })
     };
     if s.board.devices.is_empty() {
@@ -734,9 +739,11 @@ fn render_devices(o: &mut String, s: &Snapshot, now: i64) {
         }
     }
     if let Some(reg) = &s.registry {
+        let seen: std::collections::HashSet<&str> =
+            s.board.devices.iter().map(|d| d.device.as_str()).collect();
         let silent: Vec<&RegisteredDevice> = reg
             .iter()
-            .filter(|r| !s.board.devices.iter().any(|d| d.device == r.id))
+            .filter(|r| !seen.contains(r.id.as_str()))
             .collect();
         if !silent.is_empty() {
             o.push_str("<p>Registered, no reading since start: ");
