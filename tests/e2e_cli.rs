@@ -673,24 +673,95 @@ fn failed_dtls_handshakes_become_auth_failure_and_handshake_flood_readings() {
 
 #[test]
 fn every_command_has_help_with_examples() {
-    for cmd in [
-        &["run"][..],
-        &["check-config"],
-        &["probe"],
-        &["monitor"],
-        &["simulate"],
-        &["store", "recover"],
-        &["audit", "verify"],
-    ] {
+    let help = |cmd: &[&str]| -> String {
         let out = Command::new(WARDGATE)
             .args(cmd)
             .arg("--help")
             .output()
             .unwrap();
-        let help = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{cmd:?}: {help}");
-        assert!(help.contains("Examples:\n  wardgate "), "{cmd:?}:\n{help}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{cmd:?}: {text}");
+        text
+    };
+    // The subcommands each help lists (`Commands:` lines), so a new command cannot be missed.
+    let commands = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .map(str::to_owned)
+            .collect()
+    };
+    let top = commands(&help(&[]));
+    assert!(top.len() >= 8, "{top:?}");
+    let mut checked = Vec::new();
+    for cmd in &top {
+        let text = help(&[cmd]);
+        let subs = commands(&text);
+        if subs.is_empty() {
+            assert!(text.contains("Examples:\n  wardgate "), "{cmd}:\n{text}");
+            checked.push(cmd.clone());
+        }
+        for sub in subs {
+            let text = help(&[cmd, &sub]);
+            assert!(
+                text.contains("Examples:\n  wardgate "),
+                "{cmd} {sub}:\n{text}"
+            );
+            checked.push(format!("{cmd} {sub}"));
+        }
     }
+    for expected in [
+        "run",
+        "generate-config",
+        "simulate",
+        "store recover",
+        "audit verify",
+    ] {
+        assert!(checked.iter().any(|c| c == expected), "{checked:?}");
+    }
+}
+
+/// `wardgate generate-config` prints a configuration that `check-config` accepts as it is, and
+/// `--reference` prints exactly the checked-in `docs/configuration.md`.
+#[test]
+fn generate_config_prints_a_valid_config_and_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(WARDGATE)
+        .arg("generate-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for key in [
+        "#piggyback_budget = \"500ms\"",
+        "#[[uplinks]]",
+        "#[selector]",
+        "[coap.dedup]",
+    ] {
+        assert!(text.contains(key), "no {key} in:\n{text}");
+    }
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let check = Command::new(WARDGATE)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let reference = Command::new(WARDGATE)
+        .args(["generate-config", "--reference"])
+        .output()
+        .unwrap();
+    assert!(reference.status.success());
+    let docs = std::fs::read(repo_file("docs/configuration.md")).unwrap();
+    assert!(reference.stdout == docs, "docs/configuration.md is stale");
 }
 
 #[test]

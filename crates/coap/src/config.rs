@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::MessageClass;
 use wardgate_core::validate::Problems;
 
@@ -20,7 +20,7 @@ pub const MAX_PIGGYBACK_BUDGET: Duration = Duration::from_secs(300);
 pub const MAX_TRANSFER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// CoAP endpoint settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoapConfig {
     /// Run the CoAP endpoint.
@@ -42,16 +42,19 @@ pub struct CoapConfig {
     pub default_class: MessageClass,
     /// How long a request may wait for its reading to become durable before the gateway sends an
     /// empty ACK and answers later with a separate (CON) response.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub piggyback_budget: Duration,
     /// Maximum records in one payload (4.13 beyond).
     pub max_records_per_message: usize,
     /// Max-Age of 5.03 Service Unavailable answers (bus busy, store full, shutting down,
     /// too many block transfers): how long devices should wait before retrying.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub busy_max_age: Duration,
     /// On shutdown, the longest wait for in-flight requests to be answered (their readings are
     /// already queued to the store) and observations to be cancelled.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// Message-layer transmission parameters.
@@ -94,10 +97,11 @@ impl Default for CoapConfig {
 
 /// RFC 7252 §4.8 transmission parameters. The defaults are the RFC's; change them only for
 /// constrained links you have measured.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransmissionConfig {
     /// ACK_TIMEOUT.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// ACK_RANDOM_FACTOR (≥ 1.0).
@@ -122,7 +126,7 @@ impl Default for TransmissionConfig {
 /// Deduplication bounds. Entries live EXCHANGE_LIFETIME (CON) or NON_LIFETIME (NON); when the
 /// table is full the oldest entry is evicted early and counted
 /// (`wardgate_coap_dedup_evictions_total`).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
     /// Maximum remembered exchanges across all peers.
@@ -152,7 +156,7 @@ impl Default for DedupConfig {
 /// `wardgate_coap_rate_limited_total{scope}` and logged at most once a minute per scope. Buckets
 /// sit in fixed arrays indexed by a keyed hash (4,096 per socket and scope), so memory does not
 /// grow with the number of (spoofed) sources or device ids.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Requests a second from one source (IPv4 address, IPv6 /64, or proven identity), every
@@ -182,7 +186,7 @@ impl Default for RateLimitConfig {
 pub const MAX_RATE: f64 = 1_000_000.0;
 
 /// Block-wise (RFC 7959) bounds.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlockConfig {
     /// Largest body reassembled from Block1 uploads (4.13 with Size1 beyond).
@@ -197,6 +201,7 @@ pub struct BlockConfig {
     /// (its oldest is dropped beyond that).
     pub max_transfers_per_source: usize,
     /// An idle reassembly is discarded after this long.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub transfer_timeout: Duration,
     /// Block size (16..=1024, power of two) wardgate uses for Block2 responses.
@@ -216,7 +221,7 @@ impl Default for BlockConfig {
 }
 
 /// One resource wardgate observes on a sensor that is a CoAP server.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObserveTarget {
     /// `coap://host[:port]/path`.
@@ -230,6 +235,7 @@ pub struct ObserveTarget {
     #[serde(default)]
     pub name: Option<String>,
     /// Re-register when no notification arrived for this long (covers lost state on the sensor).
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_reregister_after", with = "humantime_serde")]
     pub reregister_after: Duration,
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_audit::{AuditOptions, DEFAULT_QUEUE_CAPACITY, DEFAULT_ROTATE_BYTES};
 use wardgate_core::validate::Problems;
 
@@ -13,7 +13,7 @@ const MIN_ROTATE_BYTES: u64 = 64 * 1024;
 
 /// Audit trail settings. Without `path` there is no audit trail, which `wardgate run` warns
 /// about at start-up.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// The active audit file (JSON lines, hash-chained). Its directory is created if missing;

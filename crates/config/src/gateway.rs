@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use wardgate_coap::config::CoapConfig;
 use wardgate_core::validate::Problems;
 use wardgate_dtls::DtlsConfig;
@@ -20,8 +20,9 @@ use wardgate_store::config::StoreConfig;
 
 use crate::audit::AuditConfig;
 
-/// The complete gateway configuration.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// The complete gateway configuration. Parsed section by section ([`parse_sections`]);
+/// `Serialize` and `JsonSchema` are for its reference (`crate::reference`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, schemars::JsonSchema)]
 pub struct GatewayConfig {
     /// `[gateway]`: identity.
     pub gateway: GatewaySection,
@@ -60,7 +61,7 @@ pub struct GatewayConfig {
 }
 
 /// `[ingest]`: southbound adapters besides CoAP and LwM2M.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestSection {
     /// `[[ingest.mqtt]]`: subscribe to a local broker where MQTT sensors publish; each
@@ -72,7 +73,7 @@ pub struct IngestSection {
 }
 
 /// `[registry]`: where the device registry lives.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySection {
     /// Path of `devices.toml` (see `docs/examples/devices.toml`), relative to the directory of
@@ -82,10 +83,11 @@ pub struct RegistrySection {
 }
 
 /// `[gateway]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
     /// This gateway's id: in every reading and in topic templates. `[A-Za-z0-9._-]`, 1-64 chars.
+    /// Give each gateway its own (several parts of a split gateway, several workers).
     pub id: String,
 }
 
@@ -98,7 +100,9 @@ impl Default for GatewaySection {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -109,7 +113,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`. Logs go to stderr; stdout is reserved for the stdout uplink.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `tracing` filter directive, e.g. `info` or `info,wardgate_coap=debug`. `RUST_LOG`, when
@@ -129,7 +133,7 @@ impl Default for LogConfig {
 }
 
 /// `[bus]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     /// Ingest requests waiting for the store writer. When full, adapters answer "busy"
@@ -146,7 +150,7 @@ impl Default for BusConfig {
 /// One `[[uplinks]]` entry, selected by `type`.
 // Built once at start-up, a handful at most: the size difference between variants is irrelevant.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum UplinkConfig {
     /// An MQTT broker.
@@ -169,7 +173,7 @@ impl UplinkConfig {
 }
 
 /// `type = "file"` uplink: one normalized JSON reading per line.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileUplinkConfig {
     /// Unique uplink name.

@@ -5,6 +5,13 @@
 //! this crate composes them, interpolates the environment, and runs every section's `validate`.
 //! Nothing here binds a socket or opens a file other than the config itself, so
 //! `wardgate check-config` and `wardgate run` share exactly the same checks.
+//!
+//! [`reference`] renders the configuration reference (`wardgate generate-config`,
+//! `docs/configuration.md`) from the config types. Their doc comments and types come from
+//! `schemars` (the maintained JSON Schema derive that follows serde's attributes, so the
+//! reference matches what the parser accepts; a hand-written `syn` walker over the sources could
+//! not see defaults, and rustdoc's JSON output needs a nightly compiler), their defaults from
+//! `Serialize` of each section's `Default`.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -13,6 +20,7 @@ mod error;
 mod gateway;
 mod interpolate;
 mod locate;
+pub mod reference;
 pub mod split;
 
 pub use audit::AuditConfig;

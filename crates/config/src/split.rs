@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::validate::Problems;
 use wardgate_mqtt::TlsConfig;
 use wardgate_mqtt::southbound::{MqttIngestConfig, PayloadFormat};
@@ -31,14 +31,16 @@ use crate::gateway::{GatewayConfig, UplinkConfig};
 
 /// `[split]`: the broker the parts of a split gateway exchange readings through. `Debug`
 /// redacts the password.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SplitConfig {
     /// `mqtt://host[:port]` or `mqtts://host[:port]`. Required for `--only`.
+    #[serde(serialize_with = "wardgate_core::config_doc::redact_optional_url")]
     pub broker: Option<String>,
     /// User name on the bus broker.
     pub username: Option<String>,
     /// Password on the bus broker; use `${VAR}` interpolation.
+    #[serde(serialize_with = "wardgate_core::config_doc::redact")]
     pub password: Option<String>,
     /// First topic level(s) of the bus (default `wardgate/bus`).
     pub topic_prefix: String,

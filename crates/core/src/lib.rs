@@ -35,6 +35,7 @@ pub mod backoff;
 pub mod board;
 pub mod bus;
 pub mod clock;
+pub mod config_doc;
 pub mod credentials;
 mod decode;
 pub mod health;

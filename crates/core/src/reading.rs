@@ -49,7 +49,9 @@ impl fmt::Display for Protocol {
 
 /// The message class decides the upstream policy (see `[selector]` in `gateway.toml`).
 /// A closed set, so it is safe as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageClass {
     /// Alarms: clinical or technical alerts. Highest priority.

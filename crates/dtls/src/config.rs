@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::validate::Problems;
 
 /// DTLS transport settings. Every per-peer table has a bound here.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DtlsConfig {
     /// Run the CoAP-over-DTLS (`coaps://`) endpoint.
@@ -24,10 +24,12 @@ pub struct DtlsConfig {
     /// cannot take the whole handshake table.
     pub max_handshakes_per_source: usize,
     /// A handshake not finished within this is abandoned.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// An established session with no datagram for this long is closed (RFC 7925 §10 asks
     /// devices to re-handshake after loss of state; sleeping sensors do).
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// ClientHellos accepted per second from one source address (token bucket rate), counted
@@ -36,6 +38,7 @@ pub struct DtlsConfig {
     /// Burst of the per-source ClientHello bucket.
     pub hello_burst_per_source: u32,
     /// How often the cookie secret changes. A cookie stays valid for up to two periods.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub cookie_rotation: Duration,
     /// Largest DTLS record payload the gateway sends (path MTU minus IP/UDP headers).

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::validate::Problems;
 
 /// Operator HTTP server settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Serve `/healthz`, `/readyz` and `/metrics`.
@@ -34,7 +34,7 @@ impl HttpConfig {
 
 /// `[admin]`: the admin API, on its own listener (never `[http] listen`, which stays
 /// unauthenticated for probes and scrapes).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Serve the admin API.
@@ -65,7 +65,7 @@ impl Default for AdminConfig {
 }
 
 /// One admin bearer token, by its hash.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminToken {
     /// The token's name: the audit trail names the administrator `admin:<id>`.
@@ -80,7 +80,9 @@ pub struct AdminToken {
 }
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenRole {
     /// Read and edit.
@@ -102,7 +104,7 @@ impl std::fmt::Debug for AdminToken {
 
 /// `[admin.tls]`: the admin API's server certificate and, optionally, the CA its client
 /// certificates must chain to.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminTlsConfig {
     /// PEM certificate chain, leaf first (relative to the directory of `gateway.toml`).

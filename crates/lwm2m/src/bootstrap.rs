@@ -34,7 +34,7 @@ use crate::node::{Entry, Path, Value};
 use crate::server::{OpError, Server};
 
 /// How the provisioned client secures its connection to the LwM2M server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SecurityMode {
     /// Pre-shared key (security mode 0).
@@ -53,7 +53,7 @@ impl SecurityMode {
 }
 
 /// `[[lwm2m.bootstrap]]`: what a matching client is provisioned with.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BootstrapConfig {
     /// Endpoint names it applies to (`*` wildcards).

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::MessageClass;
 use wardgate_core::validate::Problems;
 
@@ -12,7 +12,7 @@ use crate::observe::ObserveRule;
 use crate::server::Settings;
 
 /// LwM2M server settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Lwm2mConfig {
     /// Serve the LwM2M interfaces (`/rd`, `/dp`) on every CoAP endpoint, plain and DTLS.
@@ -22,14 +22,17 @@ pub struct Lwm2mConfig {
     pub registrations_path: Option<PathBuf>,
     /// How long a queue-mode client is reachable after it last talked (default 93 s, CoAP's
     /// MAX_TRANSMIT_WAIT, as TS Transport §6.6 suggests).
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub awake_window: Duration,
     /// Operations waiting per sleeping client; more are refused.
     pub queue_limit: usize,
     /// How long a queued operation waits for its client to wake.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
     /// How long one request to a client may take.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Most registered clients.

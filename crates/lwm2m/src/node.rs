@@ -189,6 +189,19 @@ impl serde::Serialize for Path {
     }
 }
 
+impl schemars::JsonSchema for Path {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Path".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "An LwM2M path: `/object`, `/object/instance` or `/object/instance/resource`.",
+        })
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Path {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Path, D::Error> {
         let s = String::deserialize(d)?;

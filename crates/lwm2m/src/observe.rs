@@ -35,7 +35,7 @@ use crate::server::{OpError, Server, decode_answer};
 pub const MAX_MANUAL_OBSERVATIONS: usize = 64;
 
 /// `[[lwm2m.observe]]`: what to observe on which clients.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObserveRule {
     /// Endpoint names it applies to: exact, or with `*` wildcards (`bed-*`, `*`).

@@ -42,7 +42,9 @@ pub enum WriteMode {
 /// Notification attributes (TS Core §5.1.2). `None` leaves an attribute as it is; an empty
 /// value is not offered (removal is done by writing the attribute without value, see
 /// [`Attributes::clear`]).
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Attributes {
     /// Minimum period, seconds.

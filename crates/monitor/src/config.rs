@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::validate::Problems;
 
 use crate::filter::CaptureFilter;
 
 /// `[monitor]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
     /// `[monitor.capture]`: pcapng captures (off by default).
@@ -26,12 +26,13 @@ pub struct MonitorConfig {
 
 /// `[monitor.anomalies]`: scans, floods, authentication-failure bursts, rate spikes and new
 /// ports turned into `security`-class readings (see [`crate::anomaly`] for each detector).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnomaliesConfig {
     /// Detect at all. Default `false`.
     pub enabled: bool,
     /// The per-source counting window (tumbling). Default `10s`.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// `resource_scan`: 4.04/4.05 answers to one source in a window. Default 20.
@@ -46,6 +47,7 @@ pub struct AnomaliesConfig {
     /// `new_sources`: never-seen source addresses in a window, gateway-wide. Default 50.
     pub new_sources_threshold: u32,
     /// `rate_spike`: the interval a device's datagram rate is measured over. Default `10s`.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub rate_interval: Duration,
     /// The weight of the newest interval in the baseline (EWMA), in (0, 1]. Default 0.1.
@@ -58,9 +60,11 @@ pub struct AnomaliesConfig {
     pub rate_min_packets: u32,
     /// No `new_sources` events this long after start (every device is new then), and a device
     /// must be known this long before `new_port` fires for it. Default `5m`.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub learning: Duration,
     /// Least time between two events of one kind about one source or device. Default `60s`.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub cooldown: Duration,
     /// Most sources (and most devices) tracked; a full table forgets its least recently seen
@@ -145,7 +149,7 @@ impl AnomaliesConfig {
 pub const DEFAULT_FLOWS_DIR: &str = "wardgate-data/flows";
 
 /// `[monitor.flows]`: flow records for IDS datasets (see [`crate::flow`]).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowsConfig {
     /// Keep flow records at all. Default `false`.
@@ -154,9 +158,11 @@ pub struct FlowsConfig {
     /// `wardgate-data/flows`.
     pub dir: PathBuf,
     /// A flow without packets this long ends (`end_reason = "idle"`). Default 60 s.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// A flow is cut when it has lasted this long (`"active"`). Default 30 min.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub active_timeout: Duration,
     /// Most flows open at once; beyond it the least recently seen 1 % are written early
@@ -177,7 +183,7 @@ pub struct FlowsConfig {
 }
 
 /// One `[[monitor.flows.labels]]` entry.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlowLabel {
     /// Peer prefixes (`192.0.2.0/24`, `2001:db8::/32`, one address).
@@ -298,7 +304,7 @@ pub const DEFAULT_QUEUE_PACKETS: usize = 4096;
 pub const MIN_FILE_BYTES: u64 = 4096;
 
 /// `[monitor.capture]`: what the taps copy and where the capture files go.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Capture at all. Default `false`: captures hold patient data and cost disk.
@@ -312,6 +318,7 @@ pub struct CaptureConfig {
     pub max_file_bytes: u64,
     /// Start a new file when the current one is this old (checked as packets arrive). Default
     /// `1h`, at least `1s`.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub max_file_age: Duration,
     /// Files kept, the one being written included; the oldest are deleted. Default 24, at

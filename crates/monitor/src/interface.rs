@@ -41,7 +41,7 @@ use crate::wire::{Skip, parse_ethernet};
 pub const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// `[monitor.interface]`: where `wardgate monitor` reads.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct InterfaceConfig {
     /// The interface (`eth1`, a mirrored port); `wardgate monitor --interface` overrides it.

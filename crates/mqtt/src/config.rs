@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::validate::Problems;
 
 /// MQTT protocol version spoken to the broker.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, schemars::JsonSchema,
+)]
 pub enum MqttVersion {
     /// MQTT 3.1.1.
     #[serde(rename = "3.1.1")]
@@ -19,7 +21,7 @@ pub enum MqttVersion {
 }
 
 /// An MQTT uplink. `Debug` redacts the password, and the user info of the URL.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttUplinkConfig {
     /// Unique uplink name (metrics label, admin API, store cursor key).
@@ -28,6 +30,7 @@ pub struct MqttUplinkConfig {
     /// over WebSockets for networks that only let HTTPS out: `wss://host[:port]/path` (default
     /// port 443; TLS with the `tls` settings) or `ws://host[:port]/path` (default 80; like
     /// `mqtt://`, unencrypted).
+    #[serde(serialize_with = "wardgate_core::config_doc::redact_url")]
     pub url: String,
     /// Protocol version.
     #[serde(default)]
@@ -39,7 +42,7 @@ pub struct MqttUplinkConfig {
     #[serde(default)]
     pub username: Option<String>,
     /// Password; use `${VAR}` interpolation, never a literal secret in the file.
-    #[serde(default)]
+    #[serde(default, serialize_with = "wardgate_core::config_doc::redact")]
     pub password: Option<String>,
     /// QoS for readings: 1 (default, delivery confirmed by PUBACK) or 0 (fire and forget:
     /// a reading counts as delivered once written to the socket).
@@ -52,6 +55,7 @@ pub struct MqttUplinkConfig {
     #[serde(default = "default_status_topic")]
     pub status_topic: String,
     /// Keep-alive interval.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Most publishes awaiting PUBACK at once.
@@ -61,25 +65,31 @@ pub struct MqttUplinkConfig {
     /// out (the selector counts it; the uplink reports itself not ready) while the connection
     /// stays up: a broker that hangs with the TCP connection open is noticed here, not only by
     /// the keep-alive. The reading stays in flight on the connection (not published twice).
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// First reconnect delay; doubles per failure up to `reconnect_max`, with full jitter.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_reconnect_min", with = "humantime_serde")]
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
     /// First reconnect delay after the broker refused our credentials (CONNACK "bad user name
     /// or password" / "not authorized"); doubles per refusal up to `refused_retry_max`, with
     /// jitter. Much longer than `reconnect_min`: retrying the same credentials soon cannot
     /// succeed, and brokers may lock out a client that keeps trying.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_refused_retry_min", with = "humantime_serde")]
     pub refused_retry_min: Duration,
     /// Longest reconnect delay after refused credentials.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_refused_retry_max", with = "humantime_serde")]
     pub refused_retry_max: Duration,
     /// Longest wait at shutdown for the retained `offline` status to be acknowledged and the
     /// DISCONNECT to be written. Past it the socket is dropped and the broker publishes the will.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Largest PUBLISH packet sent, in bytes (an MQTT 5 broker's own lower limit from CONNACK
@@ -118,7 +128,7 @@ impl std::fmt::Debug for MqttUplinkConfig {
 }
 
 /// TLS settings for an `mqtts://` or `wss://` connection.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM bundle of CAs to trust instead of the built-in roots.

@@ -44,34 +44,39 @@ pub const BREACH_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// `[selector.budgets]`: the latency budget per message class. A class without one is measured
 /// (the age histogram) but never in breach.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Budgets {
     /// Default 1 s.
+    #[schemars(with = "wardgate_core::config_doc::OptionalDuration")]
     #[serde(
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub alarm: Option<Duration>,
     /// Default none.
+    #[schemars(with = "wardgate_core::config_doc::OptionalDuration")]
     #[serde(
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub vital: Option<Duration>,
     /// Default none.
+    #[schemars(with = "wardgate_core::config_doc::OptionalDuration")]
     #[serde(
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub telemetry: Option<Duration>,
     /// Default none.
+    #[schemars(with = "wardgate_core::config_doc::OptionalDuration")]
     #[serde(
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
     pub bulk: Option<Duration>,
     /// The monitor's security events. Default 1 s, like alarms.
+    #[schemars(with = "wardgate_core::config_doc::OptionalDuration")]
     #[serde(
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"

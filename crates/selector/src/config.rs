@@ -64,7 +64,7 @@ pub const DEFAULT_LINK_DOWN_AFTER: Duration = Duration::from_secs(2);
 pub const DEFAULT_DECISION_LOG: usize = 256;
 
 /// The `[selector]` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SelectorConfig {
     /// Weight of a new latency sample in the EWMA (`ewma = α·x + (1−α)·ewma`), in `(0, 1]`;
@@ -81,12 +81,14 @@ pub struct SelectorConfig {
     /// A closed breaker opens after this many failures or timeouts in a row. Default 5.
     pub consecutive_failures: u32,
     /// How long an open breaker rests before probing. Default 10 s.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub cool_down: Duration,
     /// Each failed probe multiplies the cool-down by this (at least 1; 1 keeps it constant).
     /// Default 2.
     pub cool_down_multiplier: f64,
     /// Upper bound of the grown cool-down (at least `cool_down`). Default 2 min.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub max_cool_down: Duration,
     /// Deliveries let through while half-open, before one of them reports. Default 1.
@@ -95,6 +97,7 @@ pub struct SelectorConfig {
     pub decision_log: usize,
     /// An uplink whose health check has been not ready this long (disconnected, failing) is
     /// reported down and its breaker opens at once (0.1 s .. 60 s). Default 2 s.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub link_down_after: Duration,
     /// `[[selector.classes]]`: the policy per message class. A class without an entry gets
@@ -130,7 +133,7 @@ impl Default for SelectorConfig {
 }
 
 /// The policy names `policy = "..."` accepts (the ones that need no uplink names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyName {
     /// Every healthy uplink.
@@ -142,7 +145,7 @@ pub enum PolicyName {
 }
 
 /// One `[[selector.classes]]` entry: exactly one of `policy`, `failover`, `pinned`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassPolicyConfig {
     /// The message class this entry is for.
@@ -175,7 +178,7 @@ impl ClassPolicyConfig {
 /// One `[[selector.rules]]` entry. Patterns match the whole string; `*` matches any run of
 /// characters (including none and `/`). A rule needs `device`, `resource` or both (both must
 /// match); `device = "*"` is the explicit catch-all.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassRuleConfig {
     /// Device id pattern, e.g. `"bed-*-spo2"`.

@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::validate::Problems;
 
 /// How hard the store works to keep acknowledged readings.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Durability {
     /// Acknowledge only after the commit is fsynced (SQLite WAL, `synchronous=FULL`), with group
@@ -21,7 +23,9 @@ pub enum Durability {
 }
 
 /// What happens when the outbox quota is reached.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum OverflowPolicy {
     /// Refuse new readings (CoAP 5.03 + Max-Age, HTTP 503 + Retry-After): devices keep them.
@@ -33,7 +37,7 @@ pub enum OverflowPolicy {
 }
 
 /// Durable outbox settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// SQLite database file. Its directory is created if missing.
@@ -45,6 +49,7 @@ pub struct StoreConfig {
     /// at once; requests that arrive while an fsync runs still share the next one, so batching
     /// happens under load without adding latency when traffic is light (measured in
     /// `cargo bench -p wardgate-store`: a 2 ms window cost ~4 ms per ack at 1 in flight).
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub commit_window: Duration,
     /// Most readings in one commit.
@@ -54,6 +59,7 @@ pub struct StoreConfig {
     /// Quota: readings held in the outbox.
     pub max_readings: u64,
     /// Readings older than this are dropped even if undelivered (counted, logged). 0 disables.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
     /// Policy when a quota is reached.
@@ -68,6 +74,7 @@ pub struct StoreConfig {
     /// `GET /admin/v1/readings/{id}` reads it). Records of readings created longer ago than
     /// this are removed. 0 turns the record off (and removes what an earlier run recorded).
     /// Default 24 h.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub delivery_log: Duration,
     /// Most rows the delivery record keeps; the oldest go first. Default 1,000,000

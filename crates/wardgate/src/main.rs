@@ -70,6 +70,17 @@ enum Command {
         #[arg(long, conflicts_with = "only")]
         monitor: bool,
     },
+    /// Print a complete `gateway.toml` with every option, its default and its documentation
+    /// (options commented out at their defaults; it runs as it is, readings on stdout), or with
+    /// `--reference` the configuration reference in Markdown (`docs/configuration.md`).
+    #[command(after_help = "Examples:\n  \
+        wardgate generate-config > gateway.toml  # then uncomment and change what you need\n  \
+        wardgate generate-config --reference > docs/configuration.md")]
+    GenerateConfig {
+        /// The Markdown reference instead of a configuration file.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Ask a running gateway whether it is ready (`GET /readyz`): exit 0 if it answers 200, 1
     /// otherwise. For container health checks, where no curl is installed.
     #[command(after_help = "Examples:\n  \
@@ -268,6 +279,14 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::GenerateConfig { reference } => {
+            let text = if reference {
+                wardgate_config::reference::markdown()
+            } else {
+                wardgate_config::reference::commented_config()
+            };
+            print_all(&text)
+        }
         Command::Probe { addr, path } => probe::main(&addr, &path),
         Command::Simulate {
             config,
@@ -379,4 +398,18 @@ fn load(
         eprintln!("{}: {e}", path.display());
         ExitCode::from(EXIT_USAGE)
     })
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) is not an error, anything else exits 1.
+fn print_all(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

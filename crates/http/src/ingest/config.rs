@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::MessageClass;
 use wardgate_core::validate::Problems;
 
@@ -12,7 +12,7 @@ use wardgate_core::validate::Problems;
 const MAX_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The device ingest listener: `POST /v1/devices/{id}/readings`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestHttpConfig {
     /// Serve device ingest over HTTP(S).
@@ -32,15 +32,19 @@ pub struct IngestHttpConfig {
     /// kernel's backlog.
     pub max_connections: usize,
     /// Longest a TLS handshake may take.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Longest a client may take to send a request's headers (slow-header clients are cut off).
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     /// Longest a client may take to send a request's body; past it the answer is 408.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
     /// A connection that sends nothing for this long is closed.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Class of readings whose request has no `?class=`.
@@ -77,7 +81,7 @@ impl Default for IngestHttpConfig {
 
 /// `[ingest.http.tls]`: the server certificate and, optionally, the CA device certificates
 /// must chain to.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestTlsConfig {
     /// PEM certificate chain, leaf first.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::validate::Problems;
 
 /// Headers the uplink sets itself; `headers` may not override them.
@@ -23,17 +23,18 @@ pub(crate) const RESERVED_HEADERS: [&str; 10] = [
 
 /// An HTTPS uplink: POSTs batches of readings (a JSON array of `wardgate.reading/1` objects) to
 /// one endpoint. `Debug` redacts the token and the values of `headers`.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpsUplinkConfig {
     /// Unique uplink name (metrics label, admin API, store cursor key).
     pub name: String,
     /// The endpoint every batch is POSTed to: `https://host[:port]/path`. `http://` only with
     /// `allow_plain_http`.
+    #[serde(serialize_with = "wardgate_core::config_doc::redact_url")]
     pub url: String,
     /// Bearer token sent as `Authorization: Bearer <token>`. Use `${VAR}` interpolation, never a
     /// literal secret in the file.
-    #[serde(default)]
+    #[serde(default, serialize_with = "wardgate_core::config_doc::redact")]
     pub token: Option<String>,
     /// PEM bundle of CAs to trust instead of the operating system's roots.
     #[serde(default)]
@@ -60,28 +61,33 @@ pub struct HttpsUplinkConfig {
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
     /// How long to wait for more readings to fill a batch once the first one is there.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_linger", with = "humantime_serde")]
     pub linger: Duration,
     /// Compress each body with gzip (`Content-Encoding: gzip`).
     #[serde(default)]
     pub gzip: bool,
     /// Deadline of one request, from connecting to the end of the answer.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// First retry delay after a failed batch; doubles per failure up to `retry_max`, with full
     /// jitter.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_retry_min", with = "humantime_serde")]
     pub retry_min: Duration,
     /// Longest retry delay; also the delay after an answer that retrying soon cannot change
     /// (4xx other than 408/429), and the cap on a server's `Retry-After`.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
     /// Longest wait at shutdown for the batch in flight to be answered.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Extra static headers sent with every batch (for example a tenant id). Values may carry
     /// secrets: they are never logged.
-    #[serde(default)]
+    #[serde(default, serialize_with = "wardgate_core::config_doc::redact_values")]
     pub headers: BTreeMap<String, String>,
 }
 

@@ -3,14 +3,16 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardgate_core::MessageClass;
 use wardgate_core::validate::Problems;
 
 use crate::config::TlsConfig;
 
 /// How the payloads on a topic are decoded.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PayloadFormat {
     /// SenML JSON (RFC 8428), `application/senml+json`.
@@ -35,7 +37,7 @@ pub enum PayloadFormat {
 }
 
 /// One subscription: a topic filter and how to read what arrives on it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopicConfig {
     /// MQTT topic filter subscribed to, e.g. `ward/+/senml`. Filters should not overlap: a
@@ -56,13 +58,14 @@ pub struct TopicConfig {
 
 /// An MQTT southbound subscriber: ward sensors publish to a local broker and wardgate ingests
 /// what they publish. `Debug` redacts the password and the user info of the URL.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttIngestConfig {
     /// Unique name (metrics label, health check `ingest.mqtt.<name>`).
     pub name: String,
     /// The sensors' broker: `mqtt://host[:port]` (1883), `mqtts://host[:port]` (8883),
     /// `ws://host[:port]/path` (80) or `wss://host[:port]/path` (443).
+    #[serde(serialize_with = "wardgate_core::config_doc::redact_url")]
     pub url: String,
     /// Client id. Required and stable: the broker keeps this client's session (its
     /// subscriptions and the messages queued while wardgate is away) under this id. Two
@@ -72,7 +75,7 @@ pub struct MqttIngestConfig {
     #[serde(default)]
     pub username: Option<String>,
     /// Password; use `${VAR}` interpolation, never a literal secret in the file.
-    #[serde(default)]
+    #[serde(default, serialize_with = "wardgate_core::config_doc::redact")]
     pub password: Option<String>,
     /// What to subscribe to (at least one).
     pub topics: Vec<TopicConfig>,
@@ -89,12 +92,15 @@ pub struct MqttIngestConfig {
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
     /// Keep-alive interval (5 s to 18 h).
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
     /// First reconnect delay; doubles per failure up to `reconnect_max`, with full jitter.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_reconnect_min", with = "humantime_serde")]
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
     /// Largest PUBLISH accepted from the broker, in bytes; a larger one fails the connection
@@ -104,6 +110,7 @@ pub struct MqttIngestConfig {
     /// Longest wait at shutdown for the messages in flight to become durable and be
     /// acknowledged before the DISCONNECT; past it the rest stay with the broker (redelivered
     /// at the next start).
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// TLS settings for `mqtts://` and `wss://`.
