@@ -13,6 +13,36 @@ use std::time::Duration;
 
 use common::{Gateway, Mosquitto, Subscriber, WARDGATE, free_tcp_port};
 
+/// Runs `wardgate simulate --config CONFIG ARGS --dropout-every 0s --quiet` to its end: its
+/// stdout (the summary) and stderr. Fails the test if it exits non-zero.
+fn simulate(config: &std::path::Path, args: &[&str]) -> (String, String) {
+    let out = Command::new(WARDGATE)
+        .args(["simulate", "--config"])
+        .arg(config)
+        .args(args)
+        .args(["--dropout-every", "0s", "--quiet"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    (stdout, stderr)
+}
+
+/// The summary row of `protocol`: sent, accepted, refused, failed.
+fn row(summary: &str, protocol: &str) -> Option<Vec<u64>> {
+    let line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{protocol} ")))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect(),
+    )
+}
+
 #[test]
 fn a_simulated_ward_reaches_the_cloud_over_every_protocol_and_its_attack_is_labelled() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,10 +78,9 @@ label = "attack"
     );
     let sub = Subscriber::start(broker.port, "wardgate/#");
 
-    let out = Command::new(WARDGATE)
-        .args(["simulate", "--config"])
-        .arg(&gw.config)
-        .args([
+    let (stdout, stderr) = simulate(
+        &gw.config,
+        &[
             "--beds",
             "3",
             "--duration",
@@ -59,28 +88,10 @@ label = "attack"
             "--seed",
             "5",
             "--attack",
-            "--dropout-every",
-            "0s",
-            "--quiet",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
-
+        ],
+    );
     // The summary: a line per protocol with readings accepted, and the attack.
-    let row = |name: &str| -> Vec<u64> {
-        let line = stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name} row:\n{stdout}"));
-        line.split_whitespace()
-            .skip(1)
-            .map(|n| n.parse().unwrap())
-            .collect()
-    };
+    let row = |name: &str| row(&stdout, name).unwrap_or_else(|| panic!("no {name} row:\n{stdout}"));
     for p in ["coap", "lwm2m", "https", "mqtt"] {
         let r = row(p);
         assert!(r[1] > 0, "{p} accepted nothing:\n{stdout}");
@@ -125,4 +136,97 @@ label = "attack"
     // The scan's 4.04s and the malformed datagrams are in the attack's flows.
     let sum = |k: &str| -> u64 { attacks.iter().map(|r| r[k].as_u64().unwrap_or(0)).sum() };
     assert!(sum("coap_404") > 0 && sum("malformed_pkts") > 0, "{json}");
+}
+
+/// Against a gateway that authenticates its devices: the registry `simulate --print-devices`
+/// writes gives each CoAP device a PSK, so they send over CoAP over DTLS (each its own session,
+/// `source.identity` = `psk:<id>`), and the HTTPS device its token.
+#[test]
+fn a_ward_with_registry_credentials_sends_over_dtls_and_authenticates_every_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let devices = Command::new(WARDGATE)
+        .args(["simulate", "--beds", "2", "--print-devices"])
+        .output()
+        .unwrap();
+    assert!(devices.status.success());
+    let text = String::from_utf8(devices.stdout).unwrap();
+    assert_eq!(text.matches("[[device]]").count(), 2 * 4, "{text}");
+    let registry = dir.path().join("devices.toml");
+    std::fs::write(&registry, &text).unwrap();
+    std::fs::set_permissions(
+        &registry,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let coaps = common::free_udp_port();
+    let http_in = free_tcp_port();
+    let extra = format!(
+        r#"
+[registry]
+path = "devices.toml"
+[coaps]
+enabled = true
+listen = ["127.0.0.1:{coaps}"]
+[ingest.http]
+enabled = true
+listen = "127.0.0.1:{http_in}"
+"#
+    );
+    let mut gw = Gateway::start(
+        dir.path(),
+        &format!("mqtt://127.0.0.1:{}", broker.port),
+        &extra,
+    );
+    let sub = Subscriber::start(broker.port, "wardgate/#");
+
+    let (stdout, stderr) = simulate(
+        &gw.config,
+        &[
+            "--beds",
+            "2",
+            "--duration",
+            "10s",
+            "--seed",
+            "3",
+            "--no-lwm2m",
+        ],
+    );
+    let row = |name: &str| row(&stdout, name);
+    // Every CoAP device has a PSK: none sends plain CoAP.
+    assert!(row("coap").is_none(), "{stdout}");
+    for p in ["coaps", "https"] {
+        let r = row(p).unwrap_or_else(|| panic!("no {p} row:\n{stdout}"));
+        assert!(r[1] > 0, "{p} accepted nothing:\n{stdout}\n{stderr}");
+        assert_eq!((r[0], r[2], r[3]), (r[1], 0, 0), "{p}:\n{stdout}\n{stderr}");
+    }
+
+    // Upstream, each reading names the identity its device proved.
+    let mut proved = BTreeSet::new();
+    let wanted = [
+        ("bed-01-spo2", "dtls", "psk:bed-01-spo2"),
+        ("bed-02-temp", "dtls", "psk:bed-02-temp"),
+        ("bed-01-bp", "http", "token:bed-01-bp/sim"),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !wanted
+        .iter()
+        .all(|(d, t, i)| proved.contains(&(*d, *t, *i)))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream saw only {proved:?}\n{stdout}"
+        );
+        if let Some((_, payload)) = sub.next(Duration::from_secs(1))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&payload)
+            && let Some(w) = wanted.iter().find(|(d, _, _)| v["device"] == *d)
+        {
+            let s = &v["source"];
+            if s["transport"] == w.1 && s["identity"] == w.2 {
+                proved.insert(*w);
+            }
+        }
+    }
+    let status = gw.terminate();
+    assert!(status.success(), "{status}\n{}", gw.log());
 }

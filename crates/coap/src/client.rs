@@ -255,6 +255,16 @@ impl CoapClient {
             addr: local,
             source,
         })?;
+        CoapClient::over(transport, tx)
+    }
+
+    /// A client over `transport` (CoAP over DTLS with `wardgate_dtls::DtlsTransport` and a
+    /// client credential for its server: the simulated ward's `coaps` devices). Starts the
+    /// socket task; must be called inside a tokio runtime.
+    pub fn over<T: Transport>(
+        transport: T,
+        tx: TransmissionConfig,
+    ) -> Result<CoapClient, CoapError> {
         let local = transport.local_addr()?;
         let metrics = CoapMetrics::default();
         let max_datagram = 1280;

@@ -117,7 +117,9 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         wardgate simulate --beds 8 --duration 2m\n  \
         wardgate simulate --config gateway.toml --beds 40 --attack --seed 7\n  \
-        wardgate simulate --coap 10.0.4.2:5683 --no-lwm2m --duration 30s")]
+        wardgate simulate --coap 10.0.4.2:5683 --no-lwm2m --duration 30s\n  \
+        wardgate simulate --beds 8 --print-devices > devices.toml  # then [registry] path and [coaps]\n\n\
+        CoAP devices with a PSK in the gateway's registry ([registry] path) send over DTLS ([coaps]).")]
     Simulate {
         /// The gateway's configuration file: where its endpoints are.
         #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
@@ -158,6 +160,11 @@ enum Command {
         /// No progress line.
         #[arg(long, short)]
         quiet: bool,
+        /// Print a `devices.toml` for this ward (`--beds`) and exit: a random PSK for each CoAP
+        /// device (they then send over DTLS when `[coaps]` is on) and the HTTPS device's token
+        /// hash. Keep it private: it holds the keys.
+        #[arg(long)]
+        print_devices: bool,
     },
     /// Outbox maintenance.
     Store {
@@ -301,7 +308,11 @@ fn main() -> ExitCode {
             no_lwm2m,
             https_ca,
             quiet,
+            print_devices,
         } => {
+            if print_devices {
+                return print_all(&simulate::devices_toml(beds));
+            }
             let cfg = match load(&config, None) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -314,10 +325,15 @@ fn main() -> ExitCode {
             if no_lwm2m {
                 targets.lwm2m = false;
             }
+            if let Err(e) = targets.load_registry(&cfg) {
+                eprintln!("{e:#}");
+                return ExitCode::FAILURE;
+            }
             if !targets.any() {
                 eprintln!(
                     "{}: no southbound endpoint to simulate against ([coap], [ingest.http], \
-                     [[ingest.mqtt]] are all off); give one with --coap",
+                     [[ingest.mqtt]] are all off, and [coaps] needs a [registry] with the \
+                     devices' PSKs); give one with --coap",
                     config.display()
                 );
                 return ExitCode::from(EXIT_USAGE);

@@ -12,7 +12,7 @@ use wardgate_coap::config::TransmissionConfig;
 use wardgate_coap::{ClientRequest, CoapClient};
 use wardgate_core::payload::ContentFormat;
 use wardgate_core::reading::epoch_seconds;
-use wardgate_core::{Record, Shutdown, senml};
+use wardgate_core::{CredentialStore as _, Record, Shutdown, senml};
 
 use super::ward::{Dropout, Patient, Vitals};
 use super::{Outcome, Plan, Proto, Stats};
@@ -231,9 +231,27 @@ pub(crate) async fn bed(
         _ => None,
     };
     let mut lwm2m: Option<Lwm2mThermo> = None;
-    let mut spo2 = Device::new(bed, "spo2", 1, &plan);
-    let mut temp = Device::new(bed, "temp", 5, &plan);
-    let mut resp = Device::new(bed, "resp", 2, &plan);
+    let [spo2_kind, temp_kind, resp_kind] = super::COAP_KINDS;
+    let mut spo2 = Device::new(bed, spo2_kind, 1, &plan);
+    let mut temp = Device::new(bed, temp_kind, 5, &plan);
+    let mut resp = Device::new(bed, resp_kind, 2, &plan);
+    // Each CoAP device over its own DTLS session when the registry has its PSK, else over the
+    // bed's plain CoAP socket, else (no plain CoAP) not at all.
+    let plain = coap.as_ref().map(|(c, t)| (c, *t, Proto::Coap));
+    let spo2_dtls = dtls_client(&spo2.id, &plan).await;
+    let temp_dtls = dtls_client(&temp.id, &plan).await;
+    let resp_dtls = dtls_client(&resp.id, &plan).await;
+    fn link<'a>(
+        dtls: &'a Option<(CoapClient, SocketAddr)>,
+        plain: Option<(&'a CoapClient, SocketAddr, Proto)>,
+    ) -> Option<(&'a CoapClient, SocketAddr, Proto)> {
+        dtls.as_ref().map(|(c, t)| (c, *t, Proto::Coaps)).or(plain)
+    }
+    let (spo2_link, temp_link, resp_link) = (
+        link(&spo2_dtls, plain),
+        link(&temp_dtls, plain),
+        link(&resp_dtls, plain),
+    );
     let mut bp = Device::new(bed, "bp", 10, &plan);
     let mut pump = Device::new(bed, "pump", 5, &plan);
     let offset = u64::from(bed);
@@ -258,8 +276,10 @@ pub(crate) async fn bed(
         }
         let v = patient.step(&mut rng);
         let now = epoch_seconds(SystemTime::now());
-        if let Some((client, target)) = &coap {
-            if spo2.due(n, offset, &mut rng, &stats) {
+        {
+            if let Some((client, target, proto)) = spo2_link
+                && spo2.due(n, offset, &mut rng, &stats)
+            {
                 let body = senml::encode_json(&[
                     record("spo2", "%", v.spo2, now),
                     record("pulse_rate", "beat/min", v.pulse, now),
@@ -268,45 +288,26 @@ pub(crate) async fn bed(
                     stats.alarms.fetch_add(1, Ordering::Relaxed);
                 }
                 let class = v.alarming().then_some("alarm");
-                coap_send(
-                    client,
-                    *target,
-                    &spo2.id,
-                    class,
-                    ContentFormat::SenmlJson,
-                    body,
-                    &stats,
-                )
-                .await;
+                let to = (client, target, proto);
+                coap_send(to, &spo2.id, class, ContentFormat::SenmlJson, body, &stats).await;
             }
-            if temp.due(n, offset, &mut rng, &stats) {
+            if let Some((client, target, proto)) = temp_link
+                && temp.due(n, offset, &mut rng, &stats)
+            {
                 let body = senml::encode_cbor(&[record("body_temperature", "Cel", v.temp, now)]);
-                coap_send(
-                    client,
-                    *target,
-                    &temp.id,
-                    None,
-                    ContentFormat::SenmlCbor,
-                    body,
-                    &stats,
-                )
-                .await;
+                let to = (client, target, proto);
+                coap_send(to, &temp.id, None, ContentFormat::SenmlCbor, body, &stats).await;
             }
-            if resp.due(n, offset, &mut rng, &stats) {
+            if let Some((client, target, proto)) = resp_link
+                && resp.due(n, offset, &mut rng, &stats)
+            {
                 let body = format!(
                     r#"{{"heart_rate":{},"respiratory_rate":{}}}"#,
                     v.pulse, v.resp
                 );
-                coap_send(
-                    client,
-                    *target,
-                    &resp.id,
-                    None,
-                    ContentFormat::Json,
-                    body.into_bytes(),
-                    &stats,
-                )
-                .await;
+                let to = (client, target, proto);
+                let body = body.into_bytes();
+                coap_send(to, &resp.id, None, ContentFormat::Json, body, &stats).await;
             }
         }
         if let Some(thermo) = &lwm2m
@@ -349,9 +350,40 @@ pub(crate) async fn bed(
     }
 }
 
+/// A CoAP client over its own DTLS session to the gateway's `[coaps]` listener, with the PSK
+/// the registry holds for `device`; `None` when there is no such listener or no such PSK (or the
+/// socket cannot be bound, which is logged).
+async fn dtls_client(device: &str, plan: &Plan) -> Option<(CoapClient, SocketAddr)> {
+    let (target, registry) = (plan.targets.coaps?, plan.targets.registry.clone()?);
+    let identity = registry.get(device)?.psk?.identity;
+    let key = registry.psk(&identity)?;
+    let deps = wardgate_dtls::DtlsDeps {
+        credentials: registry,
+        audit: Arc::new(wardgate_core::NoAudit),
+        metrics: wardgate_dtls::DtlsMetrics::default(),
+        tap: None,
+    };
+    let client = wardgate_dtls::DtlsTransport::bind(
+        local_for(target),
+        &wardgate_dtls::DtlsConfig::default(),
+        deps,
+    )
+    .map_err(anyhow::Error::from)
+    .and_then(|t| {
+        t.add_client(target, &identity, key)?;
+        Ok(CoapClient::over(t, TransmissionConfig::default())?)
+    });
+    match client {
+        Ok(c) => Some((c, target)),
+        Err(e) => {
+            tracing::error!(device, error = %e, "simulate: cannot start a DTLS client");
+            None
+        }
+    }
+}
+
 async fn coap_send(
-    client: &CoapClient,
-    target: SocketAddr,
+    (client, target, proto): (&CoapClient, SocketAddr, Proto),
     device: &str,
     class: Option<&str>,
     format: ContentFormat,
@@ -376,7 +408,7 @@ async fn coap_send(
         }
         Err(_) => Outcome::Failed,
     };
-    stats.record(Proto::Coap, outcome);
+    stats.record(proto, outcome);
 }
 
 async fn https_send(

@@ -22,8 +22,17 @@
 //! `security` class (4.03s) and sends malformed datagrams, at most [`attack::PER_SECOND`]
 //! packets a second.
 //!
-//! Devices are not authenticated here: against a gateway with a `[registry]` their readings are
-//! refused (4.01/401), which the summary shows. CoAP over DTLS is not simulated yet.
+//! Credentials come from the gateway's own device registry (`[registry] path`), so a ward can be
+//! simulated against a gateway that authenticates its devices:
+//! - a CoAP device the registry gives a PSK (`[device.psk]`) sends over CoAP over DTLS
+//!   (`[coaps]`, PSK_AES128_CCM_8, its own session through `wardgate_dtls::DtlsTransport` as a
+//!   client), counted as `coaps`; the others send plain CoAP;
+//! - the `bp` device presents the bearer token `sim-<device id>`, which a registry can list by
+//!   its SHA-256.
+//!
+//! `wardgate simulate --print-devices` writes such a registry for the ward (random PSKs). The
+//! LwM2M and MQTT devices are not authenticated: with a registry their readings are refused,
+//! which the summary shows.
 
 mod attack;
 mod devices;
@@ -36,6 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use wardgate_core::Shutdown;
 
 pub(crate) use progress::main;
@@ -67,6 +77,10 @@ pub(crate) const MAX_BEDS: u32 = 500;
 pub(crate) struct Targets {
     /// Plain CoAP.
     pub(crate) coap: Option<SocketAddr>,
+    /// CoAP over DTLS (used by the devices `registry` has a PSK for).
+    pub(crate) coaps: Option<SocketAddr>,
+    /// The gateway's device registry: the PSKs of the `coaps` devices.
+    pub(crate) registry: Option<Arc<wardgate_registry::Registry>>,
     /// LwM2M clients register over the CoAP target.
     pub(crate) lwm2m: bool,
     /// HTTPS (or plain HTTP) ingest.
@@ -155,6 +169,11 @@ impl Targets {
                 },
             }
         });
+        let coaps = cfg
+            .coaps
+            .enabled
+            .then(|| cfg.coaps.listen.first().copied().map(reachable))
+            .flatten();
         let mqtt = cfg.ingest.mqtt.iter().find_map(|m| {
             let rest = m.url.strip_prefix("mqtt://")?;
             // Validation refuses user info in the URL: host[:port] up to the path.
@@ -173,15 +192,38 @@ impl Targets {
         });
         Targets {
             coap,
+            coaps,
+            registry: None,
             lwm2m: coap.is_some() && cfg.lwm2m.enabled,
             https,
             mqtt,
         }
     }
 
+    /// Loads the gateway's device registry (`[registry] path`, already resolved against the
+    /// configuration's directory), for the PSKs of the `coaps` devices.
+    pub(crate) fn load_registry(
+        &mut self,
+        cfg: &wardgate_config::GatewayConfig,
+    ) -> anyhow::Result<()> {
+        if let Some(path) = &cfg.registry.path {
+            let registry = wardgate_registry::Registry::load(
+                path.clone(),
+                Arc::new(wardgate_core::NoAudit),
+                wardgate_registry::RegistryMetrics::default(),
+            )
+            .with_context(|| format!("device registry {}", path.display()))?;
+            self.registry = Some(Arc::new(registry));
+        }
+        Ok(())
+    }
+
     /// Whether any device has somewhere to send.
     pub(crate) fn any(&self) -> bool {
-        self.coap.is_some() || self.https.is_some() || self.mqtt.is_some()
+        self.coap.is_some()
+            || (self.coaps.is_some() && self.registry.is_some())
+            || self.https.is_some()
+            || self.mqtt.is_some()
     }
 }
 
@@ -189,17 +231,25 @@ impl Targets {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proto {
     Coap,
+    Coaps,
     Lwm2m,
     Https,
     Mqtt,
 }
 
 impl Proto {
-    pub(crate) const ALL: [Proto; 4] = [Proto::Coap, Proto::Lwm2m, Proto::Https, Proto::Mqtt];
+    pub(crate) const ALL: [Proto; 5] = [
+        Proto::Coap,
+        Proto::Coaps,
+        Proto::Lwm2m,
+        Proto::Https,
+        Proto::Mqtt,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Proto::Coap => "coap",
+            Proto::Coaps => "coaps",
             Proto::Lwm2m => "lwm2m",
             Proto::Https => "https",
             Proto::Mqtt => "mqtt",
@@ -223,7 +273,7 @@ pub(crate) struct Counts {
 /// Everything counted during a run. Shared by every device task.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    per: [Counts; 4],
+    per: [Counts; 5],
     /// Alarm-class readings sent.
     pub(crate) alarms: AtomicU64,
     /// Dropouts begun.
@@ -322,6 +372,44 @@ pub(crate) async fn run(plan: Plan, stats: Arc<Stats>, stop: Shutdown) {
     shared.close().await;
 }
 
+/// The CoAP devices of a bed (the ones a PSK moves to DTLS).
+pub(crate) const COAP_KINDS: [&str; 3] = ["spo2", "temp", "resp"];
+
+/// `wardgate simulate --print-devices`: a `devices.toml` for a ward of `beds` beds. Each CoAP
+/// device gets a random 16-byte PSK (identity = its id) and may use `coaps` only; the `bp`
+/// device gets the token `sim-<id>` the simulator presents (by its SHA-256), on `https` and on
+/// plain `http` (a loopback test ingest). The LwM2M thermometers and MQTT pumps are not listed:
+/// the simulator does not authenticate them.
+pub(crate) fn devices_toml(beds: u32) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# devices.toml for `wardgate simulate`, written by `wardgate simulate --print-devices`.\n\
+         # It holds the simulated devices' keys: keep it private (mode 0600), never reuse them.\n\
+         # The CoAP devices send over DTLS when the gateway has [coaps] on and this file as its\n\
+         # [registry] path.\n",
+    );
+    for bed in 1..=beds {
+        for kind in COAP_KINDS {
+            let key: [u8; 16] = rand::random();
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let _ = write!(
+                out,
+                "\n[[device]]\nid = \"bed-{bed:02}-{kind}\"\nprotocols = [\"coaps\"]\n\
+                 [device.psk]\nidentity = \"bed-{bed:02}-{kind}\"\nkey = \"hex:{hex}\"\n"
+            );
+        }
+        let id = format!("bed-{bed:02}-bp");
+        let digest = ring::digest::digest(&ring::digest::SHA256, format!("sim-{id}").as_bytes());
+        let sha: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let _ = write!(
+            out,
+            "\n[[device]]\nid = \"{id}\"\nprotocols = [\"https\", \"http\"]\n\
+             [[device.token]]\nid = \"sim\"\nsha256 = \"{sha}\"\n"
+        );
+    }
+    out
+}
+
 /// The ward `wardgate run --demo` runs against its own CoAP endpoint: two beds, an alarm now and
 /// then, no attack.
 pub(crate) fn demo_plan(coap: SocketAddr, lwm2m: bool) -> Plan {
@@ -334,8 +422,7 @@ pub(crate) fn demo_plan(coap: SocketAddr, lwm2m: bool) -> Plan {
         targets: Targets {
             coap: Some(coap),
             lwm2m,
-            https: None,
-            mqtt: None,
+            ..Targets::default()
         },
         attack_from: None,
     }
