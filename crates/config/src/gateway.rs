@@ -191,8 +191,17 @@ const SECTIONS: [&str; 16] = [
     "uplinks", "audit", "selector", "ingest", "monitor", "split",
 ];
 
+/// What [`parse_sections`] made of a file.
+pub(crate) struct Parsed {
+    /// The configuration; a section that did not parse holds its defaults.
+    pub(crate) cfg: GatewayConfig,
+    /// The sections that did not parse (their problems are recorded).
+    pub(crate) failed: Vec<&'static str>,
+}
+
 /// Parses each section on its own so one bad section does not hide problems in the others.
-pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConfig> {
+/// `None` only when the text is not TOML at all.
+pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<Parsed> {
     let table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => {
@@ -211,25 +220,25 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
             );
         }
     }
-    let mut ok = true;
+    let mut failed = Vec::new();
     let mut cfg = GatewayConfig::default();
-    section(&table, "gateway", p, &mut ok, &mut cfg.gateway);
-    section(&table, "log", p, &mut ok, &mut cfg.log);
-    section(&table, "bus", p, &mut ok, &mut cfg.bus);
-    section(&table, "coap", p, &mut ok, &mut cfg.coap);
-    section(&table, "coaps", p, &mut ok, &mut cfg.coaps);
-    section(&table, "registry", p, &mut ok, &mut cfg.registry);
-    section(&table, "http", p, &mut ok, &mut cfg.http);
-    section(&table, "admin", p, &mut ok, &mut cfg.admin);
-    section(&table, "store", p, &mut ok, &mut cfg.store);
-    section(&table, "audit", p, &mut ok, &mut cfg.audit);
-    section(&table, "lwm2m", p, &mut ok, &mut cfg.lwm2m);
-    section(&table, "ingest", p, &mut ok, &mut cfg.ingest);
-    section(&table, "monitor", p, &mut ok, &mut cfg.monitor);
-    section(&table, "split", p, &mut ok, &mut cfg.split);
+    section(&table, "gateway", p, &mut failed, &mut cfg.gateway);
+    section(&table, "log", p, &mut failed, &mut cfg.log);
+    section(&table, "bus", p, &mut failed, &mut cfg.bus);
+    section(&table, "coap", p, &mut failed, &mut cfg.coap);
+    section(&table, "coaps", p, &mut failed, &mut cfg.coaps);
+    section(&table, "registry", p, &mut failed, &mut cfg.registry);
+    section(&table, "http", p, &mut failed, &mut cfg.http);
+    section(&table, "admin", p, &mut failed, &mut cfg.admin);
+    section(&table, "store", p, &mut failed, &mut cfg.store);
+    section(&table, "audit", p, &mut failed, &mut cfg.audit);
+    section(&table, "lwm2m", p, &mut failed, &mut cfg.lwm2m);
+    section(&table, "ingest", p, &mut failed, &mut cfg.ingest);
+    section(&table, "monitor", p, &mut failed, &mut cfg.monitor);
+    section(&table, "split", p, &mut failed, &mut cfg.split);
     if table.contains_key("selector") {
         let mut sel = SelectorConfig::default();
-        section(&table, "selector", p, &mut ok, &mut sel);
+        section(&table, "selector", p, &mut failed, &mut sel);
         cfg.selector = Some(sel);
     }
     match table.get("uplinks") {
@@ -239,36 +248,50 @@ pub(crate) fn parse_sections(text: &str, p: &mut Problems) -> Option<GatewayConf
                 match typed::<UplinkConfig>(item, &format!("uplinks[{i}]")) {
                     Ok(u) => cfg.uplinks.push(u),
                     Err((path, message)) => {
-                        ok = false;
+                        failed.push("uplinks");
                         p.push(path, message);
                     }
                 }
             }
         }
         Some(_) => {
-            ok = false;
+            failed.push("uplinks");
             p.push("uplinks", "must be an array of tables ([[uplinks]])");
         }
     }
-    ok.then_some(cfg)
+    failed.dedup();
+    Some(Parsed { cfg, failed })
 }
 
 fn section<T: DeserializeOwned>(
     table: &toml::Table,
-    key: &str,
+    key: &'static str,
     p: &mut Problems,
-    ok: &mut bool,
+    failed: &mut Vec<&'static str>,
     into: &mut T,
 ) {
     if let Some(v) = table.get(key) {
         match typed::<T>(v, key) {
             Ok(parsed) => *into = parsed,
             Err((path, message)) => {
-                *ok = false;
+                failed.push(key);
                 p.push(path, message);
             }
         }
     }
+}
+
+/// Whether a value problem found while sections in `failed` did not parse still holds: not
+/// when it is in one of them, names one (`needs [registry] path`, whose `path` may be the very
+/// key with the type error), or is the selector's and the uplinks it names did not parse.
+pub(crate) fn holds_despite(problem: &wardgate_core::validate::Problem, failed: &[&str]) -> bool {
+    let section = problem.path.split(['.', '[']).next().unwrap_or("");
+    !failed.iter().any(|f| {
+        section == *f
+            || problem.message.contains(&format!("[{f}]"))
+            || problem.message.contains(&format!("[[{f}]]"))
+            || (*f == "uplinks" && section == "selector")
+    })
 }
 
 /// Deserializes the value at `at`; on failure, the full path of the offending key and a message
@@ -520,6 +543,37 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    /// A type error in one section does not hide the value problems of the others, and value
+    /// problems that only follow from the broken section are not reported.
+    #[test]
+    fn a_type_error_keeps_the_other_sections_value_checks() {
+        let text = r#"
+[bus]
+capacity = 0
+[coap]
+listen = 5683
+[registry]
+path = 7
+[coaps]
+enabled = true
+[[uplinks]]
+type = "file"
+name = "out"
+path = "-"
+"#;
+        let Err(ConfigError::Invalid(problems)) = parse(text, &no_env) else {
+            panic!("accepted");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"coap.listen"), "{problems:#?}");
+        assert!(paths.contains(&"registry.path"), "{problems:#?}");
+        assert!(paths.contains(&"bus.capacity"), "{problems:#?}");
+        // [coaps] needs a registry path: it has one, with a type error already reported.
+        assert!(!paths.contains(&"coaps.enabled"), "{problems:#?}");
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems.iter().all(|p| p.line.is_some()), "{problems:#?}");
     }
 
     #[test]

@@ -104,10 +104,25 @@ pub fn parse_for(
 ) -> Result<GatewayConfig, ConfigError> {
     let mut problems = wardgate_core::validate::Problems::new();
     let expanded = interpolate(text, lookup, &mut problems);
-    let cfg = gateway::parse_sections(&expanded, &mut problems);
-    if let Some(cfg) = &cfg {
-        cfg.validate(&mut problems);
-    }
+    let cfg = match gateway::parse_sections(&expanded, &mut problems) {
+        Some(parsed) if parsed.failed.is_empty() => {
+            parsed.cfg.validate(&mut problems);
+            Some(parsed.cfg)
+        }
+        Some(parsed) => {
+            // The sections that parsed still get their value checks, so one type error does
+            // not hide the other problems of the file.
+            let mut checks = wardgate_core::validate::Problems::new();
+            parsed.cfg.validate(&mut checks);
+            for c in checks.into_vec() {
+                if gateway::holds_despite(&c, &parsed.failed) {
+                    problems.push(c.path, c.message);
+                }
+            }
+            None
+        }
+        None => None,
+    };
     let mut problems = problems.into_vec();
     if purpose == Purpose::Monitor {
         problems.retain(|p| p.path != "uplinks");
