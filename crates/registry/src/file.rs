@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use wardgate_core::validate::{Problem, Problems};
 
 /// What happens to a peer whose identity no device holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownPolicy {
     /// Refused as unauthenticated (CoAP 4.01, HTTP 401). The default.
@@ -38,7 +40,7 @@ impl UnknownPolicy {
 }
 
 /// The whole `devices.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryFile {
     /// What happens to peers whose identity no device holds: `"reject"` (default) or
@@ -52,7 +54,7 @@ pub struct RegistryFile {
 
 /// One `[[device]]`: its identities and its ACL. Lists left out take their documented default;
 /// a list given empty is a problem (it would allow nothing; remove the device instead).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSpec {
     /// The device id (`bed-12`): letters, digits, `.`, `_`, `:`, `-`; at most 128 bytes.
@@ -101,7 +103,7 @@ impl DeviceSpec {
 }
 
 /// `[device.psk]`: a PSK identity and where its key is. Exactly one of `key` and `key_file`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PskSpec {
     /// The PSK identity the device sends in its handshake (unique across devices; printable
@@ -115,9 +117,10 @@ pub struct PskSpec {
     pub key_file: Option<PathBuf>,
 }
 
-/// `[[device.token]]`: a bearer token, by its hash. `Debug` shows the id only: a hash of a
-/// weak token can be brute-forced, so it is kept out of logs too.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// `[[device.token]]`: a bearer token, by its hash.
+// `Debug` shows the id only: a hash of a weak token can be brute-forced, so it is kept out of
+// logs too.
+#[derive(Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
     /// The token's name (unique within the device; same characters as device ids). Audit
@@ -136,7 +139,7 @@ impl fmt::Debug for TokenSpec {
 }
 
 /// `[[device.certificate]]`: a client certificate, by fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateSpec {
     /// Hex SHA-256 of the certificate's DER (`openssl x509 -noout -fingerprint -sha256`
@@ -145,7 +148,7 @@ pub struct CertificateSpec {
 }
 
 /// Key text as written in the file (`hex:…` or `${VAR}`). Redacted in `Debug`, zeroed on drop.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct KeyText(String);
 
