@@ -38,7 +38,8 @@ pub struct Section {
     pub kind: SectionKind,
     /// Whether it sits inside an optional or array section (so it is an example, commented out).
     pub example: bool,
-    /// What the section is (the field's doc comment and the type's, joined).
+    /// What the section is: the doc comment of the field holding it or of its type, whichever
+    /// says more (for a variant of a tagged list, both).
     pub doc: String,
     /// For a variant of a tagged list (`[[uplinks]]`): the tag key and value (`type`, `mqtt`).
     pub tag: Option<(String, String)>,
@@ -177,7 +178,7 @@ impl Walker {
             if place.tag.as_ref().is_some_and(|(k, _)| k == key) {
                 continue;
             }
-            let (target, optional) = self.resolve(p);
+            let (target, _) = self.resolve(p);
             let item = target.get("items").map(|i| self.resolve(i).0);
             let is_section = Self::is_struct(target)
                 || item.is_some_and(|i| Self::is_struct(i) || i.get("oneOf").is_some());
@@ -191,7 +192,7 @@ impl Walker {
                 doc: doc(p).to_owned(),
                 ty: self.type_name(p),
                 required: required.contains(&key.as_str()) && default.is_none(),
-                default: default.filter(|_| !optional || p.get("default").is_some()),
+                default,
             });
         }
         out.push(section);

@@ -238,9 +238,9 @@ pub(crate) async fn bed(
     // Each CoAP device over its own DTLS session when the registry has its PSK, else over the
     // bed's plain CoAP socket, else (no plain CoAP) not at all.
     let plain = coap.as_ref().map(|(c, t)| (c, *t, Proto::Coap));
-    let spo2_dtls = dtls_client(&spo2.id, &plan).await;
-    let temp_dtls = dtls_client(&temp.id, &plan).await;
-    let resp_dtls = dtls_client(&resp.id, &plan).await;
+    let spo2_dtls = dtls_client(&spo2.id, &plan);
+    let temp_dtls = dtls_client(&temp.id, &plan);
+    let resp_dtls = dtls_client(&resp.id, &plan);
     fn link<'a>(
         dtls: &'a Option<(CoapClient, SocketAddr)>,
         plain: Option<(&'a CoapClient, SocketAddr, Proto)>,
@@ -276,39 +276,37 @@ pub(crate) async fn bed(
         }
         let v = patient.step(&mut rng);
         let now = epoch_seconds(SystemTime::now());
+        if let Some((client, target, proto)) = spo2_link
+            && spo2.due(n, offset, &mut rng, &stats)
         {
-            if let Some((client, target, proto)) = spo2_link
-                && spo2.due(n, offset, &mut rng, &stats)
-            {
-                let body = senml::encode_json(&[
-                    record("spo2", "%", v.spo2, now),
-                    record("pulse_rate", "beat/min", v.pulse, now),
-                ]);
-                if v.alarming() {
-                    stats.alarms.fetch_add(1, Ordering::Relaxed);
-                }
-                let class = v.alarming().then_some("alarm");
-                let to = (client, target, proto);
-                coap_send(to, &spo2.id, class, ContentFormat::SenmlJson, body, &stats).await;
+            let body = senml::encode_json(&[
+                record("spo2", "%", v.spo2, now),
+                record("pulse_rate", "beat/min", v.pulse, now),
+            ]);
+            if v.alarming() {
+                stats.alarms.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some((client, target, proto)) = temp_link
-                && temp.due(n, offset, &mut rng, &stats)
-            {
-                let body = senml::encode_cbor(&[record("body_temperature", "Cel", v.temp, now)]);
-                let to = (client, target, proto);
-                coap_send(to, &temp.id, None, ContentFormat::SenmlCbor, body, &stats).await;
-            }
-            if let Some((client, target, proto)) = resp_link
-                && resp.due(n, offset, &mut rng, &stats)
-            {
-                let body = format!(
-                    r#"{{"heart_rate":{},"respiratory_rate":{}}}"#,
-                    v.pulse, v.resp
-                );
-                let to = (client, target, proto);
-                let body = body.into_bytes();
-                coap_send(to, &resp.id, None, ContentFormat::Json, body, &stats).await;
-            }
+            let class = v.alarming().then_some("alarm");
+            let to = (client, target, proto);
+            coap_send(to, &spo2.id, class, ContentFormat::SenmlJson, body, &stats).await;
+        }
+        if let Some((client, target, proto)) = temp_link
+            && temp.due(n, offset, &mut rng, &stats)
+        {
+            let body = senml::encode_cbor(&[record("body_temperature", "Cel", v.temp, now)]);
+            let to = (client, target, proto);
+            coap_send(to, &temp.id, None, ContentFormat::SenmlCbor, body, &stats).await;
+        }
+        if let Some((client, target, proto)) = resp_link
+            && resp.due(n, offset, &mut rng, &stats)
+        {
+            let body = format!(
+                r#"{{"heart_rate":{},"respiratory_rate":{}}}"#,
+                v.pulse, v.resp
+            );
+            let to = (client, target, proto);
+            let body = body.into_bytes();
+            coap_send(to, &resp.id, None, ContentFormat::Json, body, &stats).await;
         }
         if let Some(thermo) = &lwm2m
             && n % 5 == offset % 5
@@ -353,7 +351,7 @@ pub(crate) async fn bed(
 /// A CoAP client over its own DTLS session to the gateway's `[coaps]` listener, with the PSK
 /// the registry holds for `device`; `None` when there is no such listener or no such PSK (or the
 /// socket cannot be bound, which is logged).
-async fn dtls_client(device: &str, plan: &Plan) -> Option<(CoapClient, SocketAddr)> {
+fn dtls_client(device: &str, plan: &Plan) -> Option<(CoapClient, SocketAddr)> {
     let (target, registry) = (plan.targets.coaps?, plan.targets.registry.clone()?);
     let identity = registry.get(device)?.psk?.identity;
     let key = registry.psk(&identity)?;
