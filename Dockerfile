@@ -29,7 +29,7 @@ RUN set -eu; \
         cp target/release/wardgate /staging/usr/local/bin/wardgate; \
     fi; \
     mkdir -p /staging/var/lib/wardgate /staging/etc/wardgate; \
-    cp deploy/docker/gateway.toml deploy/docker/monitor.toml /staging/etc/wardgate/; \
+    cp deploy/docker/gateway.toml deploy/docker/monitor.toml deploy/docker/simulate.toml /staging/etc/wardgate/; \
     chown -R 65532:65532 /staging/var/lib/wardgate
 
 FROM ${RUNTIME_IMAGE} AS runtime

@@ -4,6 +4,8 @@
 #     validates, `up` brings bus, uplinks, coap and a stand-in upstream broker to healthy;
 #   - /readyz answers 200 through the published port; a sensor container (coap-client) and the
 #     host's coap-client post readings that reach the upstream broker as wardgate.reading/1;
+#   - a simulated ward container (`wardgate simulate`, profile `simulate`): its CoAP devices and
+#     its LwM2M client (registering with the `coap` part) reach the upstream broker;
 #   - the `monitoring` profile's Prometheus scrapes both parts (`up` and a gateway metric through
 #     its query API);
 #   - the `monitor` profile (`wardgate monitor` on the host's network) reads the bridge of the
@@ -48,7 +50,7 @@ cleanup() {
     dc logs --no-color --tail 60 >&2 || true
   fi
   [ -n "${sub_pid:-}" ] && kill "$sub_pid" 2>/dev/null || true
-  COMPOSE_PROFILES=upstream,ward,mqtt,monitor,monitoring dc down -v --remove-orphans >/dev/null 2>&1 || true
+  COMPOSE_PROFILES=upstream,ward,mqtt,monitor,monitoring,simulate dc down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$work"
   exit $status
 }
@@ -98,6 +100,17 @@ wait_received '"device":"bed-sensor"' 3 60 || fail "the sensor container's readi
 wait_received '"device":"bed-host"' 3 60 || fail "the host's readings did not reach upstream"
 grep -q '"schema":"wardgate.reading/1"' "$work/received" || fail "not wardgate.reading/1"
 say "readings from a sensor container and from the host reached the upstream broker"
+
+# A simulated ward in a container (profile `simulate`): a bed's CoAP devices and its LwM2M
+# thermometer (it registers with the `coap` part's LwM2M server and Sends) reach upstream.
+dc run --rm -T --no-deps simulate simulate --config /etc/wardgate/simulate.toml \
+  --coap coap:5683 --beds 1 --duration 12s --dropout-every 0s --quiet >"$work/sim.out" 2>&1 \
+  || { cat "$work/sim.out" >&2; fail "the simulated ward container failed"; }
+wait_received '"device":"bed-01-thermo"' 1 60 \
+  || { cat "$work/sim.out" >&2; fail "the simulated LwM2M thermometer's readings did not reach upstream"; }
+wait_received '"device":"bed-01-spo2"' 5 60 \
+  || { cat "$work/sim.out" >&2; fail "the simulated SpO2 probe's readings did not reach upstream"; }
+say "a simulated ward container's CoAP devices and LwM2M client reached the upstream broker"
 
 # Prometheus (the `monitoring` profile) scrapes both parts.
 promql() { # query: the first result's value, or nothing
@@ -175,7 +188,7 @@ for v in $(seq 1 $n); do
 done
 say "all $n readings acknowledged before the kill arrived"
 
-COMPOSE_PROFILES=upstream,ward,mqtt,monitor,monitoring dc down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v"
+COMPOSE_PROFILES=upstream,ward,mqtt,monitor,monitoring,simulate dc down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v"
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; docker volume ls -q --filter "label=com.docker.compose.project=$project")
 [ -z "$left" ] || fail "down -v left: $left"
 say "down -v removed every container and volume"

@@ -147,9 +147,10 @@ enum Command {
         /// `[[monitor.flows.labels]]`).
         #[arg(long, default_value = "127.0.0.66")]
         attack_from: std::net::IpAddr,
-        /// Send CoAP here instead of the configuration's first `[coap] listen`.
-        #[arg(long)]
-        coap: Option<std::net::SocketAddr>,
+        /// Send CoAP (and LwM2M) here instead of the configuration's first `[coap] listen`:
+        /// `HOST:PORT` (`10.0.4.2:5683`, `coap:5683` in a container network).
+        #[arg(long, value_name = "HOST:PORT")]
+        coap: Option<String>,
         /// Do not run the LwM2M thermometers.
         #[arg(long)]
         no_lwm2m: bool,
@@ -319,8 +320,18 @@ fn main() -> ExitCode {
             };
             let mut targets = simulate::Targets::of(&cfg, https_ca);
             if let Some(c) = coap {
-                targets.coap = Some(c);
-                targets.lwm2m = cfg.lwm2m.enabled;
+                let resolved =
+                    std::net::ToSocketAddrs::to_socket_addrs(c.as_str()).map(|mut a| a.next());
+                match resolved {
+                    Ok(Some(addr)) => {
+                        targets.coap = Some(addr);
+                        targets.lwm2m = cfg.lwm2m.enabled;
+                    }
+                    Ok(None) | Err(_) => {
+                        eprintln!("--coap {c}: not a HOST:PORT that resolves");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                }
             }
             if no_lwm2m {
                 targets.lwm2m = false;
