@@ -139,8 +139,8 @@ label = "attack"
 }
 
 /// Against a gateway that authenticates its devices: the registry `simulate --print-devices`
-/// writes gives each CoAP device a PSK, so they send over CoAP over DTLS (each its own session,
-/// `source.identity` = `psk:<id>`), and the HTTPS device its token.
+/// writes gives each CoAP device and each LwM2M thermometer a PSK, so they send over DTLS (each
+/// its own session, `source.identity` = `psk:<id>`), and the HTTPS device its token.
 #[test]
 fn a_ward_with_registry_credentials_sends_over_dtls_and_authenticates_every_reading() {
     let dir = tempfile::tempdir().unwrap();
@@ -151,7 +151,7 @@ fn a_ward_with_registry_credentials_sends_over_dtls_and_authenticates_every_read
         .unwrap();
     assert!(devices.status.success());
     let text = String::from_utf8(devices.stdout).unwrap();
-    assert_eq!(text.matches("[[device]]").count(), 2 * 4, "{text}");
+    assert_eq!(text.matches("[[device]]").count(), 2 * 5, "{text}");
     let registry = dir.path().join("devices.toml");
     std::fs::write(&registry, &text).unwrap();
     std::fs::set_permissions(
@@ -182,20 +182,12 @@ listen = "127.0.0.1:{http_in}"
 
     let (stdout, stderr) = simulate(
         &gw.config,
-        &[
-            "--beds",
-            "2",
-            "--duration",
-            "10s",
-            "--seed",
-            "3",
-            "--no-lwm2m",
-        ],
+        &["--beds", "2", "--duration", "10s", "--seed", "3"],
     );
     let row = |name: &str| row(&stdout, name);
     // Every CoAP device has a PSK: none sends plain CoAP.
     assert!(row("coap").is_none(), "{stdout}");
-    for p in ["coaps", "https"] {
+    for p in ["coaps", "lwm2m", "https"] {
         let r = row(p).unwrap_or_else(|| panic!("no {p} row:\n{stdout}"));
         assert!(r[1] > 0, "{p} accepted nothing:\n{stdout}\n{stderr}");
         assert_eq!((r[0], r[2], r[3]), (r[1], 0, 0), "{p}:\n{stdout}\n{stderr}");
@@ -206,6 +198,7 @@ listen = "127.0.0.1:{http_in}"
     let wanted = [
         ("bed-01-spo2", "dtls", "psk:bed-01-spo2"),
         ("bed-02-temp", "dtls", "psk:bed-02-temp"),
+        ("bed-01-thermo", "dtls", "psk:bed-01-thermo"),
         ("bed-01-bp", "http", "token:bed-01-bp/sim"),
     ];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

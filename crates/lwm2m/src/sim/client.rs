@@ -6,7 +6,11 @@
 //! `SimClient` clone stops them.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -28,6 +32,53 @@ use crate::registration::Version;
 const RECEIVED_KEPT: usize = 4096;
 /// How often due notifications (`pmin` ends, `pmax`) are looked for.
 const TICK: Duration = Duration::from_millis(100);
+
+/// A datagram being received: its length and sender.
+pub type Recv<'a> = Pin<Box<dyn Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a>>;
+
+/// What a simulated client sends and receives its datagrams through: a UDP socket (what
+/// [`SimClient::start`] binds), or a CoAP transport wrapped in [`OverTransport`] (CoAP over DTLS
+/// with `wardgate_dtls::DtlsTransport` as a client holding the device's PSK).
+pub trait SimSocket: Send + Sync + fmt::Debug + 'static {
+    /// Sends without waiting (a full buffer is a lost datagram: the message layer retransmits).
+    fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize>;
+    /// Receives one datagram.
+    fn recv_from<'a>(&'a self, buf: &'a mut [u8]) -> Recv<'a>;
+    /// The bound address.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl SimSocket for UdpSocket {
+    fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        UdpSocket::try_send_to(self, buf, to)
+    }
+
+    fn recv_from<'a>(&'a self, buf: &'a mut [u8]) -> Recv<'a> {
+        Box::pin(UdpSocket::recv_from(self, buf))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        UdpSocket::local_addr(self)
+    }
+}
+
+/// A CoAP transport (`wardgate_coap::transport::Transport`) as a [`SimSocket`].
+#[derive(Debug)]
+pub struct OverTransport<T>(pub T);
+
+impl<T: wardgate_coap::transport::Transport + fmt::Debug> SimSocket for OverTransport<T> {
+    fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.0.try_send_to(buf, to)
+    }
+
+    fn recv_from<'a>(&'a self, buf: &'a mut [u8]) -> Recv<'a> {
+        Box::pin(self.0.recv_from(buf))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
 
 /// What an ACK/RST told a waiting Confirmable sender.
 #[derive(Debug)]
@@ -57,7 +108,9 @@ struct State {
 struct Inner {
     cfg: SimConfig,
     server: SocketAddr,
-    socket: Mutex<Arc<UdpSocket>>,
+    socket: Mutex<Arc<dyn SimSocket>>,
+    /// Started on its own UDP socket (so it may [`SimClient::rebind`]).
+    udp: bool,
     state: Mutex<State>,
     tasks: Mutex<Tasks>,
 }
@@ -103,6 +156,21 @@ impl SimClient {
     /// Binds its socket and starts answering; does not register.
     pub async fn start(cfg: SimConfig, server: SocketAddr) -> Result<SimClient, SimError> {
         let socket = Arc::new(UdpSocket::bind(cfg.bind).await?);
+        Ok(SimClient::begin(cfg, server, socket, true))
+    }
+
+    /// Starts answering on `socket` (`cfg.bind` is not used); does not register. Must be
+    /// called inside a tokio runtime.
+    pub fn start_on(cfg: SimConfig, server: SocketAddr, socket: Arc<dyn SimSocket>) -> SimClient {
+        SimClient::begin(cfg, server, socket, false)
+    }
+
+    fn begin(
+        cfg: SimConfig,
+        server: SocketAddr,
+        socket: Arc<dyn SimSocket>,
+        udp: bool,
+    ) -> SimClient {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 device: Device::new(cfg.tree.clone()),
@@ -119,11 +187,12 @@ impl SimClient {
             cfg,
             server,
             socket: Mutex::new(socket.clone()),
+            udp,
             tasks: Mutex::new(Tasks::default()),
         });
         let recv = tokio::spawn(recv_loop(Arc::downgrade(&inner), socket));
         guard(&inner.tasks).recv = Some(recv);
-        Ok(SimClient { inner })
+        SimClient { inner }
     }
 
     /// Its endpoint name.
@@ -215,13 +284,20 @@ impl SimClient {
     }
 
     /// Moves to a new socket on a new port (a NAT rebinding); the server learns the address
-    /// from the next message. Returns the new address.
+    /// from the next message. Returns the new address. Only for a client [`SimClient::start`]
+    /// bound (a UDP socket).
     pub async fn rebind(&self) -> Result<SocketAddr, SimError> {
+        if !self.inner.udp {
+            return Err(SimError::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "rebind needs a client on its own UDP socket",
+            )));
+        }
         let mut bind = self.inner.cfg.bind;
         bind.set_port(0);
         let socket = Arc::new(UdpSocket::bind(bind).await?);
         let addr = socket.local_addr()?;
-        *guard(&self.inner.socket) = socket.clone();
+        *guard(&self.inner.socket) = socket.clone() as Arc<dyn SimSocket>;
         let recv = tokio::spawn(recv_loop(Arc::downgrade(&self.inner), socket));
         if let Some(old) = guard(&self.inner.tasks).recv.replace(recv) {
             old.abort();
@@ -303,7 +379,7 @@ impl SimClient {
 }
 
 impl Inner {
-    fn socket(&self) -> Arc<UdpSocket> {
+    fn socket(&self) -> Arc<dyn SimSocket> {
         guard(&self.socket).clone()
     }
 
@@ -687,7 +763,7 @@ async fn deliver_notification(
     }
 }
 
-async fn recv_loop(weak: Weak<Inner>, socket: Arc<UdpSocket>) {
+async fn recv_loop(weak: Weak<Inner>, socket: Arc<dyn SimSocket>) {
     let mut buf = vec![0u8; 2048];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {

@@ -30,7 +30,7 @@ mod wire;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use client::{SimClient, UpdateOpts};
+pub use client::{OverTransport, Recv, SimClient, SimSocket, UpdateOpts};
 pub use observe::Attrs;
 pub use tree::{Res, Tree};
 pub use ward::{Ward, open_files_limit, run_many};

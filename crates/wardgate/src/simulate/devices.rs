@@ -13,6 +13,7 @@ use wardgate_coap::{ClientRequest, CoapClient};
 use wardgate_core::payload::ContentFormat;
 use wardgate_core::reading::epoch_seconds;
 use wardgate_core::{CredentialStore as _, Record, Shutdown, senml};
+use wardgate_lwm2m::sim::{OverTransport, SimSocket};
 
 use super::ward::{Dropout, Patient, Vitals};
 use super::{Outcome, Plan, Proto, Stats};
@@ -225,9 +226,23 @@ pub(crate) async fn bed(
         }
         None => None,
     };
-    // The thermometer registers on its own task: the other devices start at once.
-    let mut registering = match (plan.targets.lwm2m, plan.targets.coap) {
-        (true, Some(target)) => Some(tokio::spawn(Lwm2mThermo::start(bed, target, stats.clone()))),
+    // The thermometer registers on its own task: the other devices start at once. Over its own
+    // DTLS session when the registry has its PSK, else over plain CoAP.
+    let thermo_id = format!("bed-{bed:02}-thermo");
+    let thermo_link = match dtls_transport(&thermo_id, &plan) {
+        Some((t, target)) => {
+            let socket: Arc<dyn SimSocket> = Arc::new(OverTransport(t));
+            Some((target, Some(socket)))
+        }
+        None => plan.targets.coap.map(|target| (target, None)),
+    };
+    let mut registering = match (plan.targets.lwm2m, thermo_link) {
+        (true, Some((target, socket))) => Some(tokio::spawn(Lwm2mThermo::start(
+            thermo_id,
+            target,
+            socket,
+            stats.clone(),
+        ))),
         _ => None,
     };
     let mut lwm2m: Option<Lwm2mThermo> = None;
@@ -349,9 +364,22 @@ pub(crate) async fn bed(
 }
 
 /// A CoAP client over its own DTLS session to the gateway's `[coaps]` listener, with the PSK
-/// the registry holds for `device`; `None` when there is no such listener or no such PSK (or the
-/// socket cannot be bound, which is logged).
+/// the registry holds for `device` (see [`dtls_transport`]).
 fn dtls_client(device: &str, plan: &Plan) -> Option<(CoapClient, SocketAddr)> {
+    let (transport, target) = dtls_transport(device, plan)?;
+    match CoapClient::over(transport, TransmissionConfig::default()) {
+        Ok(c) => Some((c, target)),
+        Err(e) => {
+            tracing::error!(device, error = %e, "simulate: cannot start a CoAP client");
+            None
+        }
+    }
+}
+
+/// A DTLS transport of its own, as the client of the gateway's `[coaps]` listener with the PSK
+/// the registry holds for `device`, and that listener; `None` when there is no such listener or
+/// no such PSK (or the socket cannot be bound, which is logged).
+fn dtls_transport(device: &str, plan: &Plan) -> Option<(wardgate_dtls::DtlsTransport, SocketAddr)> {
     let (target, registry) = (plan.targets.coaps?, plan.targets.registry.clone()?);
     let identity = registry.get(device)?.psk?.identity;
     let key = registry.psk(&identity)?;
@@ -361,18 +389,17 @@ fn dtls_client(device: &str, plan: &Plan) -> Option<(CoapClient, SocketAddr)> {
         metrics: wardgate_dtls::DtlsMetrics::default(),
         tap: None,
     };
-    let client = wardgate_dtls::DtlsTransport::bind(
+    let transport = wardgate_dtls::DtlsTransport::bind(
         local_for(target),
         &wardgate_dtls::DtlsConfig::default(),
         deps,
     )
-    .map_err(anyhow::Error::from)
     .and_then(|t| {
         t.add_client(target, &identity, key)?;
-        Ok(CoapClient::over(t, TransmissionConfig::default())?)
+        Ok(t)
     });
-    match client {
-        Ok(c) => Some((c, target)),
+    match transport {
+        Ok(t) => Some((t, target)),
         Err(e) => {
             tracing::error!(device, error = %e, "simulate: cannot start a DTLS client");
             None
@@ -449,11 +476,21 @@ struct Lwm2mThermo {
 }
 
 impl Lwm2mThermo {
-    async fn start(bed: u32, target: SocketAddr, stats: Arc<Stats>) -> Option<Lwm2mThermo> {
+    /// Starts the client `endpoint` (on `socket`, or on a UDP socket of its own) and registers.
+    async fn start(
+        endpoint: String,
+        target: SocketAddr,
+        socket: Option<Arc<dyn SimSocket>>,
+        stats: Arc<Stats>,
+    ) -> Option<Lwm2mThermo> {
         use wardgate_lwm2m::sim::{SimClient, SimConfig};
-        let mut cfg = SimConfig::new(format!("bed-{bed:02}-thermo")).auto_update();
+        let mut cfg = SimConfig::new(endpoint).auto_update();
         cfg.bind = local_for(target);
-        let client = match SimClient::start(cfg, target).await {
+        let started = match socket {
+            Some(socket) => Ok(SimClient::start_on(cfg, target, socket)),
+            None => SimClient::start(cfg, target).await,
+        };
+        let client = match started {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "simulate: cannot start an LwM2M client");

@@ -26,13 +26,13 @@
 //! simulated against a gateway that authenticates its devices:
 //! - a CoAP device the registry gives a PSK (`[device.psk]`) sends over CoAP over DTLS
 //!   (`[coaps]`, PSK_AES128_CCM_8, its own session through `wardgate_dtls::DtlsTransport` as a
-//!   client), counted as `coaps`; the others send plain CoAP;
+//!   client), counted as `coaps`; the others send plain CoAP. The LwM2M thermometer likewise
+//!   registers over DTLS when it has a PSK (counted under `lwm2m`);
 //! - the `bp` device presents the bearer token `sim-<device id>`, which a registry can list by
 //!   its SHA-256.
 //!
 //! `wardgate simulate --print-devices` writes such a registry for the ward (random PSKs). The
-//! LwM2M and MQTT devices are not authenticated: with a registry their readings are refused,
-//! which the summary shows.
+//! MQTT pumps are not authenticated by the gateway (their broker does that).
 
 mod attack;
 mod devices;
@@ -194,7 +194,7 @@ impl Targets {
             coap,
             coaps,
             registry: None,
-            lwm2m: coap.is_some() && cfg.lwm2m.enabled,
+            lwm2m: (coap.is_some() || coaps.is_some()) && cfg.lwm2m.enabled,
             https,
             mqtt,
         }
@@ -376,10 +376,11 @@ pub(crate) async fn run(plan: Plan, stats: Arc<Stats>, stop: Shutdown) {
 pub(crate) const COAP_KINDS: [&str; 3] = ["spo2", "temp", "resp"];
 
 /// `wardgate simulate --print-devices`: a `devices.toml` for a ward of `beds` beds. Each CoAP
-/// device gets a random 16-byte PSK (identity = its id) and may use `coaps` only; the `bp`
+/// device gets a random 16-byte PSK (identity = its id) and may use `coaps` only, the LwM2M
+/// thermometer likewise with `lwm2ms`; the `bp`
 /// device gets the token `sim-<id>` the simulator presents (by its SHA-256), on `https` and on
-/// plain `http` (a loopback test ingest). The LwM2M thermometers and MQTT pumps are not listed:
-/// the simulator does not authenticate them.
+/// plain `http` (a loopback test ingest). The MQTT pumps are not listed: the sensors' broker
+/// authenticates those.
 pub(crate) fn devices_toml(beds: u32) -> String {
     use std::fmt::Write as _;
     let mut out = String::from(
@@ -389,12 +390,16 @@ pub(crate) fn devices_toml(beds: u32) -> String {
          # [registry] path.\n",
     );
     for bed in 1..=beds {
-        for kind in COAP_KINDS {
+        let psk_devices = COAP_KINDS
+            .iter()
+            .map(|k| (*k, "coaps"))
+            .chain([("thermo", "lwm2ms")]);
+        for (kind, protocol) in psk_devices {
             let key: [u8; 16] = rand::random();
             let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
             let _ = write!(
                 out,
-                "\n[[device]]\nid = \"bed-{bed:02}-{kind}\"\nprotocols = [\"coaps\"]\n\
+                "\n[[device]]\nid = \"bed-{bed:02}-{kind}\"\nprotocols = [\"{protocol}\"]\n\
                  [device.psk]\nidentity = \"bed-{bed:02}-{kind}\"\nkey = \"hex:{hex}\"\n"
             );
         }
