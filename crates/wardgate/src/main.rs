@@ -119,7 +119,8 @@ enum Command {
         wardgate simulate --config gateway.toml --beds 40 --attack --seed 7\n  \
         wardgate simulate --coap 10.0.4.2:5683 --no-lwm2m --duration 30s\n  \
         wardgate simulate --beds 8 --print-devices > devices.toml  # then [registry] path and [coaps]\n\n\
-        CoAP devices with a PSK in the gateway's registry ([registry] path) send over DTLS ([coaps]).")]
+        CoAP devices and LwM2M thermometers with a PSK in the gateway's registry ([registry] path)\n\
+        send over DTLS ([coaps]).")]
     Simulate {
         /// The gateway's configuration file: where its endpoints are.
         #[arg(long, short, default_value = "gateway.toml", env = "WARDGATE_CONFIG")]
@@ -162,8 +163,8 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
         /// Print a `devices.toml` for this ward (`--beds`) and exit: a random PSK for each CoAP
-        /// device (they then send over DTLS when `[coaps]` is on) and the HTTPS device's token
-        /// hash. Keep it private: it holds the keys.
+        /// device and LwM2M thermometer (they then send over DTLS when `[coaps]` is on) and the
+        /// HTTPS device's token hash. Keep it private: it holds the keys.
         #[arg(long)]
         print_devices: bool,
     },

@@ -386,8 +386,8 @@ pub(crate) fn devices_toml(beds: u32) -> String {
     let mut out = String::from(
         "# devices.toml for `wardgate simulate`, written by `wardgate simulate --print-devices`.\n\
          # It holds the simulated devices' keys: keep it private (mode 0600), never reuse them.\n\
-         # The CoAP devices send over DTLS when the gateway has [coaps] on and this file as its\n\
-         # [registry] path.\n",
+         # The CoAP devices and LwM2M thermometers send over DTLS when the gateway has [coaps] on\n\
+         # and this file as its [registry] path.\n",
     );
     for bed in 1..=beds {
         let psk_devices = COAP_KINDS
