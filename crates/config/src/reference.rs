@@ -404,12 +404,12 @@ fn toml_literal(v: &Value) -> String {
 }
 
 /// Doc text as `# ` comment lines, with paragraphs kept.
-fn comment(out: &mut String, text: &str, prefix: &str) {
+fn comment(out: &mut String, text: &str) {
     for line in text.lines() {
         if line.trim().is_empty() {
-            let _ = writeln!(out, "{prefix}#");
+            out.push_str("#\n");
         } else {
-            let _ = writeln!(out, "{prefix}# {}", line.trim_end());
+            let _ = writeln!(out, "# {}", line.trim_end());
         }
     }
 }
@@ -429,14 +429,13 @@ pub fn commented_config() -> String {
          # Check a file without starting anything: wardgate check-config --config gateway.toml\n",
     );
     for s in sections() {
-        let header = match (&s.kind, &s.tag) {
-            (SectionKind::Array, _) => format!("[[{}]]", s.path),
+        let header = match s.kind {
+            SectionKind::Array => format!("[[{}]]", s.path),
             _ => format!("[{}]", s.path),
         };
-        let commented = s.example;
         out.push('\n');
-        comment(&mut out, &s.doc, "");
-        if commented {
+        comment(&mut out, &s.doc);
+        if s.example {
             let _ = writeln!(out, "#{header}");
         } else {
             let _ = writeln!(out, "{header}");
@@ -445,7 +444,7 @@ pub fn commented_config() -> String {
             let _ = writeln!(out, "#{k} = {}", toml_literal(&Value::String(v.clone())));
         }
         for o in &s.options {
-            comment(&mut out, &o.doc, "");
+            comment(&mut out, &o.doc);
             let value = match &o.default {
                 Some(v) => toml_literal(v),
                 None if o.required => format!("<{}>  # required", o.ty),
