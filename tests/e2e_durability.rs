@@ -186,6 +186,19 @@ fn broker_outage_is_absorbed_and_delivered_in_per_device_order() {
         "no uplink is connected while the broker is down: {body}"
     );
     assert!(body.contains("uplinks"), "{body}");
+    // The backlog is in /readyz too, by uplink, once its oldest reading is a second old (the
+    // gauges and the detail refresh every second).
+    let owed = common::wait_for("the backlog in /readyz", Duration::from_secs(10), || {
+        common::http_get(gw.http, "/readyz").filter(|(_, b)| b.contains("owed: cloud"))
+    })
+    .1;
+    let count: u64 = owed
+        .split("owed: cloud ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {owed}"));
+    assert!(count >= 200, "owed {count} readings, 200 expected: {owed}");
 
     broker.restart();
     // The broker published wardgate's will when it went down; wardgate says online again once
@@ -224,6 +237,11 @@ fn broker_outage_is_absorbed_and_delivered_in_per_device_order() {
     common::wait_for("outbox to drain", Duration::from_secs(30), || {
         (metric(&gw.metrics(), "wardgate_store_depth_readings") == 0.0).then_some(())
     });
+    common::wait_for(
+        "the backlog to leave /readyz",
+        Duration::from_secs(10),
+        || common::http_get(gw.http, "/readyz").filter(|(s, b)| *s == 200 && !b.contains("owed")),
+    );
 }
 
 #[test]

@@ -69,7 +69,10 @@
 //!   power loss, not only a process crash (`NORMAL` would only survive the latter). The cost of
 //!   that fsync is shared: the writer group-commits every request that arrives within
 //!   `commit_window` (or while the previous fsync runs) in one transaction, so throughput
-//!   scales with concurrency rather than with fsyncs per second. Commits that carry only
+//!   scales with concurrency rather than with fsyncs per second. Between a light load and
+//!   saturation, where each commit would otherwise carry one reading, the writer lingers for the
+//!   requests a steady stream promises (`commit_linger`, adaptive: see the `linger` module).
+//!   Commits that carry only
 //!   acknowledgements, releases or expiry run with `synchronous=NORMAL`: losing one only
 //!   repeats a delivery (or leaves a released reading with the uplink that released it), and
 //!   WAL ordering makes the next fsynced commit cover it.
@@ -93,6 +96,7 @@ pub mod config;
 mod cursor;
 mod db;
 mod error;
+mod linger;
 pub mod metrics;
 mod outbox;
 mod recover;

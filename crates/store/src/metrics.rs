@@ -127,6 +127,36 @@ impl EncodeLabelValue for CommitKind {
     }
 }
 
+/// How an adaptive group-commit wait ended (`[store] commit_linger`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum LingerOutcome {
+    /// More requests arrived and joined the commit.
+    Caught,
+    /// Nothing arrived: lingering pauses for a while.
+    Empty,
+}
+
+impl LingerOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LingerOutcome::Caught => "caught",
+            LingerOutcome::Empty => "empty",
+        }
+    }
+}
+
+impl EncodeLabelValue for LingerOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LingerLabels {
+    outcome: LingerOutcome,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
     reason: DropReason,
@@ -202,6 +232,7 @@ pub struct StoreMetrics {
     uplink_depth: Family<UplinkLabels, Gauge>,
     oldest_age: Family<UplinkLabels, Gauge<f64, AtomicU64>>,
     commits: Family<CommitLabels, Counter>,
+    lingers: Family<LingerLabels, Counter>,
     commit_errors: Counter,
     commit_seconds: Histogram,
     batch_readings: Histogram,
@@ -259,6 +290,11 @@ impl StoreMetrics {
             "wardgate_store_commits",
             "Outbox transactions committed",
             m.commits.clone(),
+        );
+        registry.register(
+            "wardgate_store_commit_lingers",
+            "Ingest commits that waited for more requests (adaptive group commit, [store] commit_linger), by whether any came",
+            m.lingers.clone(),
         );
         registry.register(
             "wardgate_store_commit_errors",
@@ -374,6 +410,7 @@ impl StoreMetrics {
             uplink_depth: Family::default(),
             oldest_age: Family::default(),
             commits: Family::default(),
+            lingers: Family::default(),
             commit_errors: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             batch_readings: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -426,6 +463,15 @@ impl StoreMetrics {
     /// Commits of this kind so far.
     pub fn commits_total(&self, kind: CommitKind) -> u64 {
         self.commits.get_or_create(&CommitLabels { kind }).get()
+    }
+
+    /// Group-commit waits that ended this way so far.
+    pub fn lingers_total(&self, outcome: LingerOutcome) -> u64 {
+        self.lingers.get_or_create(&LingerLabels { outcome }).get()
+    }
+
+    pub(crate) fn lingered(&self, outcome: LingerOutcome) {
+        self.lingers.get_or_create(&LingerLabels { outcome }).inc();
     }
 
     /// Commits that failed so far.

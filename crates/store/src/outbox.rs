@@ -17,9 +17,10 @@ use crate::config::{Durability, OverflowPolicy, StoreConfig};
 use crate::cursor::Cursor;
 use crate::db::{Db, OpenReport, Outcome, State, Work};
 use crate::error::{StoreError, is_corruption};
+use crate::linger::Linger;
 use crate::metrics::{
-    AcksCommitted, CommitFailed, Committed, DropReason, Dropped, RejectReason, Rejected, Released,
-    StoreMetrics, Unrouted,
+    AcksCommitted, CommitFailed, Committed, DropReason, Dropped, LingerOutcome, RejectReason,
+    Rejected, Released, StoreMetrics, Unrouted,
 };
 use crate::route::Routing;
 use crate::tail::Tail;
@@ -32,6 +33,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// repeats a delivery, never loses a reading), so there is no point in paying a commit per
 /// PUBACK batch: at a steady ingest rate the ingest commits take them along.
 const ACK_COMMIT_DELAY: Duration = Duration::from_millis(20);
+/// An uplink is named in the readiness detail's backlog once its oldest owed reading is this old.
+const BACKLOG_SHOWN_AFTER: Duration = Duration::from_secs(1);
 /// The overflow (drop-oldest) warning is logged at most this often, with the count since.
 const OVERFLOW_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Delivery outcome events kept per subscriber (about 100 bytes each). A subscriber further
@@ -214,6 +217,31 @@ fn per_uplink(slots: &[Slot], st: &State) -> Vec<UplinkSum> {
 fn age(now_ms: i64, oldest: Option<(u64, i64)>) -> Option<Duration> {
     oldest
         .map(|(_, ms)| Duration::from_millis(u64::try_from(now_ms.saturating_sub(ms)).unwrap_or(0)))
+}
+
+/// The readiness detail's account of a backlog: "owed: cloud 1234 readings (oldest 5.2 s), ..."
+/// for every uplink that is owed something, or `None` when every uplink has caught up. A
+/// backlog is not a failure (the outbox exists to hold it), so it does not make the store
+/// unready; it makes a slow or absent uplink visible in `/readyz` and on the status page.
+///
+/// Readings in flight to an uplink that keeps up are owed too, for milliseconds; only an uplink
+/// whose oldest owed reading is at least [`BACKLOG_SHOWN_AFTER`] old is named.
+fn backlog_detail(now_ms: i64, uplinks: &[UplinkSum]) -> Option<String> {
+    let owed: Vec<String> = uplinks
+        .iter()
+        .filter_map(|u| {
+            let oldest = age(now_ms, u.oldest)?;
+            (u.readings > 0 && oldest >= BACKLOG_SHOWN_AFTER).then(|| {
+                format!(
+                    "{} {} readings (oldest {:.1} s)",
+                    u.uplink,
+                    u.readings,
+                    oldest.as_secs_f64()
+                )
+            })
+        })
+        .collect();
+    (!owed.is_empty()).then(|| format!("owed: {}", owed.join(", ")))
 }
 
 /// The durable outbox. Cheap to clone; every clone is the same store.
@@ -598,7 +626,8 @@ struct Batch {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HealthState {
-    Ready,
+    /// Ready, with the backlog owed to the uplinks if there is one (refreshed with the gauges).
+    Ready(Option<String>),
     Full,
     Failed(String),
     Closed,
@@ -650,6 +679,10 @@ struct Writer {
     unrouted_logged: bool,
     /// Cutovers of a commit that failed, for the next one.
     retry_cutovers: Vec<crate::db::CutoverWork>,
+    /// Adaptive group commit (`commit_linger`).
+    linger: Linger,
+    /// What the uplinks are owed, for the readiness detail (`None`: nothing).
+    backlog: Option<String>,
 }
 
 impl Writer {
@@ -659,6 +692,8 @@ impl Writer {
             (st.readings, st.bytes)
         };
         Writer {
+            linger: Linger::new(inner.cfg.commit_linger),
+            backlog: None,
             inner,
             health,
             reported: None,
@@ -726,10 +761,13 @@ impl Writer {
         self.close().await
     }
 
-    /// Keeps taking requests for up to `commit_window` or `max_batch` readings.
+    /// Keeps taking requests for up to `commit_window` or `max_batch` readings, and longer
+    /// while the adaptive linger expects more (see [`crate::linger`]).
     async fn gather(&mut self, rx: &mut BusReceiver, batch: &mut Batch, shutdown: &Shutdown) {
-        let window = self.inner.cfg.commit_window;
-        let deadline = Instant::now() + window;
+        let opened = Instant::now();
+        let window_end = opened + self.inner.cfg.commit_window;
+        // Requests caught while waiting only because of the linger; `None`: it never waited.
+        let mut caught: Option<usize> = None;
         while batch.readings.len() < self.inner.cfg.max_batch && self.bus_open {
             let req = match rx.try_recv() {
                 Ok(req) => req,
@@ -738,15 +776,32 @@ impl Writer {
                     break;
                 }
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                    if window.is_zero() {
+                    let now = Instant::now();
+                    // Someone waits for a flush: never linger on their time.
+                    let linger = if lock(&self.inner.flushes).is_empty() {
+                        self.linger.deadline(opened, now, batch.readings.len())
+                    } else {
+                        None
+                    };
+                    let lingering = linger.is_some_and(|l| l > window_end.max(now));
+                    let deadline = linger.map_or(window_end, |l| l.max(window_end));
+                    if deadline <= now {
                         break;
+                    }
+                    if lingering {
+                        caught.get_or_insert(0);
                     }
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep_until(deadline) => break,
                         req = rx.recv() => match req {
-                            Some(req) => req,
+                            Some(req) => {
+                                if lingering && let Some(c) = caught.as_mut() {
+                                    *c += 1;
+                                }
+                                req
+                            }
                             None => {
                                 self.bus_open = false;
                                 break;
@@ -761,6 +816,14 @@ impl Writer {
             }
             self.admit(batch, req);
         }
+        if let Some(caught) = caught {
+            self.linger.lingered(Instant::now(), caught);
+            self.inner.metrics.lingered(if caught == 0 {
+                LingerOutcome::Empty
+            } else {
+                LingerOutcome::Caught
+            });
+        }
     }
 
     /// Under `reject`: full, or within a tenth of a quota, where every freed reading counts.
@@ -774,6 +837,7 @@ impl Writer {
 
     /// Quota check for one request; accepted requests join the batch.
     fn admit(&mut self, batch: &mut Batch, req: IngestRequest) {
+        self.linger.arrived(Instant::now());
         let n = req.readings.len() as u64;
         let b: u64 = req.readings.iter().map(|e| e.json.len() as u64).sum();
         if n == 0 {
@@ -818,6 +882,8 @@ impl Writer {
     fn housekeeping(&mut self) {
         let st = lock(&self.inner.snapshot).clone();
         self.inner.publish_gauges(&st);
+        self.backlog = backlog_detail(self.inner.now_ms(), &per_uplink(&self.inner.slots, &st));
+        self.update_health();
         self.overflow_log.flush();
         let max_age = self.inner.cfg.max_age;
         if !max_age.is_zero() {
@@ -1097,13 +1163,16 @@ impl Writer {
         {
             HealthState::Full
         } else {
-            HealthState::Ready
+            HealthState::Ready(self.backlog.clone())
         };
         if self.reported.as_ref() == Some(&want) {
             return;
         }
         match &want {
-            HealthState::Ready => self.health.ready("writable"),
+            HealthState::Ready(_) => match &self.backlog {
+                None => self.health.ready("writable"),
+                Some(owed) => self.health.ready(format!("writable; {owed}")),
+            },
             HealthState::Full => self.health.not_ready(format!(
                 "outbox full ({} readings, {} bytes; store.overflow = \"reject\")",
                 self.readings, self.bytes

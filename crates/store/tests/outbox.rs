@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{ManualClock, Running, cfg, names, reading};
 use prometheus_client::registry::Registry;
 use wardgate_core::{Clock, IngestError, OutboxCursor, OutboxError};
-use wardgate_store::metrics::{CommitKind, DropReason, RejectReason, ReplayReason};
+use wardgate_store::metrics::{CommitKind, DropReason, LingerOutcome, RejectReason, ReplayReason};
 use wardgate_store::{Durability, Outbox, OverflowPolicy, StoreError, StoreMetrics};
 
 fn ids(ds: &[wardgate_core::Delivery]) -> Vec<ulid::Ulid> {
@@ -39,6 +39,67 @@ async fn concurrent_submits_share_fsyncs_through_group_commit() {
         "200 concurrent readings took {commits} commits: no sharing"
     );
     assert_eq!(run.outbox.stats().unwrap().readings, 200);
+    run.stop().await;
+}
+
+/// Adaptive group commit (`commit_linger`): a lone device with one request in flight is not
+/// held back (nothing can arrive while the writer would wait), and a steady stream from many
+/// devices shares its commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_linger_spares_a_lone_device_and_batches_a_steady_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.commit_window = Duration::ZERO;
+    c.commit_linger = Duration::from_millis(20);
+    let run = Running::start(&c, &names(&["cloud"])).unwrap();
+
+    let started = std::time::Instant::now();
+    for i in 0..60 {
+        run.bus
+            .submit(vec![reading(&format!("lone-{i}"), 100)])
+            .await
+            .unwrap();
+    }
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap();
+    let empty = run.metrics.lingers_total(LingerOutcome::Empty);
+    // Each wait that caught nothing turns waiting off for 100 ms.
+    assert!(
+        empty <= 1 + elapsed_ms / 100,
+        "{empty} empty waits in {elapsed_ms} ms for a lone device"
+    );
+    assert_eq!(run.metrics.lingers_total(LingerOutcome::Caught), 0);
+    assert_eq!(run.metrics.commits_total(CommitKind::Ingest), 60);
+
+    // Eight devices, each sending every 2 ms with one request in flight, once a pause the
+    // lone device caused is over.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before = run.metrics.commits_total(CommitKind::Ingest);
+    let mut devices = Vec::new();
+    for d in 0..8 {
+        let bus = run.bus.clone();
+        devices.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            for i in 0..50 {
+                tick.tick().await;
+                bus.submit(vec![reading(&format!("bed-{d}-{i}"), 100)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for d in devices {
+        d.await.unwrap();
+    }
+    let commits = run.metrics.commits_total(CommitKind::Ingest) - before;
+    assert!(
+        run.metrics.lingers_total(LingerOutcome::Caught) > 0,
+        "the writer never waited for a steady stream"
+    );
+    assert!(
+        commits <= 100,
+        "400 readings from 8 steady devices took {commits} commits"
+    );
+    assert_eq!(run.outbox.stats().unwrap().readings, 460);
     run.stop().await;
 }
 
