@@ -15,7 +15,9 @@
 # Defaults: 3 rounds of each, RATE 5000, DURATION 20, KILL_AT 8, BACKLOG 100000, 50 alarms
 # (about 90 s). --quick: 1 round of each at 2000/s for 6 s (kill at 2 s) and a 5,000-reading
 # backlog (< 60 s once built). Gateway on core 0, generator and brokers on core 1 when taskset
-# and 2 cores are there. Loopback only; every step bounded in time.
+# and 2 cores are there. Loopback only; every step bounded in time. WARDGATE_BENCH_STORE adds
+# lines to the gateways' [store] section (A/B runs, e.g. 'commit_linger = "0s"'); KEEP=1 keeps
+# the work directory, with each alarm round's gateway metrics after the drain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3
@@ -120,6 +122,7 @@ listen = ["127.0.0.1:$COAP"]
 listen = "127.0.0.1:$HTTP"
 [store]
 path = "$dir/outbox.db"
+${WARDGATE_BENCH_STORE:-}
 $uplinks
 TOML
     "${SUT[@]}" "$GATEWAY" run --config "$dir/gateway.toml" 2>"$dir/gateway.log" &
@@ -194,6 +197,8 @@ alarm_round() {
         --mqtt "mqtt://127.0.0.1:$BROKER_PORT" --broker-pid "$BROKER_PID" --broker-conf "$BROKER_CONF" \
         --mosquitto "$MOSQUITTO" --broker-pid-file "$dir/restarted.pid" --backlog "$BACKLOG" \
         --alarms "$ALARMS" --interval-ms 20 --drain-timeout "$DRAIN_TIMEOUT" --label "alarm-backlog-$r" 2>"$dir/generator.err") || true
+    # The gateway's metrics after the drain, for reading a bad round afterwards (KEEP=1).
+    curl -sf --max-time 5 "http://127.0.0.1:$HTTP/metrics" >"$dir/metrics.txt" 2>/dev/null || true
     stop_restarted "$dir/restarted.pid"
     emit alarm-backlog "$r" "$out" "$dir/generator.err"
     stop_all

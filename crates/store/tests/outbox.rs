@@ -103,6 +103,55 @@ async fn the_commit_linger_spares_a_lone_device_and_batches_a_steady_stream() {
     run.stop().await;
 }
 
+/// A drained backlog's acknowledgements are committed in shares (at most 2,048 per lane per
+/// commit), so a reading that arrives meanwhile never waits behind one huge commit; all of them
+/// are committed, and the readings are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_acknowledgements_is_committed_in_bounded_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(&cfg(dir.path()), &names(&["cloud"])).unwrap();
+    let batch: Vec<_> = (0..5000)
+        .map(|i| reading(&format!("bed-{}", i % 50), 80))
+        .collect();
+    run.bus.submit(batch).await.unwrap();
+    let mut cur = run.outbox.cursor("cloud").unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < 5000 {
+        seqs.extend(
+            cur.next(5000 - seqs.len())
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.seq),
+        );
+    }
+    let before = run.metrics.commits_total(CommitKind::Housekeeping);
+    cur.ack(&seqs);
+    // A reading while they are queued: it takes a share, not all of them.
+    run.bus
+        .submit(vec![reading("meanwhile", 80)])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while run.metrics.acks_total("cloud") < 5000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 5000 acknowledgements committed",
+            run.metrics.acks_total("cloud")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ack_commits = run.metrics.commits_total(CommitKind::Housekeeping) - before;
+    // 5000 acknowledgements at most 2048 a commit: at least two commits besides the reading's.
+    assert!(
+        ack_commits >= 2,
+        "5000 acknowledgements in {ack_commits} acknowledgement-only commits"
+    );
+    assert_eq!(run.outbox.stats().unwrap().readings, 1);
+    drop(cur);
+    run.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_policy_refuses_beyond_quota_and_reports_not_ready() {
     let dir = tempfile::tempdir().unwrap();
