@@ -56,9 +56,9 @@ pub struct StoreConfig {
     /// commit waits up to this long for more (until it holds 32 readings), so a ward-sized load
     /// shares each fsync instead of paying one per reading. A light load, a lone device with
     /// one request in flight, and a saturated gateway commit at once; a wait that catches
-    /// nothing turns waiting off for 100 ms. Measured at 2,000 readings/s: 2.5 times less CPU
-    /// per reading for at most this much more acknowledgement latency
-    /// (`docs/bench-raw/notes.md`, 2026-12-01).
+    /// nothing turns waiting off for 100 ms. Measured at 2,000 readings/s: 2.4 times less CPU
+    /// per reading for about this much more acknowledgement latency (timers round up to the
+    /// next millisecond) (`docs/benchmarks.md`, 2026-12-01).
     /// 0 turns it off.
     #[schemars(with = "wardgate_core::config_doc::Duration")]
     #[serde(with = "humantime_serde")]

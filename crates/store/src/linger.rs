@@ -6,7 +6,7 @@
 //! on their own. At a ward-sized load (a few thousand readings/s from many devices) each commit
 //! finishes before the next request arrives, so every reading paid a whole commit: measured at
 //! 2,000 readings/s on the bench host, one commit per reading and 180 ms of CPU per 1,000
-//! readings, eleven times the cost at saturation (`docs/bench-raw/notes.md`, 2026-12-01).
+//! readings, eleven times the cost at saturation (`docs/benchmarks.md`, 2026-12-01).
 //!
 //! The writer therefore lingers, up to `commit_linger`, for requests it has reason to expect:
 //! - only when requests have recently been arriving closer together than half the linger (so at
