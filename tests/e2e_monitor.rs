@@ -534,6 +534,57 @@ struct VethLan {
     sensor_ip: String,
 }
 
+impl VethLan {
+    /// libcoap's server on this side's address, port 5683, until the guard drops.
+    fn coap_server(&self) -> common::ChildGuard {
+        require_tool("/usr/bin/coap-server-notls");
+        let server = common::ChildGuard(
+            Command::new("/usr/bin/coap-server-notls")
+                .args(["-A", &self.host_ip, "-p", "5683"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start coap-server-notls"),
+        );
+        // The server is up once its address can no longer be bound.
+        wait_for("coap-server-notls bound", Duration::from_secs(10), || {
+            std::net::UdpSocket::bind((self.host_ip.as_str(), 5683))
+                .is_err()
+                .then_some(())
+        });
+        server
+    }
+
+    /// `wardgate monitor` on this side's interface with `sections` after `[gateway]` and
+    /// `[http]`, ready; its log is `dir/monitor.log`.
+    fn monitor(&self, dir: &Path, sections: &str) -> (common::ChildGuard, std::net::SocketAddr) {
+        let http = common::free_tcp_port();
+        let cfg = dir.join("monitor.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[gateway]\nid = \"ward-monitor\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{sections}"
+            ),
+        )
+        .unwrap();
+        let monitor = common::ChildGuard(
+            Command::new(common::WARDGATE)
+                .args(["monitor", "--config"])
+                .arg(&cfg)
+                .args(["--interface", &self.host_if])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.join("monitor.log")).unwrap())
+                .spawn()
+                .expect("start wardgate monitor"),
+        );
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+        wait_for("the monitor ready", Duration::from_secs(30), || {
+            common::http_get(addr, "/readyz").filter(|(code, _)| *code == 200)
+        });
+        (monitor, addr)
+    }
+}
+
 fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
@@ -549,14 +600,19 @@ fn ip(args: &[&str]) {
 
 impl VethLan {
     fn create() -> VethLan {
+        // Unique per test process and per LAN in it (tests run in parallel threads): the
+        // names, and a /30 of their own.
+        static LANS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60;
         let id = std::process::id();
+        let net = format!("10.203.{}", id % 250);
         let lan = VethLan {
-            netns: format!("wardgate-mon-{id}"),
-            host_if: format!("wgm{id}h"),
-            host_ip: format!("10.203.{}.1", id % 250),
-            sensor_ip: format!("10.203.{}.2", id % 250),
+            netns: format!("wardgate-mon-{id}-{n}"),
+            host_if: format!("wgm{id}x{n}h"),
+            host_ip: format!("{net}.{}", 4 * n + 1),
+            sensor_ip: format!("{net}.{}", 4 * n + 2),
         };
-        let sensor_if = format!("wgm{id}n");
+        let sensor_if = format!("wgm{id}x{n}n");
         ip(&["netns", "add", &lan.netns]);
         ip(&[
             "link",
@@ -624,51 +680,19 @@ impl Drop for VethLan {
 #[test]
 fn interface_mode_captures_and_records_the_flows_of_a_veth_lan() {
     require_tool(TSHARK);
-    require_tool("/usr/bin/coap-server-notls");
     let lan = VethLan::create();
-    let server = common::ChildGuard(
-        Command::new("/usr/bin/coap-server-notls")
-            .args(["-A", &lan.host_ip, "-p", "5683"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start coap-server-notls"),
-    );
-    // The server is up once its address can no longer be bound.
-    wait_for("coap-server-notls bound", Duration::from_secs(10), || {
-        std::net::UdpSocket::bind((lan.host_ip.as_str(), 5683))
-            .is_err()
-            .then_some(())
-    });
+    let server = lan.coap_server();
     let dir = tempfile::tempdir().unwrap();
-    let http = common::free_tcp_port();
-    let cfg = dir.path().join("monitor.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[gateway]\nid = \"ward-monitor\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
-             [monitor.capture]\nenabled = true\ndir = \"{data}/captures\"\n\
+    let (mut monitor, addr) = lan.monitor(
+        dir.path(),
+        &format!(
+            "[monitor.capture]\nenabled = true\ndir = \"{data}/captures\"\n\
              [monitor.flows]\nenabled = true\ndir = \"{data}/flows\"\n\
              [[monitor.flows.labels]]\naddresses = [\"{sensor}\"]\nlabel = \"sensor\"\n",
             data = dir.path().display(),
             sensor = lan.sensor_ip
         ),
-    )
-    .unwrap();
-    let mut monitor = common::ChildGuard(
-        Command::new(common::WARDGATE)
-            .args(["monitor", "--config"])
-            .arg(&cfg)
-            .args(["--interface", &lan.host_if])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("monitor.log")).unwrap())
-            .spawn()
-            .expect("start wardgate monitor"),
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    wait_for("the monitor ready", Duration::from_secs(30), || {
-        common::http_get(addr, "/readyz").filter(|(code, _)| *code == 200)
-    });
     // The sensor asks the server three times (three client runs: three flows).
     let uri = format!("coap://{}:5683/", lan.host_ip);
     for _ in 0..3 {
@@ -730,6 +754,96 @@ fn interface_mode_captures_and_records_the_flows_of_a_veth_lan() {
             "{r}"
         );
     }
+}
+
+/// Interface mode runs the anomaly detectors too: a sensor that asks for resources the server
+/// does not have (4.04 after 4.04) is a `resource_scan`, written as a JSON line to
+/// `anomalies.jsonl` beside the flow records, logged at WARN and counted.
+#[test]
+fn interface_mode_writes_anomaly_events_beside_the_flow_records() {
+    let lan = VethLan::create();
+    let _server = lan.coap_server();
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    let (mut monitor, addr) = lan.monitor(
+        dir.path(),
+        &format!(
+            "[monitor.flows]\nenabled = true\ndir = \"{}\"\n\
+             [monitor.anomalies]\nenabled = true\nscan_threshold = 5\nwindow = \"30s\"\n",
+            flows.display()
+        ),
+    );
+    for i in 0..6 {
+        let uri = format!("coap://{}:5683/nothing-{i}", lan.host_ip);
+        let out = lan.exec(&["/usr/bin/coap-client-notls", "-m", "get", "-B", "5", &uri]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let scans = "wardgate_monitor_anomalies_total{kind=\"resource_scan\"}";
+    wait_for("a resource_scan event", Duration::from_secs(30), || {
+        let (_, text) = common::http_get(addr, "/metrics")?;
+        (metric(&text, scans)? >= 1).then_some(())
+    });
+    let status = common::terminate(&mut monitor.0);
+    let log = std::fs::read_to_string(dir.path().join("monitor.log")).unwrap_or_default();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        log.contains("traffic anomaly") && log.contains("resource_scan"),
+        "{log}"
+    );
+    let text = std::fs::read_to_string(flows.join("anomalies.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scan = events
+        .iter()
+        .find(|e| e["anomaly"] == "resource_scan")
+        .unwrap_or_else(|| panic!("no resource_scan in {text}"));
+    assert!(
+        scan["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&format!("{}:", lan.sensor_ip))),
+        "{scan}"
+    );
+    assert!(scan["count"].as_u64() >= Some(5), "{scan}");
+    assert_eq!(scan["window_s"], 30.0, "{scan}");
+}
+
+/// Interface mode writes anomaly events beside the flow records: without flows the
+/// configuration is refused, by `wardgate monitor` and by `check-config --monitor`.
+#[test]
+fn interface_mode_anomalies_need_the_flow_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("monitor.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\nid = \"ward-monitor\"\n[monitor.capture]\nenabled = true\n\
+         [monitor.anomalies]\nenabled = true\n",
+    )
+    .unwrap();
+    let out = Command::new(common::WARDGATE)
+        .args(["monitor", "--config"])
+        .arg(&cfg)
+        .args(["--interface", "lo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("monitor.anomalies.enabled") && err.contains("needs [monitor.flows]"),
+        "{err}"
+    );
+    // check-config --monitor says the same.
+    let out = Command::new(common::WARDGATE)
+        .args(["check-config", "--monitor", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
 
 /// Sends `request` (a CON with message id `mid`) from `sock` and returns the ACK that answers

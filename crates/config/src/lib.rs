@@ -123,6 +123,17 @@ pub fn parse_for(
         }
         None => None,
     };
+    if purpose == Purpose::Monitor
+        && let Some(c) = &cfg
+        && c.monitor.anomalies.enabled
+        && !c.monitor.flows.enabled
+    {
+        problems.push(
+            "monitor.anomalies.enabled",
+            "needs [monitor.flows] enabled in interface mode (wardgate monitor): the events are \
+             written to anomalies.jsonl in the flows directory",
+        );
+    }
     let mut problems = problems.into_vec();
     if purpose == Purpose::Monitor {
         problems.retain(|p| p.path != "uplinks");
@@ -154,6 +165,18 @@ mod tests {
         );
         // Other problems still count.
         assert!(parse_for("[monitor.flows]\nmax_flows = 0\n", none, Purpose::Monitor).is_err());
+    }
+
+    #[test]
+    fn the_monitors_anomaly_events_need_the_flows_directory() {
+        let none = &|_: &str| None;
+        let text = "[monitor.capture]\nenabled = true\n[monitor.anomalies]\nenabled = true\n";
+        let Err(ConfigError::Invalid(p)) = parse_for(text, none, Purpose::Monitor) else {
+            panic!("interface-mode anomalies without flows passed");
+        };
+        assert_eq!(p[0].path, "monitor.anomalies.enabled", "{p:?}");
+        let with_flows = format!("{text}[monitor.flows]\nenabled = true\n");
+        assert!(parse_for(&with_flows, none, Purpose::Monitor).is_ok());
     }
 
     #[test]

@@ -149,6 +149,19 @@ pub struct RateDetail {
 }
 
 impl Anomaly {
+    /// Logs it at WARN (the gateway and the interface monitor alike).
+    pub fn log(&self) {
+        let peer = self.peer.map(|p| p.to_string());
+        tracing::warn!(
+            anomaly = self.kind.as_str(),
+            peer = peer.as_deref().unwrap_or("-"),
+            identity = self.device.as_deref().unwrap_or("-"),
+            count = self.count,
+            window_s = self.window.as_secs_f64(),
+            "traffic anomaly"
+        );
+    }
+
     /// The SenML records of its `security`-class reading: `anomaly` (the kind), `peer` (the
     /// source address), `identity` (a proven identity), `count`, `window` (s), `threshold`,
     /// and for a rate spike `rate`, `baseline` (1/s) and `zscore`, for a new port `port`.

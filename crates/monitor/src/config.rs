@@ -25,7 +25,9 @@ pub struct MonitorConfig {
 }
 
 /// `[monitor.anomalies]`: scans, floods, authentication-failure bursts, rate spikes and new
-/// ports turned into `security`-class readings (see [`crate::anomaly`] for each detector).
+/// ports turned into `security`-class readings (see [`crate::anomaly`] for each detector). In
+/// interface mode (`wardgate monitor`) the events are JSON lines in `anomalies.jsonl` in the
+/// `[monitor.flows]` directory instead, which must then be enabled.
 #[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnomaliesConfig {

@@ -63,6 +63,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod anomaly;
+pub mod anomaly_log;
 mod capture;
 pub mod config;
 pub mod control;
@@ -80,6 +81,7 @@ pub mod tap;
 pub mod wire;
 
 pub use anomaly::{Anomaly, AnomalyDetector, AnomalyKind};
+pub use anomaly_log::AnomalyLog;
 pub use capture::{CaptureHandle, CaptureQueue, CaptureWriter, CapturedPacket, start};
 pub use config::{AnomaliesConfig, CaptureConfig, FlowLabel, FlowsConfig, MonitorConfig};
 pub use control::{CaptureControl, CaptureTap};

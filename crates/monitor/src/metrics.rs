@@ -115,12 +115,12 @@ impl AnomalyMetrics {
         }
         registry.register(
             "wardgate_monitor_anomalies",
-            "Anomaly events detected, by kind (each becomes a security-class reading)",
+            "Anomaly events detected, by kind (each becomes a security-class reading; in interface mode, a line of anomalies.jsonl)",
             m.fired.clone(),
         );
         registry.register(
             "wardgate_monitor_anomalies_dropped",
-            "Anomaly events that did not become a reading (the event queue was full or the store refused it for good)",
+            "Anomaly events that did not become a reading (the event queue was full or the store refused it for good) or, in interface mode, could not be written",
             m.dropped.clone(),
         );
         registry.register(

@@ -45,15 +45,7 @@ impl AnomalyStore {
     /// Runs until the monitor thread ends (its sink dropped) and the queue is empty.
     pub(crate) async fn run(mut self) {
         while let Some(a) = self.rx.recv().await {
-            let peer = a.peer.map(|p| p.to_string());
-            tracing::warn!(
-                anomaly = a.kind.as_str(),
-                peer = peer.as_deref().unwrap_or("-"),
-                identity = a.device.as_deref().unwrap_or("-"),
-                count = a.count,
-                window_s = a.window.as_secs_f64(),
-                "traffic anomaly"
-            );
+            a.log();
             self.audit.record(AuditEvent {
                 kind: AuditKind::Anomaly,
                 actor: a.device.clone(),

@@ -243,10 +243,11 @@ fn main() -> ExitCode {
             Ok(cfg) => {
                 let on = |b: bool| if b { "on" } else { "off" };
                 println!(
-                    "{}: valid for wardgate monitor (capture {}, flows {}, HTTP {})",
+                    "{}: valid for wardgate monitor (capture {}, flows {}, anomalies {}, HTTP {})",
                     config.display(),
                     on(cfg.monitor.capture.enabled),
                     on(cfg.monitor.flows.enabled),
+                    on(cfg.monitor.anomalies.enabled),
                     on(cfg.http.enabled),
                 );
                 ExitCode::SUCCESS

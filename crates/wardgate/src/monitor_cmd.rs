@@ -3,8 +3,9 @@
 //! `[monitor.interface]` (or `--interface`) and writes the same pcapng captures
 //! (`[monitor.capture]`) and flow records (`[monitor.flows]`) the gateway's own taps write,
 //! with `/metrics`, `/healthz` and `/readyz` on `[http]`. No ingest, no outbox, no uplinks.
-//! Anomaly events are not raised here: they become readings through the gateway's pipeline
-//! (`wardgate run` with `[monitor.anomalies]`).
+//! With `[monitor.anomalies]` the same detectors run on the interface's traffic; with no outbox
+//! to make readings of, their events are JSON lines in `anomalies.jsonl` in the flows directory
+//! (`wardgate_monitor::anomaly_log`), WARN log lines and the same metrics.
 //!
 //! Stops on SIGINT/SIGTERM: the reader stops, the capture writes what is queued and closes,
 //! the flow thread writes every open flow.
@@ -36,12 +37,6 @@ pub(crate) fn main(cfg: GatewayConfig, interface: Option<String>) -> ExitCode {
             "wardgate monitor: nothing to record: enable [monitor.capture] and/or [monitor.flows]"
         );
         return ExitCode::from(EXIT_USAGE);
-    }
-    if cfg.monitor.anomalies.enabled {
-        tracing::warn!(
-            "[monitor.anomalies] is not run in interface mode: anomaly events become readings \
-             through the gateway's pipeline (wardgate run)"
-        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -82,9 +77,25 @@ async fn serve(
     let f = &cfg.monitor.flows;
     let flows = if f.enabled {
         let metrics = wardgate_monitor::FlowMetrics::register(&mut registry);
+        let a = &cfg.monitor.anomalies;
+        let detectors = a.enabled.then(|| {
+            let metrics = wardgate_monitor::AnomalyMetrics::register(&mut registry);
+            let log = wardgate_monitor::AnomalyLog::new(&f.dir, f.max_file_bytes, metrics.clone());
+            wardgate_monitor::Anomalies {
+                params: a.clone(),
+                sink: log.into_sink(),
+                metrics,
+            }
+        });
         let (handle, writer) =
-            wardgate_monitor::start_analysis(Some(f), None, f.queue_packets, metrics)
+            wardgate_monitor::start_analysis(Some(f), detectors, f.queue_packets, metrics)
                 .with_context(|| format!("[monitor.flows] dir {}", f.dir.display()))?;
+        if a.enabled {
+            tracing::info!(
+                file = %f.dir.join(wardgate_monitor::anomaly_log::FILE_NAME).display(),
+                "writing the anomaly events of the interface's traffic"
+            );
+        }
         Some((handle, writer))
     } else {
         None
