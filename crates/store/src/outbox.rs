@@ -1182,6 +1182,9 @@ impl Writer {
         dones: Vec<oneshot::Sender<Result<(), IngestError>>>,
     ) {
         let mut readings = 0;
+        // The acknowledgements wait for the next request or acknowledgement to try again, as
+        // after any failed commit: an immediate retry would spin on a failing disk.
+        self.acks_left = false;
         if let Some(work) = work {
             readings = work.readings.len();
             // Nothing was written: acknowledgements and releases go back in the queue for the
