@@ -219,9 +219,14 @@ impl Inner {
     }
 
     fn publish_gauges(&self, st: &State) {
+        self.set_gauges(st, &per_uplink(&self.slots, st));
+    }
+
+    /// The depth gauges, from `st` and its per-uplink sums.
+    fn set_gauges(&self, st: &State, sums: &[UplinkSum]) {
         self.metrics.set_depth(st.readings, st.bytes, st.deliveries);
         let now = self.now_ms();
-        for u in per_uplink(&self.slots, st) {
+        for u in sums {
             self.metrics
                 .set_uplink(&u.uplink, u.readings, age(now, u.oldest));
         }
@@ -937,8 +942,9 @@ impl Writer {
 
     fn housekeeping(&mut self) {
         let st = lock(&self.inner.snapshot).clone();
-        self.inner.publish_gauges(&st);
-        self.backlog = backlog_detail(self.inner.now_ms(), &per_uplink(&self.inner.slots, &st));
+        let sums = per_uplink(&self.inner.slots, &st);
+        self.inner.set_gauges(&st, &sums);
+        self.backlog = backlog_detail(self.inner.now_ms(), &sums);
         self.update_health();
         self.overflow_log.flush();
         let max_age = self.inner.cfg.max_age;
