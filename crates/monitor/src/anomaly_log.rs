@@ -55,30 +55,24 @@ impl AnomalyLog {
         a.log();
         let mut line = line(a).to_string();
         line.push('\n');
-        if self.file.is_none() {
-            match open(&self.path) {
+        if self.file.is_some() && self.bytes + line.len() as u64 > self.max_bytes {
+            self.rotate();
+        }
+        let file = match self.file.as_mut() {
+            Some(f) => f,
+            None => match open(&self.path) {
                 Ok(f) => {
                     self.bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    self.file = Some(f);
+                    self.file.insert(f)
                 }
                 Err(e) => {
                     tracing::error!(path = %self.path.display(), error = %e, "cannot open the anomaly events file");
                     self.metrics.dropped();
                     return;
                 }
-            }
-        }
-        if self.bytes > 0 && self.bytes + line.len() as u64 > self.max_bytes {
-            self.rotate();
-        }
-        let written = match self.file.as_mut() {
-            Some(f) => f.write_all(line.as_bytes()),
-            None => open(&self.path).and_then(|mut f| {
-                f.write_all(line.as_bytes())?;
-                self.file = Some(f);
-                Ok(())
-            }),
+            },
         };
+        let written = file.write_all(line.as_bytes());
         match written {
             Ok(()) => self.bytes += line.len() as u64,
             Err(e) => {
