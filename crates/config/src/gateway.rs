@@ -72,14 +72,31 @@ pub struct IngestSection {
     pub http: IngestHttpConfig,
 }
 
-/// `[registry]`: where the device registry lives.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default, Serialize, schemars::JsonSchema)]
+/// `[registry]`: where the device registry lives, and how much quarantine may hold.
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySection {
     /// Path of `devices.toml` (see `docs/examples/devices.toml`), relative to the directory of
     /// `gateway.toml`. Unset: devices are not authenticated (every peer may write for any device
     /// id, and `run` warns), and `[coaps]` cannot be enabled.
     pub path: Option<PathBuf>,
+    /// With `unknown = "quarantine"` in `devices.toml`: readings from unknown (but proven)
+    /// identities held in the outbox at most, all identities together. Beyond it they are
+    /// refused (`quarantine_full`, CoAP 4.03, HTTP 403) until an administrator approves or
+    /// dismisses some.
+    pub quarantine_max_readings: u64,
+    /// The same bound per unknown identity, so one cannot take the whole quarantine.
+    pub quarantine_max_per_identity: u64,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection {
+            path: None,
+            quarantine_max_readings: 10_000,
+            quarantine_max_per_identity: 1_000,
+        }
+    }
 }
 
 /// `[gateway]`.
@@ -431,6 +448,20 @@ impl GatewayConfig {
                 );
             }
         }
+        if self.registry.quarantine_max_readings == 0 {
+            p.push(
+                "registry.quarantine_max_readings",
+                "must be at least 1 (with unknown = \"reject\" nothing is held anyway)",
+            );
+        }
+        if self.registry.quarantine_max_per_identity == 0
+            || self.registry.quarantine_max_per_identity > self.registry.quarantine_max_readings
+        {
+            p.push(
+                "registry.quarantine_max_per_identity",
+                "must be at least 1 and at most quarantine_max_readings",
+            );
+        }
         if self.coaps.enabled && self.registry.path.is_none() {
             p.push(
                 "coaps.enabled",
@@ -454,12 +485,12 @@ impl GatewayConfig {
         if self.uplinks.is_empty() {
             p.push("uplinks", "at least one [[uplinks]] entry is required");
         }
-        if self.uplinks.len() > wardgate_store::MAX_UPLINKS {
+        if self.uplinks.len() > wardgate_store::MAX_CONFIGURED_UPLINKS {
             p.push(
                 "uplinks",
                 format!(
                     "at most {} uplinks are supported",
-                    wardgate_store::MAX_UPLINKS
+                    wardgate_store::MAX_CONFIGURED_UPLINKS
                 ),
             );
         }
@@ -472,6 +503,15 @@ impl GatewayConfig {
                     format!("{at}.name"),
                     format!(
                         "{:?} must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                        u.name()
+                    ),
+                );
+            }
+            if u.name() == wardgate_core::QUARANTINE {
+                p.push(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} is reserved (the outbox lane holding quarantined readings)",
                         u.name()
                     ),
                 );
@@ -780,7 +820,7 @@ path = "-"
                 })
                 .collect()
         };
-        let max = wardgate_store::MAX_UPLINKS;
+        let max = wardgate_store::MAX_CONFIGURED_UPLINKS;
         assert!(parse(&uplinks(max), &no_env).is_ok());
         let Err(ConfigError::Invalid(problems)) = parse(&uplinks(max + 1), &no_env) else {
             panic!("expected problems");

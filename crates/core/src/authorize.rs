@@ -59,6 +59,31 @@ impl Denied {
     }
 }
 
+/// What an [`Authorizer`] grants a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// Store the readings under this device id and deliver them.
+    Allow(String),
+    /// Store the readings under this device id, durably, but deliver them nowhere until an
+    /// administrator decides: the peer proved an identity no device holds, and unknown devices
+    /// are quarantined. They are owed only to the outbox's [`QUARANTINE`] lane until then.
+    Hold(String),
+}
+
+impl Grant {
+    /// The device id the readings are stored under.
+    pub fn device(&self) -> &str {
+        match self {
+            Grant::Allow(d) | Grant::Hold(d) => d,
+        }
+    }
+}
+
+/// The outbox lane (an internal uplink of that name) holding quarantined readings until an
+/// administrator approves or dismisses their identity. Reserved: no configured uplink may take
+/// the name.
+pub const QUARANTINE: &str = "quarantine";
+
 /// Decides whether a peer may act for a device, and which device the readings belong to.
 ///
 /// Called on the ingest hot path from socket tasks: it must answer from memory without
@@ -66,6 +91,19 @@ impl Denied {
 pub trait Authorizer: Send + Sync + Debug + 'static {
     /// The device the readings are stored under, or why not.
     fn authorize(&self, req: &AuthRequest<'_>) -> Result<String, Denied>;
+
+    /// [`Self::authorize`] for a write, which an authorizer may also answer with
+    /// [`Grant::Hold`] (accept, keep, do not deliver). The default never holds.
+    fn authorize_write(&self, req: &AuthRequest<'_>) -> Result<Grant, Denied> {
+        self.authorize(req).map(Grant::Allow)
+    }
+
+    /// The answer [`Self::authorize_write`] would give, for an adapter that decides before it
+    /// reads a body (HTTP), without what a write records (a quarantined identity is not noted
+    /// twice for one request). Denials are counted and logged as usual: the request ends there.
+    fn precheck_write(&self, req: &AuthRequest<'_>) -> Result<Grant, Denied> {
+        self.authorize_write(req)
+    }
 
     /// Whether this authorizer authenticates anything (start-up logs warn when it does not).
     fn authenticates(&self) -> bool;

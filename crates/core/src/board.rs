@@ -473,6 +473,7 @@ mod tests {
             class,
             protocol: Protocol::Coap,
             json: Bytes::from_static(b"{}"),
+            held: false,
         }
     }
 

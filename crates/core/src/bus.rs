@@ -119,6 +119,7 @@ mod tests {
             class: MessageClass::Vital,
             protocol: crate::reading::Protocol::Coap,
             json: bytes::Bytes::from_static(b"{}"),
+            held: false,
         }
     }
 

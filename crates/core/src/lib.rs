@@ -51,7 +51,7 @@ pub mod uplink;
 pub mod validate;
 
 pub use audit::{AuditEvent, AuditKind, AuditSink, MemoryAudit, NoAudit};
-pub use authorize::{Action, AllowAll, AuthRequest, Authorizer, Denied};
+pub use authorize::{Action, AllowAll, AuthRequest, Authorizer, Denied, Grant, QUARANTINE};
 pub use backoff::Backoff;
 pub use board::StatusBoard;
 pub use bus::{Bus, BusReceiver, IngestError, IngestRequest};

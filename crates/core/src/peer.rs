@@ -104,6 +104,20 @@ impl Identity {
     pub fn value(&self) -> &str {
         &self.value
     }
+
+    /// Parses the wire form (`psk:bed-12`, as [`fmt::Display`] writes it and a reading's
+    /// `source.identity` carries it); `None` for an unknown prefix or an empty value.
+    pub fn parse(s: &str) -> Option<Identity> {
+        let (prefix, value) = s.split_once(':')?;
+        let kind = [
+            IdentityKind::PskIdentity,
+            IdentityKind::CertificateSha256,
+            IdentityKind::TokenSubject,
+        ]
+        .into_iter()
+        .find(|k| k.prefix() == prefix)?;
+        (!value.is_empty()).then(|| Identity::new(kind, value))
+    }
 }
 
 impl fmt::Display for Identity {
@@ -202,5 +216,19 @@ mod tests {
             .with_identity(Identity::new(IdentityKind::PskIdentity, "bed-12"));
         assert_eq!(p.to_string(), "dtls [::1]:5684 (psk:bed-12)");
         assert!(p.transport.is_secure());
+    }
+
+    #[test]
+    fn an_identity_parses_back_from_its_wire_form() {
+        for id in [
+            Identity::new(IdentityKind::PskIdentity, "bed:12"),
+            Identity::new(IdentityKind::CertificateSha256, "ab".repeat(32)),
+            Identity::new(IdentityKind::TokenSubject, "bed-1/t1"),
+        ] {
+            assert_eq!(Identity::parse(&id.to_string()), Some(id));
+        }
+        assert_eq!(Identity::parse("psk:"), None);
+        assert_eq!(Identity::parse("ssh:abc"), None);
+        assert_eq!(Identity::parse("no-prefix"), None);
     }
 }

@@ -35,7 +35,7 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 use ulid::Ulid;
 
-use crate::authorize::{Action, AuthRequest, Authorizer, Denied};
+use crate::authorize::{Action, AuthRequest, Authorizer, Denied, Grant};
 use crate::bus::{Bus, IngestError};
 use crate::clock::Clock;
 use crate::payload::{self, ContentFormat, DecodeContext, DecodeError, Limits};
@@ -109,6 +109,8 @@ pub struct Accepted {
     pub device: String,
     /// Its class.
     pub class: MessageClass,
+    /// Quarantined: stored, and delivered only once an administrator approves its identity.
+    pub held: bool,
 }
 
 /// A reading queued for the store. Resolves `Ok` only once the reading is durable.
@@ -224,7 +226,7 @@ impl IngestPipeline {
     /// bus is `Refused::Store(Busy)` at once.
     pub fn submit(&self, s: &Submission<'_>) -> Result<Pending, Refused> {
         refuse_security_claim(s.class)?;
-        let device = self.authorizer.authorize(&AuthRequest {
+        let grant = self.authorizer.authorize_write(&AuthRequest {
             peer: s.peer,
             protocol: s.protocol,
             claimed_device: s.device,
@@ -240,39 +242,49 @@ impl IngestPipeline {
             limits: self.limits,
         };
         let records = payload::decode(format, s.body, &ctx)?;
-        let class = self.class_of(&device, s.resource, s.class);
-        self.enqueue(s.peer, s.protocol, class, device, now, records)
+        let class = self.class_of(grant.device(), s.resource, s.class);
+        self.enqueue(s.peer, s.protocol, class, grant, now, records)
     }
 
-    /// Normalizes authorized, decoded records into a reading and enqueues it.
+    /// Normalizes authorized, decoded records into a reading and enqueues it (held in
+    /// quarantine when the grant says so).
     fn enqueue(
         &self,
         peer: &PeerContext,
         protocol: Protocol,
         class: MessageClass,
-        device: String,
+        grant: Grant,
         now: std::time::SystemTime,
         records: Vec<Record>,
     ) -> Result<Pending, Refused> {
+        let (device, held) = match grant {
+            Grant::Allow(d) => (d, false),
+            Grant::Hold(d) => (d, true),
+        };
         let mut reading =
             Reading::new(self.gateway.as_ref(), device, protocol, class, now, records);
         // Provenance only where something proved who sent it: an unauthenticated address is
         // spoofable (plain UDP), proves nothing, and would cost every reading ~50 bytes through
         // the store, the uplinks and the broker (measured: bench A/B in docs/bench-raw/notes.md).
+        // A held reading always has one: what proved the unknown identity is what an
+        // administrator approves, and the quarantine lane reads it back from here.
         if peer.identity.is_some() {
             reading = reading.with_source(peer);
         }
-        self.enqueue_reading(reading)
+        self.enqueue_reading(reading, held)
     }
 
     /// Enqueues a normalized reading; the [`Pending`] resolves when it is durable.
-    fn enqueue_reading(&self, reading: Reading) -> Result<Pending, Refused> {
+    fn enqueue_reading(&self, reading: Reading, held: bool) -> Result<Pending, Refused> {
         let accepted = Accepted {
             id: reading.id,
             device: reading.device.clone(),
             class: reading.class,
+            held,
         };
-        let rx = self.bus.enqueue(vec![reading.into_encoded()])?;
+        let mut encoded = reading.into_encoded();
+        encoded.held = held;
+        let rx = self.bus.enqueue(vec![encoded])?;
         Ok(Pending {
             rx,
             accepted: Some(accepted),
@@ -306,7 +318,7 @@ impl IngestPipeline {
     /// whichever path made it.
     pub fn submit_records(&self, s: RecordSubmission<'_>) -> Result<Pending, Refused> {
         refuse_security_claim(s.class)?;
-        let device = self.authorizer.authorize(&AuthRequest {
+        let grant = self.authorizer.authorize_write(&AuthRequest {
             peer: s.peer,
             protocol: s.protocol,
             claimed_device: s.device,
@@ -315,12 +327,12 @@ impl IngestPipeline {
             action: Action::Write,
         })?;
         check_records(&s.records, &self.limits)?;
-        let class = self.class_of(&device, s.resource, s.class);
+        let class = self.class_of(grant.device(), s.resource, s.class);
         self.enqueue(
             s.peer,
             s.protocol,
             class,
-            device,
+            grant,
             self.clock.now(),
             s.records,
         )
@@ -357,6 +369,7 @@ impl IngestPipeline {
             id: reading.id,
             device: reading.device.clone(),
             class: reading.class,
+            held: false,
         };
         let rx = self.bus.enqueue(vec![crate::reading::Encoded {
             id: reading.id,
@@ -364,6 +377,7 @@ impl IngestPipeline {
             class: reading.class,
             protocol: reading.protocol,
             json,
+            held: false,
         }])?;
         Ok(Pending {
             rx,
@@ -398,14 +412,8 @@ impl IngestPipeline {
         }
         check_records(&records, &self.limits)?;
         let now = self.clock.now();
-        self.enqueue_reading(Reading::new(
-            self.gateway.as_ref(),
-            device,
-            protocol,
-            class,
-            now,
-            records,
-        ))
+        let reading = Reading::new(self.gateway.as_ref(), device, protocol, class, now, records);
+        self.enqueue_reading(reading, false)
     }
 }
 

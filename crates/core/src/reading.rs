@@ -332,6 +332,7 @@ impl Reading {
             class: self.class,
             protocol: self.protocol,
             json: Bytes::from(self.to_json()),
+            held: false,
         }
     }
 
@@ -345,6 +346,7 @@ impl Reading {
             class: self.class,
             protocol: self.protocol,
             json,
+            held: false,
         }
     }
 
@@ -471,6 +473,10 @@ pub struct Encoded {
     pub protocol: Protocol,
     /// The `wardgate.reading/1` JSON.
     pub json: Bytes,
+    /// Quarantined ([`crate::Grant::Hold`]): owed only to the [`crate::QUARANTINE`] lane until
+    /// an administrator decides. Not part of the JSON (the reading's `source.identity` names
+    /// the unknown identity).
+    pub held: bool,
 }
 
 /// Seconds since the Unix epoch as f64 (SenML time).

@@ -15,18 +15,11 @@ use wardgate_http::{
     AdminConfig, AdminDeps, AdminMetrics, AdminServer, AdminTlsConfig, AdminToken,
 };
 use wardgate_registry::{Registry, RegistryMetrics};
+use wardgate_testkit::sha256_hex;
 
 const TOKEN: &str = "s3cret-admin-token-0f4e";
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f";
 const NEW_KEY_HEX: &str = "f0e0d0c0b0a090807060504030201000";
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 struct Admin {
     addr: SocketAddr,

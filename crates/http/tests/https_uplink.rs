@@ -627,6 +627,7 @@ async fn with_the_real_outbox_every_reading_is_delivered_once_and_leaves_the_out
             class: wardgate_core::MessageClass::Vital,
             protocol: wardgate_core::Protocol::Coap,
             json: bytes::Bytes::from(reading_json(id, &format!("bed-{}", i % 3), i)),
+            held: false,
         }])
         .await
         .unwrap();

@@ -98,6 +98,7 @@ fn reading(device: &str, class: MessageClass, pad: usize) -> Encoded {
             class.as_str(),
             "x".repeat(pad)
         )),
+        held: false,
     }
 }
 

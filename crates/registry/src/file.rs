@@ -23,9 +23,12 @@ pub enum UnknownPolicy {
     /// Refused as unauthenticated (CoAP 4.01, HTTP 401). The default.
     #[default]
     Reject,
-    /// Refused as forbidden (`quarantined`, CoAP 4.03, HTTP 403) and remembered in a bounded
-    /// pending-approval list the admin API can list; adding a device with that identity
-    /// approves it. Nothing from it is stored or forwarded before that.
+    /// Remembered in a bounded pending-approval list the admin API shows. A proven identity
+    /// (a client certificate over TLS or DTLS) has its readings accepted and held in the
+    /// outbox, delivered nowhere: adding a device with that identity approves it and releases
+    /// them (checked against that device's ACL); dismissing it discards them. Identities that
+    /// cannot be proven without a device (a PSK identity: there is no key) and registrations
+    /// are refused as forbidden (`quarantined`, CoAP 4.03, HTTP 403).
     Quarantine,
 }
 

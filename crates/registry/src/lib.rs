@@ -4,7 +4,8 @@
 //! per device its identities (a DTLS PSK identity and key, bearer-token hashes, client
 //! certificate fingerprints), the protocols it may use, and its ACL (message classes,
 //! resources, the device ids it may speak for); and what happens to unknown identities
-//! (`reject`, or `quarantine` into a bounded pending-approval list).
+//! (`reject`, or `quarantine`: a bounded pending-approval list, and the readings of proven but
+//! unknown identities held until an administrator approves or dismisses them).
 //!
 //! [`Registry`] is the [`wardgate_core::CredentialStore`] of the secure transports and the
 //! [`wardgate_core::Authorizer`] of the ingest pipeline. It promises:
@@ -50,7 +51,7 @@ pub use file::{
 };
 pub use metrics::{DenyReason, RegistryMetrics};
 pub use pending::PendingView;
-pub use registry::{EnvLookup, LoadOptions, Registry};
+pub use registry::{EnvLookup, HeldReading, HeldVerdict, LoadOptions, QuarantineLimits, Registry};
 pub use view::{DeviceView, PskView};
 
 /// Limits, for callers that validate before calling in.

@@ -22,9 +22,13 @@ pub enum DenyReason {
     UnknownIdentity,
     /// The device holding the identity is revoked. 4.01 / 401.
     Revoked,
-    /// An identity no device holds, with `unknown = "quarantine"`: remembered for approval.
-    /// 4.03 / 403.
+    /// An identity no device holds, with `unknown = "quarantine"`: remembered for approval, and
+    /// refused where its readings cannot be held (a handshake or registration, a write naming no
+    /// device). 4.03 / 403.
     Quarantined,
+    /// An unknown identity's readings would be held, but the quarantine is at its bound (all
+    /// identities, or this one's share). 4.03 / 403.
+    QuarantineFull,
     /// The device may not use this protocol over this transport. 4.03 / 403.
     ProtocolNotAllowed,
     /// The device may not write this message class. 4.03 / 403.
@@ -37,11 +41,12 @@ pub enum DenyReason {
 
 impl DenyReason {
     /// Every reason, in label order.
-    pub const ALL: [DenyReason; 8] = [
+    pub const ALL: [DenyReason; 9] = [
         DenyReason::NoIdentity,
         DenyReason::UnknownIdentity,
         DenyReason::Revoked,
         DenyReason::Quarantined,
+        DenyReason::QuarantineFull,
         DenyReason::ProtocolNotAllowed,
         DenyReason::ClassNotAllowed,
         DenyReason::ResourceNotAllowed,
@@ -55,6 +60,7 @@ impl DenyReason {
             DenyReason::UnknownIdentity => "unknown_identity",
             DenyReason::Revoked => "revoked",
             DenyReason::Quarantined => "quarantined",
+            DenyReason::QuarantineFull => "quarantine_full",
             DenyReason::ProtocolNotAllowed => "protocol_not_allowed",
             DenyReason::ClassNotAllowed => "class_not_allowed",
             DenyReason::ResourceNotAllowed => "resource_not_allowed",
@@ -79,7 +85,8 @@ impl DenyReason {
             DenyReason::NoIdentity
             | DenyReason::UnknownIdentity
             | DenyReason::Revoked
-            | DenyReason::Quarantined => AuditKind::AuthFailure,
+            | DenyReason::Quarantined
+            | DenyReason::QuarantineFull => AuditKind::AuthFailure,
             _ => AuditKind::AclDenied,
         }
     }
@@ -123,6 +130,10 @@ pub struct RegistryMetrics {
     pub reloads: Family<OutcomeLabel, Counter>,
     /// Denial log lines and audit events coalesced into a later one (rate limit).
     pub denials_coalesced: Counter,
+    /// Readings of unknown identities, by what became of them: `held` (accepted into
+    /// quarantine), `released` (approved: routed to the uplinks), `discarded` (dismissed, or
+    /// refused by the approved device's ACL).
+    pub quarantine: Family<OutcomeLabel, Counter>,
     /// Pre-resolved `denials` handles, indexed by [`DenyReason`]: the family lookup hashes and
     /// locks, which a flood of denials should not.
     hot: Arc<[Counter]>,
@@ -148,6 +159,7 @@ impl Default for RegistryMetrics {
             edits: Family::default(),
             reloads: Family::default(),
             denials_coalesced: Counter::default(),
+            quarantine: Family::default(),
             hot,
         }
     }
@@ -198,7 +210,19 @@ impl RegistryMetrics {
             "Denial log lines and audit events folded into a later one by the rate limit",
             m.denials_coalesced.clone(),
         );
+        r.register(
+            "wardgate_registry_quarantine_readings",
+            "Readings of unknown identities: held in quarantine, released on approval, discarded",
+            m.quarantine.clone(),
+        );
         m
+    }
+
+    /// Counts `n` quarantined readings that became `outcome` (`held`, `released`, `discarded`).
+    pub fn quarantined(&self, outcome: &'static str, n: u64) {
+        self.quarantine
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc_by(n);
     }
 
     pub(crate) fn denied(&self, reason: DenyReason) {

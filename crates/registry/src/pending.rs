@@ -2,10 +2,13 @@
 //!
 //! With `unknown = "quarantine"`, an identity no device holds (a PSK identity asked for in a
 //! handshake, a certificate fingerprint, a proven identity reaching `authorize`) is remembered
-//! here (identity, first and last seen, count, last peer address) and refused with
-//! `Forbidden("quarantined")`. Nothing it sends is stored. An administrator approves it by adding
-//! a device holding that identity (`Registry::upsert`), which removes it from the list, or
-//! dismisses it. The list holds at most [`CAPACITY`] identities; when full, the one seen least
+//! here (identity, first and last seen, count, last peer address, readings held). An identity
+//! that cannot be proven without a device holding it (a PSK identity: there is no key to finish
+//! the handshake with) is only listed and refused with `Forbidden("quarantined")`; a proven one
+//! (a client certificate) has its readings held in the outbox's quarantine lane, not delivered.
+//! An administrator approves it by adding a device holding that identity (`Registry::upsert`),
+//! which removes it from the list and releases what was held, or dismisses it (what was held
+//! before the dismissal is discarded). The list holds at most [`CAPACITY`] identities; when full, the one seen least
 //! recently is dropped (counted in `wardgate_registry_pending_evictions`).
 
 use std::net::SocketAddr;
@@ -28,6 +31,8 @@ struct Entry {
     last_seen: SystemTime,
     count: u64,
     last_peer: Option<SocketAddr>,
+    /// Readings accepted into quarantine since it was listed (this process).
+    held: u64,
 }
 
 /// An unknown identity waiting for approval, as the admin API shows it.
@@ -44,6 +49,9 @@ pub struct PendingView {
     /// The address it last came from, when the transport said.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_peer: Option<SocketAddr>,
+    /// Readings from it accepted into quarantine since it was listed (held until approval or
+    /// dismissal; after a restart, counted again as the quarantine lane is read).
+    pub held: u64,
 }
 
 #[derive(Debug, Default)]
@@ -92,8 +100,36 @@ impl PendingList {
             last_seen: now,
             count: 1,
             last_peer: peer,
+            held: 0,
         });
         evicted
+    }
+
+    /// Readings held for `identity` so far (0 when it is not listed).
+    pub(crate) fn held(&self, identity: &Identity) -> u64 {
+        self.find(identity).map_or(0, |e| e.held)
+    }
+
+    /// Adds `delta` held readings to a listed identity (never below 0).
+    pub(crate) fn add_held(&mut self, identity: &Identity, delta: i64) {
+        if let Some(e) = self.entries.iter_mut().find(|e| {
+            e.identity.kind() == identity.kind()
+                && same_value(identity.kind(), e.identity.value(), identity.value())
+        }) {
+            e.held = e.held.saturating_add_signed(delta);
+        }
+    }
+
+    fn find(&self, identity: &Identity) -> Option<&Entry> {
+        self.entries.iter().find(|e| {
+            e.identity.kind() == identity.kind()
+                && same_value(identity.kind(), e.identity.value(), identity.value())
+        })
+    }
+
+    /// Whether `identity` is listed.
+    pub(crate) fn contains(&self, identity: &Identity) -> bool {
+        self.find(identity).is_some()
     }
 
     /// Drops identities that a device now holds (approved).
@@ -102,11 +138,13 @@ impl PendingList {
             .retain(|e| table.by_identity(&e.identity).is_none());
     }
 
-    /// Drops one identity (`kind:value`); whether it was there.
-    pub(crate) fn dismiss(&mut self, identity: &str) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|e| e.identity.to_string() != identity);
-        self.entries.len() != before
+    /// Drops one identity (`kind:value`); the identity, when it was there.
+    pub(crate) fn dismiss(&mut self, identity: &str) -> Option<Identity> {
+        let i = self
+            .entries
+            .iter()
+            .position(|e| e.identity.to_string() == identity)?;
+        Some(self.entries.swap_remove(i).identity)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -123,6 +161,7 @@ impl PendingList {
                 last_seen: humantime::format_rfc3339_seconds(e.last_seen).to_string(),
                 count: e.count,
                 last_peer: e.last_peer,
+                held: e.held,
             })
             .collect();
         v.sort_by(|a, b| a.identity.cmp(&b.identity));
@@ -130,7 +169,7 @@ impl PendingList {
     }
 }
 
-fn same_value(kind: IdentityKind, stored: &str, seen: &str) -> bool {
+pub(crate) fn same_value(kind: IdentityKind, stored: &str, seen: &str) -> bool {
     match kind {
         IdentityKind::CertificateSha256 => {
             decode_hex32(seen).is_some_and(|fp| decode_hex32(stored) == Some(fp))

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use wardgate_core::reading::valid_device_id;
 use wardgate_core::{
     Action, AuditEvent, AuditKind, AuditSink, AuthRequest, Authorizer, Clock, CredentialStore,
-    Denied, Identity, IdentityKind, PeerContext, Secret, SystemClock,
+    Denied, Grant, Identity, IdentityKind, PeerContext, Secret, SystemClock,
 };
 
 use crate::error::RegistryError;
@@ -21,6 +21,10 @@ use crate::pending::{PendingList, PendingView};
 use crate::persist;
 use crate::table::{Compiled, Table, compile, printable, protocol_bit};
 use crate::view::DeviceView;
+
+mod quarantine;
+
+pub use quarantine::{HeldReading, HeldVerdict, QuarantineLimits};
 
 /// Environment lookup for `${VAR}` keys.
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -33,6 +37,8 @@ pub struct LoadOptions {
     pub clock: Arc<dyn Clock>,
     /// Resolves `key = "${VAR}"`.
     pub env: EnvLookup,
+    /// How much quarantine may hold.
+    pub quarantine: QuarantineLimits,
 }
 
 impl Default for LoadOptions {
@@ -40,6 +46,7 @@ impl Default for LoadOptions {
         LoadOptions {
             clock: Arc::new(SystemClock),
             env: Arc::new(|name| std::env::var(name).ok()),
+            quarantine: QuarantineLimits::default(),
         }
     }
 }
@@ -75,6 +82,12 @@ pub struct Registry {
     metrics: RegistryMetrics,
     limiter: Limiter,
     pending: Mutex<PendingList>,
+    /// Readings held in quarantine, as the quarantine lane counted them.
+    held_total: AtomicU64,
+    /// Recent dismissals: identity and when (held readings from before are discarded).
+    dismissed: Mutex<Vec<(Identity, std::time::SystemTime)>>,
+    /// Moves on every dismissal (part of the quarantine epoch).
+    dismissals: AtomicU64,
     opts: LoadOptions,
 }
 
@@ -168,6 +181,9 @@ impl Registry {
             metrics,
             limiter: Limiter::default(),
             pending: Mutex::new(PendingList::default()),
+            held_total: AtomicU64::new(0),
+            dismissed: Mutex::new(Vec::new()),
+            dismissals: AtomicU64::new(0),
             opts,
         };
         reg.update_gauges();
@@ -214,7 +230,8 @@ impl Registry {
             .views()
     }
 
-    /// Forgets a pending identity (`psk:bed-99`) without approving it. Whether it was listed.
+    /// Forgets a pending identity (`psk:bed-99`) without approving it; readings held for it
+    /// until now are discarded. Whether it was listed.
     pub fn dismiss_pending(&self, identity: &str, actor: &str) -> bool {
         let removed = {
             let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
@@ -222,14 +239,16 @@ impl Registry {
             self.metrics.pending.set(gauge(p.len()));
             r
         };
-        if removed {
-            self.audit.record(
-                AuditEvent::new(AuditKind::RegistryChange, "pending_dismissed")
-                    .actor(actor)
-                    .subject(printable(identity)),
-            );
-        }
-        removed
+        let Some(removed) = removed else {
+            return false;
+        };
+        self.note_dismissal(removed);
+        self.audit.record(
+            AuditEvent::new(AuditKind::RegistryChange, "pending_dismissed")
+                .actor(actor)
+                .subject(printable(identity)),
+        );
+        true
     }
 
     /// Adds the device, or replaces the one with the same id. Approves any pending identity the
@@ -559,6 +578,8 @@ impl CredentialStore for Registry {
         }
     }
 
+    /// An unknown certificate is accepted under `unknown = "quarantine"`: the handshake proved
+    /// the key, so what it sends can be held (module `quarantine`); it is listed as pending.
     fn knows_certificate(&self, sha256_hex: &str) -> bool {
         let s = self.snapshot();
         let actor = Actor::Claimed(IdentityKind::CertificateSha256, sha256_hex);
@@ -567,6 +588,10 @@ impl CredentialStore for Registry {
             Some(d) => {
                 self.deny(DenyReason::Revoked, actor, None, Some(&d.id));
                 false
+            }
+            None if s.table.unknown == UnknownPolicy::Quarantine => {
+                self.note_pending(IdentityKind::CertificateSha256, sha256_hex, None);
+                true
             }
             None => {
                 let kind = IdentityKind::CertificateSha256;
@@ -600,6 +625,41 @@ impl Authorizer for Registry {
     /// The answer is the claimed device id: readings are stored under the id they claim, once
     /// the proven device may speak for it.
     fn authorize(&self, req: &AuthRequest<'_>) -> Result<String, Denied> {
+        self.decide(req, HoldMode::Refuse).map(|g| match g {
+            Grant::Allow(d) | Grant::Hold(d) => d,
+        })
+    }
+
+    /// [`Self::authorize`], except that under `unknown = "quarantine"` a write from a proven
+    /// identity no device holds is held ([`Grant::Hold`]) instead of refused.
+    fn authorize_write(&self, req: &AuthRequest<'_>) -> Result<Grant, Denied> {
+        self.decide(req, HoldMode::Hold)
+    }
+
+    fn precheck_write(&self, req: &AuthRequest<'_>) -> Result<Grant, Denied> {
+        self.decide(req, HoldMode::Peek)
+    }
+
+    fn authenticates(&self) -> bool {
+        true
+    }
+}
+
+/// Whether [`Registry::decide`] may hold a quarantined write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldMode {
+    /// No: refuse it (`quarantined`).
+    Refuse,
+    /// Yes: note the identity, grant [`Grant::Hold`].
+    Hold,
+    /// Answer as `Hold` would, noting nothing (an adapter's check before the body).
+    Peek,
+}
+
+impl Registry {
+    /// The rules of [`Authorizer::authorize`]; `mode` says whether a quarantined write may be
+    /// held.
+    fn decide(&self, req: &AuthRequest<'_>, mode: HoldMode) -> Result<Grant, Denied> {
         let s = self.snapshot();
         let peer = req.peer;
         let claimed = req.claimed_device;
@@ -609,6 +669,12 @@ impl Authorizer for Registry {
         };
         let actor = Actor::Proven(identity);
         let Some(dev) = s.table.by_identity(identity) else {
+            if mode != HoldMode::Refuse
+                && req.action == Action::Write
+                && s.table.unknown == UnknownPolicy::Quarantine
+            {
+                return self.hold(&s.table, identity, req, mode == HoldMode::Peek);
+            }
             let (kind, value) = (identity.kind(), identity.value());
             return Err(self.unknown(&s.table, kind, value, actor, Some(peer), Some(claimed)));
         };
@@ -635,10 +701,6 @@ impl Authorizer for Registry {
             let reason = DenyReason::NotSpeakingFor;
             return Err(self.deny(reason, actor, Some(peer), Some(device)));
         }
-        Ok(device.to_owned())
-    }
-
-    fn authenticates(&self) -> bool {
-        true
+        Ok(Grant::Allow(device.to_owned()))
     }
 }

@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::*;
 use wardgate_core::{
-    Action, AuditKind, AuthRequest, Authorizer, CredentialStore, Denied, MessageClass, PeerContext,
-    Protocol, TransportKind,
+    Action, AuditKind, AuthRequest, Authorizer, Clock, CredentialStore, Denied, Grant, Identity,
+    IdentityKind, MessageClass, PeerContext, Protocol, TransportKind,
 };
-use wardgate_registry::DenyReason;
+use wardgate_registry::{DenyReason, HeldReading, HeldVerdict};
 
 #[test]
 fn a_device_proven_by_its_psk_writes_its_own_readings_and_its_sensors() {
@@ -72,7 +72,9 @@ fn an_unknown_identity_is_quarantined_and_listed_until_a_device_holds_it() {
     for _ in 0..3 {
         assert_eq!(f.reg.authorize(&req), Err(Denied::Forbidden("quarantined")));
     }
-    assert!(!f.reg.knows_certificate(&fp));
+    // A certificate proves its key: the handshake completes (its writes can be held); an
+    // unknown PSK identity has no key to finish one with.
+    assert!(f.reg.knows_certificate(&fp));
     assert_eq!(f.reg.psk("psk-new"), None);
     let pending = f.reg.pending();
     assert_eq!(pending.len(), 2);
@@ -80,7 +82,7 @@ fn an_unknown_identity_is_quarantined_and_listed_until_a_device_holds_it() {
     assert_eq!(pending[1].identity, format!("x509-sha256:{fp}"));
     assert_eq!(pending[1].count, 4);
     assert_eq!(pending[1].last_peer, Some(addr()));
-    assert_eq!(f.denials("quarantined"), 5);
+    assert_eq!(f.denials("quarantined"), 4);
 
     // Approving = adding a device that holds the identity.
     let mut spec = wardgate_registry::DeviceSpec::new("pump-3");
@@ -92,6 +94,158 @@ fn an_unknown_identity_is_quarantined_and_listed_until_a_device_holds_it() {
     assert_eq!(pending, ["psk:psk-new"]);
     assert!(f.reg.dismiss_pending("psk:psk-new", "admin:ops-1"));
     assert!(f.reg.pending().is_empty());
+}
+
+/// A held reading as the quarantine lane reads it back.
+fn held<'a>(
+    identity: &'a Identity,
+    device: &'a str,
+    class: MessageClass,
+    received: SystemTime,
+) -> HeldReading<'a> {
+    HeldReading {
+        identity,
+        transport: TransportKind::Tls,
+        protocol: Protocol::Mqtt,
+        class,
+        device,
+        received,
+    }
+}
+
+#[test]
+fn a_proven_unknown_identity_has_its_writes_held_until_approved_or_dismissed() {
+    let f = Fixture::new(&standard_toml("quarantine"));
+    let fp = "cd".repeat(32);
+    let id = Identity::new(IdentityKind::CertificateSha256, fp.as_str());
+    let peer = cert_peer(&fp, TransportKind::Tls);
+    let mut req = write(&peer, "pump-4", MessageClass::Telemetry);
+    req.protocol = Protocol::Mqtt;
+
+    // A write is held under the device it names (a check before the body says so, noting
+    // nothing); the other questions are still refused.
+    assert_eq!(f.reg.precheck_write(&req), Ok(Grant::Hold("pump-4".into())));
+    assert!(f.reg.pending().is_empty(), "a precheck notes nothing");
+    assert_eq!(
+        f.reg.authorize_write(&req),
+        Ok(Grant::Hold("pump-4".into()))
+    );
+    assert_eq!(f.reg.pending()[0].count, 1);
+    assert_eq!(f.reg.authorize(&req), Err(Denied::Forbidden("quarantined")));
+    let mut register = req;
+    register.action = Action::Register;
+    assert_eq!(
+        f.reg.authorize_write(&register),
+        Err(Denied::Forbidden("quarantined"))
+    );
+    let no_device = write(&peer, "", MessageClass::Telemetry);
+    assert_eq!(
+        f.reg.authorize_write(&no_device),
+        Err(Denied::Forbidden("quarantined"))
+    );
+    // A known device is never held.
+    let bed = psk_peer("psk-bed-12");
+    assert_eq!(
+        f.reg
+            .authorize_write(&write(&bed, "bed-12", MessageClass::Vital)),
+        Ok(Grant::Allow("bed-12".into()))
+    );
+
+    // The lane counts what it holds; the per-identity share (3 in these tests) then refuses.
+    let t0 = f.clock.now();
+    let r = held(&id, "pump-4", MessageClass::Telemetry, t0);
+    assert_eq!(f.reg.judge_held(&r), HeldVerdict::Hold);
+    f.reg.count_held(&id, Some(addr()), 3);
+    assert_eq!(f.reg.pending()[0].held, 3);
+    assert_eq!(
+        f.reg.authorize_write(&req),
+        Err(Denied::Forbidden("quarantine_full"))
+    );
+    assert_eq!(f.denials("quarantine_full"), 1);
+    // ... and the total (5): another identity gets 2 more, then none.
+    let other = "ef".repeat(32);
+    let other_peer = cert_peer(&other, TransportKind::Tls);
+    let mut other_req = write(&other_peer, "pump-5", MessageClass::Telemetry);
+    other_req.protocol = Protocol::Mqtt;
+    let other_id = Identity::new(IdentityKind::CertificateSha256, other.as_str());
+    assert!(matches!(
+        f.reg.authorize_write(&other_req),
+        Ok(Grant::Hold(_))
+    ));
+    f.reg.count_held(&other_id, Some(addr()), 2);
+    assert_eq!(f.reg.held_readings(), 5);
+    assert_eq!(
+        f.reg.authorize_write(&other_req),
+        Err(Denied::Forbidden("quarantine_full"))
+    );
+
+    // Approval: a device holding the certificate. What its ACL allows is released, the rest
+    // discarded with the reason.
+    let epoch = f.reg.quarantine_epoch();
+    let mut spec = wardgate_registry::DeviceSpec::new("pump-4");
+    spec.protocols = Some(vec!["mqtts".into()]);
+    spec.classes = Some(vec!["telemetry".into()]);
+    spec.certificates = vec![wardgate_registry::CertificateSpec {
+        sha256: fp.to_uppercase(),
+    }];
+    f.reg.upsert(spec, "admin:ops-1").unwrap();
+    assert_ne!(f.reg.quarantine_epoch(), epoch, "the lane must look again");
+    assert_eq!(f.reg.judge_held(&r), HeldVerdict::Release);
+    let alarm = held(&id, "pump-4", MessageClass::Alarm, t0);
+    assert_eq!(
+        f.reg.judge_held(&alarm),
+        HeldVerdict::Discard("class_not_allowed")
+    );
+    let not_its_own = held(&id, "bed-12", MessageClass::Telemetry, t0);
+    assert_eq!(
+        f.reg.judge_held(&not_its_own),
+        HeldVerdict::Discard("not_speaking_for")
+    );
+    f.reg.count_held(&id, None, -3);
+    f.reg.quarantine_decided(&id, HeldVerdict::Release, 3);
+    assert_eq!(f.reg.held_readings(), 2);
+
+    // Dismissal: what arrived before it is discarded; what arrives after is held again.
+    f.clock.advance(Duration::from_secs(5));
+    let epoch = f.reg.quarantine_epoch();
+    assert!(
+        f.reg
+            .dismiss_pending(&format!("x509-sha256:{other}"), "admin:ops-1")
+    );
+    assert_ne!(f.reg.quarantine_epoch(), epoch);
+    let before = held(&other_id, "pump-5", MessageClass::Telemetry, t0);
+    assert_eq!(f.reg.judge_held(&before), HeldVerdict::Discard("dismissed"));
+    f.clock.advance(Duration::from_secs(1));
+    let after = held(&other_id, "pump-5", MessageClass::Telemetry, f.clock.now());
+    assert_eq!(f.reg.judge_held(&after), HeldVerdict::Hold);
+    f.reg
+        .quarantine_decided(&other_id, HeldVerdict::Discard("dismissed"), 2);
+    let text = f.metrics_text();
+    for line in [
+        "wardgate_registry_quarantine_readings_total{outcome=\"held\"} 5",
+        "wardgate_registry_quarantine_readings_total{outcome=\"released\"} 3",
+        "wardgate_registry_quarantine_readings_total{outcome=\"discarded\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    let reasons: Vec<_> = f.audit.events().into_iter().map(|e| e.reason).collect();
+    assert!(reasons.contains(&"quarantine_released"), "{reasons:?}");
+    assert!(reasons.contains(&"quarantine_discarded"), "{reasons:?}");
+}
+
+#[test]
+fn a_held_identity_missing_from_the_pending_list_is_listed_again() {
+    // After a restart the list is empty, but the outbox still holds the readings: the lane's
+    // count lists the identity again, so an administrator can decide.
+    let f = Fixture::new(&standard_toml("quarantine"));
+    let id = Identity::new(IdentityKind::CertificateSha256, "01".repeat(32));
+    assert!(f.reg.pending().is_empty());
+    f.reg.count_held(&id, Some(addr()), 2);
+    let p = f.reg.pending();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].identity, id.to_string());
+    assert_eq!(p[0].held, 2);
+    assert_eq!(p[0].last_peer, Some(addr()));
 }
 
 #[test]

@@ -31,6 +31,7 @@ fn reading() -> Encoded {
         class: MessageClass::Vital,
         protocol: wardgate_core::Protocol::Coap,
         json: Bytes::from(json),
+        held: false,
     }
 }
 

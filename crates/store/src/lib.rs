@@ -108,7 +108,7 @@ pub use config::{Durability, OverflowPolicy, StoreConfig};
 pub use cursor::Cursor;
 pub use error::{RECOVER_COMMAND, StoreError};
 pub use metrics::StoreMetrics;
-pub use outbox::MAX_UPLINKS;
+pub use outbox::{MAX_CONFIGURED_UPLINKS, MAX_UPLINKS};
 pub use outbox::{OpenOptions, Outbox, OutboxStats, UplinkStats};
 pub use recover::{RecoverReport, recover};
 pub use trace::{DeliveryRecord, PendingReading, ReadingTrace};

@@ -109,8 +109,12 @@ pub(crate) fn lane_names(uplinks: &[String]) -> Vec<String> {
 }
 
 /// Most uplinks one store can serve: each takes two of the file's 63 bits (an alarm lane and
-/// a lane for the other classes).
+/// a lane for the other classes). The gateway configures the quarantine lane as one of them,
+/// so a configuration may name one fewer ([`MAX_CONFIGURED_UPLINKS`]).
 pub const MAX_UPLINKS: usize = wardgate_core::MAX_UPLINKS / LANES;
+
+/// Most `[[uplinks]]` a configuration may name: [`MAX_UPLINKS`] less the quarantine lane.
+pub const MAX_CONFIGURED_UPLINKS: usize = MAX_UPLINKS - 1;
 
 /// One lane of one configured uplink: its shared state.
 #[derive(Debug)]
@@ -281,6 +285,8 @@ fn age(now_ms: i64, oldest: Option<(u64, i64)>) -> Option<Duration> {
 fn backlog_detail(now_ms: i64, uplinks: &[UplinkSum]) -> Option<String> {
     let owed: Vec<String> = uplinks
         .iter()
+        // Held readings wait for a person, not for delivery (the pending list shows them).
+        .filter(|u| &*u.uplink != wardgate_core::QUARANTINE)
         .filter_map(|u| {
             let oldest = age(now_ms, u.oldest)?;
             (u.readings > 0 && oldest >= BACKLOG_SHOWN_AFTER).then(|| {
@@ -905,6 +911,19 @@ impl Writer {
             let _ = req.done.send(Ok(()));
             return;
         }
+        if !self.inner.routing.holds() && req.readings.iter().any(|e| e.held) {
+            // Never deliver what was to be held: refuse (the device keeps it, retries later).
+            Rejected {
+                reason: RejectReason::Unavailable,
+                readings: req.readings.len(),
+            }
+            .emit(&self.inner.metrics);
+            tracing::error!("a quarantined reading reached an outbox without a quarantine lane");
+            let _ = req.done.send(Err(IngestError::Unavailable(
+                "no quarantine lane in this outbox".into(),
+            )));
+            return;
+        }
         let cfg = &self.inner.cfg;
         if n > cfg.max_readings || b > cfg.max_bytes {
             Rejected {
@@ -993,7 +1012,10 @@ impl Writer {
         let masks = readings
             .iter()
             .map(|e| {
-                let r = self.inner.routing.on_append(e.id, &e.device, e.class);
+                let r = self
+                    .inner
+                    .routing
+                    .on_append(e.id, &e.device, e.class, e.held);
                 unrouted += u64::from(r.unrouted);
                 r.mask
             })
@@ -1339,6 +1361,7 @@ mod tests {
             class: MessageClass::Alarm,
             protocol: wardgate_core::Protocol::Coap,
             json: Bytes::from(vec![b'x'; len]),
+            held: false,
         }
     }
 

@@ -9,12 +9,15 @@
 //!   router (the device was already promised an answer by its protocol's rules, and a router
 //!   bug must not turn into lost vitals);
 //! - at release, the releasing uplink is removed from the answer; if nothing is left the
-//!   caller keeps the reading owed to the releasing uplink.
+//!   caller keeps the reading owed to the releasing uplink;
+//! - the [`QUARANTINE`] lane (when configured) is never a router's choice: a held reading is
+//!   owed to it alone at append, and leaves it only by being released (approved: the router
+//!   places it) or acknowledged (dismissed).
 
 use std::sync::Arc;
 
 use ulid::Ulid;
-use wardgate_core::{MessageClass, RouteInput, Router, UplinkSet};
+use wardgate_core::{MessageClass, QUARANTINE, RouteInput, Router, UplinkSet};
 
 use crate::db::CutoverWork;
 use crate::outbox::{LANES, lane_of};
@@ -27,6 +30,10 @@ pub(crate) struct Routing {
     /// The row bits of each configured uplink's lanes (priority, normal), by index.
     masks: Vec<[i64; LANES]>,
     configured: UplinkSet,
+    /// The [`QUARANTINE`] lane's index, when it is configured.
+    quarantine: Option<usize>,
+    /// The uplinks a router may choose: every configured one but the quarantine lane.
+    routable: UplinkSet,
 }
 
 /// What the router decided for an appended reading.
@@ -45,12 +52,24 @@ impl Routing {
         masks: Vec<[i64; LANES]>,
     ) -> Self {
         let configured = UplinkSet::first(masks.len());
+        let quarantine = names.iter().position(|n| n == QUARANTINE);
+        let mut routable = configured;
+        if let Some(q) = quarantine {
+            routable.remove(q);
+        }
         Routing {
             router,
             names,
             masks,
             configured,
+            quarantine,
+            routable,
         }
+    }
+
+    /// Whether held readings have a lane to wait in.
+    pub(crate) fn holds(&self) -> bool {
+        self.quarantine.is_some()
     }
 
     /// The row mask of an uplink set on the lane of `class` (unconfigured indices contribute
@@ -72,16 +91,35 @@ impl Routing {
         };
         self.router
             .route(&input)
-            .intersection(self.configured)
+            .intersection(self.routable)
             .difference(excluded)
     }
 
-    /// The uplinks a new reading is owed to, as a row mask on its class's lane.
-    pub(crate) fn on_append(&self, id: Ulid, device: &str, class: MessageClass) -> AppendRoute {
+    /// The uplinks a new reading is owed to, as a row mask on its class's lane. A held reading
+    /// is owed to the quarantine lane alone (the writer refuses held readings when there is
+    /// none); no other reading is ever owed to it.
+    pub(crate) fn on_append(
+        &self,
+        id: Ulid,
+        device: &str,
+        class: MessageClass,
+        held: bool,
+    ) -> AppendRoute {
+        if let Some(q) = self.quarantine.filter(|_| held) {
+            return AppendRoute {
+                mask: self.mask_of(UplinkSet::single(q), class),
+                unrouted: false,
+            };
+        }
         let set = self.ask(id, device, class, UplinkSet::EMPTY);
         if set.is_empty() {
+            let all = if self.routable.is_empty() {
+                self.configured
+            } else {
+                self.routable
+            };
             return AppendRoute {
-                mask: self.mask_of(self.configured, class),
+                mask: self.mask_of(all, class),
                 unrouted: true,
             };
         }
@@ -99,9 +137,12 @@ impl Routing {
             if !self.configured.contains(c.from) {
                 continue;
             }
+            if Some(c.from) == self.quarantine {
+                continue;
+            }
             for (class, to) in c.moves {
                 let to = to
-                    .intersection(self.configured)
+                    .intersection(self.routable)
                     .difference(UplinkSet::single(c.from));
                 let target = self.mask_of(to, class);
                 let lane = lane_of(class);
@@ -170,7 +211,7 @@ mod tests {
             let r = routing(answer, uplinks);
             let class = if alarm { MessageClass::Alarm } else { MessageClass::Vital };
             let all = r.mask_of(UplinkSet::first(uplinks), class);
-            let got = r.on_append(Ulid::nil(), "d", class);
+            let got = r.on_append(Ulid::nil(), "d", class, false);
             prop_assert!(got.mask != 0);
             prop_assert_eq!(got.mask & !all, 0, "only configured uplinks, on the class's lane");
             prop_assert_eq!(got.unrouted, got.mask == all && (answer & ((1u64 << uplinks) - 1)) == 0);
@@ -184,6 +225,33 @@ mod tests {
             let got = r.on_release(from, Ulid::nil(), "d", MessageClass::Vital);
             prop_assert!(!got.contains(from));
             prop_assert!(got.iter().all(|i| i < uplinks));
+        }
+
+        #[test]
+        fn the_quarantine_lane_takes_held_readings_only_and_is_never_routed_to(
+            answer in any::<u64>(), uplinks in 2usize..=31, q in 0usize..31, held in any::<bool>(),
+            alarm in any::<bool>(),
+        ) {
+            let q = q % uplinks;
+            let mut r = routing(answer, uplinks);
+            r = Routing::new(r.router.clone(), {
+                let mut n = r.names.clone();
+                n[q] = QUARANTINE.to_owned();
+                n
+            }, r.masks.clone());
+            let class = if alarm { MessageClass::Alarm } else { MessageClass::Vital };
+            let qmask = r.mask_of(UplinkSet::single(q), class);
+            let got = r.on_append(Ulid::nil(), "d", class, held);
+            if held {
+                prop_assert_eq!(got.mask, qmask);
+            } else {
+                prop_assert!(got.mask != 0);
+                prop_assert_eq!(got.mask & qmask, 0, "a reading not held never waits in quarantine");
+            }
+            for from in 0..uplinks {
+                let to = r.on_release(from, Ulid::nil(), "d", class);
+                prop_assert!(!to.contains(q), "released from {} to the quarantine lane", from);
+            }
         }
     }
 }

@@ -564,3 +564,81 @@ async fn the_observer_sees_every_outcome_without_a_subscriber_and_in_report_orde
     drop(cur);
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_reading_waits_in_the_quarantine_lane_alone_until_released_or_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let lanes = names(&["cloud", "backup", wardgate_core::QUARANTINE]);
+    let run = Running::start(&c, &lanes).unwrap();
+    let held = |device: &str| {
+        let mut r = reading(device, 100);
+        r.held = true;
+        r
+    };
+    // seq 1 held, 2 not, 3 held (an alarm: the lane has a priority lane too), 4 held.
+    let mut alarm = held("bed-3");
+    alarm.class = MessageClass::Alarm;
+    run.bus
+        .submit(vec![
+            held("bed-1"),
+            reading("bed-2", 100),
+            alarm,
+            held("bed-4"),
+        ])
+        .await
+        .unwrap();
+    let owed = |run: &Running| -> Vec<u64> {
+        let s = run.outbox.stats().unwrap();
+        s.uplinks.iter().map(|u| u.readings).collect()
+    };
+    assert_eq!(
+        owed(&run),
+        vec![1, 1, 3],
+        "held readings are owed to quarantine alone"
+    );
+
+    let mut cloud = run.outbox.cursor("cloud").unwrap();
+    let mut quarantine = run.outbox.cursor(wardgate_core::QUARANTINE).unwrap();
+    assert_eq!(seqs(&drain(&mut cloud).await), vec![2]);
+    cloud.ack(&[2]);
+    assert_eq!(seqs(&drain(&mut quarantine).await), vec![3, 1, 4]);
+
+    // Approved: released to the router, which never picks the quarantine lane. Dismissed:
+    // acknowledged, gone.
+    quarantine.release(&[1, 3]);
+    quarantine.ack(&[4]);
+    run.outbox.flush().await.unwrap();
+    // Both uplinks get the released two (backup still owes seq 2 as well).
+    assert_eq!(owed(&run), vec![2, 3, 0]);
+    assert_eq!(seqs(&drain(&mut cloud).await), vec![3, 1]);
+    let s = run.outbox.stats().unwrap();
+    assert_eq!(s.readings, 3, "the dismissed reading left the outbox");
+
+    // Held survives a restart: still owed to quarantine only.
+    run.bus.submit(vec![held("bed-5")]).await.unwrap();
+    drop((cloud, quarantine));
+    run.stop().await;
+    let run = Running::start(&c, &lanes).unwrap();
+    assert_eq!(owed(&run), vec![2, 3, 1]);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_reading_is_refused_by_an_outbox_without_a_quarantine_lane() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(&cfg(dir.path()), &names(&TWO)).unwrap();
+    let mut r = reading("bed-1", 100);
+    r.held = true;
+    let refused = run.bus.submit(vec![r, reading("bed-2", 100)]).await;
+    assert!(
+        matches!(refused, Err(wardgate_core::IngestError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        run.outbox.stats().unwrap().readings,
+        0,
+        "nothing of it stored"
+    );
+    run.stop().await;
+}

@@ -86,3 +86,12 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Lower-case hex of the SHA-256 of `bytes` (certificate fingerprints, token hashes).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -11,6 +11,7 @@ mod demo;
 mod file_uplink;
 mod monitor_cmd;
 mod probe;
+mod quarantine;
 mod run;
 mod simulate;
 mod steer;

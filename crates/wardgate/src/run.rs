@@ -166,11 +166,18 @@ impl App {
         if let Some(s) = &selector {
             open.router = Arc::new(s.clone());
         }
+        // With a device registry, the outbox has a quarantine lane too (after the configured
+        // uplinks, so their indices are the selector's): it holds readings of unknown
+        // identities until an administrator decides (`crate::quarantine`).
+        let mut lanes = uplink_names;
+        if cfg.registry.path.is_some() {
+            lanes.push(wardgate_core::QUARANTINE.to_owned());
+        }
         // Opening may run `PRAGMA quick_check` over the whole file after an unclean stop: keep
         // that off the async runtime.
         let store_cfg = cfg.store.clone();
         let outbox = tokio::task::spawn_blocking(move || {
-            Outbox::open_with(&store_cfg, &uplink_names, store_metrics, open)
+            Outbox::open_with(&store_cfg, &lanes, store_metrics, open)
         })
         .await
         .context("outbox open task")??;
@@ -207,9 +214,21 @@ impl App {
         let (authorizer, credentials, device_registry): Devices = match &cfg.registry.path {
             Some(path) => {
                 let metrics = wardgate_registry::RegistryMetrics::register(&mut registry);
+                let opts = wardgate_registry::LoadOptions {
+                    quarantine: wardgate_registry::QuarantineLimits {
+                        max_readings: cfg.registry.quarantine_max_readings,
+                        max_per_identity: cfg.registry.quarantine_max_per_identity,
+                    },
+                    ..wardgate_registry::LoadOptions::default()
+                };
                 let reg = Arc::new(
-                    wardgate_registry::Registry::load(path.clone(), audit.clone(), metrics)
-                        .with_context(|| format!("device registry {}", path.display()))?,
+                    wardgate_registry::Registry::load_with(
+                        path.clone(),
+                        audit.clone(),
+                        metrics,
+                        opts,
+                    )
+                    .with_context(|| format!("device registry {}", path.display()))?,
                 );
                 (reg.clone(), reg.clone(), Some(reg))
             }
@@ -237,7 +256,16 @@ impl App {
         }
         let ingest_pipeline = pipeline.clone();
 
-        let uplinks = build_uplinks(&cfg, &outbox, &mut registry, &health)?;
+        let mut uplinks = build_uplinks(&cfg, &outbox, &mut registry, &health)?;
+        if let Some(reg) = &device_registry {
+            let cursor = outbox
+                .cursor(wardgate_core::QUARANTINE)
+                .context("outbox cursor for the quarantine lane")?;
+            uplinks.push((
+                Box::new(crate::quarantine::QuarantineLane::new(reg.clone(), &health)),
+                cursor,
+            ));
+        }
         let mqtt_ingest = if cfg.ingest.mqtt.is_empty() {
             Vec::new()
         } else {

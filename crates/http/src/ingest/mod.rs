@@ -406,7 +406,7 @@ async fn post_readings(
         resource: RESOURCE,
         action: Action::Write,
     };
-    if let Err(d) = st.pipeline.authorizer().authorize(&ask) {
+    if let Err(d) = st.pipeline.authorizer().precheck_write(&ask) {
         if matches!(d, Denied::Unauthenticated(_)) {
             note_auth_failure(&st, &peer, now);
         }

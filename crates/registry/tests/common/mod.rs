@@ -150,6 +150,11 @@ pub fn opts(clock: &Arc<ManualClock>) -> LoadOptions {
     LoadOptions {
         clock: clock.clone(),
         env: Arc::new(|name| (name == "BED_12_PSK").then(|| format!("hex:{ENV_KEY_HEX}"))),
+        // Small, so the tests reach them.
+        quarantine: wardgate_registry::QuarantineLimits {
+            max_readings: 5,
+            max_per_identity: 3,
+        },
     }
 }
 

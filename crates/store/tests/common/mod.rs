@@ -42,6 +42,7 @@ pub fn reading(device: &str, len: usize) -> Encoded {
         class: MessageClass::Vital,
         protocol: wardgate_core::Protocol::Coap,
         json: Bytes::from(json),
+        held: false,
     }
 }
 
