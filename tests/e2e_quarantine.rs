@@ -294,7 +294,9 @@ client_ca_file = "{}"
     for id in &dismissed {
         assert!(!seen.contains(id), "dismissed reading {id} was delivered");
     }
-    assert_eq!(gw.metric(held_gauge), 0.0);
+    wait_for("nothing held", Duration::from_secs(20), || {
+        (gw.metric(held_gauge) == 0.0).then_some(())
+    });
     assert!(gw.metric("wardgate_registry_quarantine_readings_total{outcome=\"released\"}") >= 2.0);
     let status = gw.terminate();
     assert!(status.success(), "{status}\n{}", gw.log());
@@ -318,5 +320,88 @@ client_ca_file = "{}"
             "{secret} leaked"
         );
     }
+    broker.assert_no_dropped_messages();
+}
+
+/// The same over CoAP/DTLS: OpenSSL's DTLS client with an unregistered certificate
+/// (ECDHE_ECDSA) completes its handshake, its reading is held (2.01 to the device), and it
+/// reaches the broker once a device holding the certificate is added.
+#[test]
+fn an_unknown_certificate_over_dtls_is_held_and_released_on_approval() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, "wardgate/#");
+    let pki = wardgate_testkit::Pki::generate();
+    let fp = fingerprint(&pki.client_cert);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("devices.toml"),
+        "unknown = \"quarantine\"\n",
+    )
+    .unwrap();
+    let coaps = common::free_udp_port();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &broker.url(),
+        &format!(
+            r#"
+[registry]
+path = "devices.toml"
+[admin]
+enabled = true
+listen = "{admin}"
+[[admin.tokens]]
+id = "ops-1"
+sha256 = "{}"
+[coaps]
+enabled = true
+listen = ["127.0.0.1:{coaps}"]
+certificate_file = "{}"
+private_key_file = "{}"
+"#,
+            sha256_hex(ADMIN_TOKEN.as_bytes()),
+            pki.server_cert.display(),
+            pki.server_key.display(),
+        ),
+    );
+    let device =
+        common::openssl_cert_post(coaps, &pki.client_cert, &pki.client_key, "monitor-3", 88);
+    let held_gauge = "wardgate_store_uplink_depth_readings{uplink=\"quarantine\"}";
+    wait_for("the DTLS reading held", Duration::from_secs(20), || {
+        (gw.metric(held_gauge) == 1.0).then_some(())
+    });
+    let (code, body) = admin_request(admin, "GET", "/admin/v1/pending", Some(ADMIN_TOKEN), "");
+    assert_eq!(code, 200);
+    assert!(body.contains(&format!("x509-sha256:{fp}")), "{body}");
+
+    let spec = format!(r#"{{"protocols":["coaps"],"certificate":[{{"sha256":"{fp}"}}]}}"#);
+    let (code, body) = admin_request(
+        admin,
+        "PUT",
+        "/admin/v1/devices/monitor-3",
+        Some(ADMIN_TOKEN),
+        &spec,
+    );
+    assert_eq!(code, 201, "{body}");
+    let reading = wait_for(
+        "the released reading upstream",
+        Duration::from_secs(30),
+        || {
+            let (_, payload) = sub.next(Duration::from_millis(200))?;
+            let v: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+            (v["device"] == "monitor-3").then_some(v)
+        },
+    );
+    assert_eq!(reading["source"]["transport"], "dtls", "{reading}");
+    assert_eq!(
+        reading["source"]["identity"],
+        format!("x509-sha256:{fp}").as_str(),
+        "{reading}"
+    );
+    assert_eq!(reading["records"][0]["v"], 88.0, "{reading}");
+    drop(device);
+    wait_for("nothing held", Duration::from_secs(20), || {
+        (gw.metric(held_gauge) == 0.0).then_some(())
+    });
     broker.assert_no_dropped_messages();
 }

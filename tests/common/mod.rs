@@ -210,6 +210,37 @@ pub fn lwm2m_register_datagram(endpoint: &str) -> Vec<u8> {
 /// `value` as a CoAP CON POST to `/v1/readings/{device}` on `127.0.0.1:{port}`. Its stdin stays
 /// open (`-ign_eof`) so it keeps the session until the guard kills it.
 pub fn openssl_psk_post(port: u16, identity: &str, device: &str, value: u32) -> ChildGuard {
+    let args = [
+        "-psk_identity",
+        identity,
+        "-psk",
+        "000102030405060708090a0b0c0d0e0f",
+        "-cipher",
+        "PSK-AES128-CCM8",
+    ];
+    openssl_dtls_post(port, &args.map(std::ffi::OsStr::new), device, value)
+}
+
+/// [`openssl_psk_post`] with a client certificate (ECDHE-ECDSA-AES128-GCM-SHA256).
+pub fn openssl_cert_post(
+    port: u16,
+    cert: &Path,
+    key: &Path,
+    device: &str,
+    value: u32,
+) -> ChildGuard {
+    let args = [
+        "-cert".as_ref(),
+        cert.as_os_str(),
+        "-key".as_ref(),
+        key.as_os_str(),
+        "-cipher".as_ref(),
+        "ECDHE-ECDSA-AES128-GCM-SHA256".as_ref(),
+    ];
+    openssl_dtls_post(port, &args, device, value)
+}
+
+fn openssl_dtls_post(port: u16, args: &[&std::ffi::OsStr], device: &str, value: u32) -> ChildGuard {
     let mut post = vec![0x40, 0x02, 0x12, 0x34, 0xB2, b'v', b'1', 0x08];
     post.extend_from_slice(b"readings");
     post.push(device.len() as u8);
@@ -219,9 +250,8 @@ pub fn openssl_psk_post(port: u16, identity: &str, device: &str, value: u32) -> 
     let mut c = Command::new("/usr/bin/openssl")
         .args(["s_client", "-dtls1_2", "-connect"])
         .arg(format!("127.0.0.1:{port}"))
-        .args(["-psk_identity", identity])
-        .args(["-psk", "000102030405060708090a0b0c0d0e0f"])
-        .args(["-cipher", "PSK-AES128-CCM8", "-quiet", "-ign_eof"])
+        .args(args)
+        .args(["-quiet", "-ign_eof"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -165,6 +165,10 @@ impl Routing {
     }
 
     /// Where uplink `from` may move a delivery it gives up: never `from`, possibly nowhere.
+    ///
+    /// A reading the quarantine lane releases (approved) is routed as if it had just arrived,
+    /// not as a failover (the router did not choose the lane and nothing failed), and, like an
+    /// appended reading, to every uplink when the router names none.
     pub(crate) fn on_release(
         &self,
         from: usize,
@@ -172,6 +176,10 @@ impl Routing {
         device: &str,
         class: MessageClass,
     ) -> UplinkSet {
+        if Some(from) == self.quarantine {
+            let set = self.ask(id, device, class, UplinkSet::EMPTY);
+            return if set.is_empty() { self.routable } else { set };
+        }
         self.ask(id, device, class, UplinkSet::single(from))
     }
 }
@@ -252,6 +260,8 @@ mod tests {
                 let to = r.on_release(from, Ulid::nil(), "d", class);
                 prop_assert!(!to.contains(q), "released from {} to the quarantine lane", from);
             }
+            // Approved readings always find an uplink.
+            prop_assert!(!r.on_release(q, Ulid::nil(), "d", class).is_empty());
         }
     }
 }

@@ -56,7 +56,8 @@ pub(crate) struct Observers {
 
 impl OutcomeObserver for Observers {
     fn observe(&self, ev: &DeliveryOutcome) {
-        if ev.outcome == OutcomeKind::Acked {
+        // The quarantine lane "acknowledges" what it discards: not a delivery.
+        if ev.outcome == OutcomeKind::Acked && &*ev.uplink_name != wardgate_core::QUARANTINE {
             let now = SystemTime::now();
             let age = age(ev.id, now);
             self.budget
@@ -75,7 +76,12 @@ pub(crate) async fn run(
     link_down_after: Duration,
     stop: Shutdown,
 ) {
-    let uplinks: Vec<Arc<str>> = outbox.uplinks();
+    // The quarantine lane is no uplink the selector chooses among.
+    let uplinks: Vec<Arc<str>> = outbox
+        .uplinks()
+        .into_iter()
+        .filter(|u| &**u != wardgate_core::QUARANTINE)
+        .collect();
     let mut links: HashMap<Arc<str>, Link> = uplinks
         .iter()
         .map(|u| (u.clone(), Link::default()))
@@ -88,6 +94,9 @@ pub(crate) async fn run(
             () = stop.cancelled() => return,
             ev = outcomes.recv() => {
                 let Some(ev) = ev else { return };
+                if &*ev.uplink_name == wardgate_core::QUARANTINE {
+                    continue;
+                }
                 let outcome = match ev.outcome {
                     OutcomeKind::Acked => Outcome::Delivered { latency: ev.latency },
                     OutcomeKind::Failed => Outcome::Failed,
