@@ -126,6 +126,20 @@ fn seen_ids(sub: &Subscriber, into: &mut HashSet<String>, quiet: Duration) {
     }
 }
 
+/// The gateway with the registry in `dir`, the admin API on `admin` (token [`ADMIN_TOKEN`]),
+/// the upstream `broker`, and `extra` TOML.
+fn start(dir: &Path, broker: &Mosquitto, admin: SocketAddr, extra: &str) -> Gateway {
+    Gateway::start(
+        dir,
+        &broker.url(),
+        &format!(
+            "[registry]\npath = \"devices.toml\"\n[admin]\nenabled = true\n\
+             listen = \"{admin}\"\n[[admin.tokens]]\nid = \"ops-1\"\nsha256 = \"{}\"\n{extra}",
+            sha256_hex(ADMIN_TOKEN.as_bytes())
+        ),
+    )
+}
+
 #[test]
 fn an_unknown_certificate_is_held_until_dismissed_or_approved_and_nothing_is_lost_across_kill_9() {
     common::require_tool("/usr/bin/curl");
@@ -146,30 +160,14 @@ fn an_unknown_certificate_is_held_until_dismissed_or_approved_and_nothing_is_los
     .unwrap();
     let port = free_tcp_port();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-    let mut gw = Gateway::start(
+    let mut gw = start(
         dir.path(),
-        &broker.url(),
+        &broker,
+        admin,
         &format!(
-            r#"
-[registry]
-path = "devices.toml"
-[audit]
-path = "audit.log"
-[admin]
-enabled = true
-listen = "{admin}"
-[[admin.tokens]]
-id = "ops-1"
-sha256 = "{}"
-[ingest.http]
-enabled = true
-listen = "127.0.0.1:{port}"
-[ingest.http.tls]
-cert_file = "{}"
-key_file = "{}"
-client_ca_file = "{}"
-"#,
-            sha256_hex(ADMIN_TOKEN.as_bytes()),
+            "[audit]\npath = \"audit.log\"\n[ingest.http]\nenabled = true\n\
+             listen = \"127.0.0.1:{port}\"\n[ingest.http.tls]\ncert_file = \"{}\"\n\
+             key_file = \"{}\"\nclient_ca_file = \"{}\"\n",
             pki.server_cert.display(),
             pki.server_key.display(),
             pki.ca.display()
@@ -246,6 +244,13 @@ client_ca_file = "{}"
         },
     );
     assert!(!ready.contains("owed: quarantine"), "{ready}");
+    // The status page (no token) shows who waits and what is held.
+    let (code, page) = common::http_get(admin, "/status/v1/panels").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("waiting for approval") && page.contains(&fp),
+        "{page}"
+    );
     gw.kill();
     gw.restart();
     wait_for(
@@ -340,26 +345,13 @@ fn an_unknown_certificate_over_dtls_is_held_and_released_on_approval() {
     .unwrap();
     let coaps = common::free_udp_port();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-    let gw = Gateway::start(
+    let gw = start(
         dir.path(),
-        &broker.url(),
+        &broker,
+        admin,
         &format!(
-            r#"
-[registry]
-path = "devices.toml"
-[admin]
-enabled = true
-listen = "{admin}"
-[[admin.tokens]]
-id = "ops-1"
-sha256 = "{}"
-[coaps]
-enabled = true
-listen = ["127.0.0.1:{coaps}"]
-certificate_file = "{}"
-private_key_file = "{}"
-"#,
-            sha256_hex(ADMIN_TOKEN.as_bytes()),
+            "[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{coaps}\"]\n\
+             certificate_file = \"{}\"\nprivate_key_file = \"{}\"\n",
             pki.server_cert.display(),
             pki.server_key.display(),
         ),

@@ -116,6 +116,10 @@ pub(crate) struct Snapshot {
     /// Registered devices (id and whether revoked); `null` without a registry.
     #[serde(skip_serializing_if = "Option::is_none")]
     registry: Option<Vec<RegisteredDevice>>,
+    /// Unknown identities waiting for approval (`unknown = "quarantine"`), with the readings
+    /// held for each; `null` without a registry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending: Option<Vec<wardgate_registry::PendingView>>,
     /// Whether a capture is running; `null` without the capture control.
     #[serde(skip_serializing_if = "Option::is_none")]
     capturing: Option<bool>,
@@ -178,6 +182,7 @@ fn snapshot(st: &AdminState, board: &StatusBoard) -> Snapshot {
                 })
                 .collect()
         }),
+        pending: st.registry.as_ref().map(|r| r.pending()),
         capturing: st.captures.as_ref().map(|c| c.current().is_some()),
     }
 }
@@ -761,7 +766,30 @@ fn render_devices(o: &mut String, s: &Snapshot, now: i64) {
             o.push_str("</p>");
         }
     }
+    render_pending(o, s);
     o.push_str("</section>\n");
+}
+
+/// Unknown identities waiting for an administrator (quarantine), when there are any.
+fn render_pending(o: &mut String, s: &Snapshot) {
+    let Some(pending) = s.pending.as_ref().filter(|p| !p.is_empty()) else {
+        return;
+    };
+    o.push_str("<table><caption>Unknown identities waiting for approval (quarantine)</caption><thead><tr><th scope=\"col\">Identity</th><th scope=\"col\">Readings held</th><th scope=\"col\">Seen</th><th scope=\"col\">First seen</th><th scope=\"col\">Last seen</th><th scope=\"col\">Last address</th></tr></thead><tbody>");
+    for p in pending {
+        let _ = write!(
+            o,
+            "<tr><th scope=\"row\"><code>{}</code></th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.identity),
+            p.held,
+            p.count,
+            esc(&p.first_seen),
+            esc(&p.last_seen),
+            p.last_peer
+                .map_or_else(|| "–".to_owned(), |a| a.to_string()),
+        );
+    }
+    o.push_str("</tbody></table><p>Approve one by adding a device that holds the identity (its held readings are then delivered); dismiss it with <code>DELETE /admin/v1/pending/{identity}</code> (they are discarded).</p>");
 }
 
 fn render_lwm2m(o: &mut String, s: &Snapshot) {
