@@ -10,6 +10,15 @@
 //! counted and skipped. There is no identity (nothing proved one to a passive observer), so
 //! device filters match nothing and flows have no `device`.
 //!
+//! DTLS handshake outcomes are read from what the server sends in clear ([`server_verdict`]):
+//! its ChangeCipherSpec means it accepted the client's proof (`established`); a fatal alert
+//! before it (epoch 0, so not encrypted) names why it refused (`unknown_identity`, `bad_key`,
+//! `unknown_certificate`, or the alert's class), and the credential failures count as
+//! authentication failures for the anomaly detectors, as the gateway's own transport reports
+//! them. A server that drops what it cannot decrypt without a word (RFC 6347 §4.1.2.7: OpenSSL
+//! and libcoap do so on a wrong PSK) leaves nothing on the wire to tell a wrong key from a lost
+//! packet: such a handshake gets no outcome.
+//!
 //! Why `pnet_datalink`: the `AF_PACKET` socket needs `unsafe` FFI that the monitor crate
 //! forbids itself; `pnet_datalink` is the maintained pure-Rust wrapper (no C library to link,
 //! unlike the `pcap` crate's libpcap, which would make every wardgate binary depend on
@@ -177,7 +186,47 @@ fn offer(
         c.offer(direction, &ctx, local, d.payload);
     }
     if let Some(f) = flows {
-        f.offer(direction, &ctx, local, protocol_name(kind), d.payload);
+        let protocol = protocol_name(kind);
+        f.offer(direction, &ctx, local, protocol, d.payload);
+        if kind == TransportKind::Dtls && direction == Direction::Outbound {
+            if let Some(outcome) = server_verdict(d.payload) {
+                f.handshake(&ctx, local, protocol, outcome);
+            }
+        }
+    }
+}
+
+/// A DTLS record's header length (RFC 6347 §4.1: type, version, epoch, sequence, length).
+const DTLS_HEADER: usize = 13;
+
+/// What the DTLS records of one datagram a server sent say about the client's handshake:
+/// `established` for a ChangeCipherSpec (the server took the client's Finished), the reason of
+/// a fatal alert sent in epoch 0 (in clear), else nothing.
+fn server_verdict(mut datagram: &[u8]) -> Option<&'static str> {
+    while datagram.len() >= DTLS_HEADER {
+        let content_type = datagram[0];
+        let epoch = u16::from_be_bytes([datagram[3], datagram[4]]);
+        let len = usize::from(u16::from_be_bytes([datagram[11], datagram[12]]));
+        let fragment = datagram.get(DTLS_HEADER..DTLS_HEADER + len)?;
+        match (content_type, epoch, fragment) {
+            (20, _, _) => return Some("established"),
+            (21, 0, [2, description, ..]) => return Some(alert_reason(*description)),
+            _ => {}
+        }
+        datagram = &datagram[DTLS_HEADER + len..];
+    }
+    None
+}
+
+/// The outcome label of a fatal alert (RFC 5246 §7.2, RFC 4279 §2), in the gateway's
+/// transport's terms where they mean the same.
+fn alert_reason(description: u8) -> &'static str {
+    match description {
+        115 => "unknown_identity",
+        20 | 51 => "bad_key",
+        42..=46 | 48 => "unknown_certificate",
+        40 => "handshake_failure",
+        _ => "alert",
     }
 }
 
@@ -295,6 +344,55 @@ mod tests {
         );
         let other: SocketAddr = "10.0.0.1:53".parse().unwrap();
         assert_eq!(orient(dev, other, &ports), None);
+    }
+
+    /// One DTLS 1.2 record: `content_type`, `epoch`, `fragment`.
+    fn record(content_type: u8, epoch: u16, fragment: &[u8]) -> Vec<u8> {
+        let mut r = vec![content_type, 0xfe, 0xfd];
+        r.extend_from_slice(&epoch.to_be_bytes());
+        r.extend_from_slice(&[0, 0, 0, 0, 0, 7]);
+        r.extend_from_slice(&u16::try_from(fragment.len()).unwrap().to_be_bytes());
+        r.extend_from_slice(fragment);
+        r
+    }
+
+    #[test]
+    fn the_server_s_clear_records_tell_how_a_handshake_ended() {
+        // ServerHello flight only: nothing decided yet.
+        let flight = [record(22, 0, &[2; 40]), record(22, 0, &[14, 0, 0, 0])].concat();
+        assert_eq!(server_verdict(&flight), None);
+        // Its Finished flight starts with a ChangeCipherSpec (and goes on encrypted).
+        let done = [
+            record(22, 0, &[4; 10]),
+            record(20, 0, &[1]),
+            record(22, 1, &[9; 40]),
+        ]
+        .concat();
+        assert_eq!(server_verdict(&done), Some("established"));
+        // Fatal alerts in clear, by description.
+        for (description, reason) in [
+            (115, "unknown_identity"),
+            (51, "bad_key"),
+            (20, "bad_key"),
+            (42, "unknown_certificate"),
+            (48, "unknown_certificate"),
+            (40, "handshake_failure"),
+            (70, "alert"),
+        ] {
+            assert_eq!(
+                server_verdict(&record(21, 0, &[2, description])),
+                Some(reason),
+                "{description}"
+            );
+        }
+        // A warning, an encrypted alert (a close_notify after the session) and a truncated
+        // record say nothing.
+        assert_eq!(server_verdict(&record(21, 0, &[1, 0])), None);
+        assert_eq!(server_verdict(&record(21, 1, &[2, 51])), None);
+        let mut cut = record(20, 0, &[1]);
+        cut.truncate(DTLS_HEADER);
+        assert_eq!(server_verdict(&cut), None);
+        assert_eq!(server_verdict(&[]), None);
     }
 
     #[test]
