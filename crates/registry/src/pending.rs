@@ -8,8 +8,9 @@
 //! (a client certificate) has its readings held in the outbox's quarantine lane, not delivered.
 //! An administrator approves it by adding a device holding that identity (`Registry::upsert`),
 //! which removes it from the list and releases what was held, or dismisses it (what was held
-//! before the dismissal is discarded). The list holds at most [`CAPACITY`] identities; when full, the one seen least
-//! recently is dropped (counted in `wardgate_registry_pending_evictions`).
+//! before the dismissal is discarded). The list holds at most [`CAPACITY`] identities; when
+//! full, the one seen least recently is dropped (counted in
+//! `wardgate_registry_pending_evictions`).
 
 use std::net::SocketAddr;
 use std::time::SystemTime;

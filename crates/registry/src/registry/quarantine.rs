@@ -174,8 +174,9 @@ impl Registry {
     }
 
     /// The quarantine lane's accounting: `delta` readings of `identity` are held (positive:
-    /// first seen, counted as `held`; negative: released or discarded). A held identity missing from the pending
-    /// list (after a restart, or evicted) is listed again, so an administrator sees it.
+    /// first seen, counted as `held`; negative: released or discarded). A held identity
+    /// missing from the pending list (after a restart, or evicted) is listed again, so an
+    /// administrator sees it.
     pub fn count_held(&self, identity: &Identity, addr: Option<SocketAddr>, delta: i64) {
         let n = delta.unsigned_abs();
         if delta >= 0 {
