@@ -88,19 +88,20 @@ fn ids(body: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Posts until a 201 (the listener may still be starting); the ids.
+/// Posts until a 201 (the listener may still be starting); the ids, and whether it says held.
 fn post_ok(
     pki: &wardgate_testkit::Pki,
     port: u16,
     device: &str,
     v: u32,
     proof: fn(&wardgate_testkit::Pki) -> Proof<'_>,
-) -> Vec<String> {
+) -> (Vec<String>, bool) {
     let mut last = (0, String::new());
     for _ in 0..200 {
         last = post(pki, port, device, v, proof(pki));
         if last.0 == 201 {
-            return ids(&last.1);
+            let held = last.1.contains(r#""held":true"#);
+            return (ids(&last.1), held);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -184,10 +185,13 @@ fn an_unknown_certificate_is_held_until_dismissed_or_approved_and_nothing_is_los
     //    goes through meanwhile, so the pipeline to the broker is shown to be flowing.
     let mut dismissed = Vec::new();
     for v in 0..3 {
-        dismissed.extend(post_ok(&pki, port, "pump-7", 90 + v, by_cert));
+        let (ids, held) = post_ok(&pki, port, "pump-7", 90 + v, by_cert);
+        assert!(held, "the 201 of a quarantined reading says it is held");
+        dismissed.extend(ids);
     }
     assert_eq!(dismissed.len(), 3);
-    let control = post_ok(&pki, port, "bed-1", 97, by_token);
+    let (control, held) = post_ok(&pki, port, "bed-1", 97, by_token);
+    assert!(!held);
     let mut seen = HashSet::new();
     wait_for(
         "the registered device's reading upstream",
@@ -228,7 +232,7 @@ fn an_unknown_certificate_is_held_until_dismissed_or_approved_and_nothing_is_los
     //    listed again with them.
     let mut approved = Vec::new();
     for v in 0..2 {
-        approved.extend(post_ok(&pki, port, "pump-7", 80 + v, by_cert));
+        approved.extend(post_ok(&pki, port, "pump-7", 80 + v, by_cert).0);
     }
     wait_for("two readings held", Duration::from_secs(20), || {
         (gw.metric(held_gauge) == 2.0).then_some(())
@@ -286,7 +290,8 @@ fn an_unknown_certificate_is_held_until_dismissed_or_approved_and_nothing_is_los
         },
     );
     // 5. Now it is a device like any other: its next reading is delivered at once.
-    let next = post_ok(&pki, port, "pump-7", 99, by_cert);
+    let (next, held) = post_ok(&pki, port, "pump-7", 99, by_cert);
+    assert!(!held, "an approved device's reading is not held");
     wait_for(
         "the approved device's next reading upstream",
         Duration::from_secs(20),

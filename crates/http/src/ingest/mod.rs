@@ -438,11 +438,15 @@ async fn post_readings(
         Ok(a) => {
             st.metrics.accepted(a.class);
             st.metrics.response(201);
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "ids": [a.id.to_string()],
                 "device": a.device,
                 "class": a.class.as_str(),
             });
+            if a.held {
+                // Quarantined: stored, delivered once an administrator approves the identity.
+                body["held"] = serde_json::Value::Bool(true);
+            }
             (StatusCode::CREATED, axum::Json(body)).into_response()
         }
         Err(e) => {
