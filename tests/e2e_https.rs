@@ -446,7 +446,8 @@ allow_plain = true
 
 /// The traffic monitor on the HTTPS ingest: each TLS session (curl posting one reading) becomes
 /// a flow record (`protocol` 6, `app_protocol` `https`, the handshake outcome, bytes each way
-/// counted above TLS, never their content).
+/// counted above TLS, never their content) and TCP segments in the capture that tshark reads
+/// (true sizes, zeroed bytes).
 #[test]
 fn https_ingest_sessions_become_flow_records() {
     common::require_tool("/usr/bin/curl");
@@ -455,16 +456,19 @@ fn https_ingest_sessions_become_flow_records() {
     let pki = wardgate_testkit::Pki::generate();
     let port = free_tcp_port();
     let flows = dir.path().join("flows");
+    let captures = dir.path().join("captures");
     let mut gw = Gateway::start(
         dir.path(),
         &broker.url(),
         &format!(
             "[ingest.http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
              [ingest.http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-             [monitor.flows]\nenabled = true\ndir = \"{}\"\n",
+             [monitor.flows]\nenabled = true\ndir = \"{}\"\n\
+             [monitor.capture]\nenabled = true\ndir = \"{}\"\nprotocols = [\"https\"]\n",
             pki.server_cert.display(),
             pki.server_key.display(),
-            flows.display()
+            flows.display(),
+            captures.display()
         ),
     );
     let url = format!("https://127.0.0.1:{port}/v1/devices/bed-tls/readings");
@@ -499,6 +503,44 @@ fn https_ingest_sessions_become_flow_records() {
     );
     let status = gw.terminate();
     assert!(status.success(), "{status}\n{}", gw.log());
+
+    // The capture: each session's reads and writes as TCP segments between the real addresses,
+    // their sizes true and their bytes zero (never the plaintext a stream tap sees).
+    let files: Vec<_> = std::fs::read_dir(&captures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcapng"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let rows = common::tshark_fields(
+        &files[0],
+        &["-Y", &format!("tcp.port == {port}")],
+        &[
+            "ip.src",
+            "tcp.srcport",
+            "tcp.dstport",
+            "tcp.len",
+            "tcp.payload",
+        ],
+    );
+    let to_gateway: Vec<_> = rows.iter().filter(|r| r[2] == port.to_string()).collect();
+    let from_gateway: Vec<_> = rows.iter().filter(|r| r[1] == port.to_string()).collect();
+    assert!(
+        to_gateway
+            .iter()
+            .any(|r| r[3].parse::<u32>().unwrap_or(0) > 100)
+            && from_gateway
+                .iter()
+                .any(|r| r[3].parse::<u32>().unwrap_or(0) > 50),
+        "requests in, answers out: {rows:?}"
+    );
+    for r in &rows {
+        assert_eq!(r[0], "127.0.0.1", "{r:?}");
+        assert!(
+            r[4].bytes().all(|b| b == b'0' || b == b':'),
+            "a segment's bytes are written: {r:?}"
+        );
+    }
 
     let json = std::fs::read_to_string(flows.join("flows.jsonl")).unwrap();
     let sessions: Vec<serde_json::Value> = json

@@ -2,6 +2,7 @@
 //! `try_send` on a bounded queue: never waits), and one std writer thread turns them into
 //! pcapng in a [`Ring`] of files.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use wardgate_core::{Identity, PeerContext};
 use crate::config::CaptureConfig;
 use crate::error::MonitorError;
 use crate::filter::CaptureFilter;
-use crate::frame::udp_packet;
+use crate::frame::{MAX_TCP_PAYLOAD, tcp_packet, udp_packet};
 use crate::metrics::CaptureMetrics;
 use crate::pcapng::{self, Direction, LINKTYPE_RAW};
 use crate::redact::redact;
@@ -69,7 +70,15 @@ pub struct CapturedPacket {
     pub identity: Option<Identity>,
     /// The datagram (the UDP payload).
     pub data: Vec<u8>,
+    /// A stream segment (TLS on the HTTPS ingest) of this many bytes instead of a datagram:
+    /// written as a TCP segment of that length whose bytes are zero (`data` is empty). The
+    /// bytes a stream tap sees are plaintext above TLS, so only sizes and times are kept.
+    pub segment: Option<usize>,
 }
+
+/// Sessions whose TCP sequence numbers a writer tracks at once; beyond, it forgets them all
+/// (their next segments start from 1 again).
+const MAX_SESSIONS: usize = 4096;
 
 /// Where taps hand datagrams. Cheap to clone; [`CaptureHandle::offer`] never blocks.
 #[derive(Debug, Clone)]
@@ -148,13 +157,41 @@ impl CaptureHandle {
         if !self.filter.matches(peer) {
             return false;
         }
+        self.queue(direction, peer, local, datagram.to_vec(), None)
+    }
+
+    /// Queues a stream segment of `len` bytes (its size and time only; see
+    /// [`CapturedPacket::segment`]) if `peer` passes the filters. Never waits, like
+    /// [`Self::offer`].
+    pub fn offer_segment(
+        &self,
+        direction: Direction,
+        peer: &PeerContext,
+        local: SocketAddr,
+        len: usize,
+    ) -> bool {
+        if !self.filter.matches(peer) {
+            return false;
+        }
+        self.queue(direction, peer, local, Vec::new(), Some(len))
+    }
+
+    fn queue(
+        &self,
+        direction: Direction,
+        peer: &PeerContext,
+        local: SocketAddr,
+        data: Vec<u8>,
+        segment: Option<usize>,
+    ) -> bool {
         let packet = CapturedPacket {
             at: SystemTime::now(),
             direction,
             peer: peer.addr,
             local,
             identity: peer.identity.clone(),
-            data: datagram.to_vec(),
+            data,
+            segment,
         };
         match self.tx.try_send(packet) {
             Ok(()) => true,
@@ -182,6 +219,7 @@ impl CaptureQueue {
             redact: cfg.redact_payloads,
             metrics: self.metrics,
             failing: false,
+            sessions: HashMap::new(),
         };
         let rx = self.rx;
         let thread = std::thread::Builder::new()
@@ -226,6 +264,9 @@ struct Writer {
     metrics: CaptureMetrics,
     /// A write failed and was logged; the next failure is only counted until one succeeds.
     failing: bool,
+    /// Per stream session (peer, local): the next sequence number of each direction (from the
+    /// peer, from the gateway).
+    sessions: HashMap<(SocketAddr, SocketAddr), (u32, u32)>,
 }
 
 impl Writer {
@@ -253,7 +294,7 @@ impl Writer {
     }
 
     fn write(&mut self, mut p: CapturedPacket) {
-        let original = p.data.len();
+        let original = p.segment.unwrap_or(p.data.len());
         if self.redact {
             redact(&mut p.data);
         }
@@ -261,7 +302,10 @@ impl Writer {
             Direction::Inbound => (p.peer, p.local),
             Direction::Outbound => (p.local, p.peer),
         };
-        let ip = udp_packet(src, dst, &p.data);
+        let ip = match p.segment {
+            None => udp_packet(src, dst, &p.data),
+            Some(len) => self.tcp_segment(&p, src, dst, len),
+        };
         let nanos =
             p.at.duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
@@ -282,6 +326,35 @@ impl Writer {
                 self.current = None;
             }
         }
+    }
+
+    /// A TCP segment of `len` zero bytes in `p`'s session, continuing its sequence numbers.
+    fn tcp_segment(
+        &mut self,
+        p: &CapturedPacket,
+        src: SocketAddr,
+        dst: SocketAddr,
+        len: usize,
+    ) -> Vec<u8> {
+        if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(&(p.peer, p.local)) {
+            self.sessions.clear();
+        }
+        let next = self.sessions.entry((p.peer, p.local)).or_insert((1, 1));
+        let len = len.min(MAX_TCP_PAYLOAD);
+        let step = u32::try_from(len).unwrap_or(u32::MAX);
+        let (seq, ack) = match p.direction {
+            Direction::Inbound => {
+                let s = next.0;
+                next.0 = s.wrapping_add(step);
+                (s, next.1)
+            }
+            Direction::Outbound => {
+                let s = next.1;
+                next.1 = s.wrapping_add(step);
+                (s, next.0)
+            }
+        };
+        tcp_packet(src, dst, seq, ack, &vec![0; len])
     }
 
     fn append(&mut self, block: &[u8], now: SystemTime) -> io::Result<()> {

@@ -341,7 +341,8 @@ pub struct CaptureConfig {
     /// Only peers inside one of these prefixes (`192.0.2.0/24`, `2001:db8::/32`, or one
     /// address). Combined with `devices` by OR.
     pub addresses: Vec<String>,
-    /// Only these protocols (`coap`, `coaps`); empty: all. Combined with the above by AND.
+    /// Only these protocols (`coap`, `coaps`, and `https` / `http` for the HTTP ingest's
+    /// sessions); empty: all. Combined with the above by AND.
     pub protocols: Vec<String>,
 }
 

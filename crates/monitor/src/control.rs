@@ -309,6 +309,25 @@ impl CaptureControl {
     }
 
     fn offer(&self, direction: Direction, peer: &PeerContext, local: SocketAddr, bytes: &[u8]) {
+        self.with_handle(|h| {
+            h.offer(direction, peer, local, bytes);
+        });
+    }
+
+    fn offer_segment(
+        &self,
+        direction: Direction,
+        peer: &PeerContext,
+        local: SocketAddr,
+        len: usize,
+    ) {
+        self.with_handle(|h| {
+            h.offer_segment(direction, peer, local, len);
+        });
+    }
+
+    /// Runs `f` on the running capture's handle, if one is recording.
+    fn with_handle(&self, f: impl FnOnce(&CaptureHandle)) {
         if !self.inner.recording.load(Ordering::Acquire) {
             return;
         }
@@ -318,7 +337,7 @@ impl CaptureControl {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(s) = slot.as_ref() {
-            s.handle.offer(direction, peer, local, bytes);
+            f(&s.handle);
         }
     }
 }
@@ -346,6 +365,22 @@ impl CaptureTap {
                 h.offer(direction, peer, local, bytes);
             }
             CaptureTap::Controlled(c) => c.offer(direction, peer, local, bytes),
+        }
+    }
+
+    /// Offers one stream segment's size (see [`CaptureHandle::offer_segment`]); never waits.
+    pub fn offer_segment(
+        &self,
+        direction: Direction,
+        peer: &PeerContext,
+        local: SocketAddr,
+        len: usize,
+    ) {
+        match self {
+            CaptureTap::Fixed(h) => {
+                h.offer_segment(direction, peer, local, len);
+            }
+            CaptureTap::Controlled(c) => c.offer_segment(direction, peer, local, len),
         }
     }
 }

@@ -9,7 +9,7 @@ use wardgate_core::{PeerContext, TransportKind};
 use crate::config::CaptureConfig;
 
 /// Protocol names a filter may list (the registry's protocol names).
-pub const PROTOCOLS: [&str; 2] = ["coap", "coaps"];
+pub const PROTOCOLS: [&str; 4] = ["coap", "coaps", "https", "http"];
 
 /// An IP prefix: `192.0.2.0/24`, `2001:db8::/32`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,8 @@ impl CaptureFilter {
             match p.as_str() {
                 "coap" => f.protocols.push(TransportKind::Udp),
                 "coaps" => f.protocols.push(TransportKind::Dtls),
+                "https" => f.protocols.push(TransportKind::Https),
+                "http" => f.protocols.push(TransportKind::Http),
                 other => problems.push((
                     format!("protocols[{i}]"),
                     format!("{other:?} is not one of: {}", PROTOCOLS.join(", ")),

@@ -29,6 +29,17 @@ pub enum Direction {
     Outbound,
 }
 
+impl Direction {
+    /// `Inbound` when the gateway received it, else `Outbound` (the taps' `inbound` flag).
+    pub fn of(inbound: bool) -> Direction {
+        if inbound {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        }
+    }
+}
+
 fn pad4(n: usize) -> usize {
     (4 - n % 4) % 4
 }

@@ -154,11 +154,7 @@ impl MonitorTap {
 
 impl wardgate_core::DatagramTap for MonitorTap {
     fn datagram(&self, inbound: bool, peer: &PeerContext, local: SocketAddr, bytes: &[u8]) {
-        let direction = if inbound {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
-        };
+        let direction = Direction::of(inbound);
         if let Some(c) = &self.capture {
             c.offer(direction, peer, local, bytes);
         }
@@ -174,15 +170,16 @@ impl wardgate_core::DatagramTap for MonitorTap {
     }
 
     /// Stream sessions (HTTPS ingest) become flows (`protocol` 6, `app_protocol` `https` or
-    /// `http`), each read and write a "packet" of its length; never captured (the bytes at the
-    /// tap are plaintext, and a pcapng of them would need real TCP segments).
+    /// `http`), each read and write a "packet" of its length, and captured as TCP segments of
+    /// that length with zeroed bytes (the session's metadata: the bytes at the tap are
+    /// plaintext patient data above TLS, so none of them is written, whatever the redaction
+    /// setting).
     fn stream(&self, inbound: bool, peer: &PeerContext, local: SocketAddr, len: usize) {
+        let direction = Direction::of(inbound);
+        if let Some(c) = &self.capture {
+            c.offer_segment(direction, peer, local, len);
+        }
         if let Some(f) = &self.flows {
-            let direction = if inbound {
-                Direction::Inbound
-            } else {
-                Direction::Outbound
-            };
             f.offer_segment(direction, peer, local, protocol_name(peer.transport), len);
         }
     }

@@ -380,8 +380,9 @@ impl App {
                 pipeline: ingest_pipeline.clone(),
                 credentials: credentials.clone(),
                 metrics: wardgate_http::ingest::IngestMetrics::register(&mut registry),
-                // Sessions become flows (never captured: the bytes at the tap are plaintext).
-                tap: wardgate_monitor::MonitorTap::new(None, flows.clone())
+                // Sessions become flows, and TCP segments of their sizes in the capture (never
+                // their bytes: at the tap they are plaintext).
+                tap: wardgate_monitor::MonitorTap::new(tap.clone(), flows.clone())
                     .map(|t| Arc::new(t) as Arc<dyn wardgate_core::DatagramTap>),
             };
             Some(
