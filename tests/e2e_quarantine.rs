@@ -159,6 +159,14 @@ fn start(dir: &Path, broker: &Mosquitto, admin: SocketAddr, extra: &str) -> Gate
     )
 }
 
+/// Approves the certificate `fp` by adding `device` (speaking `protocol`) that holds it.
+fn approve(admin: SocketAddr, device: &str, protocol: &str, fp: &str) {
+    let spec = format!(r#"{{"protocols":["{protocol}"],"certificate":[{{"sha256":"{fp}"}}]}}"#);
+    let path = format!("/admin/v1/devices/{device}");
+    let (code, body) = admin_request(admin, "PUT", &path, Some(ADMIN_TOKEN), &spec);
+    assert_eq!(code, 201, "{body}");
+}
+
 #[test]
 fn an_unknown_certificate_is_held_until_dismissed_or_approved_and_nothing_is_lost_across_kill_9() {
     common::require_tool("/usr/bin/curl");
@@ -284,15 +292,7 @@ fn an_unknown_certificate_is_held_until_dismissed_or_approved_and_nothing_is_los
 
     // 4. Approved: a device holding the certificate. Exactly the two held since the dismissal
     //    arrive upstream, under the ids the device was given.
-    let spec = format!(r#"{{"protocols":["https"],"certificate":[{{"sha256":"{fp}"}}]}}"#);
-    let (code, body) = admin_request(
-        admin,
-        "PUT",
-        "/admin/v1/devices/pump-7",
-        Some(ADMIN_TOKEN),
-        &spec,
-    );
-    assert_eq!(code, 201, "{body}");
+    approve(admin, "pump-7", "https", &fp);
     wait_upstream(&sub, &mut seen, "the approved readings upstream", &approved);
     // 5. Now it is a device like any other: its next reading is delivered at once.
     let (next, held) = post_ok(&pki, port, "pump-7", 99, by_cert);
@@ -364,15 +364,7 @@ fn an_unknown_certificate_over_dtls_is_held_and_released_on_approval() {
     assert_eq!(code, 200);
     assert!(body.contains(&format!("x509-sha256:{fp}")), "{body}");
 
-    let spec = format!(r#"{{"protocols":["coaps"],"certificate":[{{"sha256":"{fp}"}}]}}"#);
-    let (code, body) = admin_request(
-        admin,
-        "PUT",
-        "/admin/v1/devices/monitor-3",
-        Some(ADMIN_TOKEN),
-        &spec,
-    );
-    assert_eq!(code, 201, "{body}");
+    approve(admin, "monitor-3", "coaps", &fp);
     let reading = wait_for(
         "the released reading upstream",
         Duration::from_secs(30),
