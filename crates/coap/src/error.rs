@@ -25,6 +25,13 @@ pub enum CoapError {
     /// The peer rejected the message with a Reset.
     #[error("{0} reset the exchange")]
     Reset(SocketAddr),
+    /// A request to an address learned from unauthenticated traffic was not sent: the address
+    /// has not answered one of our requests yet, and the request would exceed 3× the bytes
+    /// received from it (RFC 7252 §11.3). It can go once the peer sends more.
+    #[error(
+        "request to {0} not sent: the address has not proven it receives there and its amplification budget (3x the bytes it sent) is spent; waiting for it to send again"
+    )]
+    AddressUnproven(SocketAddr),
     /// Too many requests already wait for this peer (NSTART queue full).
     #[error("too many requests queued for {0}")]
     Busy(SocketAddr),

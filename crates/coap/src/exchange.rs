@@ -35,6 +35,12 @@ pub struct ClientRequest {
     pub payload: Vec<u8>,
     /// Token to use instead of a random one (re-registration or cancellation of an observation).
     pub token: Option<Token>,
+    /// The peer's address was learned from traffic nothing authenticated (an LwM2M client's
+    /// Register over plain UDP) and may be spoofed: until the address proves it receives there,
+    /// the layer sends it at most 3× what it received from it, and a request over that budget
+    /// fails with [`CoapError::AddressUnproven`](crate::CoapError::AddressUnproven). Off for
+    /// addresses from the configuration.
+    pub validate_address: bool,
 }
 
 impl ClientRequest {
@@ -57,6 +63,7 @@ impl ClientRequest {
             options: Vec::new(),
             payload: Vec::new(),
             token: None,
+            validate_address: false,
         }
     }
 

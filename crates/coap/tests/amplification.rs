@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Options, Req, StoreMode, parse};
+use common::{Harness, Options, Req, StoreMode, code_of, parse};
 use tokio::net::UdpSocket;
 use wardgate_core::{Identity, IdentityKind};
 
@@ -192,4 +192,141 @@ async fn a_short_datagram_reusing_a_requests_message_id_does_not_get_its_cached_
     assert_eq!(ask(post).await, created);
     assert_eq!(h.readings().len(), 1);
     h.stop().await;
+}
+
+/// Everything that reaches `sock` within `quiet` of the last datagram: (bytes, datagrams).
+async fn drain(sock: &UdpSocket, quiet: Duration) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok((n, _))) = tokio::time::timeout(quiet, sock.recv_from(&mut buf)).await {
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+/// Answers every Confirmable request arriving at `sock` with a piggybacked 2.05 (same MID and
+/// token), for as long as `n` requests; returns how many it answered.
+async fn answer(sock: &UdpSocket, n: usize) -> usize {
+    let mut buf = vec![0u8; 2048];
+    let mut answered = 0;
+    while answered < n {
+        let Ok(Ok((len, from))) =
+            tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf)).await
+        else {
+            break;
+        };
+        let req = parse(&buf[..len]);
+        let mut ack = coap_lite::Packet::new();
+        ack.header.set_type(coap_lite::MessageType::Acknowledgement);
+        ack.header.code = coap_lite::MessageClass::Response(coap_lite::ResponseType::Content);
+        ack.header.message_id = req.header.message_id;
+        ack.set_token(req.get_token().to_vec());
+        sock.send_to(&ack.to_bytes().expect("encode"), from)
+            .await
+            .expect("send");
+        answered += 1;
+    }
+    answered
+}
+
+/// RFC 7252 §11.3 for the gateway's own requests: to an address learned from unauthenticated
+/// traffic (an LwM2M client's Register over plain UDP may come from a spoofed source), the
+/// layer sends — answers, requests and their retransmissions together — at most 3× what came
+/// from there, until the address answers one of its requests; then requests flow unlimited.
+#[tokio::test]
+async fn requests_to_a_learned_address_stay_within_its_budget_until_it_answers() {
+    let h = Harness::start_with(StoreMode::Ok, |c| {
+        c.transmission.ack_timeout = Duration::from_millis(40);
+        c.transmission.max_retransmit = 2;
+    })
+    .await;
+    let victim = UdpSocket::bind("127.0.0.2:0")
+        .await
+        .expect("bind 127.0.0.2");
+    let at = victim.local_addr().expect("addr");
+    // What a spoofed Register would be: one request "from" the victim (it never answers; its
+    // answer is read here only to know the gateway has taken the request in).
+    let register = |mid| Req::post(mid, "v1/readings/bed-1", Some(110), &senml_sized(48)).bytes();
+    let talk = |mid| {
+        let (victim, to) = (&victim, h.addr);
+        async move {
+            let bytes = register(mid);
+            victim.send_to(&bytes, to).await.expect("send");
+            let mut buf = vec![0u8; 2048];
+            let (n, _) = victim.recv_from(&mut buf).await.expect("recv");
+            assert_eq!(code_of(&parse(&buf[..n])), "2.01");
+            (bytes.len(), n)
+        }
+    };
+    let (sent, answered) = talk(7).await;
+    fn learned() -> wardgate_coap::ClientRequest {
+        let mut r = wardgate_coap::ClientRequest::get("3303/0/5700");
+        r.validate_address = true;
+        r
+    }
+    let mut unproven = 0;
+    for _ in 0..20 {
+        match h.requester.request(at, learned()).await {
+            Err(wardgate_coap::CoapError::AddressUnproven(a)) => {
+                assert_eq!(a, at);
+                unproven += 1;
+                break;
+            }
+            Err(wardgate_coap::CoapError::Timeout(_)) => {}
+            other => panic!("nobody answers at {at}: {other:?}"),
+        }
+    }
+    assert_eq!(unproven, 1, "the budget ran out within 20 requests");
+    let got = drain(&victim, Duration::from_millis(300)).await;
+    let bytes = answered + got.iter().map(Vec::len).sum::<usize>();
+    eprintln!(
+        "to the victim: {bytes} bytes in {} datagrams for its {sent}",
+        got.len() + 1
+    );
+    assert!(
+        bytes <= 3 * sent,
+        "{bytes} bytes in {} datagrams sent to the victim for its {sent} ({:.2}×)",
+        got.len() + 1,
+        bytes as f64 / sent as f64
+    );
+    assert!(got.len() >= 2, "some requests went: {got:?}");
+    assert!(
+        h.metric("wardgate_coap_amplification_limited_total{reason=\"request_withheld\"}") >= 1.0
+    );
+
+    // The device talks again (more budget), and this time answers: proven, no limit after.
+    talk(8).await;
+    let first = tokio::spawn({
+        let r = h.requester.clone();
+        async move { r.request(at, learned()).await }
+    });
+    assert_eq!(answer(&victim, 1).await, 1);
+    first.await.expect("join").expect("answered");
+    fn big() -> wardgate_coap::ClientRequest {
+        let mut r = learned();
+        r.method = wardgate_coap::Code::PUT;
+        r.payload = vec![b'x'; 400];
+        r
+    }
+    let requests = tokio::spawn({
+        let r = h.requester.clone();
+        async move {
+            for _ in 0..5 {
+                r.request(at, big()).await?;
+            }
+            Ok::<_, wardgate_coap::CoapError>(())
+        }
+    });
+    assert_eq!(answer(&victim, 5).await, 5);
+    requests
+        .await
+        .expect("join")
+        .expect("a proven address gets every request");
+    h.stop().await;
+}
+
+fn senml_sized(n: usize) -> Vec<u8> {
+    let mut v = br#"[{"n":"x","v":1}]"#.to_vec();
+    v.resize(n.max(v.len()), b' ');
+    v
 }

@@ -372,6 +372,9 @@ async fn observe_once(
             ClientRequest::get(base.to_string()).accept(fmt.coap_number())
         };
         prefix(&mut req, &root);
+        // The client's address came from its Register: over plain UDP it may be spoofed, and
+        // the layer holds what goes there to 3× what came from there until the client answers.
+        req.validate_address = !server.address_proven(addr);
         // Bounded: the registration and its first answer (a client that never answers a FETCH,
         // as one without composite support may do, fails here instead of hanging).
         let first = tokio::select! {
@@ -391,6 +394,8 @@ async fn observe_once(
             Ok(Err(e)) => return Ended::Failed(e.into()),
             Err(_) => return Ended::Failed(OpError::Timeout),
         };
+        // Any answer proves the client receives at its address.
+        server.answered_from(addr);
         let code = first.response.code();
         if code.is_success() {
             if i > 0 {
@@ -681,6 +686,7 @@ impl Server {
             };
             if let Some(mut req) = req {
                 prefix(&mut req, &reg.objects.root);
+                req.validate_address = !self.address_proven(addr);
                 let _ = requester.cancel_observation(addr, req, token).await;
             }
             requester.forget(token).await;

@@ -285,6 +285,12 @@ pub struct Registration {
     /// the negotiation is not repeated after a gateway restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
+    /// The client answered a request of ours at `addr`, or `addr` came over a transport that
+    /// authenticated it: the server's requests there skip address validation (see
+    /// `wardgate_coap::ClientRequest::validate_address`). Persisted, so a restored client is
+    /// observed again at once after a gateway restart; reset when the address changes.
+    #[serde(default)]
+    pub address_proven: bool,
 }
 
 impl Registration {

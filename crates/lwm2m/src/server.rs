@@ -522,6 +522,7 @@ impl Server {
             registered_at: now,
             updated_at: now,
             format: None,
+            address_proven: peer.identity.is_some(),
         };
         let reg = Arc::new(reg);
         self.inner.store.put(&reg);
@@ -600,6 +601,9 @@ impl Server {
         }
         if let Some(o) = objects {
             reg.objects = o;
+        }
+        if reg.addr != peer.addr || peer.identity.is_some() {
+            reg.address_proven = peer.identity.is_some();
         }
         reg.addr = peer.addr;
         reg.transport = peer.transport;
@@ -876,13 +880,18 @@ impl Server {
             .ok_or(OpError::NoRoute(addr, kind.as_str()))?;
         let op = op_label(&req);
         let started = Instant::now();
+        let mut req = req;
+        req.validate_address = !self.address_proven(addr);
         let r = tokio::time::timeout(
             self.inner.settings.request_timeout,
             requester.request(addr, req),
         )
         .await;
         let r = match r {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                self.answered_from(addr);
+                Ok(resp)
+            }
             Ok(Err(e)) => Err(OpError::Coap(e)),
             Err(_) => Err(OpError::Timeout),
         };
@@ -890,6 +899,34 @@ impl Server {
             .metrics
             .request(op, r.as_ref().map(|x| x.code()), started.elapsed());
         r
+    }
+
+    /// Whether the client registered at `addr` proved it receives there. Every address the
+    /// server sends to came from a client's message (a Register, a Bootstrap-Request): until
+    /// then, what goes there is held to 3× what came from there (`ClientRequest::validate_address`).
+    pub(crate) fn address_proven(&self, addr: SocketAddr) -> bool {
+        let st = lock(&self.inner.state);
+        st.by_addr
+            .get(&addr)
+            .and_then(|id| st.by_id.get(id))
+            .is_some_and(|c| c.reg.addr == addr && c.reg.address_proven)
+    }
+
+    /// The client registered at `addr` answered a request of ours there: remembered (and
+    /// persisted) as proven.
+    pub(crate) fn answered_from(&self, addr: SocketAddr) {
+        let store = &self.inner.store;
+        let mut st = lock(&self.inner.state);
+        let Some(id) = st.by_addr.get(&addr).copied() else {
+            return;
+        };
+        if let Some(c) = st.by_id.get_mut(&id)
+            && c.reg.addr == addr
+            && !c.reg.address_proven
+        {
+            Arc::make_mut(&mut c.reg).address_proven = true;
+            store.put(&c.reg);
+        }
     }
 
     /// The requester and address to observe the client `endpoint` with (observations are not

@@ -18,7 +18,7 @@ use crate::exchange::{AckHandle, BlockOpts, ClientRequest, ClientResponse, Notif
 
 use super::inbound::KNOWN_REQUEST_CRITICAL;
 use super::reliability::Owner;
-use super::{MessageLayer, Timer, TimerKey};
+use super::{MessageLayer, Timer, TimerKey, queue};
 
 /// Critical options accepted in responses; others make the response rejected (§5.4.1). The
 /// same set as for requests: the layer understands these options in either direction.
@@ -42,6 +42,8 @@ pub(super) struct Exchange {
     mid: Option<u16>,
     /// Response-wait timer.
     timer: Option<TimerKey>,
+    /// Sent within the address's budget until it is proven (`validation.rs`).
+    validate: bool,
 }
 
 #[derive(Debug)]
@@ -114,6 +116,9 @@ impl MessageLayer {
                 }
                 _ => false,
             };
+            if !must_queue && !self.may_send(peer, req.validate_address, bytes.len()) {
+                return Err((CoapError::AddressUnproven(peer), sink));
+            }
             self.exchanges.insert(
                 token,
                 Exchange {
@@ -121,6 +126,7 @@ impl MessageLayer {
                     sink,
                     mid: None,
                     timer: None,
+                    validate: req.validate_address,
                 },
             );
             if must_queue {
@@ -131,6 +137,9 @@ impl MessageLayer {
             }
             self.dispatch_con(now, peer, token, bytes);
         } else {
+            if !self.may_send(peer, req.validate_address, bytes.len()) {
+                return Err((CoapError::AddressUnproven(peer), sink));
+            }
             let mid = self.alloc_mid(now, peer);
             if let Some(b) = bytes.get_mut(2..4) {
                 b.copy_from_slice(&mid.to_be_bytes());
@@ -147,12 +156,34 @@ impl MessageLayer {
                     sink,
                     mid: None,
                     timer: Some(timer),
+                    validate: req.validate_address,
                 },
             );
         }
         Ok(token)
     }
 
+    /// Whether a request of `len` bytes may go to `peer` now: always, unless it is to a learned
+    /// address (`validate`) that is unproven and whose budget it would exceed (then counted as
+    /// withheld). Counts the bytes against the budget when it may.
+    pub(super) fn may_send(&mut self, peer: SocketAddr, validate: bool, len: usize) -> bool {
+        if !validate {
+            self.validation.sent(peer, len);
+            return true;
+        }
+        if self.validation.allow(peer, len) {
+            return true;
+        }
+        self.metrics.amplification("request_withheld");
+        false
+    }
+
+    /// Whether request `token` is sent within its address's budget.
+    pub(super) fn validated(&self, token: &Token) -> bool {
+        self.exchanges.get(token).is_some_and(|ex| ex.validate)
+    }
+
+    /// Sends a Confirmable request whose bytes [`MessageLayer::may_send`] already allowed.
     fn dispatch_con(&mut self, now: Instant, peer: SocketAddr, token: Token, mut bytes: Vec<u8>) {
         let mid = self.alloc_mid(now, peer);
         if let Some(b) = bytes.get_mut(2..4) {
@@ -186,8 +217,14 @@ impl MessageLayer {
                 return;
             };
             // Skipped when the exchange was cancelled while queued.
-            if self.exchanges.contains_key(&q.token) {
+            if !self.exchanges.contains_key(&q.token) {
+                continue;
+            }
+            let validate = self.validated(&q.token);
+            if self.may_send(peer, validate, q.bytes.len()) {
                 self.dispatch_con(now, peer, q.token, q.bytes);
+            } else {
+                self.fail_exchange(q.token, CoapError::AddressUnproven(peer));
             }
         }
     }
@@ -268,7 +305,7 @@ impl MessageLayer {
             // RST tells the sender to stop (e.g. notifications of an observation we forgot).
             self.metrics.unmatched_responses.inc();
             encode_empty(&mut self.scratch, MsgType::Rst, msg.mid);
-            self.tx.push(peer, &self.scratch);
+            queue(&mut self.tx, &mut self.validation, peer, &self.scratch);
             if con {
                 self.dedup.set_response(key, &self.scratch);
             }
@@ -299,6 +336,8 @@ impl MessageLayer {
         ack: Option<(u16, DedupKey)>,
     ) {
         let token = msg.token;
+        // It carries our token, from the address we sent to: the peer receives there.
+        self.validation.prove(now, peer);
         if msg.unknown_critical(KNOWN_RESPONSE_CRITICAL).is_some() {
             if let Some((mid, key)) = ack {
                 self.send_empty(peer, MsgType::Rst, mid);

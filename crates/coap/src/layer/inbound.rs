@@ -13,7 +13,7 @@ use crate::dedup::{DedupKey, DupAction, Seen};
 use crate::metrics::MalformedMessage;
 
 use super::reliability::Owner;
-use super::{Inbound, InboundRequest, MessageLayer, RequestId, Response};
+use super::{Inbound, InboundRequest, MessageLayer, RequestId, Response, queue};
 
 /// Critical options the endpoint processes in requests; any other critical option in a
 /// Confirmable request is answered 4.02 (RFC 7252 §5.4.1). Proxy-Uri/-Scheme are recognized so
@@ -98,7 +98,7 @@ impl MessageLayer {
             Seen::New | Seen::Duplicate(DupAction::Reprocess) => {}
             Seen::Duplicate(DupAction::Resend(bytes)) => {
                 self.metrics.dedup_hits.inc();
-                self.tx.push(peer, bytes);
+                queue(&mut self.tx, &mut self.validation, peer, bytes);
                 return;
             }
             Seen::Duplicate(_) => {
@@ -139,7 +139,7 @@ impl MessageLayer {
             }
             self.metrics.amplification("diagnostic_withheld");
         }
-        self.tx.push(peer, &self.scratch);
+        queue(&mut self.tx, &mut self.validation, peer, &self.scratch);
         self.dedup.set_response(key, &self.scratch);
         self.metrics.response_sent(resp.code);
     }
@@ -191,7 +191,7 @@ impl MessageLayer {
         let key = DedupKey::new(ex.peer, ex.mid);
         if ex.con && !ex.acked {
             if self.encode_response(resp, MsgType::Ack, ex.mid, ex.token) {
-                self.tx.push(ex.peer, &self.scratch);
+                queue(&mut self.tx, &mut self.validation, ex.peer, &self.scratch);
                 if ex.cache {
                     self.dedup.set_response(key, &self.scratch);
                 } else {
@@ -202,14 +202,14 @@ impl MessageLayer {
             let mid = self.alloc_mid(now, ex.peer);
             if self.encode_response(resp, MsgType::Con, mid, ex.token) {
                 let bytes: Box<[u8]> = self.scratch.as_slice().into();
-                self.tx.push(ex.peer, &bytes);
+                queue(&mut self.tx, &mut self.validation, ex.peer, &bytes);
                 self.start_retransmission(now, ex.peer, mid, bytes, Owner::SeparateResponse);
                 self.metrics.separate_responses.inc();
             }
         } else {
             let mid = self.alloc_mid(now, ex.peer);
             if self.encode_response(resp, MsgType::Non, mid, ex.token) {
-                self.tx.push(ex.peer, &self.scratch);
+                queue(&mut self.tx, &mut self.validation, ex.peer, &self.scratch);
             }
             if !ex.cache {
                 self.dedup.set_reprocess(key);

@@ -10,7 +10,9 @@
 //! - `exchange.rs`: the gateway's own requests: tokens, NSTART queueing per peer, matching
 //!   responses (piggybacked or separate) to requests, observation sinks and the application's
 //!   ACK decisions for Confirmable notifications;
-//! - `response.rs`: [`Response`] and its encoding.
+//! - `response.rs`: [`Response`] and its encoding;
+//! - `validation.rs`: what may go to an address that has not proven it receives there (the
+//!   anti-amplification budget of the gateway's own requests to learned addresses).
 //!
 //! It is sans-I/O: datagrams and the current time go in ([`MessageLayer::handle_datagram`],
 //! [`MessageLayer::poll_timers`]); datagrams to send come out in a [`TxQueue`], requests for the
@@ -27,6 +29,7 @@ mod exchange;
 mod inbound;
 mod reliability;
 mod response;
+mod validation;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -48,6 +51,7 @@ pub use inbound::KNOWN_REQUEST_CRITICAL;
 pub use reliability::Timing;
 use reliability::{Outgoing, PeerState};
 pub use response::Response;
+use validation::Validation;
 
 /// Message-layer settings.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +75,13 @@ pub const AMPLIFICATION_FACTOR: usize = 3;
 pub struct TxQueue {
     buf: Vec<u8>,
     items: Vec<(SocketAddr, usize, usize)>,
+}
+
+/// Queues `bytes` for `peer`; an answer, ACK or RST counts against an unproven address's
+/// budget (`validation.rs`). A function of the two fields, so callers can pass the scratch buffer.
+fn queue(tx: &mut TxQueue, validation: &mut Validation, peer: SocketAddr, bytes: &[u8]) {
+    validation.sent(peer, bytes.len());
+    tx.push(peer, bytes);
 }
 
 impl TxQueue {
@@ -158,6 +169,7 @@ pub struct MessageLayer {
     timer_seq: u64,
     peers: HashMap<SocketAddr, PeerState>,
     peer_sweep: VecDeque<(Instant, SocketAddr)>,
+    validation: Validation,
     rng: StdRng,
     scratch: Vec<u8>,
     tx: TxQueue,
@@ -191,6 +203,7 @@ impl MessageLayer {
             timer_seq: 0,
             peers: HashMap::new(),
             peer_sweep: VecDeque::new(),
+            validation: Validation::new(cfg.dedup_max_entries, timing.exchange_lifetime),
             rng: StdRng::from_os_rng(),
             scratch: Vec::with_capacity(1280),
             tx: TxQueue::default(),
@@ -245,7 +258,7 @@ impl MessageLayer {
 
     fn send_empty(&mut self, peer: SocketAddr, mtype: MsgType, mid: u16) {
         encode_empty(&mut self.scratch, mtype, mid);
-        self.tx.push(peer, &self.scratch);
+        queue(&mut self.tx, &mut self.validation, peer, &self.scratch);
     }
 
     /// Handles one received datagram from a peer nothing authenticated.
@@ -269,6 +282,8 @@ impl MessageLayer {
         authenticated: bool,
     ) -> Inbound<'a> {
         let budget = (!authenticated).then(|| datagram.len().saturating_mul(AMPLIFICATION_FACTOR));
+        self.validation
+            .received(now, peer, datagram.len(), authenticated);
         let r = self.handle_inner(now, peer, datagram, budget);
         self.sync_dedup_metrics();
         r
@@ -327,7 +342,7 @@ impl MessageLayer {
                             DupAction::Ignore => return Inbound::Nothing,
                             DupAction::EmptyAck => {
                                 encode_empty(&mut self.scratch, MsgType::Ack, msg.mid);
-                                self.tx.push(peer, &self.scratch);
+                                queue(&mut self.tx, &mut self.validation, peer, &self.scratch);
                                 return Inbound::Nothing;
                             }
                             DupAction::Resend(bytes) => {
@@ -336,7 +351,7 @@ impl MessageLayer {
                                 if budget.is_some_and(|b| bytes.len() > b) {
                                     self.metrics.amplification("duplicate_not_resent");
                                 } else {
-                                    self.tx.push(peer, bytes);
+                                    queue(&mut self.tx, &mut self.validation, peer, bytes);
                                 }
                                 return Inbound::Nothing;
                             }
@@ -382,6 +397,11 @@ impl MessageLayer {
                 .front()
                 .map(|(t, _)| *t + Duration::from_millis(1000)),
         );
+        consider(
+            self.validation
+                .next_expiry()
+                .map(|t| t + Duration::from_millis(1000)),
+        );
         d
     }
 
@@ -401,6 +421,7 @@ impl MessageLayer {
         }
         self.dedup.expire(now);
         self.sweep_peers(now);
+        self.validation.expire(now);
         self.sync_dedup_metrics();
     }
 }

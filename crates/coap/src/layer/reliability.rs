@@ -191,8 +191,23 @@ impl MessageLayer {
             out.retransmissions += 1;
             out.timeout *= 2;
             let at = now + out.timeout;
-            self.tx.push(peer, &out.bytes);
-            self.metrics.retransmissions.inc();
+            let (owner, len) = (out.owner, out.bytes.len());
+            let send = match owner {
+                Owner::Request(token) => {
+                    let validate = self.validated(&token);
+                    self.may_send(peer, validate, len)
+                }
+                Owner::SeparateResponse => {
+                    self.validation.sent(peer, len);
+                    true
+                }
+            };
+            // Over an unproven address's budget the copy is not sent; the exchange times out
+            // as it would have without an answer.
+            if let Some(out) = self.outgoing.get(&(peer, mid)).filter(|_| send) {
+                self.tx.push(peer, &out.bytes);
+                self.metrics.retransmissions.inc();
+            }
             let timer = self.schedule(at, Timer::Retransmit(peer, mid));
             if let Some(out) = self.outgoing.get_mut(&(peer, mid)) {
                 out.timer = timer;

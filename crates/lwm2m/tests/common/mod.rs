@@ -43,6 +43,8 @@ pub struct Options {
     pub db: Option<std::path::PathBuf>,
     /// Port to bind (0: ephemeral).
     pub port: u16,
+    /// CoAP transmission parameters (None: the defaults).
+    pub transmission: Option<wardgate_coap::TransmissionConfig>,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
             authorizer: Arc::new(AllowAll),
             db: None,
             port: 0,
+            transmission: None,
         }
     }
 }
@@ -67,6 +70,7 @@ impl Gateway {
             recv_buffer_bytes: 0,
             send_buffer_bytes: 0,
             drain_timeout: Duration::from_millis(500),
+            transmission: opts.transmission.unwrap_or_default(),
             ..CoapConfig::default()
         };
         let (bus, mut rx) = Bus::new(256);
