@@ -17,7 +17,7 @@
 //! [`CoapError::AddressUnproven`](crate::CoapError::AddressUnproven), a retransmission over it is
 //! skipped (the exchange times out), and both are counted.
 //!
-//! Bounded: at most `max` addresses. Unproven ones are forgotten after EXCHANGE_LIFETIME of
+//! Bounded: at most [`MAX_ADDRESSES`] addresses. Unproven ones are forgotten after EXCHANGE_LIFETIME of
 //! silence, proven ones after [`PROVEN_IDLE`]; when the table is full, the oldest unproven
 //! address makes room (forgetting an address only ever lowers what may be sent to it).
 
@@ -32,6 +32,12 @@ use super::AMPLIFICATION_FACTOR;
 /// How long a proven address stays proven without a datagram from it: longer than the default
 /// LwM2M registration lifetime (86,400 s), so a client that updates once a day stays proven.
 pub(super) const PROVEN_IDLE: Duration = Duration::from_secs(25 * 3600);
+
+/// Most addresses tracked per socket (about 2 MB at most with the sweep queue). Only the time
+/// between a client's first message and its first answer needs an entry (a proven registration
+/// is not validated again: `Registration::address_proven` in `wardgate_lwm2m`), so a flood of
+/// spoofed sources evicting unproven entries costs a real client at most one deferred request.
+pub(super) const MAX_ADDRESSES: usize = 16_384;
 
 /// Entries looked at to find an unproven address to evict before giving up.
 const EVICTION_TRIES: usize = 8;
@@ -70,7 +76,7 @@ impl Validation {
         Validation {
             addrs: HashMap::new(),
             sweep: VecDeque::new(),
-            max: max.max(1),
+            max: max.clamp(1, MAX_ADDRESSES),
             unproven_idle,
         }
     }
