@@ -350,8 +350,8 @@ fn the_uplinks_part_refuses_what_is_not_a_reading_and_a_part_needs_its_adapter()
 /// A three-node NATS cluster with JetStream and its MQTT listener: the bus of a split gateway
 /// that must survive the loss of a node.
 struct NatsCluster {
-    /// Per node: its MQTT port, its monitoring port, the process.
-    nodes: Vec<(u16, u16, Option<ChildGuard>)>,
+    /// Per node: its MQTT port, its monitoring port, the process, its client port.
+    nodes: Vec<(u16, u16, Option<ChildGuard>, u16)>,
 }
 
 impl NatsCluster {
@@ -398,11 +398,11 @@ impl NatsCluster {
                 .stderr(log)
                 .spawn()
                 .expect("spawn nats-server");
-            nodes.push((*mqtt, *monitor, Some(ChildGuard(child))));
+            nodes.push((*mqtt, *monitor, Some(ChildGuard(child)), *client));
         }
         let c = NatsCluster { nodes };
         // JetStream is usable once the cluster elected its meta leader.
-        for (_, monitor, _) in &c.nodes {
+        for (_, monitor, _, _) in &c.nodes {
             let addr = SocketAddr::from(([127, 0, 0, 1], *monitor));
             wait_for("a JetStream meta leader", Duration::from_secs(60), || {
                 let (_, body) = http_get(addr, "/jsz")?;
@@ -431,6 +431,16 @@ impl NatsCluster {
 
     fn mqtt_url(&self, node: usize) -> String {
         format!("mqtt://127.0.0.1:{}", self.nodes[node].0)
+    }
+
+    /// `[split.jetstream] servers`: every node's client URL, as a TOML array.
+    fn nats_servers(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"nats://127.0.0.1:{}\"", n.3))
+            .collect();
+        format!("[{}]", urls.join(", "))
     }
 
     fn kill(&mut self, node: usize) {
@@ -561,39 +571,86 @@ fn two_uplinks_workers_share_the_bus_and_a_killed_one_loses_nothing() {
     ];
     let ward = Part::start_with(&config("ward", coap, ""), "coap");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let loader = std::thread::spawn(move || {
-        load::run(coap, 1_000_000, 16, Duration::from_secs(30), &|| {
-            s2.load(Ordering::SeqCst)
-        })
-    });
-    let ingested = "wardgate_mqtt_ingest_readings_ingested_total";
-    wait_for(
-        "both workers to take readings",
-        Duration::from_secs(20),
-        || (workers.iter().all(|w| counter(w, ingested) >= 1.0)).then_some(()),
+    let (stop, loader, shares) = load_until_both_take(
+        coap,
+        &workers,
+        "wardgate_mqtt_ingest_readings_ingested_total",
     );
-    let shares = [
-        counter(&workers[0], ingested),
-        counter(&workers[1], ingested),
-    ];
     workers[1].kill();
     std::thread::sleep(Duration::from_millis(1000));
-    stop.store(true, Ordering::SeqCst);
-    let acked: HashSet<String> = loader
-        .join()
-        .unwrap()
-        .acked
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
+    let acked = stop_load(&stop, loader);
     workers[1].restart();
-    let seen = delivered(&sub, &acked, Duration::from_secs(90));
+    // Shared, not copied (each worker does not get every reading): the only copies are the
+    // at-least-once redeliveries of what the killed worker had made durable but not yet
+    // acknowledged, at most its window (`[split] max_inflight`, 256).
+    assert_shared("shared bus", &sub, &acked, shares, &workers, &ward, 256);
+}
+
+#[test]
+fn uplinks_workers_share_a_jetstream_consumer_and_lose_nothing_when_a_worker_and_a_node_die() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NatsCluster::start(dir.path());
+    // The node killed is the JetStream meta leader; the ward publishes through another one. The
+    // workers know all three and are wherever their client put them.
+    let victim = cluster.meta_leader();
+    let ward_node = (victim + 1) % 3;
+    let cloud = Mosquitto::start();
+    let sub = Subscriber::start(cloud.port, "wardgate/#");
+    let coap = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let unused = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let bus = cluster.mqtt_url(ward_node);
+    let config = |name: &str, coap, split: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        write_gateway(&path, name, coap, &bus, &cloud.url(), split);
+        path
+    };
+    let jetstream = format!(
+        "[split.jetstream]\nservers = {}\nstream_replicas = 3\nack_wait = \"2s\"\n",
+        cluster.nats_servers()
+    );
+    // The workers first: the stream and the shared consumer exist before the ward publishes.
+    let mut workers = [
+        Part::start_with(&config("hub-1", unused, &jetstream), "uplinks"),
+        Part::start_with(&config("hub-2", unused, &jetstream), "uplinks"),
+    ];
+    let ward = Part::start_with(&config("ward", coap, ""), "coap");
+    println!("parts ready after {:?}", t0.elapsed());
+
+    let stored = "wardgate_bus_jetstream_readings_total{outcome=\"stored\"}";
+    let (stop, loader, shares) = load_until_both_take(coap, &workers, stored);
+    // A worker dies holding readings it has not acknowledged, and a node of the cluster dies.
+    workers[1].kill();
+    cluster.kill(victim);
+    std::thread::sleep(Duration::from_millis(1500));
+    let acked = stop_load(&stop, loader);
+    // hub-2 stays dead: JetStream hands what it held to hub-1 after ack_wait.
+    // Shared, not copied: the only copies are at-least-once redeliveries of what was durable
+    // at a worker but not acknowledged (the consumer's window, `max_inflight` 256, once for
+    // the killed worker and once for acknowledgements lost with the killed node).
+    let label =
+        format!("JetStream consumer shared by two workers, one worker and node n{victim} killed");
+    assert_shared(&label, &sub, &acked, shares, &workers, &ward, 2 * 256);
+    println!("all delivered after {:?}", t0.elapsed());
+}
+
+/// Waits for every acknowledged reading at the backend and checks that two workers sharing the
+/// bus lost none and copied at most `max_copies` (`shares`: what each had taken before the
+/// kill), with the parts' logs when not.
+fn assert_shared(
+    label: &str,
+    sub: &Subscriber,
+    acked: &HashSet<String>,
+    shares: [f64; 2],
+    workers: &[Part; 2],
+    ward: &Part,
+    max_copies: usize,
+) {
+    let seen = delivered(sub, acked, Duration::from_secs(120));
     let lost: Vec<&String> = acked.iter().filter(|id| !seen.contains_key(*id)).collect();
     let duplicated = seen.values().filter(|n| **n > 1).count();
     println!(
-        "shared bus: acked {}, taken before the kill by hub-1 {} and hub-2 {}, lost {}, duplicated {duplicated}",
+        "{label}: acked {}, taken before the kill by the workers {} and {}, lost {}, duplicated {duplicated}",
         acked.len(),
         shares[0],
         shares[1],
@@ -601,19 +658,61 @@ fn two_uplinks_workers_share_the_bus_and_a_killed_one_loses_nothing() {
     );
     assert!(
         lost.is_empty(),
-        "{} acknowledged readings lost, e.g. {:?}\n--- hub-1\n{}\n--- hub-2\n{}\n--- ward\n{}",
+        "{} acknowledged readings lost, e.g. {:?}\n--- worker 1\n{}\n--- worker 2\n{}\n--- ward\n{}",
         lost.len(),
         lost.iter().take(5).collect::<Vec<_>>(),
         workers[0].log(),
         workers[1].log(),
         ward.log()
     );
-    // Shared, not copied (each worker does not get every reading): the only copies are the
-    // at-least-once redeliveries of what the killed worker had made durable but not yet
-    // acknowledged, at most its window (`[split] max_inflight`, 256).
     assert!(
-        duplicated <= 256,
+        duplicated <= max_copies,
         "{duplicated} of {} readings came more than once",
         acked.len()
     );
+}
+
+/// Starts load against the ward's `coap` part and waits until both workers took readings (by
+/// their counter `taken`): the load's stop flag and thread, and what each worker had taken.
+fn load_until_both_take(
+    coap: SocketAddr,
+    workers: &[Part; 2],
+    taken: &str,
+) -> (
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<load::LoadReport>,
+    [f64; 2],
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let loader = std::thread::spawn(move || {
+        load::run(coap, 1_000_000, 16, Duration::from_secs(30), &|| {
+            s2.load(Ordering::SeqCst)
+        })
+    });
+    wait_for(
+        "both workers to take readings",
+        Duration::from_secs(30),
+        || (workers.iter().all(|w| counter(w, taken) >= 1.0)).then_some(()),
+    );
+    (
+        stop,
+        loader,
+        [counter(&workers[0], taken), counter(&workers[1], taken)],
+    )
+}
+
+/// Stops the load of [`load_until_both_take`]: the ids the devices saw acknowledged.
+fn stop_load(
+    stop: &AtomicBool,
+    loader: std::thread::JoinHandle<load::LoadReport>,
+) -> HashSet<String> {
+    stop.store(true, Ordering::SeqCst);
+    loader
+        .join()
+        .unwrap()
+        .acked
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect()
 }

@@ -13,6 +13,8 @@
 //!   status is on `<topic_prefix>/status/<gateway>/<part>`); each message is stored in its outbox as it is,
 //!   under the id the adapter gave it ([`wardgate_core::IngestPipeline::forward`]), and
 //!   PUBACKed only once durable. The configured `[[uplinks]]` and `[selector]` deliver from there.
+//!   With `[split.jetstream]` (a NATS bus) it reads through a JetStream consumer shared by every
+//!   worker instead (`wardgate::jetstream`).
 //!
 //! Each part gets its own outbox and audit file (`outbox.db` becomes `outbox-coap.db`), so parts
 //! on one host never share a file. What the broker must do for the promise to hold (persistence,
@@ -51,10 +53,106 @@ pub struct SplitConfig {
     /// subscription group (`$share/<group>/…`), and the broker hands each reading to one of them.
     /// Each worker needs its own `[gateway] id` (its session is kept under it). Unset: one
     /// `uplinks` part takes everything. Needs a broker with shared subscriptions for MQTT 3.1.1
-    /// clients (Mosquitto 2, EMQX, HiveMQ; not NATS).
+    /// clients (Mosquitto 2, EMQX, HiveMQ); on NATS the workers share `[split.jetstream]` instead.
     pub shared_group: Option<String>,
     /// TLS for `mqtts://`.
     pub tls: TlsConfig,
+    /// The `uplinks` workers read the bus through one durable JetStream consumer they share
+    /// (a NATS bus: NATS's MQTT listener has no shared subscriptions). Unset: an MQTT
+    /// subscription. See `docs/scale-out.md`.
+    pub jetstream: Option<JetStreamConfig>,
+}
+
+/// `[split.jetstream]`: the shared consumer of the `uplinks` workers on a NATS JetStream bus.
+/// The adapters still publish over MQTT (`broker`, NATS's MQTT listener); NATS stores each
+/// reading in its `$MQTT_msgs` stream before acknowledging it, and every worker pulls from the
+/// same durable consumer there: each reading goes to one worker, and to another one when it is
+/// not acknowledged within `ack_wait`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    /// NATS client URLs of the cluster's nodes (`nats://host:4222`); the worker connects to one
+    /// and moves to another when it fails. The user name and password are `[split]`'s.
+    pub servers: Vec<String>,
+    /// Name of the durable consumer the workers share (default `wardgate-uplinks`).
+    pub consumer: String,
+    /// How long a reading handed to a worker may stay unacknowledged before JetStream hands
+    /// it to another (default 30 s).
+    #[schemars(with = "wardgate_core::config_doc::Duration")]
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: std::time::Duration,
+    /// Replicas of the `$MQTT_msgs` stream when a worker has to create it (before any MQTT
+    /// client connected, NATS has not made it yet): the servers' `mqtt { stream_replicas }`
+    /// (default 1).
+    pub stream_replicas: usize,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            servers: Vec::new(),
+            consumer: "wardgate-uplinks".into(),
+            ack_wait: std::time::Duration::from_secs(30),
+            stream_replicas: 1,
+        }
+    }
+}
+
+impl JetStreamConfig {
+    fn validate(&self, at: &str, split: &SplitConfig, p: &mut Problems) {
+        if self.servers.is_empty() {
+            p.push(
+                format!("{at}.servers"),
+                "name at least one nats://host:port",
+            );
+        }
+        for s in &self.servers {
+            if !s.starts_with("nats://") {
+                p.push(
+                    format!("{at}.servers"),
+                    format!(
+                        "{}: only nats:// is supported (TLS to NATS is not built yet)",
+                        wardgate_mqtt::url::redact(s)
+                    ),
+                );
+            }
+        }
+        if self.consumer.is_empty()
+            || self.consumer.len() > 64
+            || !self
+                .consumer
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            p.push(
+                format!("{at}.consumer"),
+                "must be 1-64 of [A-Za-z0-9_-] (a JetStream durable name)",
+            );
+        }
+        if self.ack_wait < std::time::Duration::from_secs(1) {
+            p.push(format!("{at}.ack_wait"), "must be at least 1s");
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            p.push(format!("{at}.stream_replicas"), "must be 1 to 5");
+        }
+        if split.shared_group.is_some() {
+            p.push(
+                at.to_string(),
+                "the workers share the JetStream consumer: leave [split] shared_group unset",
+            );
+        }
+        if split.topic_prefix.contains(['.', ' ']) {
+            p.push(
+                "split.topic_prefix",
+                "NATS refuses MQTT topics with '.' or ' ': choose a prefix without them",
+            );
+        }
+    }
+
+    /// The consumer's filter: the bus readings topic as a subject of `$MQTT_msgs`.
+    pub fn filter_subject(&self, topic_prefix: &str) -> String {
+        format!("$MQTT.msgs.{}.readings.>", topic_prefix.replace('/', "."))
+    }
 }
 
 impl Default for SplitConfig {
@@ -67,6 +165,7 @@ impl Default for SplitConfig {
             max_inflight: 256,
             shared_group: None,
             tls: TlsConfig::default(),
+            jetstream: None,
         }
     }
 }
@@ -84,6 +183,7 @@ impl std::fmt::Debug for SplitConfig {
             .field("max_inflight", &self.max_inflight)
             .field("shared_group", &self.shared_group)
             .field("tls", &self.tls)
+            .field("jetstream", &self.jetstream)
             .finish()
     }
 }
@@ -116,6 +216,9 @@ impl SplitConfig {
                 format!("{at}.shared_group"),
                 "must be a non-empty name without /, + or #",
             );
+        }
+        if let Some(js) = &self.jetstream {
+            js.validate(&format!("{at}.jetstream"), self, p);
         }
     }
 }
@@ -204,7 +307,10 @@ pub fn restrict(cfg: &GatewayConfig, part: Part) -> Result<GatewayConfig, Proble
             format!("{part}: nothing to run: {what} is not enabled in the configuration"),
         );
     }
-    if part == Part::Uplinks {
+    if part == Part::Uplinks && cfg.split.jetstream.is_some() {
+        // The bus is read through the shared JetStream consumer (`wardgate::jetstream`).
+        out.ingest.mqtt.clear();
+    } else if part == Part::Uplinks {
         match bus_subscriber(cfg, &broker) {
             Ok(sub) => out.ingest.mqtt = vec![sub],
             Err(e) => p.push("split", e),
@@ -318,6 +424,14 @@ mod tests {
         crate::parse(&text, &|_| None).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// What `crate::parse` finds wrong in `text` (it must find something).
+    fn problems(text: &str) -> Vec<crate::Problem> {
+        let Err(crate::ConfigError::Invalid(problems)) = crate::parse(text, &|_| None) else {
+            panic!("expected problems");
+        };
+        problems
+    }
+
     const SPLIT: &str =
         "[split]\nbroker = \"mqtt://bus:1883\"\nusername = \"wg\"\npassword = \"s3cret\"\n";
 
@@ -405,9 +519,7 @@ mod tests {
         let text = "[split]\nbroker = \"ftp://x\"\ntopic_prefix = \"a/#\"\npassword = \"s3cret\"\n\
                     shared_group = \"a/b\"\n\
                     [[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n";
-        let Err(crate::ConfigError::Invalid(problems)) = crate::parse(text, &|_| None) else {
-            panic!("expected problems");
-        };
+        let problems = problems(text);
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -415,5 +527,47 @@ mod tests {
         );
         let c = cfg(SPLIT);
         assert!(!format!("{:?}", c.split).contains("s3cret"));
+    }
+
+    #[test]
+    fn a_jetstream_bus_replaces_the_uplinks_subscription_and_is_validated() {
+        let js = format!(
+            "{SPLIT}[split.jetstream]\nservers = [\"nats://n1:4222\", \"nats://n2:4222\"]\n"
+        );
+        let c = cfg(&js);
+        let uplinks = restrict(&c, Part::Uplinks).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(uplinks.ingest.mqtt.is_empty(), "no MQTT subscription");
+        let j = uplinks.split.jetstream.as_ref().unwrap();
+        assert_eq!(j.consumer, "wardgate-uplinks");
+        assert_eq!(j.ack_wait, std::time::Duration::from_secs(30));
+        assert_eq!(
+            j.filter_subject(&uplinks.split.topic_prefix),
+            "$MQTT.msgs.wardgate.bus.readings.>"
+        );
+        // The adapters still publish over MQTT.
+        let coap = restrict(&c, Part::Coap).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(coap.uplinks.as_slice(), [UplinkConfig::Mqtt(_)]));
+
+        let text = "[split]\nbroker = \"mqtt://x\"\ntopic_prefix = \"a.b\"\nshared_group = \"g\"\n\
+                    [split.jetstream]\nservers = [\"tls://u:pw@n1:4222\"]\nconsumer = \"a.b\"\n\
+                    ack_wait = \"10ms\"\nstream_replicas = 7\n\
+                    [[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n";
+        let problems = problems(text);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "split.jetstream.servers",
+                "split.jetstream.consumer",
+                "split.jetstream.ack_wait",
+                "split.jetstream.stream_replicas",
+                "split.jetstream",
+                "split.topic_prefix",
+            ]
+        );
+        assert!(
+            !problems.iter().any(|p| p.message.contains("pw")),
+            "{problems:?}"
+        );
     }
 }

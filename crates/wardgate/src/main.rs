@@ -9,6 +9,7 @@ mod anomalies;
 mod audit_cmd;
 mod demo;
 mod file_uplink;
+mod jetstream;
 mod monitor_cmd;
 mod probe;
 mod quarantine;

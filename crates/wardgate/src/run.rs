@@ -61,7 +61,12 @@ pub(crate) fn main(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cfg, demo)) {
+    // The `uplinks` part of a split gateway on a NATS bus reads it through JetStream.
+    let jetstream = match only {
+        Some(wardgate_config::Part::Uplinks) => cfg.split.jetstream.clone(),
+        _ => None,
+    };
+    match runtime.block_on(serve(cfg, jetstream, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(wardgate_store::StoreError::Corrupt { .. }) =
@@ -78,8 +83,12 @@ pub(crate) fn main(
     }
 }
 
-async fn serve(cfg: GatewayConfig, demo: bool) -> anyhow::Result<()> {
-    let app = App::build(cfg, demo).await?;
+async fn serve(
+    cfg: GatewayConfig,
+    jetstream: Option<wardgate_config::split::JetStreamConfig>,
+    demo: bool,
+) -> anyhow::Result<()> {
+    let app = App::build(cfg, jetstream, demo).await?;
     let running = app.spawn();
     tracing::info!("wardgate ready; stop with Ctrl-C or SIGTERM");
     wait_for_signal().await;
@@ -118,6 +127,8 @@ struct App {
     link_down_after: Duration,
     /// `[[ingest.mqtt]]` subscribers.
     mqtt_ingest: Vec<wardgate_mqtt::southbound::MqttIngest>,
+    /// The `uplinks` part's shared JetStream consumer (`[split.jetstream]`).
+    bus_jetstream: Option<crate::jetstream::JetStreamBus>,
     /// `[ingest.http]`: HTTPS device ingest.
     ingest_http: Option<wardgate_http::ingest::IngestServer>,
     /// The ingest pipeline, for the adapters started in `spawn`.
@@ -128,7 +139,11 @@ struct App {
 }
 
 impl App {
-    async fn build(cfg: GatewayConfig, demo: bool) -> anyhow::Result<App> {
+    async fn build(
+        cfg: GatewayConfig,
+        jetstream: Option<wardgate_config::split::JetStreamConfig>,
+        demo: bool,
+    ) -> anyhow::Result<App> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -279,6 +294,15 @@ impl App {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?
         };
+        let bus_jetstream = jetstream.map(|js| {
+            crate::jetstream::JetStreamBus::new(
+                &cfg.split,
+                &js,
+                &cfg.gateway.id,
+                crate::jetstream::JetStreamMetrics::register(&mut registry),
+                &health,
+            )
+        });
         let lwm2m = if cfg.lwm2m.enabled && (cfg.coap.enabled || cfg.coaps.enabled) {
             Some(build_lwm2m(&cfg, pipeline.clone(), credentials.clone(), &mut registry).await?)
         } else {
@@ -431,6 +455,7 @@ impl App {
                     s.link_down_after
                 }),
             mqtt_ingest,
+            bus_jetstream,
             ingest_http,
             pipeline: ingest_pipeline,
             demo,
@@ -514,6 +539,9 @@ impl App {
                     tracing::error!(error = %e, "MQTT subscriber failed");
                 }
             });
+        }
+        if let Some(bus) = self.bus_jetstream {
+            ingest.spawn(bus.run(self.pipeline.clone(), stops.ingest.clone()));
         }
         if let Some(devices) = self.devices {
             ingest.spawn(reload_on_sighup(devices, stops.ingest.clone()));
