@@ -505,7 +505,9 @@ fn report(
         Err(KeyProblem::NotHex) => {
             problems.push(
                 at,
-                format!("{what} is not hex (expected `hex:` and an even number of hex digits)"),
+                format!(
+                    "{what} is not hex (expected `hex:` and an even number of hex digits, or `text:` and the key as it is)"
+                ),
             );
             None
         }
@@ -530,11 +532,17 @@ enum KeyProblem {
     Length(usize),
 }
 
-/// Key text: hex digits, optionally after `hex:`, surrounding whitespace ignored.
+/// Key text: hex digits, optionally after `hex:`, surrounding whitespace ignored; or `text:`
+/// and the key's bytes as they are (what libcoap's `-k` and many devices take).
 fn decode_key(text: &str) -> Result<Secret, KeyProblem> {
-    let t = text.trim();
-    let t = t.strip_prefix("hex:").unwrap_or(t);
-    let key = Secret::new(decode_hex(t).ok_or(KeyProblem::NotHex)?);
+    let key = match text.strip_prefix("text:") {
+        Some(raw) => Secret::new(raw.as_bytes().to_vec()),
+        None => {
+            let t = text.trim();
+            let t = t.strip_prefix("hex:").unwrap_or(t);
+            Secret::new(decode_hex(t).ok_or(KeyProblem::NotHex)?)
+        }
+    };
     if KEY_LEN.contains(&key.len()) {
         Ok(key)
     } else {
@@ -633,6 +641,19 @@ mod tests {
         assert!(decode_hex32(&lower).is_some());
         assert!(decode_hex32("abc").is_none());
         assert!(decode_hex32(&"00".repeat(33)).is_none());
+    }
+
+    #[test]
+    fn keys_are_hex_or_text() {
+        let hex = decode_key("hex:7761726421776172642177617264212a").ok();
+        let text = decode_key("text:ward!ward!ward!*").ok();
+        assert!(hex.is_some());
+        assert_eq!(
+            hex.as_ref().map(|k| k.expose().to_vec()),
+            text.as_ref().map(|k| k.expose().to_vec())
+        );
+        assert_eq!(decode_key("text:short").err(), Some(KeyProblem::Length(5)));
+        assert_eq!(decode_key("ward!").err(), Some(KeyProblem::NotHex));
     }
 
     #[test]
