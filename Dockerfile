@@ -29,12 +29,18 @@ RUN set -eu; \
         cp target/release/wardgate /staging/usr/local/bin/wardgate; \
     fi; \
     mkdir -p /staging/var/lib/wardgate /staging/etc/wardgate; \
-    cp deploy/docker/gateway.toml deploy/docker/monitor.toml deploy/docker/simulate.toml /staging/etc/wardgate/; \
-    chown -R 65532:65532 /staging/var/lib/wardgate
+    cp deploy/docker/gateway.toml deploy/docker/gateway-dtls.toml deploy/docker/monitor.toml \
+        deploy/docker/simulate.toml /staging/etc/wardgate/; \
+    mkdir -p /staging/etc/wardgate-registry; \
+    cp deploy/docker/devices.toml /staging/etc/wardgate-registry/; \
+    chmod 700 /staging/etc/wardgate-registry; chmod 600 /staging/etc/wardgate-registry/devices.toml; \
+    chown -R 65532:65532 /staging/var/lib/wardgate /staging/etc/wardgate-registry
 
 FROM ${RUNTIME_IMAGE} AS runtime
 COPY --from=builder /staging/usr/local/bin/wardgate /usr/local/bin/wardgate
 COPY --from=builder /staging/etc/wardgate /etc/wardgate
+# The registry of the `secure` Compose profile: readable by the gateway's user only.
+COPY --from=builder --chown=65532:65532 /staging/etc/wardgate-registry /etc/wardgate/registry
 COPY --from=builder --chown=65532:65532 /staging/var/lib/wardgate /var/lib/wardgate
 # The outbox, LwM2M registrations and audit trail: keep them on a volume.
 VOLUME ["/var/lib/wardgate"]

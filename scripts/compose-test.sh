@@ -4,6 +4,9 @@
 #     validates, `up` brings bus, uplinks, coap and a stand-in upstream broker to healthy;
 #   - /readyz answers 200 through the published port; a sensor container (coap-client) and the
 #     host's coap-client post readings that reach the upstream broker as wardgate.reading/1;
+#   - the `secure` profile's `coap-dtls` part (device registry, DTLS only): a DTLS sensor
+#     container and the host's coap-client-openssl post with the PSK and their readings reach
+#     the upstream broker under the identity's device;
 #   - a simulated ward container (`wardgate simulate`, profile `simulate`): its CoAP devices and
 #     its LwM2M client (registering with the `coap` part) reach the upstream broker;
 #   - the `monitoring` profile's Prometheus scrapes both parts (`up` and a gateway metric through
@@ -28,6 +31,8 @@ free_port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET,geta
 COAP_PORT=$(free_port SOCK_DGRAM)
 COAPS_PORT=$(free_port SOCK_DGRAM)
 COAP_HTTP_PORT=$(free_port SOCK_STREAM)
+COAP_DTLS_HTTP_PORT=$(free_port SOCK_STREAM)
+BED_3_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(12))')
 UPLINKS_HTTP_PORT=$(free_port SOCK_STREAM)
 PROMETHEUS_PORT=$(free_port SOCK_STREAM)
 cat >"$work/env" <<ENV
@@ -38,6 +43,8 @@ WARDGATE_CLOUD_URL=mqtt://upstream:1883
 COAP_PORT=$COAP_PORT
 COAPS_PORT=$COAPS_PORT
 COAP_HTTP_PORT=$COAP_HTTP_PORT
+COAP_DTLS_HTTP_PORT=$COAP_DTLS_HTTP_PORT
+WARDGATE_BED_3_PSK=text:$BED_3_KEY
 UPLINKS_HTTP_PORT=$UPLINKS_HTTP_PORT
 PROMETHEUS_PORT=$PROMETHEUS_PORT
 WARDGATE_TAG=local
@@ -50,7 +57,7 @@ cleanup() {
     dc logs --no-color --tail 60 >&2 || true
   fi
   [ -n "${sub_pid:-}" ] && kill "$sub_pid" 2>/dev/null || true
-  COMPOSE_PROFILES=upstream,ward,mqtt,monitor,monitoring,simulate dc down -v --remove-orphans >/dev/null 2>&1 || true
+  COMPOSE_PROFILES=upstream,ward,secure,mqtt,monitor,monitoring,simulate dc down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "$work"
   exit $status
 }
@@ -78,7 +85,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$COAP_HTTP_PORT/
 say "/readyz through the published port: 200"
 
 # Everything the upstream broker receives, from a subscriber that stays connected throughout.
-dc exec -T upstream mosquitto_sub -h 127.0.0.1 -t 'wardgate/ward-ci/+/+' -q 1 >"$work/received" 2>"$work/sub.err" &
+dc exec -T upstream mosquitto_sub -h 127.0.0.1 -t 'wardgate/+/+/+' -q 1 >"$work/received" 2>"$work/sub.err" &
 sub_pid=$!
 sleep 1
 
@@ -137,6 +144,26 @@ expected_rules=$(grep -c '^ *- alert:' deploy/prometheus/alerts.yml)
 [ "$rules" = "$expected_rules" ] || fail "Prometheus loaded ${rules:-no} alert rules, expected the $expected_rules of deploy/prometheus/alerts.yml"
 say "Prometheus scrapes both parts (up = $up; CoAP messages received: $received) and evaluates the $rules alert rules"
 
+# CoAP over DTLS (profile `secure`): the `coap-dtls` part with the device registry; a DTLS
+# sensor container and the host post with bed-3's PSK (libcoap's OpenSSL client).
+COMPOSE_PROFILES=upstream,monitoring,secure dc up -d coap-dtls >/dev/null 2>&1 \
+  || { COMPOSE_PROFILES=upstream,monitoring,secure dc up -d coap-dtls; fail "coap-dtls did not start"; }
+for _ in $(seq 1 120); do
+  [ "$(health coap-dtls)" = healthy ] && break
+  sleep 1
+done
+[ "$(health coap-dtls)" = healthy ] || fail "coap-dtls is not healthy: $(health coap-dtls)"
+COMPOSE_PROFILES=upstream,monitoring,secure dc run --rm -T --no-deps -e COUNT=3 -e INTERVAL=0 bed-3 \
+  >"$work/bed-3.out" 2>&1 || { cat "$work/bed-3.out" >&2; fail "the DTLS sensor container failed"; }
+! grep -q "not acknowledged" "$work/bed-3.out" || { cat "$work/bed-3.out" >&2; fail "DTLS readings not acknowledged"; }
+coap-client-openssl -u bed-3 -k "$BED_3_KEY" -m post -t 110 -B 10 -e '[{"n":"seq","v":7}]' \
+  "coaps://127.0.0.1:$COAPS_PORT/v1/readings/bed-3" >/dev/null \
+  || fail "the host's DTLS reading was not acknowledged"
+wait_received '"device":"bed-3"' 4 60 || fail "the DTLS readings did not reach upstream"
+grep '"device":"bed-3"' "$work/received" | grep -q '"identity":"psk:bed-3"' \
+  || fail "the DTLS readings do not carry the identity the handshake proved"
+say "a DTLS sensor container and the host's DTLS client (PSK bed-3) reached the upstream broker"
+
 # The traffic monitor on the host's network, reading the Linux bridge of the ward network (its
 # promiscuous mode makes the bridge see frames between the containers).
 ward_bridge="br-$(docker network inspect -f '{{.Id}}' "${project}_ward" | cut -c1-12)"
@@ -189,7 +216,7 @@ for v in $(seq 1 $n); do
 done
 say "all $n readings acknowledged before the kill arrived"
 
-COMPOSE_PROFILES=upstream,ward,mqtt,monitor,monitoring,simulate dc down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v"
+COMPOSE_PROFILES=upstream,ward,secure,mqtt,monitor,monitoring,simulate dc down -v --remove-orphans >/dev/null 2>&1 || fail "docker-compose down -v"
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$project"; docker volume ls -q --filter "label=com.docker.compose.project=$project")
 [ -z "$left" ] || fail "down -v left: $left"
 say "down -v removed every container and volume"
