@@ -1206,6 +1206,10 @@ def report(raw_path, out_path, command):
     deploy = Path(raw_path).with_name("deploy.md")
     if deploy.exists():
         w("\n" + deploy.read_text().rstrip())
+    # The NATS cluster with 1, 2 and 3 JetStream workers: bench/cluster.sh writes it.
+    cluster = Path(raw_path).with_name("cluster.md")
+    if cluster.exists():
+        w(cluster.read_text().rstrip())
     notes = Path(raw_path).with_name("notes.md")
     if notes.exists():
         w("\n" + notes.read_text())

@@ -140,25 +140,25 @@ class Run:
         ready(http_c)
         return {"coap": coap, "pids": [c.pid] + pids}
 
-    def measure(self, label, sut, cloud):
+    def measure(self, label, sut, cloud, keep=2, **load_options):
         """One closed-loop run against `sut` (its CPU summed over every part), then every process
-        started after the first two (the cloud broker and the bus) is stopped."""
+        started after the first `keep` (the cloud broker and the bus) is stopped."""
         before = sum(cpu_ms(p) for p in sut["pids"])
-        rep = self.load(label, sut["coap"], sut["pids"], cloud, [self.procs[0].pid])
+        rep = self.load(label, sut["coap"], sut["pids"], cloud, [self.procs[0].pid], **load_options)
         rep["sut_cpu_ms_all_parts"] = sum(cpu_ms(p) for p in sut["pids"]) - before
-        for p in self.procs[2:]:
+        for p in self.procs[keep:]:
             p.terminate()
-        for p in self.procs[2:]:
+        for p in self.procs[keep:]:
             p.wait(timeout=30)
-        self.procs = self.procs[:2]
+        self.procs = self.procs[:keep]
         return rep
 
-    def load(self, label, target, pids, cloud, peer_pids):
+    def load(self, label, target, pids, cloud, peer_pids, drain="30", extra=()):
         cmd = ["taskset", "-c", LOAD_CORE, self.bench, "coap-load", "--target", f"127.0.0.1:{target}",
                "--pid", str(pids[0]), "--peer-pid", str(peer_pids[0]), "--timeout", "2", "--label", label,
                "--in-flight", "256", "--duration", DURATION, "--format", "senml-json", "--type", "con",
-               "--mqtt", f"mqtt://127.0.0.1:{cloud}", "--topic", "wardgate/bench/+/vital", "--drain-timeout", "30"]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=int(DURATION) + 120)
+               "--mqtt", f"mqtt://127.0.0.1:{cloud}", "--topic", "wardgate/bench/+/vital", "--drain-timeout", drain, *extra]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=int(DURATION) + int(drain) + 90)
         if p.returncode != 0:
             raise RuntimeError(p.stderr[-500:])
         return json.loads(p.stdout.strip().splitlines()[-1])
@@ -192,6 +192,22 @@ def container_startup(image, runs):
             finally:
                 subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
     return out
+
+
+def worker_table(first, by_n):
+    """Markdown rows of the runs with 1, 2, 3 workers (`by_n`: n -> coap-load reports with the
+    parts' CPU added), `first` heading the first column."""
+    lines = [f"| {first} | acked /s | delivered /s | e2e p99 ms | lost acked | duplicates | CPU ms/1k (all parts) |",
+             "|---|---|---|---|---|---|---|"]
+    for n, reps in by_n.items():
+        if reps:
+            w = lambda f: [f(x) for x in reps]
+            lines.append(f"| {n} | {spread(w(lambda x: x['ok_rps']), '{:.0f}')} | "
+                         f"{spread(w(lambda x: x['e2e']['delivered_per_s']), '{:.0f}')} | "
+                         f"{spread(w(lambda x: x['e2e']['latency']['p99_ms']), '{:.1f}')} | "
+                         f"{sum(w(lambda x: x['e2e']['lost_acked']))} | {sum(w(lambda x: x['e2e'].get('duplicates', 0)))} | "
+                         f"{spread(w(lambda x: x['sut_cpu_ms_all_parts'] / max(x['ok'], 1) * 1000), '{:.1f}')} |")
+    return lines
 
 
 def med(xs):
@@ -293,14 +309,8 @@ def main():
     lines += [f"| `{k}` | {v:.1f} |" for k, v in sizes.items()]
     if any(workers.values()):
         lines += ["", "Uplink workers sharing the bus (`[split] shared_group`: an MQTT shared subscription on the "
-                  "Mosquitto bus; the `coap` part and every worker on core 0, Mosquittos and load on core 1):", "",
-                  "| uplinks workers | acked /s | delivered /s | e2e p99 ms | lost acked | duplicates | CPU ms/1k (all parts) |",
-                  "|---|---|---|---|---|---|---|"]
-        for n, reps in workers.items():
-            if reps:
-                w = lambda f: [f(x) for x in reps]
-                lines.append(f"| {n} | {spread(w(acked), '{:.0f}')} | {spread(w(delivered), '{:.0f}')} | "
-                             f"{spread(w(p99), '{:.1f}')} | {sum(w(lost))} | {sum(w(dups))} | {spread(w(cpu), '{:.1f}')} |")
+                  "Mosquitto bus; the `coap` part and every worker on core 0, Mosquittos and load on core 1):", ""]
+        lines += worker_table("uplinks workers", workers)
     (out_dir / "deploy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
