@@ -8,8 +8,9 @@
 //! interest retention, replicated as `mqtt { stream_replicas }` says) *before* NATS sends the
 //! PUBACK. Every worker binds the same durable pull consumer on that stream, filtered to the
 //! bus readings: JetStream hands each reading to one worker, and to another when it is not
-//! acknowledged within `ack_wait` (a killed worker's readings move to the others, which MQTT
-//! shared subscriptions on Mosquitto do not do). A worker acknowledges a reading only once it is
+//! acknowledged within `ack_wait` (what a killed worker had taken but not made durable moves to
+//! the others, which MQTT shared subscriptions on Mosquitto do not do; what it had made durable
+//! waits in its outbox until it runs again). A worker acknowledges a reading only once it is
 //! durable in its own outbox ([`IngestPipeline::forward`], under the id the adapter gave it), so
 //! the chain "PUBACK to the adapter → stored in JetStream → durable at a worker → acknowledged"
 //! never has a gap; a copy redelivered after a lost ack carries the same id.
@@ -201,7 +202,8 @@ impl JetStreamBus {
                     ack_wait: self.cfg.ack_wait,
                     max_deliver: -1,
                     max_ack_pending: i64::try_from(self.max_inflight).unwrap_or(i64::MAX),
-                    num_replicas: self.cfg.stream_replicas,
+                    // 0: as many replicas as the stream has (NATS refuses more).
+                    num_replicas: 0,
                     ..Default::default()
                 },
             )
