@@ -601,6 +601,113 @@ fn dtls_records_are_captured_with_the_handshake_readable_and_flows_carry_the_ide
     assert!(f["tot_bwd_pkts"].as_u64().unwrap() >= 3, "{f}");
 }
 
+/// `[monitor.capture] keylog_file`: the gateway writes the secrets of a captured DTLS PSK
+/// session in the NSS key log format. Its line is the very line OpenSSL's client logs for the
+/// same session (`-keylogfile`), the file is private to its owner, and tshark, given it,
+/// decrypts the captured records back into the CoAP request; without it tshark sees only
+/// application data.
+#[test]
+fn the_capture_key_log_lets_tshark_decrypt_a_dtls_psk_session() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_udp_port();
+    let http = common::free_tcp_port();
+    let keylog = dir.path().join("keys/dtls-keys.log");
+    let monitor = format!(
+        "[monitor.capture]\nenabled = true\ndir = \"{data}/captures\"\nredact_payloads = false\n\
+         keylog_file = \"{keylog}\"\n",
+        data = dir.path().display(),
+        keylog = keylog.display()
+    );
+    let cfg = dtls_gateway(dir.path(), port, http, "ward-dtls-keylog", &monitor);
+    let (mut gateway, rx) = run_with_stdout_lines(&cfg);
+    wait_ready(http);
+    let client_log = dir.path().join("openssl-keys.log");
+    let device = common::openssl_psk_post_with(
+        port,
+        "bed-12",
+        "bed-12",
+        96,
+        &["-keylogfile".as_ref(), client_log.as_os_str()],
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a reading on stdout");
+    assert!(line.contains("\"bed-12\""), "{line}");
+    common::wait_for("the key log line", Duration::from_secs(30), || {
+        common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics").filter(
+            |(_, body)| {
+                body.contains("wardgate_monitor_capture_keylog_lines_total 1")
+                    && body.contains("wardgate_dtls_session_keys_total{reason=\"derived\"} 1")
+            },
+        )
+    });
+    drop(device);
+    let status = common::terminate(&mut gateway.0);
+    assert!(status.success(), "{status}");
+
+    let client_random_lines = |path: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("CLIENT_RANDOM "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let ours = client_random_lines(&keylog);
+    let theirs = client_random_lines(&client_log);
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours, theirs, "the gateway's key log differs from OpenSSL's");
+    let mode = std::fs::metadata(&keylog).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let captures: Vec<_> = std::fs::read_dir(dir.path().join("captures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(captures.len(), 1, "{captures:?}");
+    let dtls = format!("udp.port=={port},dtls");
+    let fields = [
+        "udp.dstport",
+        "coap.code",
+        "coap.opt.uri_path",
+        "json.value.string",
+        "json.value.number",
+    ];
+    let keylog_pref = format!("tls.keylog_file:{}", keylog.display());
+    // CoAP inside DTLS on this port (Wireshark only knows 5684 by itself).
+    let coap_inside = format!("dtls.port=={port},coap");
+    let decrypted = common::tshark_fields(
+        &captures[0],
+        &["-d", &dtls, "-d", &coap_inside, "-o", &keylog_pref],
+        &fields,
+    );
+    let text = format!("{decrypted:?}");
+    let post = decrypted
+        .iter()
+        .find(|r| r[0] == port.to_string() && r[1] == "2")
+        .unwrap_or_else(|| panic!("no decrypted CoAP POST: {text}"));
+    assert_eq!(post[2], "v1,readings,bed-12", "{text}");
+    // The SenML payload, decoded as JSON: `[{"n":"spo2","u":"%","v":96}]`.
+    assert_eq!(
+        (post[3].as_str(), post[4].as_str()),
+        ("spo2,%", "96"),
+        "{text}"
+    );
+    // The answer (2.01 Created) is decrypted too.
+    assert!(
+        decrypted
+            .iter()
+            .any(|r| r[0] != port.to_string() && r[1] == "65"),
+        "{text}"
+    );
+    let sealed = common::tshark_fields(&captures[0], &["-d", &dtls, "-d", &coap_inside], &fields);
+    assert!(
+        sealed.iter().all(|r| r[1].is_empty()),
+        "CoAP decoded without the key log: {sealed:?}"
+    );
+}
+
 /// The anomaly detectors on the DTLS endpoint, against OpenSSL's DTLS client: three handshakes
 /// with an identity the registry does not know become one `auth_failures` event, and their
 /// ClientHellos (two per handshake: before and after the cookie) one `handshake_flood` event,

@@ -775,7 +775,8 @@ fn interface_mode_captures_and_records_the_flows_of_a_veth_lan() {
 /// Interface mode reads a DTLS handshake's outcome from what the server sends in clear: a
 /// sensor with the right PSK (libcoap's OpenSSL client against libcoap's OpenSSL server) is an
 /// `established` flow with `auth_outcome` `ok`; one with a wrong key, which the server drops
-/// without a word, gets no outcome (nothing on the wire says why).
+/// without a word, is told by the client sending its final flight again unanswered:
+/// `finished_unanswered`, `failed`.
 #[test]
 fn interface_mode_reads_dtls_handshake_outcomes_from_the_wire() {
     const KEY: &str = "ward-lan-psk-0001";
@@ -807,8 +808,9 @@ fn interface_mode_reads_dtls_handshake_outcomes_from_the_wire() {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
-    // The wrong key: the client gives up after its wait (-B 2); its exit status says nothing
-    // we rely on.
+    // The wrong key: the server drops the client's Finished without a word, the client sends
+    // its final flight again (OpenSSL's timer: after 1 s, then 2 s more) and gives up after its
+    // wait (-B 5); its exit status says nothing we rely on.
     let _ = lan.exec(&[
         "/usr/bin/coap-client-openssl",
         "-u",
@@ -818,7 +820,7 @@ fn interface_mode_reads_dtls_handshake_outcomes_from_the_wire() {
         "-m",
         "get",
         "-B",
-        "2",
+        "5",
         &uri,
     ]);
     let datagrams = "wardgate_monitor_interface_datagrams_total";
@@ -846,7 +848,10 @@ fn interface_mode_reads_dtls_handshake_outcomes_from_the_wire() {
         })
         .collect();
     assert!(outcomes.contains(&("established", "ok")), "{json}");
-    assert!(outcomes.contains(&("", "")), "{json}");
+    assert!(
+        outcomes.contains(&("finished_unanswered", "failed")),
+        "{json}"
+    );
 }
 
 /// Interface mode runs the anomaly detectors too: a sensor that asks for resources the server
@@ -1014,5 +1019,121 @@ fn flow_records_count_the_lwm2m_operations_of_a_client() {
         ),
         (Some(1), Some(1), Some(1)),
         "{record}"
+    );
+}
+
+/// The MQTT subscriber's session with the ward broker is in the flow records and the capture
+/// as session metadata: one TCP flow from the gateway's own address (the port Mosquitto logs
+/// for the subscriber's client id) to the broker, with the MQTT packets each way, and in the
+/// pcapng the same packets as TCP segments between those addresses, each as long as its MQTT
+/// packet (the PUBLISH exactly as long as the one a sensor sent) and with zeroed bytes.
+#[test]
+fn the_mqtt_subscriber_s_broker_session_is_in_the_flow_records_and_the_capture() {
+    let cloud = Mosquitto::start();
+    let ward = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let captures = dir.path().join("captures");
+    let flows = dir.path().join("flows");
+    const CLIENT_ID: &str = "gw-monitor-test";
+    let mut gw = Gateway::start(
+        dir.path(),
+        &cloud.url(),
+        &format!(
+            "[[ingest.mqtt]]\nname = \"ward\"\nurl = \"{}\"\nclient_id = \"{CLIENT_ID}\"\n\
+             [[ingest.mqtt.topics]]\nfilter = \"ward/+/data\"\ndevice_level = 2\n\
+             [monitor.capture]\nenabled = true\ndir = \"{}\"\n\
+             [monitor.flows]\nenabled = true\ndir = \"{}\"\n",
+            ward.url(),
+            captures.display(),
+            flows.display()
+        ),
+    );
+    wait_for(
+        "the gateway ready (subscribed)",
+        Duration::from_secs(30),
+        || common::http_get(gw.http, "/readyz").filter(|(code, _)| *code == 200),
+    );
+    let (topic, payload) = ("ward/bed-7/data", r#"[{"n":"spo2","v":97}]"#);
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &ward.port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-m", payload])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for("the reading ingested", Duration::from_secs(30), || {
+        gw.metrics()
+            .lines()
+            .find(|l| l.starts_with("wardgate_mqtt_ingest_readings_ingested_total{"))
+            .filter(|l| l.ends_with(" 1"))
+            .map(|_| ())
+    });
+    let status = gw.terminate();
+    assert!(status.success(), "{status}\n{}", gw.log());
+
+    // The port the broker saw the subscriber connect from.
+    let log = ward.log();
+    let from = "New client connected from 127.0.0.1:";
+    let client_port: u16 = log
+        .lines()
+        .find(|l| l.contains(from) && l.contains(&format!(" as {CLIENT_ID} ")))
+        .and_then(|l| l.split(from).nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no connection of {CLIENT_ID} in the broker's log:\n{log}"));
+    // MQTT 3.1.1: fixed header 2, topic with its length 2 + 15, packet id 2, the payload.
+    let publish_len = 2 + 2 + topic.len() + 2 + payload.len();
+
+    let (json, records) = common::flow_records(&flows);
+    let mqtt: Vec<_> = records
+        .iter()
+        .filter(|r| r["app_protocol"] == "mqtt")
+        .collect();
+    assert_eq!(mqtt.len(), 1, "{json}");
+    let f = mqtt[0];
+    assert_eq!(f["protocol"], 6, "{f}");
+    assert_eq!(
+        (f["src_ip"].as_str(), f["src_port"].as_u64()),
+        (Some("127.0.0.1"), Some(u64::from(client_port))),
+        "{f}"
+    );
+    assert_eq!(f["dst_port"].as_u64(), Some(u64::from(ward.port)), "{f}");
+    // Out: CONNECT, SUBSCRIBE, PUBACK, DISCONNECT; in: CONNACK, SUBACK, PUBLISH (and a
+    // keep-alive exchange if one fell in).
+    assert!(f["tot_fwd_pkts"].as_u64().unwrap() >= 4, "{f}");
+    assert!(f["tot_bwd_pkts"].as_u64().unwrap() >= 3, "{f}");
+    assert_eq!(
+        f["bwd_pkt_len_max"].as_f64(),
+        Some(publish_len as f64),
+        "{f}"
+    );
+
+    let files = capture_files(&captures);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let rows = common::tshark_fields(
+        &files[0],
+        &["-Y", &format!("tcp.port=={}", ward.port)],
+        &["tcp.srcport", "tcp.dstport", "tcp.len", "tcp.payload"],
+    );
+    let text = format!("{rows:?}");
+    let (gw_port, broker_port) = (client_port.to_string(), ward.port.to_string());
+    assert!(
+        rows.iter().all(|r| (r[0] == gw_port && r[1] == broker_port)
+            || (r[0] == broker_port && r[1] == gw_port)),
+        "{text}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == broker_port && r[2] == publish_len.to_string()),
+        "no PUBLISH-sized segment from the broker: {text}"
+    );
+    assert!(
+        rows.iter().all(|r| r[3].chars().all(|c| c == '0')),
+        "bytes written: {text}"
+    );
+    // The first segment is the CONNECT: fixed header 2, protocol name, level, flags and
+    // keep-alive 10, the client id with its length.
+    assert_eq!(rows[0][0], gw_port, "{text}");
+    assert_eq!(
+        rows[0][2],
+        (2 + 10 + 2 + CLIENT_ID.len()).to_string(),
+        "{text}"
     );
 }

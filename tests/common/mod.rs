@@ -210,15 +210,29 @@ pub fn lwm2m_register_datagram(endpoint: &str) -> Vec<u8> {
 /// `value` as a CoAP CON POST to `/v1/readings/{device}` on `127.0.0.1:{port}`. Its stdin stays
 /// open (`-ign_eof`) so it keeps the session until the guard kills it.
 pub fn openssl_psk_post(port: u16, identity: &str, device: &str, value: u32) -> ChildGuard {
-    let args = [
+    openssl_psk_post_with(port, identity, device, value, &[])
+}
+
+/// [`openssl_psk_post`] with more `openssl s_client` arguments (`-keylogfile FILE`).
+pub fn openssl_psk_post_with(
+    port: u16,
+    identity: &str,
+    device: &str,
+    value: u32,
+    more: &[&std::ffi::OsStr],
+) -> ChildGuard {
+    let mut args: Vec<&std::ffi::OsStr> = [
         "-psk_identity",
         identity,
         "-psk",
         "000102030405060708090a0b0c0d0e0f",
         "-cipher",
         "PSK-AES128-CCM8",
-    ];
-    openssl_dtls_post(port, &args.map(std::ffi::OsStr::new), device, value)
+    ]
+    .map(std::ffi::OsStr::new)
+    .to_vec();
+    args.extend_from_slice(more);
+    openssl_dtls_post(port, &args, device, value)
 }
 
 /// [`openssl_psk_post`] with a client certificate (ECDHE-ECDSA-AES128-GCM-SHA256).

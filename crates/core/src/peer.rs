@@ -148,6 +148,26 @@ pub trait DatagramTap: Send + Sync + fmt::Debug {
     fn stream(&self, inbound: bool, peer: &PeerContext, local: SocketAddr, len: usize) {
         let _ = (inbound, peer, local, len);
     }
+
+    /// Whether the tap takes session secrets ([`DatagramTap::session_keys`]); a transport
+    /// keeps what it needs to derive them only while this is true. Default: false.
+    fn wants_session_keys(&self) -> bool {
+        false
+    }
+
+    /// The secrets of a security session with `peer`, just established, that decrypt its
+    /// captured records: a TLS 1.2 / DTLS 1.2 master secret and the client random that names
+    /// the session (the NSS key log format's `CLIENT_RANDOM` line). Only ever written where an
+    /// administrator asked for it; never logged. Default: ignored.
+    fn session_keys(
+        &self,
+        peer: &PeerContext,
+        local: SocketAddr,
+        client_random: &[u8; 32],
+        master_secret: &[u8; 48],
+    ) {
+        let _ = (peer, local, client_random, master_secret);
+    }
 }
 
 /// The peer a message came from. Cheap to clone (the identity is shared).

@@ -38,6 +38,7 @@
 pub mod config;
 mod error;
 mod front;
+mod keylog;
 mod metrics;
 mod pem;
 pub mod record;

@@ -36,6 +36,10 @@ pub struct DtlsMetrics {
     pub sessions: Gauge,
     /// Handshakes now in progress.
     pub handshakes_in_progress: Gauge,
+    /// Sessions whose secrets a tap asked for (`[monitor.capture] keylog_file`), by outcome:
+    /// `derived`, or why not (`not_psk`: certificate sessions, whose secrets the library never
+    /// shows; `incomplete`, `too_large`, `malformed`, `key_changed`).
+    pub session_keys: Family<ReasonLabel, Counter>,
 }
 
 /// Every handshake failure reason, created at 0 at registration so dashboards and alert rules
@@ -94,7 +98,18 @@ impl DtlsMetrics {
             "DTLS handshakes in progress",
             m.handshakes_in_progress.clone(),
         );
+        r.register(
+            "session_keys",
+            "DTLS sessions whose secrets were asked for by the capture key log, by outcome",
+            m.session_keys.clone(),
+        );
         m
+    }
+
+    pub(crate) fn session_keys(&self, outcome: &'static str) {
+        self.session_keys
+            .get_or_create(&ReasonLabel { reason: outcome })
+            .inc();
     }
 
     pub(crate) fn fail(&self, reason: &'static str) {

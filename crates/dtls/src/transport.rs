@@ -28,6 +28,7 @@ use crate::front::{
     Admit, Auth, Claimed, CookieCheck, Epochs, KeyResolver, Replays, build_epoch, check_cookie,
     fingerprint,
 };
+use crate::keylog::Transcript;
 use crate::metrics::DtlsMetrics;
 use crate::record::{self, ClientHello, FirstRecord, PSK_AES128_CCM_8};
 use wardgate_core::limit::{Rate, SourceKey, Take, TokenBuckets};
@@ -133,6 +134,9 @@ struct Session {
     closing: bool,
     /// Unique per session of this transport (`PeerContext::session`).
     serial: u64,
+    /// The clear handshake messages, kept while handshaking when the tap wants the session's
+    /// secrets (see `keylog`).
+    transcript: Option<Box<Transcript>>,
 }
 
 struct Inner {
@@ -371,6 +375,55 @@ impl Io<'_> {
     fn audit(&self, event: AuditEvent) {
         self.deps.audit.record(event);
     }
+
+    /// A transcript for a new session, when the tap wants session secrets.
+    fn transcript(&self) -> Option<Box<Transcript>> {
+        self.deps
+            .tap
+            .as_ref()
+            .filter(|t| t.wants_session_keys())
+            .map(|_| Box::default())
+    }
+
+    /// Derives the secrets of the session just established with `addr` and hands them to the
+    /// tap. `key`: the PSK identity and the fingerprint of the key that completed the
+    /// handshake (none for a certificate session); the key is looked up again and used only if
+    /// it is still that one.
+    fn session_keys(
+        &self,
+        s: &Session,
+        addr: SocketAddr,
+        transcript: &Transcript,
+        key: Option<(&str, Option<[u8; 32]>)>,
+        store: &Arc<dyn CredentialStore>,
+    ) {
+        let Some(tap) = &self.deps.tap else {
+            return;
+        };
+        let psk = match key {
+            _ if s.cert_fingerprint.is_some() => Err("not_psk"),
+            Some((identity, Some(used))) => store
+                .psk(identity)
+                .filter(|k| fingerprint(k.expose()) == used)
+                .ok_or("key_changed"),
+            _ => Err("not_psk"),
+        };
+        match psk.and_then(|k| transcript.derive(k.expose())) {
+            Ok(keys) => {
+                tap.session_keys(
+                    &session_context(Some(s), addr),
+                    self.local,
+                    &keys.client_random,
+                    &keys.master_secret,
+                );
+                self.deps.metrics.session_keys("derived");
+            }
+            Err(why) => {
+                tracing::debug!(%addr, why, "no key log line for this DTLS session");
+                self.deps.metrics.session_keys(why);
+            }
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -566,6 +619,7 @@ impl Inner {
                 deadline: None,
                 closing: false,
                 serial,
+                transcript: io.transcript(),
             },
         );
         metrics.sessions.set(self.sessions.len() as i64);
@@ -578,6 +632,9 @@ impl Inner {
             return;
         };
         s.last_seen = now;
+        if let Some(t) = &mut s.transcript {
+            t.observe(s.role == Role::Server, data);
+        }
         let _ = self.resolver.take();
         let r = guarded(|| s.dtls.handle_packet(data));
         if let Some(c) = self.resolver.take() {
@@ -596,7 +653,12 @@ impl Inner {
         let mut plaintext: Vec<Vec<u8>> = Vec::new();
         let deadline = loop {
             match s.dtls.poll_output(&mut self.out) {
-                Output::Packet(p) => io.send(&mut self.backlog, p, addr, Some(&*s)),
+                Output::Packet(p) => {
+                    if let Some(t) = &mut s.transcript {
+                        t.observe(s.role == Role::Client, p);
+                    }
+                    io.send(&mut self.backlog, p, addr, Some(&*s));
+                }
                 Output::BufferTooSmall { needed } => self.out.resize(needed.min(64 * 1024), 0),
                 Output::Timeout(t) => break t,
                 Output::Connected => connected = true,
@@ -709,6 +771,19 @@ impl Inner {
         tracing::debug!(%addr, %identity, "DTLS session established");
         s.identity = Some(identity);
         io.handshake(Some(s), addr, "established");
+        if let Some(transcript) = s.transcript.take() {
+            let key = match s.role {
+                Role::Server => s
+                    .claimed
+                    .as_ref()
+                    .map(|c| (c.identity.as_str(), c.key_fingerprint)),
+                Role::Client => self
+                    .clients
+                    .get(&addr)
+                    .map(|c| (c.identity.as_str(), c.key_fingerprint)),
+            };
+            io.session_keys(s, addr, &transcript, key, &store);
+        }
         let (source, role) = (s.source, s.role);
         if role == Role::Server {
             self.handshake_done(source);
@@ -1042,6 +1117,7 @@ impl Inner {
                 deadline: None,
                 closing: false,
                 serial,
+                transcript: io.transcript(),
             },
         );
         io.deps.metrics.sessions.set(self.sessions.len() as i64);

@@ -341,9 +341,19 @@ pub struct CaptureConfig {
     /// Only peers inside one of these prefixes (`192.0.2.0/24`, `2001:db8::/32`, or one
     /// address). Combined with `devices` by OR.
     pub addresses: Vec<String>,
-    /// Only these protocols (`coap`, `coaps`, and `https` / `http` for the HTTP ingest's
-    /// sessions); empty: all. Combined with the above by AND.
+    /// Only these protocols (`coap`, `coaps`, `https` / `http` for the HTTP ingest's sessions,
+    /// `mqtt` / `mqtts` for the MQTT subscribers' broker sessions); empty: all. Combined with
+    /// the above by AND.
     pub protocols: Vec<String>,
+    /// Write the secrets of every captured DTLS PSK session to this file in the NSS key log
+    /// format, so the capture can be decrypted later (Wireshark: TLS protocol preferences,
+    /// "(Pre)-Master-Secret log filename"; tshark: `-o tls.keylog_file:FILE`). Off (unset) by
+    /// default: the file decrypts patient data, so it is created mode 0600, kept apart from the
+    /// captures, never served by the admin API and never rotated (it stops growing at 64 MiB).
+    /// Needs `redact_payloads = false` (a redacted capture has no ciphertext left to decrypt).
+    /// Certificate (ECDHE) sessions are not logged: the DTLS library does not show their
+    /// secrets. Not used by `wardgate monitor`, which holds no keys.
+    pub keylog_file: Option<PathBuf>,
 }
 
 impl Default for CaptureConfig {
@@ -359,6 +369,7 @@ impl Default for CaptureConfig {
             devices: Vec::new(),
             addresses: Vec::new(),
             protocols: Vec::new(),
+            keylog_file: None,
         }
     }
 }
@@ -394,6 +405,19 @@ impl CaptureConfig {
         }
         if self.queue_packets == 0 {
             p.push(format!("{at}.queue_packets"), "must be at least 1");
+        }
+        if self.keylog_file.is_some() && self.redact_payloads {
+            p.push(
+                format!("{at}.keylog_file"),
+                "needs redact_payloads = false: a redacted capture has no ciphertext left to decrypt",
+            );
+        }
+        if self
+            .keylog_file
+            .as_ref()
+            .is_some_and(|k| k.as_os_str().is_empty())
+        {
+            p.push(format!("{at}.keylog_file"), "must not be empty");
         }
         if let Err(problems) = CaptureFilter::from_config(self) {
             for (path, message) in problems {
@@ -442,6 +466,18 @@ mod tests {
                 "monitor.capture.addresses[0]",
                 "monitor.capture.protocols[0]",
             ]
+        );
+    }
+
+    #[test]
+    fn a_key_log_needs_unredacted_captures() {
+        assert_eq!(
+            problem_paths("[capture]\nkeylog_file = \"keys.log\"\n"),
+            ["monitor.capture.keylog_file"]
+        );
+        assert!(
+            problem_paths("[capture]\nkeylog_file = \"keys.log\"\nredact_payloads = false\n")
+                .is_empty()
         );
     }
 

@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,8 @@ use wardgate_core::PeerContext;
 
 use crate::capture::{CaptureHandle, CaptureWriter};
 use crate::config::CaptureConfig;
+use crate::error::MonitorError;
+use crate::keylog::KeyLog;
 use crate::metrics::CaptureMetrics;
 use crate::pcapng::Direction;
 use crate::ring::parse_seq;
@@ -45,7 +47,7 @@ pub struct CaptureRequest {
     pub devices: Vec<String>,
     /// Peer prefixes.
     pub addresses: Vec<String>,
-    /// `coap`, `coaps`.
+    /// `coap`, `coaps`, `https`, `http`, `mqtt`, `mqtts` (see [`crate::filter::PROTOCOLS`]).
     pub protocols: Vec<String>,
     /// Stop by itself after this long (`"60s"`, `"15m"`); none: until stopped.
     #[serde(with = "humantime_serde::option")]
@@ -116,6 +118,8 @@ struct Inner {
     recording: AtomicBool,
     session: RwLock<Option<Session>>,
     next_id: AtomicU64,
+    /// `[monitor.capture] keylog_file`, once opened ([`CaptureControl::open_keylog`]).
+    keylog: OnceLock<KeyLog>,
 }
 
 /// Starts, stops and lists captures; see the module doc. Cheap to clone.
@@ -148,8 +152,41 @@ impl CaptureControl {
                 recording: AtomicBool::new(false),
                 session: RwLock::new(None),
                 next_id: AtomicU64::new(1),
+                keylog: OnceLock::new(),
             }),
         }
+    }
+
+    /// Opens `[monitor.capture] keylog_file`, if set: from then on the secrets of captured DTLS
+    /// PSK sessions are written to it (see [`crate::keylog`]). The gateway calls this; the
+    /// interface monitor, which holds no keys, does not.
+    pub fn open_keylog(&self) -> Result<(), MonitorError> {
+        let Some(path) = &self.inner.base.keylog_file else {
+            return Ok(());
+        };
+        if self.inner.keylog.get().is_none() {
+            let log = KeyLog::open(path, self.inner.metrics.clone())?;
+            let _ = self.inner.keylog.set(log);
+        }
+        Ok(())
+    }
+
+    /// Whether session secrets are wanted (a key log is open).
+    pub fn wants_session_keys(&self) -> bool {
+        self.inner.keylog.get().is_some()
+    }
+
+    /// Writes a session's secrets to the key log when a capture records and its filters take
+    /// `peer`.
+    pub fn session_keys(&self, peer: &PeerContext, client_random: &[u8; 32], master: &[u8; 48]) {
+        let Some(log) = self.inner.keylog.get() else {
+            return;
+        };
+        self.with_handle(|h| {
+            if h.filter().matches(peer) {
+                log.write(client_random, master);
+            }
+        });
     }
 
     /// What the taps hold.
@@ -381,6 +418,18 @@ impl CaptureTap {
                 h.offer_segment(direction, peer, local, len);
             }
             CaptureTap::Controlled(c) => c.offer_segment(direction, peer, local, len),
+        }
+    }
+
+    /// Whether the capture takes DTLS session secrets (a controlled capture with a key log).
+    pub fn wants_session_keys(&self) -> bool {
+        matches!(self, CaptureTap::Controlled(c) if c.wants_session_keys())
+    }
+
+    /// Offers a session's secrets to the key log (see [`CaptureControl::session_keys`]).
+    pub fn session_keys(&self, peer: &PeerContext, client_random: &[u8; 32], master: &[u8; 48]) {
+        if let CaptureTap::Controlled(c) = self {
+            c.session_keys(peer, client_random, master);
         }
     }
 }

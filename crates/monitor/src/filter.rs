@@ -8,8 +8,9 @@ use wardgate_core::{PeerContext, TransportKind};
 
 use crate::config::CaptureConfig;
 
-/// Protocol names a filter may list (the registry's protocol names).
-pub const PROTOCOLS: [&str; 4] = ["coap", "coaps", "https", "http"];
+/// Protocol names a filter may list (the registry's protocol names; `mqtt` / `mqtts` are the
+/// MQTT southbound subscriber's sessions with the ward broker).
+pub const PROTOCOLS: [&str; 6] = ["coap", "coaps", "https", "http", "mqtt", "mqtts"];
 
 /// An IP prefix: `192.0.2.0/24`, `2001:db8::/32`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +91,8 @@ pub fn protocol_name(kind: TransportKind) -> &'static str {
     match kind {
         TransportKind::Udp => "coap",
         TransportKind::Dtls => "coaps",
+        TransportKind::Tcp => "mqtt",
+        TransportKind::Tls => "mqtts",
         other => other.as_str(),
     }
 }
@@ -125,6 +128,8 @@ impl CaptureFilter {
                 "coaps" => f.protocols.push(TransportKind::Dtls),
                 "https" => f.protocols.push(TransportKind::Https),
                 "http" => f.protocols.push(TransportKind::Http),
+                "mqtt" => f.protocols.push(TransportKind::Tcp),
+                "mqtts" => f.protocols.push(TransportKind::Tls),
                 other => problems.push((
                     format!("protocols[{i}]"),
                     format!("{other:?} is not one of: {}", PROTOCOLS.join(", ")),
@@ -228,7 +233,7 @@ mod tests {
         let cfg = CaptureConfig {
             devices: vec!["".into(), "a*b".into(), "ok-*".into()],
             addresses: vec!["192.0.2.0/33".into(), "ward".into(), "::/128".into()],
-            protocols: vec!["mqtt".into(), "coap".into()],
+            protocols: vec!["ftp".into(), "coap".into()],
             ..CaptureConfig::default()
         };
         let problems = CaptureFilter::from_config(&cfg).unwrap_err();

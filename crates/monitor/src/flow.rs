@@ -426,8 +426,9 @@ impl Flow {
             src_port: src.port(),
             dst_ip: dst.ip().to_canonical().to_string(),
             dst_port: dst.port(),
-            // TCP for stream sessions (HTTPS ingest), UDP for CoAP and DTLS.
-            protocol: if key.protocol.starts_with("http") {
+            // TCP for stream sessions (HTTPS ingest, the MQTT subscriber's broker session), UDP
+            // for CoAP and DTLS.
+            protocol: if key.protocol.starts_with("http") || key.protocol.starts_with("mqtt") {
                 6
             } else {
                 17
@@ -585,7 +586,14 @@ const LWM2M_OPS: [Lwm2mOp; Lwm2mOp::COUNT] = [
 ];
 
 /// Handshake failure reasons that are about the peer's credentials (`auth_outcome = "failed"`).
-pub const AUTH_FAILURES: [&str; 3] = ["unknown_identity", "unknown_certificate", "bad_key"];
+/// `finished_unanswered` is interface mode's: the server left the client's final flight
+/// unanswered through a retransmission, which is how OpenSSL-based servers refuse a wrong PSK.
+pub const AUTH_FAILURES: [&str; 4] = [
+    "unknown_identity",
+    "unknown_certificate",
+    "bad_key",
+    "finished_unanswered",
+];
 
 /// The CSV header, in the order [`FlowRecord::csv_row`] writes the fields.
 pub const CSV_COLUMNS: &[&str] = &[

@@ -16,8 +16,13 @@
 //! `unknown_certificate`, or the alert's class), and the credential failures count as
 //! authentication failures for the anomaly detectors, as the gateway's own transport reports
 //! them. A server that drops what it cannot decrypt without a word (RFC 6347 §4.1.2.7: OpenSSL
-//! and libcoap do so on a wrong PSK) leaves nothing on the wire to tell a wrong key from a lost
-//! packet: such a handshake gets no outcome.
+//! and libcoap do so on a wrong PSK) leaves no verdict on the wire, but the client's
+//! retransmission does: a client that sends its final flight (its ChangeCipherSpec, in clear)
+//! a second time with no ChangeCipherSpec or alert from the server in between was not answered,
+//! and the handshake gets `finished_unanswered`, a credential failure ([`Finishes`]). A lost
+//! datagram looks the same until the server's ChangeCipherSpec comes after all, which then
+//! makes the flow `established` (its record keeps the last outcome; the anomaly detector has
+//! counted the one failure).
 //!
 //! Why `pnet_datalink`: the `AF_PACKET` socket needs `unsafe` FFI that the monitor crate
 //! forbids itself; `pnet_datalink` is the maintained pure-Rust wrapper (no C library to link,
@@ -156,6 +161,56 @@ fn orient(
     }
 }
 
+/// Most handshakes whose final flight is tracked at once; beyond, all are forgotten (their
+/// retransmissions then start counting again).
+const MAX_FINISHES: usize = 4096;
+
+/// Per (client, server): how often the client sent its final flight (a ChangeCipherSpec
+/// record) since the server last said anything in clear about the handshake.
+#[derive(Debug, Default)]
+struct Finishes(std::collections::HashMap<(SocketAddr, SocketAddr), u8>);
+
+impl Finishes {
+    /// The client `peer` sent `payload` to `local`: `finished_unanswered` the second time it
+    /// sends its final flight unanswered.
+    fn client_sent(
+        &mut self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        payload: &[u8],
+    ) -> Option<&'static str> {
+        if !has_change_cipher_spec(payload) {
+            return None;
+        }
+        if self.0.len() >= MAX_FINISHES && !self.0.contains_key(&(peer, local)) {
+            self.0.clear();
+        }
+        let n = self.0.entry((peer, local)).or_insert(0);
+        *n = n.saturating_add(1);
+        (*n == 2).then_some("finished_unanswered")
+    }
+
+    /// The server answered: whatever it said, the client's flight is not unanswered.
+    fn server_answered(&mut self, peer: SocketAddr, local: SocketAddr) {
+        self.0.remove(&(peer, local));
+    }
+}
+
+/// Whether a datagram holds a ChangeCipherSpec record (type 20).
+fn has_change_cipher_spec(mut datagram: &[u8]) -> bool {
+    while datagram.len() >= DTLS_HEADER {
+        if datagram[0] == 20 {
+            return true;
+        }
+        let len = usize::from(u16::from_be_bytes([datagram[11], datagram[12]]));
+        let Some(rest) = datagram.get(DTLS_HEADER + len..) else {
+            return false;
+        };
+        datagram = rest;
+    }
+    false
+}
+
 /// Offers one frame to the capture and the flows.
 fn offer(
     frame: &[u8],
@@ -163,6 +218,7 @@ fn offer(
     capture: Option<&CaptureTap>,
     flows: Option<&FlowHandle>,
     m: &InterfaceMetrics,
+    finishes: &mut Finishes,
 ) {
     m.frames.inc();
     let skip = |r: &'static str| {
@@ -188,10 +244,21 @@ fn offer(
     if let Some(f) = flows {
         let protocol = protocol_name(kind);
         f.offer(direction, &ctx, local, protocol, d.payload);
-        if kind == TransportKind::Dtls && direction == Direction::Outbound {
-            if let Some(outcome) = server_verdict(d.payload) {
-                f.handshake(&ctx, local, protocol, outcome);
+        let verdict = match (kind, direction) {
+            (TransportKind::Dtls, Direction::Outbound) => {
+                let verdict = server_verdict(d.payload);
+                if verdict.is_some() {
+                    finishes.server_answered(peer, local);
+                }
+                verdict
             }
+            (TransportKind::Dtls, Direction::Inbound) => {
+                finishes.client_sent(peer, local, d.payload)
+            }
+            _ => None,
+        };
+        if let Some(outcome) = verdict {
+            f.handshake(&ctx, local, protocol, outcome);
         }
     }
 }
@@ -304,10 +371,12 @@ impl InterfaceSource {
         let thread = std::thread::Builder::new()
             .name("wardgate-iface".into())
             .spawn(move || {
+                let mut finishes = Finishes::default();
                 while !stopped.load(Ordering::Relaxed) {
                     match rx.next() {
                         Ok(frame) => {
-                            offer(frame, &cfg, capture.as_ref(), flows.as_ref(), &metrics);
+                            let (c, f) = (capture.as_ref(), flows.as_ref());
+                            offer(frame, &cfg, c, f, &metrics, &mut finishes);
                         }
                         Err(e) if is_timeout(&e) => {}
                         Err(e) => {
@@ -395,6 +464,39 @@ mod tests {
         assert_eq!(server_verdict(&[]), None);
     }
 
+    /// A client that sends its final flight again without a word from the server in between
+    /// was left unanswered (how OpenSSL-based servers refuse a wrong PSK); a server verdict in
+    /// between resets the count, and one handshake is reported once.
+    #[test]
+    fn a_final_flight_sent_twice_unanswered_is_finished_unanswered() {
+        let client: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let server: SocketAddr = "10.0.0.1:5684".parse().unwrap();
+        let last_flight = [
+            record(22, 0, &[16; 20]),
+            record(20, 0, &[1]),
+            record(22, 1, &[0; 40]),
+        ]
+        .concat();
+        let hello = record(22, 0, &[1; 60]);
+        let mut f = Finishes::default();
+        assert_eq!(f.client_sent(client, server, &hello), None);
+        assert_eq!(f.client_sent(client, server, &last_flight), None);
+        f.server_answered(client, server);
+        assert_eq!(f.client_sent(client, server, &last_flight), None);
+        assert_eq!(
+            f.client_sent(client, server, &last_flight),
+            Some("finished_unanswered")
+        );
+        assert_eq!(f.client_sent(client, server, &last_flight), None);
+        // Another client's count is its own; cut records are not read past their end.
+        let other: SocketAddr = "10.0.0.3:40000".parse().unwrap();
+        assert_eq!(f.client_sent(other, server, &last_flight), None);
+        let mut cut = record(22, 0, &[16; 20]);
+        cut.truncate(20);
+        assert!(!has_change_cipher_spec(&cut));
+        assert!(!has_change_cipher_spec(&[]));
+    }
+
     #[test]
     fn dtls_records_are_told_from_coap_by_their_header() {
         assert!(looks_like_dtls(&[22, 0xfe, 0xfd, 0, 0]));
@@ -407,11 +509,11 @@ mod tests {
     fn frames_are_counted_and_skipped_by_reason() {
         let m = InterfaceMetrics::default();
         let cfg = InterfaceConfig::default();
-        offer(&[0u8; 10], &cfg, None, None, &m);
+        offer(&[0u8; 10], &cfg, None, None, &m, &mut Finishes::default());
         let mut arp = vec![0u8; 12];
         arp.extend_from_slice(&[0x08, 0x06]);
         arp.extend_from_slice(&[0; 28]);
-        offer(&arp, &cfg, None, None, &m);
+        offer(&arp, &cfg, None, None, &m, &mut Finishes::default());
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&[0x08, 0x00]);
         let src: SocketAddr = "10.0.0.2:40000".parse().unwrap();
@@ -420,7 +522,7 @@ mod tests {
             "10.0.0.1:5683".parse().unwrap(),
             &[0x40, 1, 0, 1],
         ));
-        offer(&f, &cfg, None, None, &m);
+        offer(&f, &cfg, None, None, &m, &mut Finishes::default());
         let get = |r: &'static str| m.skipped.get_or_create(&ReasonLabel { reason: r }).get();
         assert_eq!(
             (

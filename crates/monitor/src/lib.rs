@@ -73,6 +73,7 @@ pub mod flow;
 mod flow_io;
 pub mod frame;
 pub mod interface;
+pub mod keylog;
 mod metrics;
 pub mod pcapng;
 pub mod redact;

@@ -14,6 +14,7 @@ pub struct CaptureMetrics {
     rotated: Counter,
     dropped: Counter,
     write_errors: Counter,
+    keylog_lines: Counter,
 }
 
 impl CaptureMetrics {
@@ -42,10 +43,20 @@ impl CaptureMetrics {
         );
         registry.register(
             "wardgate_monitor_capture_write_errors",
-            "Capture writes that failed (the packet is lost; the next one starts a new file)",
+            "Capture writes that failed (the packet is lost; the next one starts a new file), key log lines included",
             m.write_errors.clone(),
         );
+        registry.register(
+            "wardgate_monitor_capture_keylog_lines",
+            "DTLS session secrets written to the capture key log ([monitor.capture] keylog_file)",
+            m.keylog_lines.clone(),
+        );
         m
+    }
+
+    /// Key log lines written so far.
+    pub fn keylog_lines(&self) -> u64 {
+        self.keylog_lines.get()
     }
 
     /// Datagrams written so far.
@@ -88,6 +99,10 @@ impl CaptureMetrics {
 
     pub(crate) fn write_failed(&self) {
         self.write_errors.inc();
+    }
+
+    pub(crate) fn keylog_line(&self) {
+        self.keylog_lines.inc();
     }
 }
 

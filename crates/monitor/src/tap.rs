@@ -163,6 +163,24 @@ impl wardgate_core::DatagramTap for MonitorTap {
         }
     }
 
+    fn wants_session_keys(&self) -> bool {
+        self.capture
+            .as_ref()
+            .is_some_and(CaptureTap::wants_session_keys)
+    }
+
+    fn session_keys(
+        &self,
+        peer: &PeerContext,
+        _local: SocketAddr,
+        client_random: &[u8; 32],
+        master_secret: &[u8; 48],
+    ) {
+        if let Some(c) = &self.capture {
+            c.session_keys(peer, client_random, master_secret);
+        }
+    }
+
     fn handshake(&self, peer: &PeerContext, local: SocketAddr, outcome: &'static str) {
         if let Some(f) = &self.flows {
             f.handshake(peer, local, protocol_name(peer.transport), outcome);

@@ -73,11 +73,13 @@
 mod config;
 mod filter;
 mod metrics;
+mod session_tap;
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -103,6 +105,7 @@ use metrics::{
     ConnectFailed, Connected, Disconnected, IngestMetrics, Ingested, LogGate, MessageDeferred,
     MessageRefused, SubscriptionRefused,
 };
+use session_tap::SessionTap;
 
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -163,7 +166,16 @@ impl MqttIngestConfig {
             );
         }
         let max_inflight = usize::from(self.max_inflight);
+        let credentials = (self.username.is_some() || self.password.is_some()).then(|| {
+            (
+                self.username.as_deref().unwrap_or_default(),
+                self.password.as_deref().unwrap_or_default(),
+            )
+        });
         Ok(MqttIngest {
+            connect_size: session_tap::connect_size(&self.client_id, credentials),
+            subscribe_size: session_tap::subscribe_size(filters.iter().map(|f| f.filter.as_str())),
+            tap: None,
             health: health.reporter(
                 format!("ingest.mqtt.{}", self.name),
                 ComponentKind::Listener,
@@ -205,6 +217,11 @@ pub struct MqttIngest {
     seen: SeenCertificate,
     metrics: IngestMetrics,
     health: HealthReporter,
+    /// The traffic monitor, shown the broker session's packets (see `session_tap`).
+    tap: Option<Arc<dyn wardgate_core::DatagramTap>>,
+    /// Sizes of the packets rumqttc does not report whole (for the tap).
+    connect_size: usize,
+    subscribe_size: usize,
 }
 
 impl std::fmt::Debug for MqttIngest {
@@ -224,6 +241,14 @@ impl MqttIngest {
         &self.name
     }
 
+    /// Shows the broker session to the traffic monitor (flow records, capture): each MQTT
+    /// packet as a stream segment of its size, never its bytes (see `session_tap`).
+    #[must_use]
+    pub fn with_tap(mut self, tap: Option<Arc<dyn wardgate_core::DatagramTap>>) -> Self {
+        self.tap = tap;
+        self
+    }
+
     /// Connects, subscribes, and ingests through `pipeline` until `shutdown`; reconnects with
     /// full-jitter exponential backoff between `reconnect_min` and `reconnect_max`. At shutdown
     /// it stops taking messages, waits (at most `shutdown_timeout`) for those in flight to
@@ -232,8 +257,17 @@ impl MqttIngest {
     /// Connection failures are retried, never returned; it returns `Ok` after shutdown.
     pub async fn run(self, pipeline: IngestPipeline, shutdown: Shutdown) -> Result<(), MqttError> {
         let peer_addr = resolve(&self.url).await;
+        let broker_addresses = match &self.tap {
+            Some(_) => resolve_all(&self.url).await,
+            None => Vec::new(),
+        };
         let (client, eventloop) = AsyncClient::new(self.options.clone(), self.request_capacity);
         let mut d = Driver {
+            session_tap: self
+                .tap
+                .clone()
+                .map(|t| SessionTap::new(t, self.connect_size, self.subscribe_size)),
+            broker_addresses,
             up: &self,
             pipeline: &pipeline,
             client,
@@ -251,6 +285,7 @@ impl MqttIngest {
             log: LogGate::default(),
         };
         self.health.not_ready(format!("connecting to {}", self.url));
+        d.connecting();
         let mut poll = arm(eventloop, Duration::ZERO);
         let mut deadline: Option<Instant> = None;
         loop {
@@ -274,7 +309,12 @@ impl MqttIngest {
                         Err(e) => d.on_error(link::v4_error(e)),
                     };
                     match next {
-                        Next::Poll(delay) => poll = arm(el, delay),
+                        Next::Poll(delay) => {
+                            if !d.connected {
+                                d.connecting();
+                            }
+                            poll = arm(el, delay);
+                        }
                         Next::Return => return d.finish(),
                     }
                 }
@@ -293,6 +333,7 @@ impl MqttIngest {
                         AsyncClient::new(self.options.clone(), self.request_capacity);
                     d.client = client;
                     d.phase = Phase::Running;
+                    d.connecting();
                     poll = arm(eventloop, delay);
                 }
                 Phase::Draining
@@ -327,6 +368,17 @@ async fn resolve(url: &BrokerUrl) -> SocketAddr {
         Err(_) => None,
     }
     .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), url.port))
+}
+
+/// Every address the broker's name resolves to now (for finding the session's socket).
+async fn resolve_all(url: &BrokerUrl) -> Vec<IpAddr> {
+    if let Ok(ip) = url.host.parse::<IpAddr>() {
+        return vec![ip];
+    }
+    match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
+        Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 fn transport_kind(url: &BrokerUrl) -> TransportKind {
@@ -500,10 +552,29 @@ struct Driver<'a> {
     /// The last connect failure logged at WARN: kind, label and when.
     last_failure: Option<(LinkFailure, &'static str, Instant)>,
     log: LogGate,
+    /// The traffic monitor's view of the session, when there is a monitor.
+    session_tap: Option<SessionTap>,
+    /// The broker's addresses, for finding the session's socket (empty without a monitor).
+    broker_addresses: Vec<IpAddr>,
 }
 
 impl Driver<'_> {
     fn on_event(&mut self, el: &mut EventLoop, ev: Event) -> Next {
+        if let Some(t) = &self.session_tap {
+            match &ev {
+                Event::Incoming(Incoming::SubAck(s)) => {
+                    t.packet(true, session_tap::suback_size(s.return_codes.len()));
+                }
+                Event::Incoming(Incoming::Publish(p)) => t.packet(true, p.size()),
+                Event::Incoming(Incoming::PingResp) => t.packet(true, session_tap::EMPTY),
+                Event::Outgoing(Outgoing::PubAck(_)) => t.packet(false, session_tap::PUBACK),
+                Event::Outgoing(Outgoing::Subscribe(_)) => t.subscribed(),
+                Event::Outgoing(Outgoing::PingReq | Outgoing::Disconnect) => {
+                    t.packet(false, session_tap::EMPTY);
+                }
+                _ => {}
+            }
+        }
         match ev {
             Event::Incoming(Incoming::ConnAck(c)) => self.on_connack(el, c.session_present),
             Event::Incoming(Incoming::SubAck(s)) => self.on_suback(&s.return_codes),
@@ -513,6 +584,9 @@ impl Driver<'_> {
             }
             Event::Outgoing(Outgoing::Disconnect) if self.disconnect_sent => {
                 self.connected = false;
+                if let Some(t) = &mut self.session_tap {
+                    t.closed();
+                }
                 Disconnected {
                     reason: LinkFailure::Shutdown.as_str(),
                     error: "",
@@ -524,6 +598,13 @@ impl Driver<'_> {
             _ => {}
         }
         Next::Poll(Duration::ZERO)
+    }
+
+    /// A connection attempt is about to start (for the traffic monitor's view).
+    fn connecting(&mut self) {
+        if let Some(t) = &mut self.session_tap {
+            t.connecting(self.up.url.port, &self.broker_addresses);
+        }
     }
 
     fn on_connack(&mut self, el: &mut EventLoop, session_present: bool) {
@@ -543,6 +624,9 @@ impl Driver<'_> {
             peer = peer.with_identity(Identity::new(IdentityKind::CertificateSha256, fp));
         }
         self.peer = peer;
+        if let Some(t) = &mut self.session_tap {
+            t.connected(&self.peer, &self.broker_addresses);
+        }
         Connected {
             url: &self.up.url.to_string(),
             session_present,
@@ -763,6 +847,9 @@ impl Driver<'_> {
     /// The established connection is gone: forget its window; returns the reconnect delay.
     fn lost_connection(&mut self, e: LinkError) -> Duration {
         self.connected = false;
+        if let Some(t) = &mut self.session_tap {
+            t.closed();
+        }
         if self.connected_at.elapsed() >= STABLE_CONNECTION {
             self.backoff.reset();
         }

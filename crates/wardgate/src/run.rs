@@ -323,6 +323,17 @@ impl App {
         let tap = capture.as_ref().map(wardgate_monitor::CaptureControl::tap);
         let (flows, flows_writer, anomalies) =
             build_analysis(&cfg, &mut registry, &ingest_pipeline, &audit)?;
+        // The MQTT subscribers' broker sessions become flows, and TCP segments of their
+        // packets' sizes in the capture (never their bytes).
+        let mqtt_ingest: Vec<_> = mqtt_ingest
+            .into_iter()
+            .map(|m| {
+                m.with_tap(
+                    wardgate_monitor::MonitorTap::new(tap.clone(), flows.clone())
+                        .map(|t| Arc::new(t) as Arc<dyn wardgate_core::DatagramTap>),
+                )
+            })
+            .collect();
         let mut coap = match (&coap_metrics, cfg.coap.enabled) {
             (Some(metrics), true) => Some(
                 wardgate_coap::CoapEndpoint::bind_wrapped(
@@ -622,17 +633,38 @@ fn device_facing(cfg: &GatewayConfig) -> bool {
         || cfg.ingest.mqtt.iter().any(from_devices)
 }
 
-/// `[monitor.capture]`: the capture control the taps (on the plain CoAP sockets and in the DTLS
-/// transport) follow and the admin API drives; the configured capture is started now when
-/// `enabled`.
+/// Whether anything the traffic monitor taps is enabled: the plain CoAP sockets, the DTLS
+/// transport, the HTTPS ingest's sessions, the MQTT subscribers' broker sessions.
+fn tapped(cfg: &GatewayConfig) -> bool {
+    cfg.coap.enabled || cfg.coaps.enabled || cfg.ingest.http.enabled || !cfg.ingest.mqtt.is_empty()
+}
+
+/// `[monitor.capture]`: the capture control the taps (on the plain CoAP sockets, in the DTLS
+/// transport, the HTTPS ingest and the MQTT subscribers) follow and the admin API drives; the
+/// configured capture is started now when `enabled`.
 fn build_capture(
     cfg: &GatewayConfig,
     registry: &mut Registry,
 ) -> anyhow::Result<Option<wardgate_monitor::CaptureControl>> {
-    if !(cfg.coap.enabled || cfg.coaps.enabled) {
+    if !tapped(cfg) {
         return Ok(None);
     }
-    start_capture(&cfg.monitor.capture, registry).map(Some)
+    let control = start_capture(&cfg.monitor.capture, registry)?;
+    control.open_keylog().with_context(|| {
+        format!(
+            "[monitor.capture] keylog_file {}",
+            cfg.monitor
+                .capture
+                .keylog_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        )
+    })?;
+    if let Some(path) = &cfg.monitor.capture.keylog_file {
+        tracing::warn!(file = %path.display(), "writing the secrets of captured DTLS sessions to a key log: it decrypts patient data");
+    }
+    Ok(Some(control))
 }
 
 /// The capture control of `c` with its metrics; the configured capture started when `enabled`
@@ -657,9 +689,9 @@ pub(crate) fn start_capture(
         .start(&request, "config")
         .with_context(|| format!("[monitor.capture] dir {}", c.dir.display()))?;
     if c.redact_payloads {
-        tracing::info!(dir = %c.dir.display(), "capturing CoAP and DTLS traffic to pcapng (payloads redacted)");
+        tracing::info!(dir = %c.dir.display(), "capturing the monitored traffic to pcapng (payloads redacted)");
     } else {
-        tracing::warn!(dir = %c.dir.display(), "capturing CoAP and DTLS traffic to pcapng WITH payloads: the files hold patient data");
+        tracing::warn!(dir = %c.dir.display(), "capturing the monitored traffic to pcapng WITH payloads: the files hold patient data");
     }
     Ok(control)
 }
@@ -678,8 +710,7 @@ fn build_analysis(
     Option<crate::anomalies::AnomalyStore>,
 )> {
     let (f, a) = (&cfg.monitor.flows, &cfg.monitor.anomalies);
-    let tapped = cfg.coap.enabled || cfg.coaps.enabled || cfg.ingest.http.enabled;
-    if !((f.enabled || a.enabled) && tapped) {
+    if !((f.enabled || a.enabled) && tapped(cfg)) {
         return Ok((None, None, None));
     }
     let metrics = wardgate_monitor::FlowMetrics::register(registry);
