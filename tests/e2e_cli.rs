@@ -601,48 +601,91 @@ fn dtls_records_are_captured_with_the_handshake_readable_and_flows_carry_the_ide
     assert!(f["tot_bwd_pkts"].as_u64().unwrap() >= 3, "{f}");
 }
 
-/// `[monitor.capture] keylog_file`: the gateway writes the secrets of a captured DTLS PSK
-/// session in the NSS key log format. Its line is the very line OpenSSL's client logs for the
-/// same session (`-keylogfile`), the file is private to its owner, and tshark, given it,
-/// decrypts the captured records back into the CoAP request; without it tshark sees only
-/// application data.
+/// `[monitor.capture] keylog_file`: the gateway writes the secrets of every captured DTLS
+/// session in the NSS key log format, for a PSK session and a certificate (ECDHE_ECDSA) one
+/// alike. Its lines are the very lines OpenSSL's client logs for the same sessions
+/// (`-keylogfile`), the file is private to its owner, and tshark, given it, decrypts the
+/// captured records back into both CoAP requests; without it tshark sees only application data.
 #[test]
-fn the_capture_key_log_lets_tshark_decrypt_a_dtls_psk_session() {
+fn the_capture_key_log_lets_tshark_decrypt_dtls_psk_and_certificate_sessions() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
     let port = common::free_udp_port();
     let http = common::free_tcp_port();
-    let keylog = dir.path().join("keys/dtls-keys.log");
-    let monitor = format!(
-        "[monitor.capture]\nenabled = true\ndir = \"{data}/captures\"\nredact_payloads = false\n\
-         keylog_file = \"{keylog}\"\n",
-        data = dir.path().display(),
-        keylog = keylog.display()
-    );
-    let cfg = dtls_gateway(dir.path(), port, http, "ward-dtls-keylog", &monitor);
+    let pki = wardgate_testkit::Pki::generate();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&pki.client_cert)
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8(out.stdout).unwrap();
+    let fingerprint = fingerprint.trim().split('=').nth(1).unwrap();
+    std::fs::write(
+        data.join("devices.toml"),
+        format!(
+            "[[device]]\nid = \"bed-12\"\n[device.psk]\nidentity = \"bed-12\"\n\
+             key = \"hex:000102030405060708090a0b0c0d0e0f\"\n\
+             [[device]]\nid = \"monitor-3\"\n[[device.certificate]]\nsha256 = \"{fingerprint}\"\n"
+        ),
+    )
+    .unwrap();
+    let keylog = data.join("keys/dtls-keys.log");
+    let cfg = data.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"ward-dtls-keylog\"\n[registry]\npath = \"devices.toml\"\n\
+             [coap]\nenabled = false\n[coaps]\nenabled = true\nlisten = [\"127.0.0.1:{port}\"]\n\
+             certificate_file = \"{cert}\"\nprivate_key_file = \"{key}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[store]\npath = \"{store}\"\n\
+             [monitor.capture]\nenabled = true\ndir = \"{captures}\"\nredact_payloads = false\n\
+             keylog_file = \"{keylog}\"\n\
+             [[uplinks]]\ntype = \"file\"\nname = \"out\"\npath = \"-\"\n",
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+            store = data.join("outbox.db").display(),
+            captures = data.join("captures").display(),
+            keylog = keylog.display(),
+        ),
+    )
+    .unwrap();
     let (mut gateway, rx) = run_with_stdout_lines(&cfg);
     wait_ready(http);
-    let client_log = dir.path().join("openssl-keys.log");
-    let device = common::openssl_psk_post_with(
+    let psk_log = data.join("openssl-psk-keys.log");
+    let psk_client = common::openssl_psk_post_with(
         port,
         "bed-12",
         "bed-12",
         96,
-        &["-keylogfile".as_ref(), client_log.as_os_str()],
+        &["-keylogfile".as_ref(), psk_log.as_os_str()],
     );
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("a reading on stdout");
     assert!(line.contains("\"bed-12\""), "{line}");
-    common::wait_for("the key log line", Duration::from_secs(30), || {
+    let cert_log = data.join("openssl-cert-keys.log");
+    let cert_client = common::openssl_cert_post_with(
+        port,
+        &pki.client_cert,
+        &pki.client_key,
+        "monitor-3",
+        88,
+        &["-keylogfile".as_ref(), cert_log.as_os_str()],
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a second reading on stdout");
+    assert!(line.contains("\"monitor-3\""), "{line}");
+    common::wait_for("the key log lines", Duration::from_secs(30), || {
         common::http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics").filter(
             |(_, body)| {
-                body.contains("wardgate_monitor_capture_keylog_lines_total 1")
-                    && body.contains("wardgate_dtls_session_keys_total{reason=\"derived\"} 1")
+                body.contains("wardgate_monitor_capture_keylog_lines_total 2")
+                    && body.contains("wardgate_dtls_session_keys_total{reason=\"logged\"} 2")
             },
         )
     });
-    drop(device);
+    drop((psk_client, cert_client));
     let status = common::terminate(&mut gateway.0);
     assert!(status.success(), "{status}");
 
@@ -655,18 +698,24 @@ fn the_capture_key_log_lets_tshark_decrypt_a_dtls_psk_session() {
             .collect()
     };
     let ours = client_random_lines(&keylog);
-    let theirs = client_random_lines(&client_log);
-    assert_eq!(ours.len(), 1, "{ours:?}");
+    let theirs = [
+        client_random_lines(&psk_log),
+        client_random_lines(&cert_log),
+    ]
+    .concat();
+    assert_eq!(ours.len(), 2, "{ours:?}");
     assert_eq!(ours, theirs, "the gateway's key log differs from OpenSSL's");
     let mode = std::fs::metadata(&keylog).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
-    let captures: Vec<_> = std::fs::read_dir(dir.path().join("captures"))
+    let captures: Vec<_> = std::fs::read_dir(data.join("captures"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(captures.len(), 1, "{captures:?}");
     let dtls = format!("udp.port=={port},dtls");
+    // CoAP inside DTLS on this port (Wireshark only knows 5684 by itself).
+    let coap_inside = format!("dtls.port=={port},coap");
     let fields = [
         "udp.dstport",
         "coap.code",
@@ -675,32 +724,32 @@ fn the_capture_key_log_lets_tshark_decrypt_a_dtls_psk_session() {
         "json.value.number",
     ];
     let keylog_pref = format!("tls.keylog_file:{}", keylog.display());
-    // CoAP inside DTLS on this port (Wireshark only knows 5684 by itself).
-    let coap_inside = format!("dtls.port=={port},coap");
     let decrypted = common::tshark_fields(
         &captures[0],
         &["-d", &dtls, "-d", &coap_inside, "-o", &keylog_pref],
         &fields,
     );
     let text = format!("{decrypted:?}");
-    let post = decrypted
+    let posts: Vec<(&str, &str, &str)> = decrypted
         .iter()
-        .find(|r| r[0] == port.to_string() && r[1] == "2")
-        .unwrap_or_else(|| panic!("no decrypted CoAP POST: {text}"));
-    assert_eq!(post[2], "v1,readings,bed-12", "{text}");
-    // The SenML payload, decoded as JSON: `[{"n":"spo2","u":"%","v":96}]`.
+        .filter(|r| r[0] == port.to_string() && r[1] == "2")
+        .map(|r| (r[2].as_str(), r[3].as_str(), r[4].as_str()))
+        .collect();
+    // The SenML payloads, decoded as JSON: `[{"n":"spo2","u":"%","v":96}]`.
     assert_eq!(
-        (post[3].as_str(), post[4].as_str()),
-        ("spo2,%", "96"),
+        posts,
+        [
+            ("v1,readings,bed-12", "spo2,%", "96"),
+            ("v1,readings,monitor-3", "spo2,%", "88")
+        ],
         "{text}"
     );
-    // The answer (2.01 Created) is decrypted too.
-    assert!(
-        decrypted
-            .iter()
-            .any(|r| r[0] != port.to_string() && r[1] == "65"),
-        "{text}"
-    );
+    // The answers (2.01 Created) are decrypted too.
+    let created = decrypted
+        .iter()
+        .filter(|r| r[0] != port.to_string() && r[1] == "65")
+        .count();
+    assert_eq!(created, 2, "{text}");
     let sealed = common::tshark_fields(&captures[0], &["-d", &dtls, "-d", &coap_inside], &fields);
     assert!(
         sealed.iter().all(|r| r[1].is_empty()),

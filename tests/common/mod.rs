@@ -243,7 +243,19 @@ pub fn openssl_cert_post(
     device: &str,
     value: u32,
 ) -> ChildGuard {
-    let args = [
+    openssl_cert_post_with(port, cert, key, device, value, &[])
+}
+
+/// [`openssl_cert_post`] with more `openssl s_client` arguments (`-keylogfile FILE`).
+pub fn openssl_cert_post_with(
+    port: u16,
+    cert: &Path,
+    key: &Path,
+    device: &str,
+    value: u32,
+    more: &[&std::ffi::OsStr],
+) -> ChildGuard {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "-cert".as_ref(),
         cert.as_os_str(),
         "-key".as_ref(),
@@ -251,6 +263,7 @@ pub fn openssl_cert_post(
         "-cipher".as_ref(),
         "ECDHE-ECDSA-AES128-GCM-SHA256".as_ref(),
     ];
+    args.extend_from_slice(more);
     openssl_dtls_post(port, &args, device, value)
 }
 

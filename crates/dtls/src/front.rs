@@ -191,6 +191,7 @@ pub(crate) fn build_epoch(
         suites.extend(CERT_SUITES);
     }
     let config = Config::builder()
+        .with_crypto_provider(crate::keylog::provider())
         .with_psk_server(None, resolver.clone() as Arc<dyn PskResolver>)
         .dtls12_cipher_suites(&suites)
         .require_client_certificate(true)

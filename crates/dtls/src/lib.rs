@@ -23,6 +23,8 @@
 //!   never logged, counted or kept beyond the library's session (a fingerprint is kept, to close
 //!   the session when the registry re-keys or revokes the device).
 //! - Handshake failures are counted by reason and audited with the identity the peer claimed.
+//! - `keylog`: with a capture key log, each session's master secret, seen where the library
+//!   computes its key expansion (its HMAC provider is ours to wrap), for offline decryption.
 //!
 //! Library choice: dimpl 0.9 (sans-I/O, PSK_AES128_CCM_8 client and server, HelloVerify cookies,
 //! extended master secret; `rust-crypto` backend so no C toolchain or aws-lc). The alternative,

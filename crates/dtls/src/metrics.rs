@@ -36,9 +36,8 @@ pub struct DtlsMetrics {
     pub sessions: Gauge,
     /// Handshakes now in progress.
     pub handshakes_in_progress: Gauge,
-    /// Sessions whose secrets a tap asked for (`[monitor.capture] keylog_file`), by outcome:
-    /// `derived`, or why not (`not_psk`: certificate sessions, whose secrets the library never
-    /// shows; `incomplete`, `too_large`, `malformed`, `key_changed`).
+    /// Established sessions whose secrets a tap asked for (`[monitor.capture] keylog_file`),
+    /// by outcome: `logged`, or `not_seen` (the library's key expansion was not observed).
     pub session_keys: Family<ReasonLabel, Counter>,
 }
 

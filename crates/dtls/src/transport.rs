@@ -28,7 +28,7 @@ use crate::front::{
     Admit, Auth, Claimed, CookieCheck, Epochs, KeyResolver, Replays, build_epoch, check_cookie,
     fingerprint,
 };
-use crate::keylog::Transcript;
+use crate::keylog::{self, SessionKeys};
 use crate::metrics::DtlsMetrics;
 use crate::record::{self, ClientHello, FirstRecord, PSK_AES128_CCM_8};
 use wardgate_core::limit::{Rate, SourceKey, Take, TokenBuckets};
@@ -98,6 +98,7 @@ fn client_config(
     key: wardgate_core::Secret,
 ) -> Result<Arc<dimpl::Config>, DtlsError> {
     dimpl::Config::builder()
+        .with_crypto_provider(keylog::provider())
         .with_psk_client(identity.as_bytes().to_vec(), Arc::new(FixedKey(key)))
         .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
         .mtu(settings.mtu)
@@ -134,9 +135,10 @@ struct Session {
     closing: bool,
     /// Unique per session of this transport (`PeerContext::session`).
     serial: u64,
-    /// The clear handshake messages, kept while handshaking when the tap wants the session's
-    /// secrets (see `keylog`).
-    transcript: Option<Box<Transcript>>,
+    /// Whether the tap wants this session's secrets (see `keylog`), and what the library
+    /// derived, until the session is established.
+    watch_keys: bool,
+    keys: Option<SessionKeys>,
 }
 
 struct Inner {
@@ -376,51 +378,35 @@ impl Io<'_> {
         self.deps.audit.record(event);
     }
 
-    /// A transcript for a new session, when the tap wants session secrets.
-    fn transcript(&self) -> Option<Box<Transcript>> {
+    /// Whether a new session's secrets are wanted by the tap.
+    fn wants_session_keys(&self) -> bool {
         self.deps
             .tap
             .as_ref()
-            .filter(|t| t.wants_session_keys())
-            .map(|_| Box::default())
+            .is_some_and(|t| t.wants_session_keys())
     }
 
-    /// Derives the secrets of the session just established with `addr` and hands them to the
-    /// tap. `key`: the PSK identity and the fingerprint of the key that completed the
-    /// handshake (none for a certificate session); the key is looked up again and used only if
-    /// it is still that one.
-    fn session_keys(
-        &self,
-        s: &Session,
-        addr: SocketAddr,
-        transcript: &Transcript,
-        key: Option<(&str, Option<[u8; 32]>)>,
-        store: &Arc<dyn CredentialStore>,
-    ) {
+    /// Hands the tap the secrets of the session just established with `addr`, taking them
+    /// out of the session.
+    fn session_keys(&self, s: &mut Session, addr: SocketAddr) {
         let Some(tap) = &self.deps.tap else {
             return;
         };
-        let psk = match key {
-            _ if s.cert_fingerprint.is_some() => Err("not_psk"),
-            Some((identity, Some(used))) => store
-                .psk(identity)
-                .filter(|k| fingerprint(k.expose()) == used)
-                .ok_or("key_changed"),
-            _ => Err("not_psk"),
-        };
-        match psk.and_then(|k| transcript.derive(k.expose())) {
-            Ok(keys) => {
+        match s.keys.take() {
+            Some(keys) => {
                 tap.session_keys(
                     &session_context(Some(s), addr),
                     self.local,
                     &keys.client_random,
                     &keys.master_secret,
                 );
-                self.deps.metrics.session_keys("derived");
+                self.deps.metrics.session_keys("logged");
             }
-            Err(why) => {
-                tracing::debug!(%addr, why, "no key log line for this DTLS session");
-                self.deps.metrics.session_keys(why);
+            None => {
+                // The library derived its keys outside a watched call: not what dimpl 0.9
+                // does (it derives them while handling the peer's flight), but say so.
+                tracing::debug!(%addr, "no key log line for this DTLS session");
+                self.deps.metrics.session_keys("not_seen");
             }
         }
     }
@@ -619,7 +605,8 @@ impl Inner {
                 deadline: None,
                 closing: false,
                 serial,
-                transcript: io.transcript(),
+                watch_keys: io.wants_session_keys(),
+                keys: None,
             },
         );
         metrics.sessions.set(self.sessions.len() as i64);
@@ -632,11 +619,11 @@ impl Inner {
             return;
         };
         s.last_seen = now;
-        if let Some(t) = &mut s.transcript {
-            t.observe(s.role == Role::Server, data);
-        }
         let _ = self.resolver.take();
-        let r = guarded(|| s.dtls.handle_packet(data));
+        let (r, keys) = keylog::watching(s.watch_keys, || guarded(|| s.dtls.handle_packet(data)));
+        if keys.is_some() {
+            s.keys = keys;
+        }
         if let Some(c) = self.resolver.take() {
             s.claimed = Some(c);
         }
@@ -653,12 +640,7 @@ impl Inner {
         let mut plaintext: Vec<Vec<u8>> = Vec::new();
         let deadline = loop {
             match s.dtls.poll_output(&mut self.out) {
-                Output::Packet(p) => {
-                    if let Some(t) = &mut s.transcript {
-                        t.observe(s.role == Role::Client, p);
-                    }
-                    io.send(&mut self.backlog, p, addr, Some(&*s));
-                }
+                Output::Packet(p) => io.send(&mut self.backlog, p, addr, Some(&*s)),
                 Output::BufferTooSmall { needed } => self.out.resize(needed.min(64 * 1024), 0),
                 Output::Timeout(t) => break t,
                 Output::Connected => connected = true,
@@ -771,18 +753,9 @@ impl Inner {
         tracing::debug!(%addr, %identity, "DTLS session established");
         s.identity = Some(identity);
         io.handshake(Some(s), addr, "established");
-        if let Some(transcript) = s.transcript.take() {
-            let key = match s.role {
-                Role::Server => s
-                    .claimed
-                    .as_ref()
-                    .map(|c| (c.identity.as_str(), c.key_fingerprint)),
-                Role::Client => self
-                    .clients
-                    .get(&addr)
-                    .map(|c| (c.identity.as_str(), c.key_fingerprint)),
-            };
-            io.session_keys(s, addr, &transcript, key, &store);
+        if s.watch_keys {
+            s.watch_keys = false;
+            io.session_keys(s, addr);
         }
         let (source, role) = (s.source, s.role);
         if role == Role::Server {
@@ -1117,7 +1090,8 @@ impl Inner {
                 deadline: None,
                 closing: false,
                 serial,
-                transcript: io.transcript(),
+                watch_keys: io.wants_session_keys(),
+                keys: None,
             },
         );
         io.deps.metrics.sessions.set(self.sessions.len() as i64);

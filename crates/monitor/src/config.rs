@@ -345,14 +345,13 @@ pub struct CaptureConfig {
     /// `mqtt` / `mqtts` for the MQTT subscribers' broker sessions); empty: all. Combined with
     /// the above by AND.
     pub protocols: Vec<String>,
-    /// Write the secrets of every captured DTLS PSK session to this file in the NSS key log
-    /// format, so the capture can be decrypted later (Wireshark: TLS protocol preferences,
-    /// "(Pre)-Master-Secret log filename"; tshark: `-o tls.keylog_file:FILE`). Off (unset) by
-    /// default: the file decrypts patient data, so it is created mode 0600, kept apart from the
-    /// captures, never served by the admin API and never rotated (it stops growing at 64 MiB).
-    /// Needs `redact_payloads = false` (a redacted capture has no ciphertext left to decrypt).
-    /// Certificate (ECDHE) sessions are not logged: the DTLS library does not show their
-    /// secrets. Not used by `wardgate monitor`, which holds no keys.
+    /// Write the secrets of every captured DTLS session (PSK and certificate) to this file in
+    /// the NSS key log format, so the capture can be decrypted later (Wireshark: TLS protocol
+    /// preferences, "(Pre)-Master-Secret log filename"; tshark: `-o tls.keylog_file:FILE`).
+    /// Off (unset) by default: the file decrypts patient data, so it is created mode 0600,
+    /// kept apart from the captures, never served by the admin API and never rotated (it
+    /// stops growing at 64 MiB). Needs `redact_payloads = false` (a redacted capture has no
+    /// ciphertext left to decrypt). Not used by `wardgate monitor`, which holds no keys.
     pub keylog_file: Option<PathBuf>,
 }
 

@@ -1,6 +1,6 @@
 //! The capture key log (`[monitor.capture] keylog_file`): DTLS session secrets in the NSS key
 //! log format, so a capture of a PSK session can be decrypted later in Wireshark or tshark
-//! (`-o tls.keylog_file:FILE`). The transport derives the secrets (`wardgate-dtls`'s `keylog`);
+//! (`-o tls.keylog_file:FILE`). The transport finds the secrets (`wardgate-dtls`'s `keylog`);
 //! this file only writes them.
 //!
 //! The file is separate from the captures and protected like a key: created mode 0600 (an
