@@ -579,3 +579,63 @@ fn https_ingest_sessions_become_flow_records() {
         );
     }
 }
+
+/// The HTTPS ingest's refusals of credentials reach the anomaly detectors as the CoAP taps'
+/// 4.01s do: five posts from one address without a token, to a gateway whose registry wants
+/// one (401 each), make one `auth_failures` security reading upstream naming that address.
+#[test]
+fn refused_http_credentials_become_an_auth_failures_security_reading() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, "wardgate/#");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_tcp_port();
+    let devices = dir.path().join("devices.toml");
+    std::fs::write(
+        &devices,
+        "[[device]]\nid = \"bed-1\"\n[[device.token]]\nid = \"t1\"\n\
+         sha256 = \"dff27397377f952ad93f2bd12f3e6c241f611a5ac7c89bacc6840271ea01a61c\"\n",
+    )
+    .unwrap();
+    let _gw = Gateway::start(
+        dir.path(),
+        &broker.url(),
+        &format!(
+            "[registry]\npath = \"{}\"\n\
+             [ingest.http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
+             [monitor.flows]\nenabled = true\ndir = \"{}\"\n\
+             [monitor.anomalies]\nenabled = true\nlearning = \"0s\"\nwindow = \"60s\"\n\
+             auth_failure_threshold = 5\n",
+            devices.display(),
+            dir.path().join("flows").display()
+        ),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for("HTTP ingest to answer", Duration::from_secs(20), || {
+        TcpStream::connect(addr).ok()
+    });
+    for seq in 0..5 {
+        // No token: refused (401), so `post` sees no 201.
+        assert!(post(addr, "bed-1", seq).is_none());
+    }
+    let events = sub.collect(1, Duration::from_secs(30), |t| t.ends_with("/security"));
+    assert_eq!(events.len(), 1, "no security reading upstream");
+    let v: serde_json::Value = serde_json::from_str(&events[0].1).unwrap();
+    let records = v["records"].as_array().unwrap();
+    let field = |n: &str| records.iter().find(|r| r["n"] == n).cloned();
+    assert_eq!(
+        field("anomaly").and_then(|r| r["vs"].as_str().map(str::to_owned)),
+        Some("auth_failures".to_owned()),
+        "{v}"
+    );
+    assert!(
+        field("peer")
+            .and_then(|r| r["vs"].as_str().map(|p| p.starts_with("127.0.0.1:")))
+            .unwrap_or(false),
+        "{v}"
+    );
+    assert_eq!(
+        field("count").and_then(|r| r["v"].as_f64()),
+        Some(5.0),
+        "{v}"
+    );
+}

@@ -149,6 +149,13 @@ pub trait DatagramTap: Send + Sync + fmt::Debug {
         let _ = (inbound, peer, local, len);
     }
 
+    /// A request from `peer` refused for its credentials (HTTP 401 or 403 on a stream
+    /// session: what a datagram tap reads from a CoAP 4.01/4.03 on the wire). Default:
+    /// ignored.
+    fn auth_failure(&self, peer: &PeerContext, local: SocketAddr) {
+        let _ = (peer, local);
+    }
+
     /// Whether the tap takes session secrets ([`DatagramTap::session_keys`]); a transport
     /// keeps what it needs to derive them only while this is true. Default: false.
     fn wants_session_keys(&self) -> bool {

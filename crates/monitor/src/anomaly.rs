@@ -13,8 +13,9 @@
 //! - `resource_scan`: 4.04 Not Found and 4.05 Method Not Allowed answers sent to the source
 //!   (a scanner probing for resources);
 //! - `malformed_flood`: datagrams from the source that are not CoAP;
-//! - `auth_failures`: 4.01 and 4.03 answers sent to it, and DTLS handshakes it failed with
-//!   credentials (unknown identity or certificate, wrong key);
+//! - `auth_failures`: 4.01 and 4.03 answers sent to it, DTLS handshakes it failed with
+//!   credentials (unknown identity or certificate, wrong key), and HTTP ingest requests
+//!   refused 401/403;
 //! - `handshake_flood`: DTLS ClientHello records from it (a handshake flood, which the
 //!   stateless cookie check already keeps from costing state).
 //!
@@ -355,6 +356,12 @@ impl AnomalyDetector {
         if AUTH_FAILURES.contains(&outcome) {
             self.count(peer, None, at, Counter::Auth, out);
         }
+    }
+
+    /// A request of `peer` refused for its credentials on a stream session (HTTP 401/403):
+    /// counts for `auth_failures` like a CoAP 4.01/4.03.
+    pub fn auth_failure(&mut self, peer: SocketAddr, at: SystemTime, out: &mut Vec<Anomaly>) {
+        self.count(peer, None, at, Counter::Auth, out);
     }
 
     /// The clock moved to `now` without traffic: closes finished rate intervals.

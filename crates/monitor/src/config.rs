@@ -41,8 +41,8 @@ pub struct AnomaliesConfig {
     pub scan_threshold: u32,
     /// `malformed_flood`: datagrams from one source that are not CoAP, in a window. Default 20.
     pub malformed_threshold: u32,
-    /// `auth_failures`: 4.01/4.03 answers and DTLS credential failures of one source in a
-    /// window. Default 10.
+    /// `auth_failures`: 4.01/4.03 answers, DTLS credential failures and HTTP ingest 401/403
+    /// answers of one source in a window. Default 10.
     pub auth_failure_threshold: u32,
     /// `handshake_flood`: DTLS ClientHellos from one source in a window. Default 30.
     pub handshake_threshold: u32,

@@ -100,6 +100,8 @@ enum FlowInput {
         protocol: &'static str,
         outcome: &'static str,
     },
+    /// A request refused for its credentials on a stream session (for the detectors).
+    AuthFailure { at: SystemTime, peer: SocketAddr },
 }
 
 /// Where taps hand datagrams' metadata. Cheap to clone; [`FlowHandle::offer`] never blocks.
@@ -161,6 +163,14 @@ impl FlowHandle {
             local,
             protocol,
             outcome,
+        });
+    }
+
+    /// Queues a refusal of `peer`'s credentials (HTTP 401/403) for the anomaly detectors.
+    pub fn auth_failure(&self, peer: &PeerContext) {
+        self.send(FlowInput::AuthFailure {
+            at: SystemTime::now(),
+            peer: peer.addr,
         });
     }
 
@@ -348,6 +358,12 @@ impl Analysis {
                 }
                 if let Some(a) = &mut self.anomalies {
                     a.detector.handshake(peer, outcome, at, &mut a.out);
+                    a.emit();
+                }
+            }
+            FlowInput::AuthFailure { at, peer } => {
+                if let Some(a) = &mut self.anomalies {
+                    a.detector.auth_failure(peer, at, &mut a.out);
                     a.emit();
                 }
             }

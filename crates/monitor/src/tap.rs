@@ -163,6 +163,13 @@ impl wardgate_core::DatagramTap for MonitorTap {
         }
     }
 
+    /// Refused credentials on a stream session count for the `auth_failures` detector.
+    fn auth_failure(&self, peer: &PeerContext, _local: SocketAddr) {
+        if let Some(f) = &self.flows {
+            f.auth_failure(peer);
+        }
+    }
+
     fn wants_session_keys(&self) -> bool {
         self.capture
             .as_ref()

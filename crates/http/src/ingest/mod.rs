@@ -118,6 +118,9 @@ struct IngestState {
     /// Failed authentications per source address (the admin API's limit: 10 a minute, then
     /// 429 for the rest of the minute), so tokens cannot be guessed at line rate.
     auth_failures: crate::admin::auth::FailureLimit,
+    /// The traffic monitor and the listener's address: 401 and 403 answers are told to it
+    /// (`DatagramTap::auth_failure`), as the CoAP taps read 4.01 and 4.03 from the wire.
+    tap: Option<(Arc<dyn wardgate_core::DatagramTap>, SocketAddr)>,
 }
 
 /// A bound, not yet serving, ingest server.
@@ -183,7 +186,7 @@ impl IngestServer {
             },
             Arc::new(move |reason| metrics.handshake_failed(reason)),
         )
-        .with_tap(deps.tap)
+        .with_tap(deps.tap.clone())
         .map_err(|source| HttpError::Bind {
             addr: cfg.listen,
             source,
@@ -199,6 +202,7 @@ impl IngestServer {
             busy_retry_after: cfg.busy_retry_after_secs,
             default_class: cfg.default_class,
             auth_failures: crate::admin::auth::FailureLimit::default(),
+            tap: deps.tap.map(|t| (t, addr)),
             per_device: Mutex::new(TokenBuckets::new(
                 Rate {
                     rate: cfg.per_device_rate,
@@ -302,8 +306,18 @@ fn router(state: Arc<IngestState>) -> Router {
         .with_state(state)
 }
 
-/// A refusal: counted, logged (rate-limited), answered.
+/// A refusal: counted, logged (rate-limited), told to the traffic monitor when it is about
+/// credentials (401, 403), answered.
 fn refuse(st: &IngestState, peer: &PeerInfo, reason: &'static str, p: Problem) -> Response {
+    let status = p.kind.status().as_u16();
+    if let (Some((tap, local)), 401 | 403) = (&st.tap, status) {
+        let transport = if peer.tls {
+            TransportKind::Https
+        } else {
+            TransportKind::Http
+        };
+        tap.auth_failure(&PeerContext::new(peer.addr, transport), *local);
+    }
     Refusal {
         peer: peer.addr,
         reason,
