@@ -103,6 +103,8 @@ class Bench:
         self.duration = args.duration or (1.5 if self.quick else 3.0)
         self.runs = 1 if self.quick else args.runs
         self.retries = 0 if self.quick else 2
+        # The latest throughput of each scenario in this run (rates relative to a reference).
+        self.last_throughput = {}
         self.started = time.time()
 
     # ---- peers -------------------------------------------------------------------------------
@@ -232,6 +234,13 @@ class Bench:
         retries = self.retries if retries is None else retries
         if time.time() - self.started > REPEAT_BUDGET_S:
             retries = 0
+        if mode.get("rate_of"):
+            # An open-loop rate relative to a reference measured earlier in this run.
+            base = self.last_throughput.get(mode["rate_of"])
+            if not base:
+                self.note(scenario, f"no {mode['rate_of']} result in this run to set the rate from")
+                return None
+            mode = dict(mode, rate=int(base * mode.get("fraction", 1.0)))
         for attempt in range(retries + 1):
             rec = {"scenario": scenario, "system": system, "run": run, "attempt": attempt,
                    "mode": {k: v for k, v in mode.items()}, "at": time.time()}
@@ -242,6 +251,8 @@ class Bench:
                 log(f"{scenario} run {run}: ERROR {e}")
                 self.write(rec)
                 return rec
+            if throughput_of(rec["report"]):
+                self.last_throughput[scenario] = throughput_of(rec["report"])
             other = rec["report"].get("cpu", {}).get("other_cpu_pct", 0.0)
             rec["disturbed"] = other > DISTURBED_PCT
             self.write(rec)
@@ -374,6 +385,11 @@ class Bench:
             ("wardgate-e2e-20k-open", "wardgate-e2e-fsync", {"rate": 20000, "duration": d}),
             # A ward-sized load: the cost per reading far from saturation (issue 15).
             ("wardgate-e2e-2k-open", "wardgate-e2e-fsync", {"rate": 2000, "duration": d}),
+            # Delivery at the broker's pace (issue 15): open loop at 0.85 x what limit-broker-shared
+            # measured in this run (its latest run before this one); is every reading delivered,
+            # without a growing backlog?
+            ("wardgate-e2e-broker-pace", "wardgate-e2e-fsync",
+             {"rate_of": "limit-broker-shared", "fraction": 0.85, "duration": d}),
             ("wardgate-idle", "wardgate-e2e-fsync", {"idle": 2 if self.quick else 5}),
         ]
         only = set(self.args.only.split(",")) if self.args.only else None
@@ -883,6 +899,12 @@ def headline(by):
         "naive_bridge": med_of("naive-bridge", throughput_of),
         "libcoap": med_of("libcoap", throughput_of),
         "limit_udp": med_of("limit-udp", throughput_of),
+        # Distinct readings delivered per second over the send phase and the drain after it: a
+        # backlog left at the end of the send phase lowers it.
+        "pace_delivered": med_of("wardgate-e2e-broker-pace",
+                                 lambda x: (x.get("e2e") or {}).get("delivered_per_s")),
+        "pace_p99_e2e": med_of("wardgate-e2e-broker-pace",
+                               lambda x: ((x.get("e2e") or {}).get("latency") or {}).get("p99_ms")),
         "p99_ack_20k": med_of("wardgate-e2e-20k-open", lambda x: latency_of(x).get("p99_ms")),
         "p99_e2e_20k": med_of("wardgate-e2e-20k-open",
                               lambda x: ((x.get("e2e") or {}).get("latency") or {}).get("p99_ms")),
@@ -1009,7 +1031,7 @@ def report(raw_path, out_path, command):
     order = ["limit-udp", "limit-broker", "limit-broker-shared", "libcoap", "naive-bridge", "wardgate-ingest", "wardgate-ingest-flows",
              "wardgate-ingest-capture", "wardgate-ingest-anomalies", "wardgate-e2e-fsync",
              "wardgate-e2e-nofsync", "wardgate-e2e-cbor", "wardgate-e2e-non", "wardgate-e2e-20k-open",
-             "wardgate-e2e-2k-open"]
+             "wardgate-e2e-2k-open", "wardgate-e2e-broker-pace"]
     for sc in order:
         recs = by.get(sc, [])
         ok = [r["report"] for r in recs if "report" in r]
@@ -1165,6 +1187,10 @@ def report(raw_path, out_path, command):
          ">= 0.8", lambda v: v >= 0.8),
         ("wardgate e2e (fsync) delivered/s / limit-broker-shared (Mosquitto on core 1 with its clients, as in e2e)",
          ratio(wg_e2e, h["limit_broker_shared"]), ">= 0.8", lambda v: v >= 0.8),
+        ("open loop at 0.85 x limit-broker-shared (broker pace): delivered/s / limit-broker-shared",
+         ratio(h["pace_delivered"], h["limit_broker_shared"]), ">= 0.8", lambda v: v >= 0.8),
+        ("open loop at broker pace: p99 e2e, ms (no growing backlog)", h["pace_p99_e2e"], "<= 1000",
+         lambda v: v <= 1000),
         ("wardgate e2e (fsync) / naive-bridge (acked/s)", ratio(wg, naive), ">= 15", lambda v: v >= 15),
         ("wardgate ingest / libcoap (ack rate)", ratio(ing, libcoap), ">= 0.8", lambda v: v >= 0.8),
         ("wardgate ingest / limit-udp", ratio(ing, udp), "(context)", None),
