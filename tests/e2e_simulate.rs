@@ -44,7 +44,7 @@ fn row(summary: &str, protocol: &str) -> Option<Vec<u64>> {
 }
 
 #[test]
-fn a_simulated_ward_reaches_the_cloud_over_every_protocol_and_its_attack_is_labelled() {
+fn a_simulated_ward_reaches_the_cloud_over_every_protocol_and_its_attack_is_detected_and_labelled() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start();
     let http_in = free_tcp_port();
@@ -67,6 +67,8 @@ dir = "{flows}"
 [[monitor.flows.labels]]
 addresses = ["127.0.0.66"]
 label = "attack"
+[monitor.anomalies]
+enabled = true
 "#,
         port = broker.port,
         flows = flows.display(),
@@ -103,14 +105,20 @@ label = "attack"
     assert!(row("coap")[0] >= 3 * 8, "{stdout}");
     assert!(stdout.contains("attack from 127.0.0.66: "), "{stdout}");
 
-    // Every protocol's devices reached the upstream broker through the gateway.
+    // Every protocol's devices reached the upstream broker through the gateway, and the
+    // attack's scan (4.04s), forged readings (4.03s) and malformed datagrams became anomaly
+    // events (`security` readings from the gateway) naming the attacker's address.
     let mut devices = BTreeSet::new();
+    let mut anomalies = BTreeSet::new();
     let wanted = ["bed-01-spo2", "bed-01-thermo", "bed-01-bp", "bed-01-pump"];
+    let attacks = ["auth_failures", "malformed_flood", "resource_scan"];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !wanted.iter().all(|d| devices.contains(*d)) {
+    while !(wanted.iter().all(|d| devices.contains(*d))
+        && attacks.iter().all(|a| anomalies.contains(*a)))
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "upstream saw only {devices:?}\n{stdout}"
+            "upstream saw only {devices:?} and the anomalies {anomalies:?}\n{stdout}"
         );
         // Readings only (the uplink also publishes its retained online/offline status).
         if let Some((_, payload)) = sub.next(Duration::from_secs(1))
@@ -118,6 +126,19 @@ label = "attack"
             && let Some(d) = v["device"].as_str()
         {
             devices.insert(d.to_owned());
+            let record = |n: &str| {
+                v["records"]
+                    .as_array()
+                    .and_then(|r| r.iter().find(|r| r["n"] == n))
+                    .and_then(|r| r["vs"].as_str())
+                    .map(str::to_owned)
+            };
+            if v["class"] == "security"
+                && record("peer").is_some_and(|p| p.starts_with("127.0.0.66:"))
+                && let Some(kind) = record("anomaly")
+            {
+                anomalies.insert(kind);
+            }
         }
     }
     // No spoofed security reading got through.
