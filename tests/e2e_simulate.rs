@@ -44,7 +44,7 @@ fn row(summary: &str, protocol: &str) -> Option<Vec<u64>> {
 }
 
 #[test]
-fn a_simulated_ward_reaches_the_cloud_over_every_protocol_and_its_attack_is_detected_and_labelled() {
+fn a_simulated_ward_reaches_the_cloud_and_its_attack_is_detected_and_labelled() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start();
     let http_in = free_tcp_port();
