@@ -158,7 +158,7 @@ impl CaptureControl {
     }
 
     /// Opens `[monitor.capture] keylog_file`, if set: from then on the secrets of captured DTLS
-    /// PSK sessions are written to it (see [`crate::keylog`]). The gateway calls this; the
+    /// sessions are written to it (see [`crate::keylog`]). The gateway calls this; the
     /// interface monitor, which holds no keys, does not.
     pub fn open_keylog(&self) -> Result<(), MonitorError> {
         let Some(path) = &self.inner.base.keylog_file else {

@@ -256,10 +256,21 @@ impl MqttIngest {
     ///
     /// Connection failures are retried, never returned; it returns `Ok` after shutdown.
     pub async fn run(self, pipeline: IngestPipeline, shutdown: Shutdown) -> Result<(), MqttError> {
-        let peer_addr = resolve(&self.url).await;
-        let broker_addresses = match &self.tap {
-            Some(_) => resolve_all(&self.url).await,
-            None => Vec::new(),
+        let addresses = resolve(&self.url).await;
+        // The first address names the peer (informative only: the broker proves itself by its
+        // certificate; rumqttc resolves again at every connect); all of them find the session's
+        // socket for the traffic monitor. Unspecified when the name does not resolve.
+        let peer_addr = SocketAddr::new(
+            addresses
+                .first()
+                .copied()
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            self.url.port,
+        );
+        let broker_addresses = if self.tap.is_some() {
+            addresses
+        } else {
+            Vec::new()
         };
         let (client, eventloop) = AsyncClient::new(self.options.clone(), self.request_capacity);
         let mut d = Driver {
@@ -356,22 +367,9 @@ impl MqttIngest {
     }
 }
 
-/// The broker's address for the peer context: the URL's IP address, or the first address its
-/// name resolves to now (unspecified when it does not resolve; rumqttc resolves again at every
-/// connect). Informative only: the broker proves itself by its certificate, not its address.
-async fn resolve(url: &BrokerUrl) -> SocketAddr {
-    if let Ok(ip) = url.host.parse::<IpAddr>() {
-        return SocketAddr::new(ip, url.port);
-    }
-    match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
-        Ok(mut addrs) => addrs.next(),
-        Err(_) => None,
-    }
-    .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), url.port))
-}
-
-/// Every address the broker's name resolves to now (for finding the session's socket).
-async fn resolve_all(url: &BrokerUrl) -> Vec<IpAddr> {
+/// The broker's addresses: the URL's IP address, or every address its name resolves to now
+/// (none when it does not resolve).
+async fn resolve(url: &BrokerUrl) -> Vec<IpAddr> {
     if let Ok(ip) = url.host.parse::<IpAddr>() {
         return vec![ip];
     }

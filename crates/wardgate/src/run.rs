@@ -323,16 +323,15 @@ impl App {
         let tap = capture.as_ref().map(wardgate_monitor::CaptureControl::tap);
         let (flows, flows_writer, anomalies) =
             build_analysis(&cfg, &mut registry, &ingest_pipeline, &audit)?;
+        // What the transports that own their sockets (DTLS, the HTTPS ingest, the MQTT
+        // subscribers) hand their traffic to: the capture and the flows.
+        let monitor_tap = wardgate_monitor::MonitorTap::new(tap.clone(), flows.clone())
+            .map(|t| Arc::new(t) as Arc<dyn wardgate_core::DatagramTap>);
         // The MQTT subscribers' broker sessions become flows, and TCP segments of their
         // packets' sizes in the capture (never their bytes).
         let mqtt_ingest: Vec<_> = mqtt_ingest
             .into_iter()
-            .map(|m| {
-                m.with_tap(
-                    wardgate_monitor::MonitorTap::new(tap.clone(), flows.clone())
-                        .map(|t| Arc::new(t) as Arc<dyn wardgate_core::DatagramTap>),
-                )
-            })
+            .map(|m| m.with_tap(monitor_tap.clone()))
             .collect();
         let mut coap = match (&coap_metrics, cfg.coap.enabled) {
             (Some(metrics), true) => Some(
@@ -376,8 +375,7 @@ impl App {
                     audit: audit.clone(),
                     metrics: DtlsMetrics::register(&mut registry),
                     // DTLS records, not the decrypted CoAP a wrapper would see.
-                    tap: wardgate_monitor::MonitorTap::new(tap.clone(), flows.clone())
-                        .map(|t| Arc::new(t) as Arc<dyn wardgate_core::DatagramTap>),
+                    tap: monitor_tap.clone(),
                 },
             )?),
             _ => None,
@@ -417,8 +415,7 @@ impl App {
                 metrics: wardgate_http::ingest::IngestMetrics::register(&mut registry),
                 // Sessions become flows, and TCP segments of their sizes in the capture (never
                 // their bytes: at the tap they are plaintext).
-                tap: wardgate_monitor::MonitorTap::new(tap.clone(), flows.clone())
-                    .map(|t| Arc::new(t) as Arc<dyn wardgate_core::DatagramTap>),
+                tap: monitor_tap.clone(),
             };
             Some(
                 wardgate_http::ingest::IngestServer::bind(
